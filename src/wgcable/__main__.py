@@ -1,0 +1,3 @@
+from wgcable.cli.main import main
+
+raise SystemExit(main())

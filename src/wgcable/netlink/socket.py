@@ -1,0 +1,135 @@
+"""A minimal netlink socket: send one request, collect every part of its reply."""
+
+from __future__ import annotations
+
+import contextlib
+import errno as _errno
+import itertools
+import socket as _socket
+from types import TracebackType
+
+from wgcable.netlink import message as nlmsg
+from wgcable.netlink.message import DumpInterruptedError, Message, NetlinkError
+
+NETLINK_ROUTE = 0
+NETLINK_GENERIC = 16
+
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+NETLINK_EXT_ACK = 11
+_SO_RCVBUFFORCE = 33
+
+RCVBUF = 1 << 20  # dumps of many peers arrive faster than we read them
+_PEEK_FLAGS = _socket.MSG_PEEK | _socket.MSG_TRUNC
+
+
+class NetlinkSocket:
+    """One netlink socket of a protocol (NETLINK_GENERIC, NETLINK_ROUTE).
+
+    Not thread-safe: requests are strictly one at a time. ``sock`` lets tests pass a
+    datagram socket of their own (e.g. one end of a socketpair) playing the kernel.
+    """
+
+    def __init__(
+        self,
+        protocol: int,
+        *,
+        timeout: float | None = 10.0,
+        sock: _socket.socket | None = None,
+    ) -> None:
+        self.protocol = protocol
+        if sock is None:
+            sock = _socket.socket(
+                _socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, protocol
+            )
+            try:
+                sock.bind((0, 0))
+                self._tune(sock)
+            except BaseException:
+                sock.close()
+                raise
+        sock.settimeout(timeout)
+        self._sock = sock
+        # Replies carry our sequence number; after a timed-out request, late replies to it
+        # are recognised by their older number and skipped.
+        self._seq = itertools.count(1)
+        self._buf = bytearray(1 << 16)
+
+    @staticmethod
+    def _tune(sock: _socket.socket) -> None:
+        # Each option is an improvement, not a requirement: older kernels lack some.
+        try:
+            sock.setsockopt(_socket.SOL_SOCKET, _SO_RCVBUFFORCE, RCVBUF)  # root: past rmem_max
+        except OSError:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, RCVBUF)
+        # EXT_ACK: error strings and attribute offsets; CAP_ACK: errors need not echo the
+        # whole request back.
+        for opt in (NETLINK_EXT_ACK, NETLINK_CAP_ACK):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(SOL_NETLINK, opt, 1)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> NetlinkSocket:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def next_seq(self) -> int:
+        return next(self._seq) & 0xFFFFFFFF
+
+    def _recv(self) -> bytes:
+        # Peek at the size first so a datagram larger than our buffer is never cut short.
+        size = self._sock.recv_into(self._buf, len(self._buf), _PEEK_FLAGS)
+        if size > len(self._buf):
+            self._buf = bytearray(size)
+        n = self._sock.recv_into(self._buf, len(self._buf))
+        return bytes(self._buf[:n])
+
+    def request(
+        self, msg_type: int, payload: bytes, flags: int = 0, *, dump: bool = False
+    ) -> list[Message]:
+        """Send one request and return the reply's data messages.
+
+        A dump (NLM_F_DUMP) collects NLM_F_MULTI parts until NLMSG_DONE; anything else asks
+        for an ack and returns whatever came before it. Raises NetlinkError on a kernel
+        error and DumpInterruptedError when a dump was inconsistent.
+        """
+        seq = self.next_seq()
+        flags |= nlmsg.NLM_F_REQUEST | (nlmsg.NLM_F_DUMP if dump else nlmsg.NLM_F_ACK)
+        self._sock.send(nlmsg.pack(msg_type, flags, seq, payload))
+        out: list[Message] = []
+        interrupted = False
+        while True:
+            for msg in nlmsg.parse(self._recv()):
+                if msg.seq != seq:
+                    continue  # a stale reply to an earlier, abandoned request
+                if msg.type == nlmsg.NLMSG_NOOP:
+                    continue
+                if msg.type == nlmsg.NLMSG_OVERRUN:
+                    raise NetlinkError(_errno.ENOBUFS, "netlink overrun")
+                if msg.type == nlmsg.NLMSG_ERROR:
+                    err = nlmsg.error_of(msg)
+                    if err is not None:
+                        raise err
+                    return out  # the ack
+                interrupted |= bool(msg.flags & nlmsg.NLM_F_DUMP_INTR)
+                if msg.type == nlmsg.NLMSG_DONE:
+                    err = nlmsg.done_error(msg)
+                    if err is not None:
+                        raise err
+                    if interrupted:
+                        raise DumpInterruptedError()
+                    return out
+                out.append(msg)

@@ -1,0 +1,120 @@
+"""UAPI transport: one unix-socket connection per request to ``<dir>/<name>.sock``."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+
+from wgcable.wgctrl.errors import DeviceNotFoundError, PermissionDeniedError, ProtocolError
+from wgcable.wgctrl.types import BackendKind, Config, Device
+from wgcable.wgctrl.uapi import protocol
+
+DEFAULT_SOCKET_DIRS = ("/var/run/wireguard", "/run/wireguard")
+_RECV = 1 << 16
+
+
+class UAPIBackend:
+    kind = BackendKind.USERSPACE
+
+    def __init__(
+        self, socket_dirs: Sequence[str] = DEFAULT_SOCKET_DIRS, timeout: float = 10.0
+    ) -> None:
+        self._dirs = list(socket_dirs)
+        self._timeout = timeout
+
+    def _socket_paths(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        seen: set[str] = set()
+        for d in self._dirs:
+            try:
+                entries = sorted(os.listdir(d))
+            except OSError:
+                continue
+            real = os.path.realpath(d)
+            if real in seen:  # /var/run is usually a link to /run
+                continue
+            seen.add(real)
+            for e in entries:
+                if e.endswith(".sock") and e[:-5] not in found:
+                    found[e[:-5]] = os.path.join(d, e)
+        return found
+
+    def _path(self, name: str) -> str:
+        for d in self._dirs:
+            p = os.path.join(d, f"{name}.sock")
+            if os.path.exists(p):
+                return p
+        raise DeviceNotFoundError(name, f"no UAPI socket in {', '.join(self._dirs)}")
+
+    def device_names(self) -> list[str]:
+        return list(self._socket_paths())
+
+    def owns(self, name: str) -> bool:
+        try:
+            self._path(name)
+        except DeviceNotFoundError:
+            return False
+        return True
+
+    def _request(self, name: str, action: str, request: bytes) -> bytes:
+        path = self._path(name)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self._timeout)
+        try:
+            try:
+                s.connect(path)
+            except PermissionError:
+                raise PermissionDeniedError(name, action) from None
+            except (FileNotFoundError, ConnectionRefusedError):
+                # A socket file left behind by a dead daemon refuses connections.
+                raise DeviceNotFoundError(name, f"nothing listens on {path}") from None
+            s.sendall(request)
+            chunks: list[bytes] = []
+            tail = b""
+            while True:
+                chunk = s.recv(_RECV)
+                if not chunk:
+                    raise ProtocolError(name, action, 71, None, "connection closed mid-reply")
+                chunks.append(chunk)
+                tail = (tail + chunk)[-2:]
+                if tail == b"\n\n":
+                    return b"".join(chunks)
+        except TimeoutError:
+            raise ProtocolError(name, action, 110, None, f"no reply within {self._timeout}s") \
+                from None
+        except OSError as e:
+            if isinstance(e, PermissionError):
+                raise PermissionDeniedError(name, action) from None
+            raise ProtocolError(name, action, e.errno or 5, None, str(e)) from None
+        finally:
+            s.close()
+
+    def _get(self, name: str) -> protocol.GetReply:
+        return protocol.parse_get(name, self._request(name, "read", protocol.GET_REQUEST))
+
+    def device(self, name: str) -> Device:
+        return self._get(name).device
+
+    def configure(self, name: str, config: Config) -> None:
+        if config.is_empty():
+            return
+        supported = True
+        if any(p.update_only for p in config.peers):
+            # boringtun has no update_only: drop such peers that do not exist yet ourselves.
+            reply = self._get(name)
+            if reply.boringtun:
+                supported = False
+                have = {p.public_key for p in reply.device.peers}
+                config = Config(
+                    private_key=config.private_key,
+                    listen_port=config.listen_port,
+                    fwmark=config.fwmark,
+                    replace_peers=config.replace_peers,
+                    peers=[p for p in config.peers if not p.update_only or p.public_key in have],
+                )
+        request = protocol.encode_set(config, update_only_supported=supported)
+        protocol.parse_errno(name, "configure", self._request(name, "configure", request))
+
+    def close(self) -> None:
+        pass

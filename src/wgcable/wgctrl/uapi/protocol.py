@@ -1,0 +1,155 @@
+"""Encoding and parsing of the UAPI text protocol (pure; no I/O).
+
+Quirks handled here (see the cross-implementation notes in docs/architecture.md):
+- keys are hex on this wire;
+- wireguard-go sends errno negated, boringtun positive: any non-zero is failure;
+- boringtun reports ``own_public_key`` and handshake *age* in seconds, and has no
+  ``update_only`` (the backend emulates it);
+- unknown keys are ignored and key order within a peer is not relied upon.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from wgcable.wgctrl.errors import InvalidKeyError, ProtocolError
+from wgcable.wgctrl.key import Key
+from wgcable.wgctrl.types import BackendKind, Config, Device, Peer, UDPAddr
+
+GET_REQUEST = b"get=1\n\n"
+
+
+@dataclass(slots=True)
+class GetReply:
+    device: Device
+    boringtun: bool  # the reply came in boringtun's dialect
+
+
+def encode_set(config: Config, *, update_only_supported: bool = True) -> bytes:
+    """The ``set=1`` request for ``config``, ending with the blank line."""
+    out = ["set=1"]
+    if config.private_key is not None:
+        out.append(f"private_key={config.private_key.hex()}")
+    if config.listen_port is not None:
+        out.append(f"listen_port={config.listen_port}")
+    if config.fwmark is not None:
+        out.append(f"fwmark={config.fwmark}")
+    if config.replace_peers:
+        out.append("replace_peers=true")
+    for p in config.peers:
+        out.append(f"public_key={p.public_key.hex()}")
+        if p.remove:
+            out.append("remove=true")
+            continue
+        if p.update_only and update_only_supported:
+            out.append("update_only=true")
+        if p.preshared_key is not None:
+            out.append(f"preshared_key={p.preshared_key.hex()}")
+        if p.endpoint is not None:
+            out.append(f"endpoint={p.endpoint}")
+        if p.persistent_keepalive is not None:
+            out.append(f"persistent_keepalive_interval={p.persistent_keepalive}")
+        if p.replace_allowed_ips:
+            out.append("replace_allowed_ips=true")
+        out.extend(f"allowed_ip={n}" for n in p.allowed_ips)
+    out.append("")
+    out.append("")
+    return "\n".join(out).encode()
+
+
+def parse_errno(device: str, action: str, reply: bytes) -> None:
+    """Check a set reply (``errno=N``); raise ProtocolError unless N is 0."""
+    for line in reply.split(b"\n"):
+        if line.startswith(b"errno="):
+            try:
+                n = int(line[6:])
+            except ValueError:
+                raise ProtocolError(device, action, 71, "errno", f"bad value {line!r}") from None
+            if n != 0:
+                raise ProtocolError(device, action, n)
+            return
+    raise ProtocolError(device, action, 71, None, "reply has no errno line")
+
+
+def _handshake(sec: int, nsec: int, age: bool, now: datetime) -> datetime | None:
+    if sec == 0 and nsec == 0:
+        return None
+    if age:
+        return now - timedelta(seconds=sec, microseconds=nsec // 1000)
+    return datetime.fromtimestamp(sec + nsec / 1e9, UTC)
+
+
+def parse_get(name: str, reply: bytes, now: datetime | None = None) -> GetReply:
+    """Parse a ``get=1`` reply into a Device. Raises ProtocolError on errno or bad values."""
+    dev = Device(name=name, kind=BackendKind.USERSPACE)
+    boringtun = False
+    peer: Peer | None = None
+    # Handshake (sec, nsec) per peer, turned into a time at the end (boringtun sends an age).
+    hs: dict[int, tuple[int, int]] = {}
+    errno_seen = False
+    for raw in reply.split(b"\n"):
+        if not raw:
+            continue
+        key, sep, val_b = raw.partition(b"=")
+        if not sep:
+            raise ProtocolError(name, "read", 71, None, f"line without '=': {raw[:40]!r}")
+        k = key.decode("ascii", "replace")
+        v = val_b.decode("ascii", "replace")
+        try:
+            if k == "errno":
+                n = int(v)
+                if n != 0:
+                    raise ProtocolError(name, "read", n)
+                errno_seen = True
+                break
+            if k == "public_key":
+                peer = Peer(public_key=Key.from_hex(v, "public_key"))
+                dev.peers.append(peer)
+                hs[id(peer)] = (0, 0)
+                continue
+            if peer is None:
+                if k == "private_key":
+                    dev.private_key = Key.from_hex(v, "private_key")
+                elif k == "own_public_key":
+                    boringtun = True
+                    dev.public_key = Key.from_hex(v, "own_public_key")
+                elif k == "listen_port":
+                    dev.listen_port = int(v)
+                elif k == "fwmark":
+                    dev.fwmark = int(v)
+                continue
+            if k == "allowed_ip":
+                peer.allowed_ips.append(ipaddress.ip_network(v, strict=False))
+            elif k == "endpoint":
+                peer.endpoint = UDPAddr.parse(v)
+            elif k == "last_handshake_time_sec":
+                hs[id(peer)] = (int(v), hs[id(peer)][1])
+            elif k == "last_handshake_time_nsec":
+                hs[id(peer)] = (hs[id(peer)][0], int(v))
+            elif k == "rx_bytes":
+                peer.rx_bytes = int(v)
+            elif k == "tx_bytes":
+                peer.tx_bytes = int(v)
+            elif k == "persistent_keepalive_interval":
+                peer.persistent_keepalive = int(v)
+            elif k == "preshared_key":
+                psk = Key.from_hex(v, "preshared_key")
+                peer.preshared_key = None if psk.is_zero() else psk
+            elif k == "protocol_version":
+                peer.protocol_version = int(v)
+            # Unknown keys are ignored: implementations add fields over time.
+        except InvalidKeyError as e:
+            raise ProtocolError(name, "read", 71, k, str(e)) from None
+        except ValueError:
+            raise ProtocolError(name, "read", 71, k, f"bad value {v[:80]!r}") from None
+    if not errno_seen:
+        raise ProtocolError(name, "read", 71, None, "reply has no errno line")
+    if dev.private_key is not None and dev.public_key is None:
+        dev.public_key = dev.private_key.public_key()
+    now = now or datetime.now(UTC)
+    for p in dev.peers:
+        sec, nsec = hs[id(p)]
+        p.last_handshake = _handshake(sec, nsec, boringtun, now)
+    return GetReply(dev, boringtun)
