@@ -1,0 +1,1 @@
+"""The lab: simulated clusters in network namespaces on one machine."""

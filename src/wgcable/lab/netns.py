@@ -1,0 +1,129 @@
+"""Network namespaces and userspace WireGuard daemons inside them.
+
+Everything here is created inside namespaces that we name ourselves, never in the root
+namespace, and processes are ended by the PID we started, never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from wgcable.wgctrl import Client
+from wgcable.wgctrl.uapi import UAPIBackend
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def _run(cmd: Sequence[str], check: bool = True, timeout: float = 30) -> str:
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and p.returncode != 0:
+        raise LabError(f"{' '.join(cmd)}: exit {p.returncode}: {p.stderr.strip()}")
+    return p.stdout
+
+
+def list_namespaces() -> list[str]:
+    return [line.split()[0] for line in _run(["ip", "netns", "list"]).splitlines() if line]
+
+
+class Namespace:
+    """A named network namespace (``ip netns``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def create(self) -> Namespace:
+        _run(["ip", "netns", "add", self.name])
+        self.run("ip", "link", "set", "lo", "up")
+        return self
+
+    def delete(self) -> None:
+        if self.name in list_namespaces():
+            _run(["ip", "netns", "del", self.name])
+
+    def cmd(self, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *args]
+
+    def run(self, *args: str, check: bool = True, timeout: float = 30) -> str:
+        return _run(self.cmd(*args), check=check, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"Namespace({self.name!r})"
+
+
+def veth_pair(a: Namespace, a_if: str, b: Namespace, b_if: str) -> None:
+    """A veth pair with one end in each namespace, both up. Made inside ``a``: never in root."""
+    a.run("ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b.name)
+    a.run("ip", "link", "set", a_if, "up")
+    b.run("ip", "link", "set", b_if, "up")
+
+
+class WireGuardGo:
+    """A wireguard-go daemon for one device inside a namespace, in its own mount namespace.
+
+    wireguard-go's socket directory is not namespaced, so each daemon gets a private tmpfs
+    on /run/wireguard. We reach that socket from outside through /proc/<pid>/root (using
+    /run, because the /var/run symlink would resolve against our own root).
+    """
+
+    def __init__(self, ns: Namespace, ifname: str, binary: str = "wireguard-go") -> None:
+        self.ns = ns
+        self.ifname = ifname
+        script = "mount -t tmpfs wgcable /run/wireguard && exec \"$0\" -f \"$1\""
+        self.proc = subprocess.Popen(
+            ns.cmd("sh", "-c", script, binary, ifname),
+            env={**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.pid = self.proc.pid  # sh and then the daemon exec in place: same PID
+
+    @property
+    def socket_dir(self) -> str:
+        return f"/proc/{self.pid}/root/run/wireguard"
+
+    def wait_ready(self, timeout: float = 10) -> WireGuardGo:
+        sock = Path(self.socket_dir) / f"{self.ifname}.sock"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise LabError(f"wireguard-go for {self.ifname} exited: {err.strip()}")
+            if sock.exists():
+                return self
+            time.sleep(0.02)
+        raise LabError(f"wireguard-go for {self.ifname}: no socket after {timeout}s")
+
+    def client(self) -> Client:
+        return Client([UAPIBackend([self.socket_dir])])
+
+    def exec_cmd(self, *args: str) -> list[str]:
+        """A command line that runs inside the daemon's network and mount namespaces."""
+        return ["nsenter", "-t", str(self.pid), "-m", "-n", *args]
+
+    def run(self, *args: str, check: bool = True, input: str | None = None) -> str:
+        p = subprocess.run(
+            self.exec_cmd(*args), capture_output=True, text=True, input=input, timeout=30,
+            check=False,
+        )
+        if check and p.returncode != 0:
+            raise LabError(f"{' '.join(args)}: exit {p.returncode}: {p.stderr.strip()}")
+        return p.stdout
+
+    def stop(self, timeout: float = 5) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        if self.proc.stderr:
+            self.proc.stderr.close()
