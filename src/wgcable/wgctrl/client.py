@@ -12,10 +12,16 @@ from wgcable.wgctrl.types import Config, Device
 from wgcable.wgctrl.uapi import DEFAULT_SOCKET_DIRS, UAPIBackend
 
 
-def default_backends(socket_dirs: Sequence[str] = DEFAULT_SOCKET_DIRS) -> list[Backend]:
-    """Kernel first when its netlink family exists, then the UAPI socket (as wgctrl-go does)."""
+def default_backends(
+    socket_dirs: Sequence[str] = DEFAULT_SOCKET_DIRS, netns: str | None = None
+) -> list[Backend]:
+    """Kernel first when its netlink family exists, then the UAPI socket (as wgctrl-go does).
+
+    ``netns`` selects the network namespace of kernel devices; userspace devices are found
+    by their socket directory.
+    """
     backends: list[Backend] = []
-    kernel = KernelBackend.open()
+    kernel = KernelBackend.open(netns)
     if kernel is not None:
         backends.append(kernel)
     backends.append(UAPIBackend(socket_dirs))

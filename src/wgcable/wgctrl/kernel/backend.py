@@ -7,6 +7,7 @@ import errno as _errno
 from wgcable.netlink import genl, rtnl
 from wgcable.netlink import message as nlmsg
 from wgcable.netlink.message import DumpInterruptedError, NetlinkError
+from wgcable.netlink.netns import call_in_netns
 from wgcable.netlink.socket import NETLINK_GENERIC, NETLINK_ROUTE, NetlinkSocket
 from wgcable.wgctrl.errors import (
     DeviceNotFoundError,
@@ -57,17 +58,23 @@ def to_wg_error(
 class KernelBackend:
     kind = BackendKind.KERNEL
 
-    def __init__(self, genl_sock: NetlinkSocket, family_id: int) -> None:
+    def __init__(
+        self, genl_sock: NetlinkSocket, family_id: int, netns: str | None = None
+    ) -> None:
         self._genl = genl_sock
         self._family = family_id
+        self._netns = netns
         self._rtnl: NetlinkSocket | None = None
 
     @classmethod
-    def open(cls) -> KernelBackend | None:
+    def open(cls, netns: str | None = None) -> KernelBackend | None:
         """A backend, or None when the kernel has no ``wireguard`` family (module absent,
-        or netlink unavailable in this sandbox). Never loads modules itself."""
+        or netlink unavailable in this sandbox). Never loads modules itself.
+
+        ``netns``: an ``ip netns`` name or a path; its devices are controlled instead of
+        those of the caller's namespace."""
         try:
-            sock = NetlinkSocket(NETLINK_GENERIC)
+            sock = call_in_netns(netns, lambda: NetlinkSocket(NETLINK_GENERIC))
         except OSError:
             return None
         try:
@@ -77,11 +84,11 @@ class KernelBackend:
         if family is None:
             sock.close()
             return None
-        return cls(sock, family)
+        return cls(sock, family, netns)
 
     def _route(self) -> NetlinkSocket:
         if self._rtnl is None:
-            self._rtnl = NetlinkSocket(NETLINK_ROUTE)
+            self._rtnl = call_in_netns(self._netns, lambda: NetlinkSocket(NETLINK_ROUTE))
         return self._rtnl
 
     def device_names(self) -> list[str]:
