@@ -1,0 +1,33 @@
+"""Settings of the wireguard cable driver, with the defaults of the founding design."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from wgcable.cable.wireguard.status import StatusThresholds
+
+DEFAULT_DEVICE = "subwg0"
+DEFAULT_TABLE = 220  # the founding design's table and rule priority
+DEFAULT_RULE_PRIORITY = 220
+DEFAULT_KEEPALIVE = 10
+DEFAULT_STATE_DIR = "/var/lib/wgcable"
+
+BackendChoice = Literal["auto", "kernel", "userspace"]
+
+
+@dataclass(slots=True)
+class WireGuardConfig:
+    device: str = DEFAULT_DEVICE
+    port: int | None = None  # None: local endpoint's udp-port, else 5871
+    keepalive: int = DEFAULT_KEEPALIVE
+    state_dir: str = DEFAULT_STATE_DIR
+    preshared_key_file: str | None = None
+    table: int = DEFAULT_TABLE
+    rule_priority: int = DEFAULT_RULE_PRIORITY
+    mtu: int | None = None  # None: underlay MTU minus WireGuard's overhead
+    fwmark: int = 0
+    backend: BackendChoice = "auto"
+    netns: str | None = None  # act inside this network namespace (tests, lab)
+    wireguard_go: str = "wireguard-go"
+    thresholds: StatusThresholds = field(default_factory=StatusThresholds)

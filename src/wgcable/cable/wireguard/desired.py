@@ -1,0 +1,186 @@
+"""What the device and the routing table should hold, from the connected endpoints (pure).
+
+Validation happens here, once, for each remote endpoint: a refusal names the field and the
+value, and only that endpoint's connection is affected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from wgcable.cable.types import Endpoint, NATEndpointInfo
+from wgcable.routing.table import Route
+from wgcable.wgctrl import InvalidKeyError, IPAddress, IPNetwork, Key, Peer, UDPAddr
+
+PUBLIC_KEY = "publicKey"
+INTERFACE_NAME = "interface-name"
+UDP_PORT = "udp-port"
+DEFAULT_PORT = 5871  # the fixed port of the original 2020 driver
+
+
+class EndpointRejectedError(ValueError):
+    """A remote endpoint we refuse; ``field`` and ``value`` say what is wrong."""
+
+    def __init__(self, cluster_id: str, field: str, value: object, reason: str) -> None:
+        self.cluster_id = cluster_id
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"endpoint of cluster {cluster_id!r}: {field}={value!r}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class RemotePeer:
+    """A validated remote cluster: everything needed for its peer and routes."""
+
+    cluster_id: str
+    public_key: Key
+    endpoint: UDPAddr
+    subnets: tuple[IPNetwork, ...]
+    using_ip: str
+    using_nat: bool
+
+
+def parse_port(value: str | None, field: str, cluster_id: str, default: int) -> int:
+    if value is None or value == "":
+        return default
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise EndpointRejectedError(cluster_id, field, value, "must be a port number 1-65535")
+    return int(value)
+
+
+def parse_subnets(ep: Endpoint) -> tuple[IPNetwork, ...]:
+    nets: list[IPNetwork] = []
+    for s in ep.subnets:
+        try:
+            net = ipaddress.ip_network(s, strict=False)
+        except ValueError:
+            raise EndpointRejectedError(ep.cluster_id, "subnets", s, "not a CIDR") from None
+        if net.prefixlen == 0:
+            raise EndpointRejectedError(ep.cluster_id, "subnets", s, "a default route is refused")
+        if net not in nets:
+            nets.append(net)
+    if not nets:
+        raise EndpointRejectedError(ep.cluster_id, "subnets", ep.subnets, "no subnets")
+    return tuple(nets)
+
+
+def _overlap(a: Iterable[IPNetwork], b: Iterable[IPNetwork]) -> tuple[IPNetwork, IPNetwork] | None:
+    bl = list(b)
+    for x in a:
+        for y in bl:
+            if x.version == y.version and x.overlaps(y):
+                return x, y
+    return None
+
+
+def validate_remote(
+    info: NATEndpointInfo,
+    local: Endpoint,
+    local_subnets: Iterable[IPNetwork],
+    own_public_key: Key,
+    others: Mapping[str, RemotePeer],
+) -> RemotePeer:
+    """The RemotePeer for ``info``, or EndpointRejectedError naming the field and value.
+
+    ``others`` are the other clusters' accepted peers (the remote's own entry excluded).
+    """
+    ep = info.endpoint
+    cid = ep.cluster_id
+    if not cid:
+        raise EndpointRejectedError(cid, "cluster_id", cid, "empty")
+    if cid == local.cluster_id:
+        raise EndpointRejectedError(cid, "cluster_id", cid, "is the local cluster's own ID")
+    raw_key = ep.backend_config.get(PUBLIC_KEY)
+    if not raw_key:
+        raise EndpointRejectedError(cid, f"backend_config.{PUBLIC_KEY}", raw_key, "missing")
+    try:
+        key = Key.from_base64(raw_key, f"backend_config.{PUBLIC_KEY}")
+    except InvalidKeyError as e:
+        raise EndpointRejectedError(cid, f"backend_config.{PUBLIC_KEY}", raw_key, str(e)) \
+            from None
+    if key == own_public_key:
+        raise EndpointRejectedError(cid, f"backend_config.{PUBLIC_KEY}", raw_key,
+                                    "is this gateway's own key")
+    for other in others.values():
+        if other.public_key == key:
+            raise EndpointRejectedError(cid, f"backend_config.{PUBLIC_KEY}", raw_key,
+                                        f"already used by cluster {other.cluster_id!r}")
+    try:
+        ip: IPAddress = ipaddress.ip_address(info.use_ip)
+    except ValueError:
+        raise EndpointRejectedError(cid, "using_ip", info.use_ip, "not an IP address") from None
+    if ip.is_unspecified or ip.is_multicast:
+        raise EndpointRejectedError(cid, "using_ip", info.use_ip, "not a unicast address")
+    port = parse_port(ep.backend_config.get(UDP_PORT), f"backend_config.{UDP_PORT}", cid,
+                      DEFAULT_PORT)
+    subnets = parse_subnets(ep)
+    if hit := _overlap(subnets, local_subnets):
+        raise EndpointRejectedError(cid, "subnets", str(hit[0]),
+                                    f"overlaps the local cluster's {hit[1]}")
+    for other in others.values():
+        if hit := _overlap(subnets, other.subnets):
+            raise EndpointRejectedError(
+                cid, "subnets", str(hit[0]),
+                f"overlaps {hit[1]} of cluster {other.cluster_id!r}")
+    return RemotePeer(cid, key, UDPAddr(ip, port), subnets, info.use_ip, info.use_nat)
+
+
+def desired_peer(peer: RemotePeer, keepalive: int, psk: Key | None) -> Peer:
+    return Peer(
+        public_key=peer.public_key,
+        preshared_key=psk,
+        endpoint=peer.endpoint,
+        persistent_keepalive=keepalive,
+        allowed_ips=list(peer.subnets),
+    )
+
+
+def desired_routes(
+    peers: Iterable[RemotePeer], device: str, sources: Mapping[int, IPAddress]
+) -> set[Route]:
+    """One route per remote subnet through the device; ``sources`` maps IP version to the
+    local address replies should come back to."""
+    return {Route(n, device, sources.get(n.version)) for p in peers for n in p.subnets}
+
+
+# Preshared keys anyone could guess protect nothing: refuse them.
+WELL_KNOWN_PSKS = frozenset(
+    {
+        bytes(32),
+        hashlib.sha256(b"").digest(),
+        hashlib.sha256(b"default").digest(),
+        hashlib.sha256(b"default psk").digest(),
+    }
+)
+
+
+def check_psk(key: Key, source: str) -> Key:
+    raw = key.raw
+    if raw in WELL_KNOWN_PSKS or len(set(raw)) == 1:
+        raise ValueError(f"{source}: preshared key refused: empty or well-known")
+    return key
+
+
+def mtu_for(underlay_mtu: int, ipv6_underlay: bool) -> int:
+    """WireGuard overhead: outer IP (20 or 40) + UDP 8 + WireGuard header and tag 32."""
+    return underlay_mtu - (80 if ipv6_underlay else 60)
+
+
+def local_sources(
+    addresses: Iterable[tuple[str, str, int]], subnets: Iterable[IPNetwork], device: str
+) -> dict[int, IPAddress]:
+    """The first local address (per IP version) inside the local cluster's subnets: the
+    source for routes, so replies from the remote come back through the tunnel."""
+    nets = list(subnets)
+    found: dict[int, IPAddress] = {}
+    for ifname, addr, _ in addresses:
+        if ifname == device:
+            continue
+        ip = ipaddress.ip_address(addr)
+        if ip.version not in found and any(ip in n for n in nets if n.version == ip.version):
+            found[ip.version] = ip
+    return found

@@ -1,0 +1,321 @@
+"""The ``wireguard`` cable driver: one WireGuard peer and its routes per remote cluster.
+
+All public methods take one lock: the engine serialises its calls, but the supervisor
+thread that restarts a dead wireguard-go re-applies state concurrently.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from wgcable.cable.types import Connection, ConnectionStatus, Endpoint, NATEndpointInfo
+from wgcable.cable.wireguard import desired
+from wgcable.cable.wireguard.config import WireGuardConfig
+from wgcable.cable.wireguard.desired import EndpointRejectedError, RemotePeer
+from wgcable.cable.wireguard.device import WireGuardDevice
+from wgcable.cable.wireguard.status import PeerStatus
+from wgcable.routing import IPRoute, RouteTable
+from wgcable.wgctrl import Device, IPNetwork, Key, config_delta, read_key_file, write_key_file
+
+log = logging.getLogger(__name__)
+
+DRIVER_NAME = "wireguard"
+
+
+@dataclass(slots=True)
+class _Conn:
+    info: NATEndpointInfo
+    peer: RemotePeer | None  # None: refused, and nothing of it was ever installed
+    tracker: PeerStatus | None
+    error: str | None = None  # why the latest endpoint was refused
+    rx: int = 0
+    tx: int = 0
+
+
+class WireGuardDriver:
+    def __init__(
+        self,
+        local_endpoint: Endpoint,
+        config: WireGuardConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = config or WireGuardConfig()
+        self.local = local_endpoint
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._conns: dict[str, _Conn] = {}
+        self._synced = False
+        self._key: Key | None = None
+        self._psk: Key | None = None
+        self.device = WireGuardDevice(self.cfg)
+        self.ip = IPRoute(self.cfg.netns)
+        self.table = RouteTable(self.ip, self.cfg.table, self.cfg.rule_priority)
+        self._local_subnets: tuple[IPNetwork, ...] = tuple(
+            ipaddress.ip_network(s, strict=False) for s in local_endpoint.subnets
+        )
+        port = desired.parse_port(
+            local_endpoint.backend_config.get(desired.UDP_PORT), "udp-port",
+            local_endpoint.cluster_id, desired.DEFAULT_PORT)
+        self.port = self.cfg.port or port
+        self._stop = threading.Event()
+        self._supervisor: threading.Thread | None = None
+
+    @property
+    def name(self) -> str:
+        return DRIVER_NAME
+
+    @property
+    def public_key(self) -> Key:
+        if self._key is None:
+            raise RuntimeError("driver not initialised")
+        return self._key.public_key()
+
+    # --- set-up -----------------------------------------------------------------------
+
+    def _load_key(self) -> Key:
+        state = Path(self.cfg.state_dir)
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = state / f"{self.cfg.device}.key"
+        if path.exists():
+            return read_key_file(path)
+        key = Key.generate()
+        write_key_file(path, key)
+        log.info("generated a new key pair in %s", path)
+        return key
+
+    def init(self) -> None:
+        """Load or create the key, adopt or create the device, publish the public key."""
+        with self._lock:
+            self._key = self._load_key()
+            if self.cfg.preshared_key_file:
+                psk = read_key_file(self.cfg.preshared_key_file, "preshared_key_file")
+                self._psk = desired.check_psk(psk, self.cfg.preshared_key_file)
+            self.local.backend_config[desired.PUBLIC_KEY] = self.public_key.base64()
+            self.local.backend_config[desired.INTERFACE_NAME] = self.cfg.device
+            self.local.backend_config[desired.UDP_PORT] = str(self.port)
+            created = self.device.ensure()
+            log.info("device %s %s (%s), port %d, public key %s", self.cfg.device,
+                     "created" if created else "adopted", self.device.kind, self.port,
+                     self.public_key.base64())
+            self._apply()
+        self._supervisor = threading.Thread(
+            target=self._supervise, name=f"supervise:{self.cfg.device}", daemon=True)
+        self._supervisor.start()
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(1.0):
+            with self._lock:
+                if self._stop.is_set() or self.device.alive():
+                    continue
+                log.warning("device %s is gone; re-creating it and re-applying state",
+                            self.cfg.device)
+                try:
+                    self.device.ensure()
+                    self._apply()
+                except Exception:
+                    log.exception("re-creating device %s failed; will retry", self.cfg.device)
+
+    def mark_synced(self) -> None:
+        """Every known endpoint has been connected: peers nobody owns can go now.
+
+        Until then they stay, so that a restart does not cut tunnels the engine is about
+        to re-connect (what Cilium does too).
+        """
+        with self._lock:
+            self._synced = True
+            self._apply()
+
+    # --- desired state ------------------------------------------------------------------
+
+    def _accepted(self) -> list[RemotePeer]:
+        return [c.peer for c in self._conns.values() if c.peer is not None]
+
+    def _desired_device(self, actual: Device) -> Device:
+        assert self._key is not None
+        peers = [desired.desired_peer(p, self.cfg.keepalive, self._psk)
+                 for p in self._accepted()]
+        if not self._synced:
+            ours = {p.public_key for p in peers}
+            peers += [p for p in actual.peers if p.public_key not in ours]
+        return Device(
+            name=self.cfg.device, kind=actual.kind, private_key=self._key,
+            listen_port=self.port, fwmark=self.cfg.fwmark, peers=peers,
+        )
+
+    def _mtu(self) -> int:
+        if self.cfg.mtu:
+            return self.cfg.mtu
+        underlay, v6 = 1500, False
+        local_ips = {self.local.private_ip, *self.local.private_ips}
+        for ifname, addr, _ in self.ip.addresses():
+            if addr in local_ips:
+                link = self.ip.link(ifname)
+                underlay = int(link["mtu"]) if link else underlay
+                v6 = ipaddress.ip_address(addr).version == 6
+                break
+        v6 = v6 or any(p.endpoint.ip.version == 6 for p in self._accepted())
+        return desired.mtu_for(underlay, v6)
+
+    def _apply(self, actual: Device | None = None) -> None:
+        """Bring device, routes and rules to the desired state, changing only differences."""
+        client = self.device.client
+        if actual is None:
+            actual = client.device(self.cfg.device)
+        change = config_delta(actual, self._desired_device(actual))
+        if not change.is_empty():
+            client.configure(self.cfg.device, change)
+            log.debug("device %s: %d peer change(s)", self.cfg.device, len(change.peers))
+        self.device.set_up(self._mtu())
+        sources = desired.local_sources(self.ip.addresses(), self._local_subnets,
+                                        self.cfg.device)
+        routes = desired.desired_routes(self._accepted(), self.cfg.device, sources)
+        added, removed = self.table.sync(routes)
+        if added or removed:
+            log.debug("table %d: %d route(s) added, %d removed", self.cfg.table, added, removed)
+        self.table.ensure_rules()
+
+    def resync(self) -> None:
+        """Re-apply everything; heals drift (peers or routes removed by someone else)."""
+        with self._lock:
+            self.device.ensure()
+            self._apply()
+
+    # --- the cable driver contract ----------------------------------------------------------
+
+    def connect_to_endpoint(self, info: NATEndpointInfo) -> str:
+        """Install (or update in place) the peer and routes of ``info``'s cluster.
+
+        A refused endpoint raises EndpointRejectedError and shows as an ``error``
+        connection; a tunnel already up for that cluster stays as it was.
+        """
+        cid = info.endpoint.cluster_id
+        with self._lock:
+            assert self._key is not None, "init() first"
+            old = self._conns.get(cid)
+            others = {k: c.peer for k, c in self._conns.items()
+                      if k != cid and c.peer is not None}
+            try:
+                peer = desired.validate_remote(
+                    info, self.local, self._local_subnets, self._key.public_key(), others)
+            except EndpointRejectedError as e:
+                log.warning("refused %s", e)
+                if old is not None and old.peer is not None:
+                    old.error = str(e)
+                else:
+                    self._conns[cid] = _Conn(info, None, None, str(e))
+                raise
+            now = self._clock()
+            tracker = None
+            if old is not None and old.peer is not None and old.peer.public_key == peer.public_key:
+                tracker = old.tracker  # same key: an in-place update keeps the session
+            if old is not None and old.peer is not None and tracker is None:
+                log.info("cluster %s has a new key: replacing its peer", cid)
+            self._conns[cid] = _Conn(
+                info, peer, tracker or PeerStatus(self.cfg.thresholds, now))
+            self._apply()
+            log.info("connected cluster %s at %s (nat=%s, subnets %s)", cid, peer.endpoint,
+                     peer.using_nat, ", ".join(map(str, peer.subnets)))
+            return peer.using_ip
+
+    def disconnect_from_endpoint(self, endpoint: Endpoint) -> None:
+        cid = endpoint.cluster_id
+        with self._lock:
+            conn = self._conns.get(cid)
+            if conn is None:
+                return
+            key = endpoint.backend_config.get(desired.PUBLIC_KEY)
+            if conn.peer is not None and key and key != conn.peer.public_key.base64():
+                # An out-of-order event about a key that was already replaced.
+                log.info("ignored disconnect of cluster %s with a stale key", cid)
+                return
+            del self._conns[cid]
+            self._apply()
+            log.info("disconnected cluster %s", cid)
+
+    def _read_status(self) -> None:
+        try:
+            dev = self.device.client.device(self.cfg.device)
+        except Exception as e:  # the device is gone: the supervisor re-creates it
+            for c in self._conns.values():
+                if c.tracker is not None:
+                    c.tracker.status, c.tracker.message = ConnectionStatus.ERROR, str(e)
+            return
+        now, wall = self._clock(), datetime.now(UTC)
+        for cid, c in self._conns.items():
+            if c.peer is None or c.tracker is None:
+                continue
+            p = dev.peer(c.peer.public_key)
+            before = c.tracker.status
+            if p is None:
+                c.tracker.status = ConnectionStatus.ERROR
+                c.tracker.message = "peer missing from the device; re-adding it"
+            else:
+                c.rx, c.tx = p.rx_bytes, p.tx_bytes
+                c.tracker.update(now, wall, p.last_handshake, p.rx_bytes, p.tx_bytes)
+            if c.tracker.status != before:
+                log.info("connection to %s: %s -> %s (%s)", cid, before.value,
+                         c.tracker.status.value, c.tracker.message)
+        if self._synced or any(dev.peer(c.peer.public_key) is None
+                               for c in self._conns.values() if c.peer):
+            self._apply(dev)  # removes peers nobody owns, restores missing ones
+
+    def _connection(self, c: _Conn) -> Connection:
+        if c.tracker is None or c.peer is None:
+            status, message = ConnectionStatus.ERROR, c.error or "refused"
+        else:
+            status, message = c.tracker.status, c.tracker.message
+            if c.error:
+                message = f"{message}; latest update refused: {c.error}"
+        return Connection(
+            status=status,
+            status_message=message,
+            endpoint=c.info.endpoint,
+            using_ip=c.info.use_ip if c.peer is None else c.peer.using_ip,
+            using_nat=c.info.use_nat,
+            rx_bytes=c.rx,
+            tx_bytes=c.tx,
+        )
+
+    def get_connections(self) -> list[Connection]:
+        with self._lock:
+            self._read_status()
+            return [self._connection(c) for _, c in sorted(self._conns.items())]
+
+    def get_active_connections(self) -> list[Connection]:
+        """Connections whose tunnel is installed (refused endpoints have none)."""
+        with self._lock:
+            self._read_status()
+            return [self._connection(c) for _, c in sorted(self._conns.items())
+                    if c.peer is not None]
+
+    # --- shutdown ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop supervising but leave the tunnels up: a restart must not drop traffic."""
+        self._stop.set()
+        if self._supervisor is not None:
+            self._supervisor.join(5)
+        self.device.close()
+
+    def cleanup(self, remove_key: bool = False) -> None:
+        """Remove everything the driver created: routes, rules, device, daemon, PID file;
+        and the key file when asked."""
+        self._stop.set()
+        if self._supervisor is not None:
+            self._supervisor.join(5)
+        with self._lock:
+            self.table.remove()
+            self.device.delete()
+            self._conns.clear()
+            if remove_key:
+                path = Path(self.cfg.state_dir) / f"{self.cfg.device}.key"
+                if path.exists():
+                    os.unlink(path)

@@ -1,0 +1,141 @@
+"""wireguard-go daemons: started, found again after our own restart, and stopped by PID.
+
+The daemon runs in its own session so that signals aimed at the agent (SIGTERM, ^C) do not
+take the tunnels down with it. Its PID is kept in the state directory so that a later
+instance of the driver adopts the running daemon instead of starting a second one.
+
+With ``netns``, the daemon runs in that network namespace with a private tmpfs on
+/run/wireguard (its socket path is not namespaced), and its socket is reached through
+/proc/<pid>/root/run/wireguard (/run, not /var/run: that symlink is absolute and would
+resolve against our own root).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from wgcable.netlink.netns import netns_path
+from wgcable.wgctrl.uapi import DEFAULT_SOCKET_DIRS
+
+WIREGUARD_GO = "wireguard-go"
+
+
+class UserspaceError(RuntimeError):
+    pass
+
+
+def _same_netns(pid: int, netns: str | None) -> bool:
+    try:
+        theirs = os.stat(f"/proc/{pid}/ns/net").st_ino
+        ours = os.stat(netns_path(netns) if netns else "/proc/self/ns/net").st_ino
+    except OSError:
+        return False
+    return theirs == ours
+
+
+class WireGuardGoProcess:
+    """One wireguard-go daemon for one interface."""
+
+    def __init__(
+        self, ifname: str, netns: str | None = None, binary: str = WIREGUARD_GO
+    ) -> None:
+        self.ifname = ifname
+        self.netns = netns
+        self.binary = binary
+        self.pid: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket_dirs(self) -> list[str]:
+        if self.netns and self.pid:
+            return [f"/proc/{self.pid}/root/run/wireguard"]
+        return list(DEFAULT_SOCKET_DIRS)
+
+    def socket_path(self) -> Path | None:
+        for d in self.socket_dirs:
+            p = Path(d) / f"{self.ifname}.sock"
+            if p.exists():
+                return p
+        return None
+
+    def start(self, timeout: float = 10) -> None:
+        env = {**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"}
+        if self.netns:
+            script = 'mount -t tmpfs wgcable /run/wireguard && exec "$0" -f "$1"'
+            cmd = ["ip", "netns", "exec", self.netns, "sh", "-c", script, self.binary,
+                   self.ifname]
+        else:
+            cmd = [self.binary, "-f", self.ifname]
+        self._proc = subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, start_new_session=True,
+        )
+        self.pid = self._proc.pid  # ip netns exec and sh exec in place: the daemon's PID
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr \
+                    else ""
+                self.pid = None
+                raise UserspaceError(f"{self.binary} for {self.ifname} exited: {err.strip()}")
+            if self.socket_path() is not None:
+                return
+            time.sleep(0.01)
+        self.stop()
+        raise UserspaceError(f"{self.binary} for {self.ifname}: no socket after {timeout}s")
+
+    def adopt(self, pid: int) -> bool:
+        """Take over a daemon started by an earlier instance, if ``pid`` is still it."""
+        if not self._running(pid) or not _same_netns(pid, self.netns):
+            return False
+        self.pid, self._proc = pid, None
+        if self.socket_path() is None:
+            self.pid = None
+            return False
+        return True
+
+    def _running(self, pid: int) -> bool:
+        """Whether ``pid`` is still our daemon and not a zombie (or a recycled PID)."""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        name, _, rest = stat.partition("(")[2].rpartition(")")
+        return name == Path(self.binary).name[:15] and rest.split()[0] != "Z"
+
+    def alive(self) -> bool:
+        if self.pid is None:
+            return False
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return self._running(self.pid)
+
+    def stop(self, timeout: float = 5) -> None:
+        """SIGTERM, then SIGKILL, by PID. wireguard-go removes its device on the way out."""
+        pid, proc = self.pid, self._proc
+        self.pid = None
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        if proc is not None:
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
+            if proc.stderr:
+                proc.stderr.close()
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._running(pid):
+                return
+            time.sleep(0.02)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

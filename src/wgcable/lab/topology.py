@@ -1,0 +1,88 @@
+"""Simulated clusters: an underlay bridge, and per cluster a gateway and a pod namespace.
+
+    pod<i>-<n> (10.<i>.0.<n+2>) ── cni0 on gw<i> (10.<i>.0.1), eth0 (198.18.0.<i>) ── hub br0
+
+Cluster i owns 10.<i>.0.0/16 (pods) and 10.<100+i>.0.0/16 (services). Every namespace
+carries the lab's prefix, so a teardown (or a later `lab down`) finds them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wgcable.lab.netns import Namespace, list_namespaces, veth_pair
+
+UNDERLAY_PREFIX = "198.18.0"
+
+
+@dataclass
+class ClusterNet:
+    index: int
+    cluster_id: str
+    gateway: Namespace
+    pods: list[Namespace] = field(default_factory=list)
+
+    @property
+    def underlay_ip(self) -> str:
+        return f"{UNDERLAY_PREFIX}.{self.index}"
+
+    @property
+    def gateway_pod_ip(self) -> str:
+        return f"10.{self.index}.0.1"
+
+    def pod_ip(self, n: int = 0) -> str:
+        return f"10.{self.index}.0.{n + 2}"
+
+    @property
+    def subnets(self) -> list[str]:
+        return [f"10.{self.index}.0.0/16", f"10.{100 + self.index}.0.0/16"]
+
+
+class Topology:
+    """Builds and removes the namespaces of a lab. ``prefix`` names every namespace."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.hub = Namespace(f"{prefix}-hub")
+        self.clusters: list[ClusterNet] = []
+
+    def namespaces(self) -> list[Namespace]:
+        out = [self.hub]
+        for c in self.clusters:
+            out += [c.gateway, *c.pods]
+        return out
+
+    def build_underlay(self) -> None:
+        self.hub.create()
+        self.hub.run("ip", "link", "add", "br0", "type", "bridge")
+        self.hub.run("ip", "link", "set", "br0", "up")
+
+    def add_cluster(self, index: int, pods: int = 1) -> ClusterNet:
+        if not 0 < index < 100:
+            raise ValueError(f"cluster index {index}: must be 1-99")
+        cid = f"cluster{index}"
+        c = ClusterNet(index, cid, Namespace(f"{self.prefix}-gw{index}"))
+        self.clusters.append(c)
+        gw = c.gateway.create()
+        gw.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+        veth_pair(gw, "eth0", self.hub, f"gw{index}")
+        self.hub.run("ip", "link", "set", f"gw{index}", "master", "br0")
+        gw.run("ip", "addr", "add", f"{c.underlay_ip}/24", "dev", "eth0")
+        # Pods hang off a bridge, as on a node with a bridge CNI.
+        gw.run("ip", "link", "add", "cni0", "type", "bridge")
+        gw.run("ip", "addr", "add", f"{c.gateway_pod_ip}/24", "dev", "cni0")
+        gw.run("ip", "link", "set", "cni0", "up")
+        for n in range(pods):
+            pod = Namespace(f"{self.prefix}-pod{index}-{n}")
+            c.pods.append(pod.create())
+            veth_pair(gw, f"vpod{n}", pod, "eth0")
+            gw.run("ip", "link", "set", f"vpod{n}", "master", "cni0")
+            pod.run("ip", "addr", "add", f"{c.pod_ip(n)}/24", "dev", "eth0")
+            pod.run("ip", "route", "add", "default", "via", c.gateway_pod_ip)
+        return c
+
+    def destroy(self) -> None:
+        """Delete every namespace with our prefix, including ones a crashed run left."""
+        for name in list_namespaces():
+            if name.startswith(f"{self.prefix}-"):
+                Namespace(name).delete()

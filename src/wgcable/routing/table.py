@@ -1,0 +1,82 @@
+"""Routes of remote subnets through the device, in a dedicated table, and the rule for it.
+
+The desired routes are computed by the driver; this module reads what the table holds,
+changes only the difference (so existing routes never blink), and heals routes that
+someone else removed on the next sync.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from wgcable.routing.iproute import IPRoute
+from wgcable.wgctrl.types import IPAddress, IPNetwork
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    dst: IPNetwork
+    dev: str
+    src: IPAddress | None = None
+
+    def spec(self, table: int) -> str:
+        s = f"{self.dst} dev {self.dev} table {table}"
+        return s + (f" src {self.src}" if self.src else "")
+
+
+class RouteTable:
+    """One routing table of ours, plus the ``ip rule`` (per family) that consults it."""
+
+    def __init__(self, ip: IPRoute, table: int, rule_priority: int) -> None:
+        self.ip = ip
+        self.table = table
+        self.priority = rule_priority
+
+    def routes(self) -> set[Route]:
+        found: set[Route] = set()
+        for fam in ("-4", "-6"):
+            # A table that never held a route does not exist yet: that reads as empty.
+            for r in self.ip.json(fam, "route", "show", "table", str(self.table), check=False):
+                dst = r.get("dst")
+                dev = r.get("dev")
+                if not dst or not dev or r.get("type", "unicast") != "unicast":
+                    continue
+                if dst == "default":
+                    continue
+                net = ipaddress.ip_network(dst, strict=False)
+                src = r.get("prefsrc")
+                found.add(Route(net, dev, ipaddress.ip_address(src) if src else None))
+        return found
+
+    def sync(self, desired: set[Route]) -> tuple[int, int]:
+        """Make the table hold exactly ``desired``. Returns (added, removed)."""
+        actual = self.routes()
+        add = desired - actual
+        remove = actual - desired
+        cmds = [f"route replace {r.spec(self.table)}" for r in sorted(add, key=str)]
+        # A route whose destination stays (only src or dev changed) was replaced above.
+        keep_dst = {r.dst for r in desired}
+        cmds += [f"route del {r.spec(self.table)}" for r in remove if r.dst not in keep_dst]
+        self.ip.batch(cmds)
+        return len(add), len(remove)
+
+    def has_rule(self, family: str) -> bool:
+        for r in self.ip.json(family, "rule", "show"):
+            if r.get("priority") == self.priority and str(r.get("table")) == str(self.table):
+                return True
+        return False
+
+    def ensure_rules(self) -> None:
+        for fam in ("-4", "-6"):
+            if not self.has_rule(fam):
+                self.ip.run(fam, "rule", "add", "priority", str(self.priority),
+                            "table", str(self.table))
+
+    def remove(self) -> None:
+        """Remove our rules and every route in our table."""
+        for fam in ("-4", "-6"):
+            while self.has_rule(fam):
+                self.ip.run(fam, "rule", "del", "priority", str(self.priority),
+                            "table", str(self.table))
+            self.ip.run(fam, "route", "flush", "table", str(self.table), check=False)
