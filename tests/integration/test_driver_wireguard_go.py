@@ -1,0 +1,256 @@
+"""End to end: the wireguard cable driver with real wireguard-go tunnels between namespaces.
+
+Each cluster is a gateway namespace (driver, device, routes) with a pod namespace behind
+it; pods ping pods across clusters through the tunnels.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from wgcable.cable import Endpoint, NATEndpointInfo
+from wgcable.cable.types import ConnectionStatus
+from wgcable.cable.wireguard.config import WireGuardConfig
+from wgcable.cable.wireguard.desired import EndpointRejectedError
+from wgcable.cable.wireguard.driver import WireGuardDriver
+from wgcable.lab.netns import list_namespaces
+from wgcable.lab.topology import ClusterNet, Topology
+from wgcable.wgctrl import Key
+
+pytestmark = pytest.mark.netns
+
+
+class Gateway:
+    def __init__(self, net: ClusterNet, state_dir: Path) -> None:
+        self.net = net
+        self.state_dir = state_dir
+        self.endpoint = Endpoint(
+            cluster_id=net.cluster_id,
+            cable_name=f"submariner-cable-{net.cluster_id}",
+            hostname=f"gw{net.index}",
+            subnets=list(net.subnets),
+            private_ip=net.underlay_ip,
+            public_ip="",
+            nat_enabled=False,
+            backend="wireguard",
+            backend_config={},
+        )
+        self.driver = self.start()
+
+    def start(self) -> WireGuardDriver:
+        cfg = WireGuardConfig(netns=self.net.gateway.name, state_dir=str(self.state_dir))
+        d = WireGuardDriver(self.endpoint, cfg)
+        d.init()
+        return d
+
+    def info(self) -> NATEndpointInfo:
+        return NATEndpointInfo(endpoint=self.endpoint, use_ip=self.endpoint.private_ip,
+                               use_nat=False)
+
+    def wg_dump(self) -> list[list[str]]:
+        out = subprocess.run(
+            ["nsenter", "-t", str(self.driver.device.daemon.pid), "-m", "-n",
+             "wg", "show", "subwg0", "dump"],
+            capture_output=True, text=True, check=True).stdout
+        return [line.split("\t") for line in out.splitlines()[1:]]
+
+    def routes(self) -> str:
+        return self.net.gateway.run("ip", "route", "show", "table", "220")
+
+
+def ping(src: Gateway, dst: Gateway, count: int = 2) -> None:
+    src.net.pods[0].run("ping", "-c", str(count), "-i", "0.2", "-W", "2", dst.net.pod_ip())
+
+
+@pytest.fixture
+def clusters(tmp_path: Path) -> Iterator[Callable[[int], list[Gateway]]]:
+    topo = Topology(f"wgcd{os.getpid() % 10000}")
+    gws: list[Gateway] = []
+
+    def make(n: int) -> list[Gateway]:
+        topo.build_underlay()
+        for i in range(1, n + 1):
+            gws.append(Gateway(topo.add_cluster(i), tmp_path / f"state{i}"))
+        return gws
+
+    try:
+        yield make
+    finally:
+        for g in gws:
+            g.driver.cleanup(remove_key=True)
+        topo.destroy()
+    assert not [n for n in list_namespaces() if n.startswith(topo.prefix)]
+
+
+def mesh(gws: list[Gateway]) -> None:
+    for a in gws:
+        for b in gws:
+            if a is not b:
+                a.driver.connect_to_endpoint(b.info())
+        a.driver.mark_synced()
+
+
+def test_three_clusters_pods_reach_pods(clusters: Callable[[int], list[Gateway]]) -> None:
+    gws = clusters(3)
+    mesh(gws)
+    for a in gws:
+        for b in gws:
+            if a is not b:
+                ping(a, b)
+    for g in gws:
+        conns = g.driver.get_connections()
+        assert len(conns) == 2
+        assert {c.status for c in conns} == {ConnectionStatus.CONNECTED}
+        assert all(c.rx_bytes > 0 for c in conns)
+    # Routes: both remote clusters' subnets, through the device, with a source address.
+    r = gws[0].routes()
+    for other in gws[1:]:
+        for s in other.net.subnets:
+            assert f"{s} dev subwg0" in r
+    assert "src 10.1.0.1" in r
+
+
+def test_endpoint_change_converges_without_touching_others(
+    clusters: Callable[[int], list[Gateway]],
+) -> None:
+    a, b, c = clusters(3)
+    mesh([a, b, c])
+    ping(a, b)
+    ping(a, c)
+    before = {row[0]: row for row in a.wg_dump()}
+    time.sleep(1.1)
+    # c moves to a new underlay address and port, and gains a subnet.
+    c.net.gateway.run("ip", "addr", "add", "198.18.0.33/24", "dev", "eth0")
+    c.endpoint.private_ip = "198.18.0.33"
+    c.endpoint.subnets.append("10.203.0.0/16")
+    a.driver.connect_to_endpoint(c.info())
+    ping(a, c)
+    after = {row[0]: row for row in a.wg_dump()}
+    ckey = c.driver.public_key.base64()
+    bkey = b.driver.public_key.base64()
+    assert after[ckey][2] == "198.18.0.33:5871"
+    assert "10.203.0.0/16" in after[ckey][3]
+    assert "10.203.0.0/16 dev subwg0" in a.routes()
+    # b's peer: same endpoint, same allowed IPs, same handshake time (session untouched).
+    assert after[bkey][2:5] == before[bkey][2:5]
+
+
+def test_new_remote_key_replaces_peer(
+    clusters: Callable[[int], list[Gateway]], tmp_path: Path
+) -> None:
+    a, b = clusters(2)
+    mesh([a, b])
+    ping(a, b)
+    old = b.driver.public_key
+    # b loses its state and comes back with a new key pair.
+    b.driver.cleanup(remove_key=True)
+    b.endpoint.backend_config.clear()
+    b.driver = b.start()
+    assert b.driver.public_key != old
+    b.driver.connect_to_endpoint(a.info())
+    a.driver.connect_to_endpoint(b.info())
+    ping(a, b)
+    keys = [row[0] for row in a.wg_dump()]
+    assert keys == [b.driver.public_key.base64()]
+
+
+def test_disconnect_removes_peer_and_routes(clusters: Callable[[int], list[Gateway]]) -> None:
+    a, b, c = clusters(3)
+    mesh([a, b, c])
+    ping(a, b)
+    # A disconnect carrying a stale key is ignored.
+    stale = Endpoint.from_json(b.endpoint.to_json())
+    stale.backend_config["publicKey"] = Key.generate().public_key().base64()
+    a.driver.disconnect_from_endpoint(stale)
+    assert len(a.wg_dump()) == 2
+    a.driver.disconnect_from_endpoint(b.endpoint)
+    keys = [row[0] for row in a.wg_dump()]
+    assert keys == [c.driver.public_key.base64()]
+    r = a.routes()
+    assert "10.2.0.0/16" not in r
+    assert "10.3.0.0/16 dev subwg0" in r
+    ping(a, c)
+
+
+def test_restart_on_same_state_keeps_key_and_traffic(
+    clusters: Callable[[int], list[Gateway]],
+) -> None:
+    a, b = clusters(2)
+    mesh([a, b])
+    ping(a, b)
+    key, pid = a.driver.public_key, a.driver.device.daemon.pid
+    # Pings run across the restart; none may be lost.
+    pinger = subprocess.Popen(
+        a.net.pods[0].cmd("ping", "-c", "30", "-i", "0.1", "-W", "1", b.net.pod_ip()),
+        stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    a.driver.close()  # as on SIGTERM: the tunnel stays up
+    a.driver = a.start()
+    a.driver.connect_to_endpoint(b.info())
+    a.driver.mark_synced()
+    out, _ = pinger.communicate(timeout=30)
+    assert a.driver.public_key == key
+    assert a.driver.device.daemon.pid == pid  # the daemon was adopted, not replaced
+    assert " 0% packet loss" in out, out
+
+
+def test_hostile_endpoint_gets_error_others_keep_working(
+    clusters: Callable[[int], list[Gateway]],
+) -> None:
+    a, b, c = clusters(3)
+    mesh([a, b, c])
+    ping(a, b)
+    bad = [
+        ("subnets", "0.0.0.0/0"),
+        ("subnets", "10.1.5.0/24"),  # overlaps a's own cluster
+        ("subnets", "10.3.0.0/16"),  # overlaps c's
+        ("publicKey", "not-a-key"),
+        ("cluster_id", "cluster1"),
+    ]
+    for field, value in bad:
+        ep = Endpoint.from_json(b.endpoint.to_json())
+        if field == "subnets":
+            ep.subnets = [value]
+        elif field == "publicKey":
+            ep.backend_config["publicKey"] = value
+        else:
+            ep.cluster_id = value
+        with pytest.raises(EndpointRejectedError) as exc:
+            a.driver.connect_to_endpoint(NATEndpointInfo(endpoint=ep, use_ip=b.endpoint.private_ip, use_nat=False))
+        assert value in str(exc.value)
+    # A brand-new cluster with a broken endpoint shows as an error connection.
+    ghost = Endpoint.from_json(b.endpoint.to_json())
+    ghost.cluster_id = "cluster9"
+    ghost.subnets = ["10.9.0.0/16"]
+    ghost.backend_config["publicKey"] = "AAAA"
+    with pytest.raises(EndpointRejectedError):
+        a.driver.connect_to_endpoint(NATEndpointInfo(endpoint=ghost, use_ip="198.18.0.9", use_nat=False))
+    by_id = {x.endpoint.cluster_id: x for x in a.driver.get_connections()}
+    assert by_id["cluster9"].status == ConnectionStatus.ERROR
+    assert "publicKey" in by_id["cluster9"].status_message
+    # The tunnels already up stay up, b's untouched by its refused updates.
+    ping(a, b)
+    ping(a, c)
+    assert by_id["cluster2"].status == ConnectionStatus.CONNECTED
+    assert "refused" in by_id["cluster2"].status_message
+
+
+def test_cleanup_leaves_namespace_as_it_was(clusters: Callable[[int], list[Gateway]]) -> None:
+    a, b = clusters(2)
+    gw = a.net.gateway
+    links_before = sorted(x for x in gw.run("ip", "-o", "link").split("\n") if "subwg0" not in x)
+    mesh([a, b])
+    ping(a, b)
+    a.driver.cleanup(remove_key=True)
+    assert "subwg0" not in gw.run("ip", "-o", "link")
+    assert gw.run("ip", "route", "show", "table", "220", check=False).strip() == ""
+    assert "220" not in gw.run("ip", "rule")
+    assert "220" not in gw.run("ip", "-6", "rule")
+    assert not list(a.state_dir.iterdir())
+    assert len(links_before) > 0
