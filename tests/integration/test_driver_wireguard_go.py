@@ -7,6 +7,7 @@ it; pods ping pods across clusters through the tunnels.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -21,15 +22,16 @@ from wgcable.cable.wireguard.desired import EndpointRejectedError
 from wgcable.cable.wireguard.driver import WireGuardDriver
 from wgcable.lab.netns import list_namespaces
 from wgcable.lab.topology import ClusterNet, Topology
-from wgcable.wgctrl import Key
+from wgcable.wgctrl import Key, read_key_file, write_key_file
 
 pytestmark = pytest.mark.netns
 
 
 class Gateway:
-    def __init__(self, net: ClusterNet, state_dir: Path) -> None:
+    def __init__(self, net: ClusterNet, state_dir: Path, psk_file: Path | None = None) -> None:
         self.net = net
         self.state_dir = state_dir
+        self.psk_file = psk_file
         self.endpoint = Endpoint(
             cluster_id=net.cluster_id,
             cable_name=f"submariner-cable-{net.cluster_id}",
@@ -44,7 +46,11 @@ class Gateway:
         self.driver = self.start()
 
     def start(self) -> WireGuardDriver:
-        cfg = WireGuardConfig(netns=self.net.gateway.name, state_dir=str(self.state_dir))
+        cfg = WireGuardConfig(
+            netns=self.net.gateway.name,
+            state_dir=str(self.state_dir),
+            preshared_key_file=str(self.psk_file) if self.psk_file else None,
+        )
         d = WireGuardDriver(self.endpoint, cfg)
         d.init()
         return d
@@ -64,19 +70,24 @@ class Gateway:
         return self.net.gateway.run("ip", "route", "show", "table", "220")
 
 
-def ping(src: Gateway, dst: Gateway, count: int = 2) -> None:
-    src.net.pods[0].run("ping", "-c", str(count), "-i", "0.2", "-W", "2", dst.net.pod_ip())
+def ping(src: Gateway, dst: Gateway, count: int = 2, v6: bool = False) -> None:
+    target = dst.net.pod_ip6() if v6 else dst.net.pod_ip()
+    src.net.pods[0].run("ping", "-c", str(count), "-i", "0.2", "-W", "2", target)
+
+
+Clusters = Callable[..., list[Gateway]]
 
 
 @pytest.fixture
-def clusters(tmp_path: Path) -> Iterator[Callable[[int], list[Gateway]]]:
+def clusters(tmp_path: Path) -> Iterator[Clusters]:
     topo = Topology(f"wgcd{os.getpid() % 10000}")
     gws: list[Gateway] = []
 
-    def make(n: int) -> list[Gateway]:
+    def make(n: int, ipv6: bool = False, psk_file: Path | None = None) -> list[Gateway]:
+        topo.ipv6 = ipv6
         topo.build_underlay()
         for i in range(1, n + 1):
-            gws.append(Gateway(topo.add_cluster(i), tmp_path / f"state{i}"))
+            gws.append(Gateway(topo.add_cluster(i), tmp_path / f"state{i}", psk_file))
         return gws
 
     try:
@@ -96,7 +107,7 @@ def mesh(gws: list[Gateway]) -> None:
         a.driver.mark_synced()
 
 
-def test_three_clusters_pods_reach_pods(clusters: Callable[[int], list[Gateway]]) -> None:
+def test_three_clusters_pods_reach_pods(clusters: Clusters) -> None:
     gws = clusters(3)
     mesh(gws)
     for a in gws:
@@ -117,7 +128,7 @@ def test_three_clusters_pods_reach_pods(clusters: Callable[[int], list[Gateway]]
 
 
 def test_endpoint_change_converges_without_touching_others(
-    clusters: Callable[[int], list[Gateway]],
+    clusters: Clusters,
 ) -> None:
     a, b, c = clusters(3)
     mesh([a, b, c])
@@ -142,7 +153,7 @@ def test_endpoint_change_converges_without_touching_others(
 
 
 def test_new_remote_key_replaces_peer(
-    clusters: Callable[[int], list[Gateway]], tmp_path: Path
+    clusters: Clusters, tmp_path: Path
 ) -> None:
     a, b = clusters(2)
     mesh([a, b])
@@ -160,7 +171,7 @@ def test_new_remote_key_replaces_peer(
     assert keys == [b.driver.public_key.base64()]
 
 
-def test_disconnect_removes_peer_and_routes(clusters: Callable[[int], list[Gateway]]) -> None:
+def test_disconnect_removes_peer_and_routes(clusters: Clusters) -> None:
     a, b, c = clusters(3)
     mesh([a, b, c])
     ping(a, b)
@@ -179,7 +190,7 @@ def test_disconnect_removes_peer_and_routes(clusters: Callable[[int], list[Gatew
 
 
 def test_restart_on_same_state_keeps_key_and_traffic(
-    clusters: Callable[[int], list[Gateway]],
+    clusters: Clusters,
 ) -> None:
     a, b = clusters(2)
     mesh([a, b])
@@ -201,7 +212,7 @@ def test_restart_on_same_state_keeps_key_and_traffic(
 
 
 def test_hostile_endpoint_gets_error_others_keep_working(
-    clusters: Callable[[int], list[Gateway]],
+    clusters: Clusters,
 ) -> None:
     a, b, c = clusters(3)
     mesh([a, b, c])
@@ -222,7 +233,8 @@ def test_hostile_endpoint_gets_error_others_keep_working(
         else:
             ep.cluster_id = value
         with pytest.raises(EndpointRejectedError) as exc:
-            a.driver.connect_to_endpoint(NATEndpointInfo(endpoint=ep, use_ip=b.endpoint.private_ip, use_nat=False))
+            a.driver.connect_to_endpoint(
+                NATEndpointInfo(endpoint=ep, use_ip=b.endpoint.private_ip, use_nat=False))
         assert value in str(exc.value)
     # A brand-new cluster with a broken endpoint shows as an error connection.
     ghost = Endpoint.from_json(b.endpoint.to_json())
@@ -230,7 +242,8 @@ def test_hostile_endpoint_gets_error_others_keep_working(
     ghost.subnets = ["10.9.0.0/16"]
     ghost.backend_config["publicKey"] = "AAAA"
     with pytest.raises(EndpointRejectedError):
-        a.driver.connect_to_endpoint(NATEndpointInfo(endpoint=ghost, use_ip="198.18.0.9", use_nat=False))
+        a.driver.connect_to_endpoint(
+            NATEndpointInfo(endpoint=ghost, use_ip="198.18.0.9", use_nat=False))
     by_id = {x.endpoint.cluster_id: x for x in a.driver.get_connections()}
     assert by_id["cluster9"].status == ConnectionStatus.ERROR
     assert "publicKey" in by_id["cluster9"].status_message
@@ -241,7 +254,7 @@ def test_hostile_endpoint_gets_error_others_keep_working(
     assert "refused" in by_id["cluster2"].status_message
 
 
-def test_cleanup_leaves_namespace_as_it_was(clusters: Callable[[int], list[Gateway]]) -> None:
+def test_cleanup_leaves_namespace_as_it_was(clusters: Clusters) -> None:
     a, b = clusters(2)
     gw = a.net.gateway
     links_before = sorted(x for x in gw.run("ip", "-o", "link").split("\n") if "subwg0" not in x)
@@ -254,3 +267,70 @@ def test_cleanup_leaves_namespace_as_it_was(clusters: Callable[[int], list[Gatew
     assert "220" not in gw.run("ip", "-6", "rule")
     assert not list(a.state_dir.iterdir())
     assert len(links_before) > 0
+
+
+def test_dual_stack_subnets_and_endpoints_of_either_family(clusters: Clusters) -> None:
+    a, b, c = clusters(3, ipv6=True)
+    # a and b meet over the IPv6 underlay, a and c over IPv4; every peer carries subnets
+    # of both families.
+    a.driver.connect_to_endpoint(
+        NATEndpointInfo(endpoint=b.endpoint, use_ip=b.net.underlay_ip6, use_nat=False))
+    b.driver.connect_to_endpoint(
+        NATEndpointInfo(endpoint=a.endpoint, use_ip=a.net.underlay_ip6, use_nat=False))
+    a.driver.connect_to_endpoint(c.info())
+    c.driver.connect_to_endpoint(a.info())
+    for x, y in ((a, b), (b, a), (a, c), (c, a)):
+        ping(x, y)
+        ping(x, y, v6=True)
+    peers = {row[0]: row for row in a.wg_dump()}
+    pb, pc = peers[b.driver.public_key.base64()], peers[c.driver.public_key.base64()]
+    assert pb[2] == f"[{b.net.underlay_ip6}]:5871"
+    assert pc[2] == f"{c.net.underlay_ip}:5871"
+    assert set(pb[3].split(",")) == set(b.net.subnets)
+    v6_routes = a.net.gateway.run("ip", "-6", "route", "show", "table", "220")
+    assert "fd00:2::/48 dev subwg0" in v6_routes
+    assert "src fd00:1::1" in v6_routes
+    # MTU: 1500 minus 80 once an IPv6 underlay is in use, minus 60 with IPv4 only.
+    assert "mtu 1420" in a.net.gateway.run("ip", "link", "show", "subwg0")
+    assert "mtu 1440" in c.net.gateway.run("ip", "link", "show", "subwg0")
+
+
+def test_dead_wireguard_go_is_restarted_and_state_reapplied(clusters: Clusters) -> None:
+    a, b = clusters(2)
+    mesh([a, b])
+    ping(a, b)
+    key, pid = a.driver.public_key, a.driver.device.daemon.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            ping(a, b, count=1)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+    assert a.driver.device.daemon.pid not in (None, pid)
+    assert a.driver.public_key == key
+    assert "10.2.0.0/16 dev subwg0" in a.routes()
+
+
+def test_preshared_key_from_file(clusters: Clusters, tmp_path: Path) -> None:
+    psk = tmp_path / "psk"
+    write_key_file(psk, Key.generate_preshared())
+    a, b = clusters(2, psk_file=psk)
+    mesh([a, b])
+    ping(a, b)
+    [peer] = a.wg_dump()
+    assert peer[1] == read_key_file(psk).base64()
+
+
+def test_well_known_preshared_key_refused(tmp_path: Path) -> None:
+    psk = tmp_path / "psk"
+    write_key_file(psk, Key.zero())
+    ep = Endpoint(cluster_id="c1", subnets=["10.1.0.0/16"], private_ip="198.18.0.1")
+    d = WireGuardDriver(ep, WireGuardConfig(state_dir=str(tmp_path / "s"),
+                                            preshared_key_file=str(psk), netns="wgc-none"))
+    with pytest.raises(ValueError, match="preshared key refused"):
+        d.init()

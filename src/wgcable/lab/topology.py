@@ -2,8 +2,9 @@
 
     pod<i>-<n> (10.<i>.0.<n+2>) ── cni0 on gw<i> (10.<i>.0.1), eth0 (198.18.0.<i>) ── hub br0
 
-Cluster i owns 10.<i>.0.0/16 (pods) and 10.<100+i>.0.0/16 (services). Every namespace
-carries the lab's prefix, so a teardown (or a later `lab down`) finds them all.
+Cluster i owns 10.<i>.0.0/16 (pods) and 10.<100+i>.0.0/16 (services); with IPv6 also
+fd00:<i>::/48 and fd00:<100+i>::/48, over an fdce:18::/64 underlay. Every namespace carries
+the lab's prefix, so a teardown (or a later `lab down`) finds them all.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from wgcable.lab.netns import Namespace, list_namespaces, veth_pair
 
 UNDERLAY_PREFIX = "198.18.0"
+UNDERLAY6_PREFIX = "fdce:18:"
 
 
 @dataclass
@@ -21,6 +23,7 @@ class ClusterNet:
     cluster_id: str
     gateway: Namespace
     pods: list[Namespace] = field(default_factory=list)
+    ipv6: bool = False
 
     @property
     def underlay_ip(self) -> str:
@@ -30,19 +33,33 @@ class ClusterNet:
     def gateway_pod_ip(self) -> str:
         return f"10.{self.index}.0.1"
 
+    @property
+    def underlay_ip6(self) -> str:
+        return f"{UNDERLAY6_PREFIX}:{self.index}"
+
+    @property
+    def gateway_pod_ip6(self) -> str:
+        return f"fd00:{self.index}::1"
+
     def pod_ip(self, n: int = 0) -> str:
         return f"10.{self.index}.0.{n + 2}"
 
+    def pod_ip6(self, n: int = 0) -> str:
+        return f"fd00:{self.index}::{n + 2}"
+
     @property
     def subnets(self) -> list[str]:
-        return [f"10.{self.index}.0.0/16", f"10.{100 + self.index}.0.0/16"]
+        v4 = [f"10.{self.index}.0.0/16", f"10.{100 + self.index}.0.0/16"]
+        v6 = [f"fd00:{self.index}::/48", f"fd00:{100 + self.index}::/48"]
+        return v4 + v6 if self.ipv6 else v4
 
 
 class Topology:
     """Builds and removes the namespaces of a lab. ``prefix`` names every namespace."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, ipv6: bool = False) -> None:
         self.prefix = prefix
+        self.ipv6 = ipv6
         self.hub = Namespace(f"{prefix}-hub")
         self.clusters: list[ClusterNet] = []
 
@@ -61,7 +78,7 @@ class Topology:
         if not 0 < index < 100:
             raise ValueError(f"cluster index {index}: must be 1-99")
         cid = f"cluster{index}"
-        c = ClusterNet(index, cid, Namespace(f"{self.prefix}-gw{index}"))
+        c = ClusterNet(index, cid, Namespace(f"{self.prefix}-gw{index}"), ipv6=self.ipv6)
         self.clusters.append(c)
         gw = c.gateway.create()
         gw.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
@@ -72,6 +89,10 @@ class Topology:
         gw.run("ip", "link", "add", "cni0", "type", "bridge")
         gw.run("ip", "addr", "add", f"{c.gateway_pod_ip}/24", "dev", "cni0")
         gw.run("ip", "link", "set", "cni0", "up")
+        if self.ipv6:
+            # nodad: usable at once, no duplicate detection to wait for in a private network
+            gw.run("ip", "addr", "add", f"{c.underlay_ip6}/64", "dev", "eth0", "nodad")
+            gw.run("ip", "addr", "add", f"{c.gateway_pod_ip6}/64", "dev", "cni0", "nodad")
         for n in range(pods):
             pod = Namespace(f"{self.prefix}-pod{index}-{n}")
             c.pods.append(pod.create())
@@ -79,6 +100,9 @@ class Topology:
             gw.run("ip", "link", "set", f"vpod{n}", "master", "cni0")
             pod.run("ip", "addr", "add", f"{c.pod_ip(n)}/24", "dev", "eth0")
             pod.run("ip", "route", "add", "default", "via", c.gateway_pod_ip)
+            if self.ipv6:
+                pod.run("ip", "addr", "add", f"{c.pod_ip6(n)}/64", "dev", "eth0", "nodad")
+                pod.run("ip", "-6", "route", "add", "default", "via", c.gateway_pod_ip6)
         return c
 
     def destroy(self) -> None:
