@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from wgcable.cable.types import Endpoint, NATEndpointInfo
 from wgcable.routing.table import Route
-from wgcable.wgctrl import InvalidKeyError, IPAddress, IPNetwork, Key, Peer, UDPAddr
+from wgcable.wgctrl import IPAddress, IPNetwork, Key, Peer, UDPAddr
 
 PUBLIC_KEY = "publicKey"
 INTERFACE_NAME = "interface-name"
@@ -47,7 +47,10 @@ class RemotePeer:
 def parse_port(value: str | None, field: str, cluster_id: str, default: int) -> int:
     if value is None or value == "":
         return default
-    if not value.isdigit() or not 0 < int(value) < 65536:
+    # ASCII digits only: str.isdigit() also accepts "²" (int() fails) and "٣" (int() = 3);
+    # and int() fails on thousands of digits, hence the length check.
+    digits = value.isascii() and value.isdigit() and len(value.lstrip("0")) <= 5
+    if not digits or not 0 < int(value) < 65536:
         raise EndpointRejectedError(cluster_id, field, value, "must be a port number 1-65535")
     return int(value)
 
@@ -99,7 +102,7 @@ def validate_remote(
         raise EndpointRejectedError(cid, f"backend_config.{PUBLIC_KEY}", raw_key, "missing")
     try:
         key = Key.from_base64(raw_key, f"backend_config.{PUBLIC_KEY}")
-    except InvalidKeyError as e:
+    except ValueError as e:  # InvalidKeyError, or non-ASCII text (b64decode's own ValueError)
         raise EndpointRejectedError(cid, f"backend_config.{PUBLIC_KEY}", raw_key, str(e)) \
             from None
     if key == own_public_key:

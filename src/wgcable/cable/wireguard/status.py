@@ -35,6 +35,7 @@ class PeerStatus:
         self.rx = -1
         self.tx = -1
         self.last_rx_change = now
+        self.last_handshake: datetime | None = None
         self.status = ConnectionStatus.CONNECTING
         self.message = "waiting for the first handshake"
 
@@ -45,6 +46,9 @@ class PeerStatus:
             self.last_rx_change = now
             self.rx = rx
         self.tx = tx
+        if last_handshake is None and self.last_handshake is not None:
+            self.since = now  # a handshake time never goes back to none: the peer was re-created
+        self.last_handshake = last_handshake
         if last_handshake is None:
             waited = now - self.since
             if waited > self.t.handshake_timeout:
