@@ -116,6 +116,14 @@ class Key:
     def __reduce__(self) -> str | tuple[object, ...]:
         raise TypeError("keys are not picklable, so they never reach disk by accident")
 
+    # copy and deepcopy would otherwise go through __reduce__ and fail; a Key is immutable,
+    # so a copy is the key itself (this is what lets Devices and Configs be deep-copied).
+    def __copy__(self) -> Key:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Key:
+        return self
+
 
 def write_key_file(path: str | os.PathLike[str], key: Key) -> None:
     """Write a key as base64 to a file created 0600, atomically (write, fsync, rename)."""

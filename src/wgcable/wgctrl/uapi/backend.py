@@ -7,7 +7,8 @@ import socket
 from collections.abc import Sequence
 
 from wgcable.wgctrl.errors import DeviceNotFoundError, PermissionDeniedError, ProtocolError
-from wgcable.wgctrl.types import BackendKind, Config, Device
+from wgcable.wgctrl.key import Key
+from wgcable.wgctrl.types import BackendKind, Config, Device, PeerConfig
 from wgcable.wgctrl.uapi import protocol
 
 DEFAULT_SOCKET_DIRS = ("/var/run/wireguard", "/run/wireguard")
@@ -102,19 +103,40 @@ class UAPIBackend:
         supported = True
         if any(p.update_only for p in config.peers):
             # boringtun has no update_only: drop such peers that do not exist yet ourselves.
+            # Its dialect shows only in own_public_key, sent once it has a key; wireguard-go
+            # always reports its private_key when it has one. Without either the dialect is
+            # unknown, and the emulation is right for both.
             reply = self._get(name)
-            if reply.boringtun:
+            if reply.boringtun or reply.device.private_key is None:
                 supported = False
-                have = {p.public_key for p in reply.device.peers}
-                config = Config(
-                    private_key=config.private_key,
-                    listen_port=config.listen_port,
-                    fwmark=config.fwmark,
-                    replace_peers=config.replace_peers,
-                    peers=[p for p in config.peers if not p.update_only or p.public_key in have],
-                )
+                config = _emulate_update_only(config, {p.public_key for p in reply.device.peers})
         request = protocol.encode_set(config, update_only_supported=supported)
         protocol.parse_errno(name, "configure", self._request(name, "configure", request))
 
     def close(self) -> None:
         pass
+
+
+def _emulate_update_only(config: Config, existing: set[Key]) -> Config:
+    """``config`` without the update_only peers that would not exist when applied.
+
+    Peers are applied in order, as the device does: ``replace_peers`` empties the device
+    first, a removal deletes a peer, any other peer line creates one.
+    """
+    have = set() if config.replace_peers else set(existing)
+    peers: list[PeerConfig] = []
+    for p in config.peers:
+        if p.remove:
+            have.discard(p.public_key)
+        elif p.update_only and p.public_key not in have:
+            continue
+        else:
+            have.add(p.public_key)
+        peers.append(p)
+    return Config(
+        private_key=config.private_key,
+        listen_port=config.listen_port,
+        fwmark=config.fwmark,
+        replace_peers=config.replace_peers,
+        peers=peers,
+    )
