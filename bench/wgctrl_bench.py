@@ -256,8 +256,9 @@ def peer_configs(peers: list[Peer]) -> list[PeerConfig]:
 
 
 def wg_conf(peers: list[Peer]) -> str:
-    """The same peers as a `wg setconf` file (no private key: that stays as wgcable set it)."""
-    out = ["[Interface]", ""]
+    """The same peers as a `wg setconf` file. setconf replaces the whole device, so the file
+    carries the device's private key too (the file is written 0600 and removed after)."""
+    out = ["[Interface]", f"PrivateKey = {device_key().base64()}", ""]
     for p in peers:
         out += [
             "[Peer]",

@@ -21,6 +21,13 @@ def _new_peer(p: Peer) -> PeerConfig:
 
 
 def _peer_change(have: Peer, want: Peer) -> PeerConfig | None:
+    if (
+        want.preshared_key == have.preshared_key
+        and want.persistent_keepalive == have.persistent_keepalive
+        and (want.endpoint is None or want.endpoint == have.endpoint)
+        and want.allowed_ips == have.allowed_ips
+    ):
+        return None  # the common case on a resync, decided without building anything
     # update_only: if the peer vanished meanwhile, do not re-create it from a partial config.
     change = PeerConfig(public_key=want.public_key, update_only=True)
     changed = False

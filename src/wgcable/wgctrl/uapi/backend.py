@@ -23,6 +23,7 @@ class UAPIBackend:
     ) -> None:
         self._dirs = list(socket_dirs)
         self._timeout = timeout
+        self._native: dict[str, tuple[int, int]] = {}  # device -> socket file id
 
     def _socket_paths(self) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -101,17 +102,31 @@ class UAPIBackend:
         if config.is_empty():
             return
         supported = True
-        if any(p.update_only for p in config.peers):
-            # boringtun has no update_only: drop such peers that do not exist yet ourselves.
-            # Its dialect shows only in own_public_key, sent once it has a key; wireguard-go
-            # always reports its private_key when it has one. Without either the dialect is
-            # unknown, and the emulation is right for both.
+        if any(p.update_only for p in config.peers) and not self._known_native(name):
+            # boringtun has no update_only. Its dialect shows only in own_public_key, sent
+            # once it has a key; wireguard-go always reports its private_key when it has
+            # one. Without either the dialect is unknown, and the emulation is right for
+            # both.
             reply = self._get(name)
             if reply.boringtun or reply.device.private_key is None:
                 supported = False
                 config = _emulate_update_only(config, {p.public_key for p in reply.device.peers})
+            else:
+                self._native[name] = self._socket_id(name)
         request = protocol.encode_set(config, update_only_supported=supported)
         protocol.parse_errno(name, "configure", self._request(name, "configure", request))
+
+    def _socket_id(self, name: str) -> tuple[int, int]:
+        try:
+            st = os.stat(self._path(name))
+        except FileNotFoundError:
+            raise DeviceNotFoundError(name) from None
+        return st.st_dev, st.st_ino
+
+    def _known_native(self, name: str) -> bool:
+        """Whether ``name`` is a wireguard-go seen before, so that a reconcile does not pay
+        a full read to ask again. A restarted or replaced daemon has a new socket file."""
+        return name in self._native and self._native[name] == self._socket_id(name)
 
     def close(self) -> None:
         pass

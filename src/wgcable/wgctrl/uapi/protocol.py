@@ -10,13 +10,15 @@ Quirks handled here (see the cross-implementation notes in docs/architecture.md)
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from wgcable.wgctrl.errors import InvalidKeyError, ProtocolError
 from wgcable.wgctrl.key import Key
-from wgcable.wgctrl.types import BackendKind, Config, Device, Peer, UDPAddr
+from wgcable.wgctrl.types import BackendKind, Config, Device, IPNetwork, Peer, UDPAddr
 
 GET_REQUEST = b"get=1\n\n"
 
@@ -81,34 +83,89 @@ def _handshake(sec: int, nsec: int, age: bool, now: datetime) -> datetime | None
     return datetime.fromtimestamp(sec + nsec / 1e9, UTC)
 
 
+# A device is read on every reconcile and its peers rarely change: parse each distinct
+# prefix, endpoint and public key once. The results are immutable, so sharing is safe.
+# (Private and preshared keys are never cached: secrets do not linger in a cache.)
+@functools.lru_cache(maxsize=1 << 16)
+def _network(text: str) -> IPNetwork:
+    addr, _, plen = text.partition("/")
+    try:
+        if ":" in addr:
+            return ipaddress.IPv6Network((socket.inet_pton(socket.AF_INET6, addr), int(plen)),
+                                         strict=False)
+        return ipaddress.IPv4Network((socket.inet_pton(socket.AF_INET, addr), int(plen)),
+                                     strict=False)
+    except OSError:
+        raise ValueError(text) from None
+
+
+_endpoint = functools.lru_cache(maxsize=1 << 16)(UDPAddr.parse)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _public_key(text: str) -> Key:
+    return Key.from_hex(text, "public_key")
+
+
+_ZERO_HEX = "0" * 64
+
+
 def parse_get(name: str, reply: bytes, now: datetime | None = None) -> GetReply:
     """Parse a ``get=1`` reply into a Device. Raises ProtocolError on errno or bad values."""
     dev = Device(name=name, kind=BackendKind.USERSPACE)
     boringtun = False
     peer: Peer | None = None
     # Handshake (sec, nsec) per peer, turned into a time at the end (boringtun sends an age).
-    hs: dict[int, tuple[int, int]] = {}
+    hs: list[list[int]] = []
     errno_seen = False
-    for raw in reply.split(b"\n"):
-        if not raw:
+    for line in reply.decode("ascii", "replace").split("\n"):
+        if not line:
             continue
-        key, sep, val_b = raw.partition(b"=")
+        k, sep, v = line.partition("=")
         if not sep:
-            raise ProtocolError(name, "read", 71, None, f"line without '=': {raw[:40]!r}")
-        k = key.decode("ascii", "replace")
-        v = val_b.decode("ascii", "replace")
+            raise ProtocolError(name, "read", 71, None, f"line without '=': {line[:40]!r}")
         try:
+            # The most frequent keys first: this loop runs ~10 times per peer.
+            if peer is not None:
+                if k == "allowed_ip":
+                    peer.allowed_ips.append(_network(v))
+                    continue
+                if k == "last_handshake_time_sec":
+                    hs[-1][0] = int(v)
+                    continue
+                if k == "last_handshake_time_nsec":
+                    hs[-1][1] = int(v)
+                    continue
+                if k == "rx_bytes":
+                    peer.rx_bytes = int(v)
+                    continue
+                if k == "tx_bytes":
+                    peer.tx_bytes = int(v)
+                    continue
+                if k == "endpoint":
+                    peer.endpoint = _endpoint(v)
+                    continue
+                if k == "persistent_keepalive_interval":
+                    peer.persistent_keepalive = int(v)
+                    continue
+                if k == "preshared_key":
+                    if v != _ZERO_HEX:
+                        peer.preshared_key = Key.from_hex(v, "preshared_key")
+                    continue
+                if k == "protocol_version":
+                    peer.protocol_version = int(v)
+                    continue
+            if k == "public_key":
+                peer = Peer(public_key=_public_key(v))
+                dev.peers.append(peer)
+                hs.append([0, 0])
+                continue
             if k == "errno":
                 n = int(v)
                 if n != 0:
                     raise ProtocolError(name, "read", n)
                 errno_seen = True
                 break
-            if k == "public_key":
-                peer = Peer(public_key=Key.from_hex(v, "public_key"))
-                dev.peers.append(peer)
-                hs[id(peer)] = (0, 0)
-                continue
             if peer is None:
                 if k == "private_key":
                     dev.private_key = Key.from_hex(v, "private_key")
@@ -119,26 +176,6 @@ def parse_get(name: str, reply: bytes, now: datetime | None = None) -> GetReply:
                     dev.listen_port = int(v)
                 elif k == "fwmark":
                     dev.fwmark = int(v)
-                continue
-            if k == "allowed_ip":
-                peer.allowed_ips.append(ipaddress.ip_network(v, strict=False))
-            elif k == "endpoint":
-                peer.endpoint = UDPAddr.parse(v)
-            elif k == "last_handshake_time_sec":
-                hs[id(peer)] = (int(v), hs[id(peer)][1])
-            elif k == "last_handshake_time_nsec":
-                hs[id(peer)] = (hs[id(peer)][0], int(v))
-            elif k == "rx_bytes":
-                peer.rx_bytes = int(v)
-            elif k == "tx_bytes":
-                peer.tx_bytes = int(v)
-            elif k == "persistent_keepalive_interval":
-                peer.persistent_keepalive = int(v)
-            elif k == "preshared_key":
-                psk = Key.from_hex(v, "preshared_key")
-                peer.preshared_key = None if psk.is_zero() else psk
-            elif k == "protocol_version":
-                peer.protocol_version = int(v)
             # Unknown keys are ignored: implementations add fields over time.
         except InvalidKeyError as e:
             raise ProtocolError(name, "read", 71, k, str(e)) from None
@@ -149,7 +186,6 @@ def parse_get(name: str, reply: bytes, now: datetime | None = None) -> GetReply:
     if dev.private_key is not None and dev.public_key is None:
         dev.public_key = dev.private_key.public_key()
     now = now or datetime.now(UTC)
-    for p in dev.peers:
-        sec, nsec = hs[id(p)]
+    for p, (sec, nsec) in zip(dev.peers, hs, strict=True):
         p.last_handshake = _handshake(sec, nsec, boringtun, now)
     return GetReply(dev, boringtun)
