@@ -281,3 +281,8 @@ def test_read_key_file_with_garbage_names_the_file_not_the_content(tmp_path: Pat
         read_key_file(path)
     assert str(path) in str(info.value)
     assert "secret" not in str(info.value)
+
+
+def test_non_ascii_base64_is_an_invalid_key_error() -> None:
+    with pytest.raises(InvalidKeyError, match="not valid base64"):
+        Key.from_base64("é" * 43 + "=", "publicKey")

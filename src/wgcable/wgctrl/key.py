@@ -59,7 +59,7 @@ class Key:
             raise InvalidKeyError(field, f"base64 key must be 44 characters, got {len(text)}")
         try:
             raw = base64.b64decode(text, validate=True)
-        except binascii.Error:
+        except (binascii.Error, ValueError):  # ValueError: non-ASCII text
             raise InvalidKeyError(field, "not valid base64") from None
         return cls(raw, field)
 
