@@ -334,3 +334,28 @@ def test_well_known_preshared_key_refused(tmp_path: Path) -> None:
                                             preshared_key_file=str(psk), netns="wgc-none"))
     with pytest.raises(ValueError, match="preshared key refused"):
         d.init()
+
+
+def test_unowned_peers_removed_and_missing_ones_restored(clusters: Clusters) -> None:
+    a, b = clusters(2)
+    a.driver.connect_to_endpoint(b.info())
+    b.driver.connect_to_endpoint(a.info())
+    stranger = Key.generate().public_key().base64()
+    pid = str(a.driver.device.daemon.pid)
+    wg = ["nsenter", "-t", pid, "-m", "-n", "wg", "set", "subwg0", "peer"]
+    subprocess.run([*wg, stranger, "allowed-ips", "10.77.0.0/16"], check=True)
+    # Before the engine says every endpoint was connected, unknown peers stay (a restart
+    # must not cut tunnels that are about to be re-connected) ...
+    a.driver.get_connections()
+    assert stranger in [row[0] for row in a.wg_dump()]
+    # ... and after, they go.
+    a.driver.mark_synced()
+    assert [row[0] for row in a.wg_dump()] == [b.driver.public_key.base64()]
+    # A peer and a route removed by someone else come back on the next status read/resync.
+    subprocess.run([*wg, b.driver.public_key.base64(), "remove"], check=True)
+    a.net.gateway.run("ip", "route", "del", "10.2.0.0/16", "table", "220")
+    a.driver.get_connections()
+    a.driver.resync()
+    assert [row[0] for row in a.wg_dump()] == [b.driver.public_key.base64()]
+    assert "10.2.0.0/16 dev subwg0" in a.routes()
+    ping(a, b)
