@@ -47,10 +47,10 @@ for i in $(seq "$runs"); do
         echo "run $i: guest command never ran; last log lines:"; tail -5 "$work/vng.log"; exit 1
     fi
     printf 'run %d: boot to first command %.1f s, whole empty VM run %.1f s\n' \
-        "$i" "$(echo "$boot - $t0" | bc)" "$(echo "$end - $t0" | bc)"
+        "$i" "$(awk "BEGIN{print $boot - $t0}")" "$(awk "BEGIN{print $end - $t0}")"
 done
 
 echo "kernel tier (pytest -m kernel tests):"
 t0=$(now)
 .venv/bin/pytest -m kernel tests -q -p no:cacheprovider 2>&1 | tail -4
-printf 'kernel tier wall time: %.1f s\n' "$(echo "$(now) - $t0" | bc)"
+printf 'kernel tier wall time: %.1f s\n' "$(awk "BEGIN{print $(now) - $t0}")"

@@ -33,4 +33,7 @@ if [ ! -f "$stamp" ] || ! cmp -s pyproject.toml "$stamp"; then
     .venv/bin/pip install -q -e '.[dev]'
     cp pyproject.toml "$stamp"
 fi
+# The kernel test tier: qemu, a Debian kernel with WireGuard, virtme-ng (never fails the set-up:
+# without it the kernel tests are skipped with the reason).
+bash scripts/install-vm.sh
 echo "install.sh: ready"
