@@ -9,26 +9,38 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from wgcable.lab.netns import Namespace, WireGuardGo
+from wgcable.lab.netns import KernelWireGuard, LabDevice, Namespace, WireGuardGo
 
-_TOOLS = ("ip", "wg", "wireguard-go", "nsenter", "ping")
+_TOOLS = ("ip", "wg", "nsenter", "ping")
 _seq = itertools.count()
 
+# Every test that takes a device runs on both kinds: wireguard-go here, and the kernel's
+# WireGuard (marker `kernel`: inside the test VM when this kernel has none).
+DEVICE_KINDS = ["userspace", pytest.param("kernel", marks=pytest.mark.kernel)]
 
-def _missing() -> str | None:
+
+def _missing(kernel: bool) -> str | None:
     if os.geteuid() != 0:
         return "needs root for network namespaces"
-    absent = [t for t in _TOOLS if shutil.which(t) is None]
+    tools = _TOOLS if kernel else (*_TOOLS, "wireguard-go")
+    absent = [t for t in tools if shutil.which(t) is None]
     if absent:
         return f"missing tools: {', '.join(absent)} (run scripts/install.sh)"
     return None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    reason = _missing()
     for item in items:
-        if "netns" in item.keywords and reason:
+        if "netns" not in item.keywords:
+            continue
+        reason = _missing(kernel="kernel" in item.keywords)
+        if reason:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(params=DEVICE_KINDS)
+def device_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
@@ -47,12 +59,16 @@ def make_ns() -> Iterator[Callable[[], Namespace]]:
 
 
 @pytest.fixture
-def make_wg(make_ns: Callable[[], Namespace]) -> Iterator[Callable[..., WireGuardGo]]:
-    """Starts wireguard-go devices (in a new namespace unless one is given); stops them all."""
-    daemons: list[WireGuardGo] = []
+def make_wg(
+    make_ns: Callable[[], Namespace], device_kind: str
+) -> Iterator[Callable[..., LabDevice]]:
+    """Makes WireGuard devices of this run's kind (in a new namespace unless one is given);
+    removes them all."""
+    daemons: list[LabDevice] = []
 
-    def make(ns: Namespace | None = None, ifname: str = "wgt0") -> WireGuardGo:
-        d = WireGuardGo(ns or make_ns(), ifname)
+    def make(ns: Namespace | None = None, ifname: str = "wgt0") -> LabDevice:
+        kind = KernelWireGuard if device_kind == "kernel" else WireGuardGo
+        d = kind(ns or make_ns(), ifname)
         daemons.append(d)
         return d.wait_ready()
 

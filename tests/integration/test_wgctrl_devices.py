@@ -1,4 +1,5 @@
-"""wgcable.wgctrl against real wireguard-go daemons in network namespaces."""
+"""wgcable.wgctrl against real WireGuard devices in network namespaces: wireguard-go here,
+and the kernel's WireGuard in the test VM (the same test bodies, parametrized)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from wgcable.lab.netns import Namespace, WireGuardGo, veth_pair
+from wgcable.lab.netns import LabDevice, Namespace, veth_pair
 from wgcable.wgctrl import Config, Key, PeerConfig, UDPAddr, config_delta
 
 pytestmark = pytest.mark.netns
@@ -43,7 +44,7 @@ def parse_showconf(text: str) -> dict[str, dict[str, str]]:
     return sections
 
 
-def test_configure_then_wg_showconf(make_wg: Callable[..., WireGuardGo]) -> None:
+def test_configure_then_wg_showconf(make_wg: Callable[..., LabDevice]) -> None:
     wg = make_wg()
     priv, psk = Key.generate(), Key.generate_preshared()
     p1, p2 = Key.generate().public_key(), Key.generate().public_key()
@@ -97,7 +98,7 @@ def test_configure_then_wg_showconf(make_wg: Callable[..., WireGuardGo]) -> None
 
 
 def test_wg_set_then_read_back_and_show_json(
-    make_wg: Callable[..., WireGuardGo], tmp_path: Path
+    make_wg: Callable[..., LabDevice], tmp_path: Path
 ) -> None:
     wg = make_wg()
     priv = Key.generate()
@@ -125,7 +126,7 @@ def test_wg_set_then_read_back_and_show_json(
 
     shown = json.loads(wg.run(WGCABLE, "show", "wgt0", "--json"))
     assert shown["name"] == "wgt0"
-    assert shown["backend"] == "userspace"
+    assert shown["backend"] == ("linux kernel" if wg.kind == "kernel" else "userspace")
     assert shown["public_key"] == priv.public_key().base64()
     assert shown["listen_port"] == 4500
     [sp] = shown["peers"]
@@ -141,7 +142,7 @@ def test_wg_set_then_read_back_and_show_json(
 class Site:
     """One end of a test tunnel: a namespace, a wireguard-go device and its key."""
 
-    def __init__(self, wg: WireGuardGo, underlay: str, tunnel: str) -> None:
+    def __init__(self, wg: LabDevice, underlay: str, tunnel: str) -> None:
         self.wg, self.underlay, self.tunnel = wg, underlay, tunnel
         self.key = Key.generate()
         self.ns = wg.ns
@@ -155,7 +156,7 @@ class Site:
 
 
 def _sites(
-    make_ns: Callable[[], Namespace], make_wg: Callable[..., WireGuardGo], n: int
+    make_ns: Callable[[], Namespace], make_wg: Callable[..., LabDevice], n: int
 ) -> list[Site]:
     """``n`` sites whose underlay addresses meet on a bridge in a hub namespace."""
     hub = make_ns()
@@ -181,7 +182,7 @@ def _ping(src: Site, dst: Site) -> None:
 
 
 def test_two_namespaces_handshake_and_ping(
-    make_ns: Callable[[], Namespace], make_wg: Callable[..., WireGuardGo]
+    make_ns: Callable[[], Namespace], make_wg: Callable[..., LabDevice]
 ) -> None:
     a, b = _sites(make_ns, make_wg, 2)
     for x, y in ((a, b), (b, a)):
@@ -204,7 +205,7 @@ def _handshake_of(site: Site, peer: Site) -> float:
 
 
 def test_changing_one_peer_leaves_other_sessions_alone(
-    make_ns: Callable[[], Namespace], make_wg: Callable[..., WireGuardGo]
+    make_ns: Callable[[], Namespace], make_wg: Callable[..., LabDevice]
 ) -> None:
     a, b, c = _sites(make_ns, make_wg, 3)
     # a knows b, c and 100 more peers (no endpoint, so they send nothing).
@@ -242,7 +243,7 @@ def test_changing_one_peer_leaves_other_sessions_alone(
 
 
 def test_replace_peers_drops_sessions(
-    make_ns: Callable[[], Namespace], make_wg: Callable[..., WireGuardGo]
+    make_ns: Callable[[], Namespace], make_wg: Callable[..., LabDevice]
 ) -> None:
     """The counterpart of the test above: proves that it can see a dropped session."""
     a, b = _sites(make_ns, make_wg, 2)
