@@ -1,0 +1,50 @@
+"""The endpoint store interface: where gateways meet (a directory, or Kubernetes).
+
+Level-triggered by design: a watch only says "something changed"; the engine then reads a
+whole snapshot and reconciles. A missed or merged event therefore never loses a change.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from wgcable.cable.types import Endpoint, GatewayStatus
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Every entry of the store: parsed endpoints, and entries that could not be read."""
+
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)  # by object name
+    errors: dict[str, str] = field(default_factory=dict)  # object name -> what is wrong
+
+
+class EndpointStore(Protocol):
+    def publish(self, endpoint: Endpoint) -> None:
+        """Create or update our own endpoint (atomically)."""
+        ...
+
+    def withdraw(self, endpoint: Endpoint) -> None:
+        """Remove our own endpoint (on cleanup)."""
+        ...
+
+    def snapshot(self) -> Snapshot:
+        """All endpoints now in the store; unreadable entries are reported, not raised."""
+        ...
+
+    def watch(self, changed: Callable[[], None], stop: threading.Event) -> None:
+        """Block until ``stop`` is set, calling ``changed()`` soon after any change."""
+        ...
+
+    def write_status(self, hostname: str, status: GatewayStatus) -> None:
+        """Write this gateway's status (atomically)."""
+        ...
+
+    def read_statuses(self) -> dict[str, GatewayStatus]:
+        """Every gateway's last status, by hostname."""
+        ...
+
+    def close(self) -> None: ...
