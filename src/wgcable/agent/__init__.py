@@ -1,0 +1,1 @@
+"""The gateway agent: configuration, the run loop, and its local status file."""
