@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from wgcable.cable.wireguard.config import DEFAULT_STATE_DIR
+from wgcable.cli.connections import show_connections
 from wgcable.cli.format import age_human, bytes_human
 from wgcable.wgctrl import Client, Device, Peer
 
@@ -15,6 +19,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser("show", help="show WireGuard devices and their peers")
     p.add_argument("device", nargs="?", help="one device (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--connections", action="store_true",
+                   help="the running agent's connections (cluster, gateway, IP, status, RTT)")
+    p.add_argument("--state-dir", default=os.environ.get("WGCABLE_STATE_DIR", DEFAULT_STATE_DIR),
+                   help="the agent's state directory (default: %(default)s)")
     p.set_defaults(handler=run)
 
 
@@ -76,6 +84,13 @@ def device_text(d: Device, now: datetime) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.connections:
+        try:
+            return show_connections(args.state_dir, args.json)
+        except FileNotFoundError:
+            print(f"wgcable show: no agent status in {args.state_dir} (is the agent running?)",
+                  file=sys.stderr)
+            return 1
     now = datetime.now(UTC)
     with Client() as client:
         devices = [client.device(args.device)] if args.device else client.devices()

@@ -25,8 +25,11 @@ class LabError(RuntimeError):
     pass
 
 
-def _run(cmd: Sequence[str], check: bool = True, timeout: float = 30) -> str:
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+def _run(
+    cmd: Sequence[str], check: bool = True, timeout: float = 30, input: str | None = None
+) -> str:
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
+                       input=input)
     if check and p.returncode != 0:
         raise LabError(f"{' '.join(cmd)}: exit {p.returncode}: {p.stderr.strip()}")
     return p.stdout
@@ -54,8 +57,10 @@ class Namespace:
     def cmd(self, *args: str) -> list[str]:
         return ["ip", "netns", "exec", self.name, *args]
 
-    def run(self, *args: str, check: bool = True, timeout: float = 30) -> str:
-        return _run(self.cmd(*args), check=check, timeout=timeout)
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 30, input: str | None = None
+    ) -> str:
+        return _run(self.cmd(*args), check=check, timeout=timeout, input=input)
 
     def __repr__(self) -> str:
         return f"Namespace({self.name!r})"

@@ -15,6 +15,7 @@ from wgcable.lab.netns import Namespace, list_namespaces, veth_pair
 
 UNDERLAY_PREFIX = "198.18.0"
 UNDERLAY6_PREFIX = "fdce:18:"
+TUNNEL_PORT = 5871
 
 
 @dataclass
@@ -24,10 +25,17 @@ class ClusterNet:
     gateway: Namespace
     pods: list[Namespace] = field(default_factory=list)
     ipv6: bool = False
+    nat: bool = False  # behind a NAT router: private and public IPs differ
 
     @property
     def underlay_ip(self) -> str:
-        return f"{UNDERLAY_PREFIX}.{self.index}"
+        """The gateway's own address (its private IP)."""
+        return f"198.19.{self.index}.2" if self.nat else f"{UNDERLAY_PREFIX}.{self.index}"
+
+    @property
+    def public_ip(self) -> str:
+        """Where other gateways reach it: the NAT router's outside address, if any."""
+        return f"{UNDERLAY_PREFIX}.{100 + self.index}" if self.nat else self.underlay_ip
 
     @property
     def gateway_pod_ip(self) -> str:
@@ -62,9 +70,10 @@ class Topology:
         self.ipv6 = ipv6
         self.hub = Namespace(f"{prefix}-hub")
         self.clusters: list[ClusterNet] = []
+        self.routers: list[Namespace] = []
 
     def namespaces(self) -> list[Namespace]:
-        out = [self.hub]
+        out = [self.hub, *self.routers]
         for c in self.clusters:
             out += [c.gateway, *c.pods]
         return out
@@ -74,24 +83,29 @@ class Topology:
         self.hub.run("ip", "link", "add", "br0", "type", "bridge")
         self.hub.run("ip", "link", "set", "br0", "up")
 
-    def add_cluster(self, index: int, pods: int = 1) -> ClusterNet:
+    def add_cluster(self, index: int, pods: int = 1, nat: bool = False) -> ClusterNet:
         if not 0 < index < 100:
             raise ValueError(f"cluster index {index}: must be 1-99")
         cid = f"cluster{index}"
-        c = ClusterNet(index, cid, Namespace(f"{self.prefix}-gw{index}"), ipv6=self.ipv6)
+        c = ClusterNet(index, cid, Namespace(f"{self.prefix}-gw{index}"), ipv6=self.ipv6,
+                       nat=nat)
         self.clusters.append(c)
         gw = c.gateway.create()
         gw.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
-        veth_pair(gw, "eth0", self.hub, f"gw{index}")
-        self.hub.run("ip", "link", "set", f"gw{index}", "master", "br0")
-        gw.run("ip", "addr", "add", f"{c.underlay_ip}/24", "dev", "eth0")
+        if nat:
+            self._nat_router(c)
+        else:
+            veth_pair(gw, "eth0", self.hub, f"gw{index}")
+            self.hub.run("ip", "link", "set", f"gw{index}", "master", "br0")
+            gw.run("ip", "addr", "add", f"{c.underlay_ip}/24", "dev", "eth0")
         # Pods hang off a bridge, as on a node with a bridge CNI.
         gw.run("ip", "link", "add", "cni0", "type", "bridge")
         gw.run("ip", "addr", "add", f"{c.gateway_pod_ip}/24", "dev", "cni0")
         gw.run("ip", "link", "set", "cni0", "up")
         if self.ipv6:
             # nodad: usable at once, no duplicate detection to wait for in a private network
-            gw.run("ip", "addr", "add", f"{c.underlay_ip6}/64", "dev", "eth0", "nodad")
+            if not nat:
+                gw.run("ip", "addr", "add", f"{c.underlay_ip6}/64", "dev", "eth0", "nodad")
             gw.run("ip", "addr", "add", f"{c.gateway_pod_ip6}/64", "dev", "cni0", "nodad")
         for n in range(pods):
             pod = Namespace(f"{self.prefix}-pod{index}-{n}")
@@ -104,6 +118,34 @@ class Topology:
                 pod.run("ip", "addr", "add", f"{c.pod_ip6(n)}/64", "dev", "eth0", "nodad")
                 pod.run("ip", "-6", "route", "add", "default", "via", c.gateway_pod_ip6)
         return c
+
+    def _nat_router(self, c: ClusterNet) -> None:
+        """A router namespace between the gateway and the underlay that masquerades the
+        gateway and forwards the tunnel port to it, as a cloud NAT gateway would."""
+        i = c.index
+        router = Namespace(f"{self.prefix}-nat{i}").create()
+        self.routers.append(router)
+        router.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        veth_pair(router, "eth0", self.hub, f"nat{i}")
+        self.hub.run("ip", "link", "set", f"nat{i}", "master", "br0")
+        router.run("ip", "addr", "add", f"{c.public_ip}/24", "dev", "eth0")
+        veth_pair(router, "inside", c.gateway, "eth0")
+        router.run("ip", "addr", "add", f"198.19.{i}.1/24", "dev", "inside")
+        c.gateway.run("ip", "addr", "add", f"{c.underlay_ip}/24", "dev", "eth0")
+        c.gateway.run("ip", "route", "add", "default", "via", f"198.19.{i}.1")
+        rules = f"""
+table ip wgcable_lab_nat {{
+    chain prerouting {{
+        type nat hook prerouting priority dstnat;
+        iifname "eth0" udp dport {TUNNEL_PORT} dnat to {c.underlay_ip}
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority srcnat;
+        oifname "eth0" masquerade
+    }}
+}}
+"""
+        router.run("nft", "-f", "-", input=rules)
 
     def destroy(self) -> None:
         """Delete every namespace with our prefix, including ones a crashed run left."""

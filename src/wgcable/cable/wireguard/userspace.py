@@ -5,7 +5,7 @@ take the tunnels down with it. Its PID is kept in the state directory so that a 
 instance of the driver adopts the running daemon instead of starting a second one.
 
 With ``netns``, the daemon runs in that network namespace with a private tmpfs on
-/run/wireguard (its socket path is not namespaced), and its socket is reached through
+/run/wireguard (its socket path is not namespaced). Its socket is always reached through
 /proc/<pid>/root/run/wireguard (/run, not /var/run: that symlink is absolute and would
 resolve against our own root).
 """
@@ -52,7 +52,9 @@ class WireGuardGoProcess:
 
     @property
     def socket_dirs(self) -> list[str]:
-        if self.netns and self.pid:
+        # Through the daemon's own root: this finds its socket whatever mount namespace it
+        # or we are in (a restarted agent may not share the daemon's private /run/wireguard).
+        if self.pid:
             return [f"/proc/{self.pid}/root/run/wireguard"]
         return list(DEFAULT_SOCKET_DIRS)
 

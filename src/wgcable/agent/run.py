@@ -1,0 +1,105 @@
+"""The gateway agent's life: start the driver, publish, reconcile, report; stop cleanly.
+
+SIGTERM and SIGINT stop the agent but leave the device, peers and routes in place, and our
+endpoint published: a restarted agent adopts them, so a restart drops no traffic.
+`wgcable cleanup` is the way to remove everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+from wgcable import __version__
+from wgcable.agent.config import AgentConfig
+from wgcable.agent.statusfile import STATUS_FILE, write_status_file
+from wgcable.cable import new_driver
+from wgcable.cable.types import GatewayStatus
+from wgcable.cable.wireguard import WireGuardDriver
+from wgcable.engine.engine import Engine
+from wgcable.engine.health import HealthChecker
+from wgcable.engine.metrics import GatewayMetricsState, serve_metrics
+from wgcable.store.directory import DirectoryStore
+
+log = logging.getLogger("wgcable.agent")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
+    stop = stop or threading.Event()
+    local = cfg.local_endpoint()
+    driver = new_driver(cfg.cable_driver, local, config=cfg.driver_config())
+    driver.init()  # adds publicKey and interface-name to the local endpoint
+    store = DirectoryStore(cfg.store)
+    health = HealthChecker(
+        source_ip=str(cfg.health_check_ip) if cfg.health_check_ip else None)
+
+    def on_status(status: GatewayStatus) -> None:
+        write_status_file(cfg.state_dir, status)
+
+    engine = Engine(
+        local, driver, store, hostname=cfg.hostname, health=health,
+        resync_interval=cfg.resync_interval, status_interval=cfg.status_interval,
+        on_status=on_status, version=__version__,
+    )
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: stopping, tunnels stay up", signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    metrics = None
+    if cfg.metrics_port:
+        def state() -> GatewayMetricsState:
+            return GatewayMetricsState.for_local(
+                local, driver.name, engine.status.connections, dict(engine.established))
+        metrics = serve_metrics(state, str(cfg.metrics_address), cfg.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", cfg.metrics_address, metrics.port)
+
+    engine.start()
+    log.info("agent for cluster %s running: endpoint %s published, %d remote(s) connected",
+             cfg.cluster_id, local.object_name(), len(engine.status.connections))
+    try:
+        stop.wait()
+    finally:
+        engine.stop()
+        close = getattr(driver, "close", None)
+        if callable(close):
+            close()
+        store.close()
+        if metrics is not None:
+            metrics.stop()
+    return 0
+
+
+def cleanup(cfg: AgentConfig, remove_key: bool) -> int:
+    """Remove everything the agent made: device, peers, routes, rules, daemon, our endpoint
+    and status; and the key pair when asked."""
+    local = cfg.local_endpoint()
+    driver = new_driver(cfg.cable_driver, local, config=cfg.driver_config())
+    if remove_key and isinstance(driver, WireGuardDriver):
+        driver.cleanup(remove_key=True)
+    else:
+        driver.cleanup()
+    store = DirectoryStore(cfg.store)
+    try:
+        store.withdraw(local)
+        store.remove_status(cfg.hostname)
+    finally:
+        store.close()
+    status = Path(cfg.state_dir) / STATUS_FILE
+    status.unlink(missing_ok=True)
+    log.info("removed the device, routes, rules and endpoint of cluster %s", cfg.cluster_id)
+    return 0

@@ -1,0 +1,55 @@
+"""`wgcable agent` (the gateway agent) and `wgcable cleanup` (remove everything it made)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from wgcable.agent.config import AgentConfig, ConfigError, add_arguments, from_namespace
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "agent", help="run the gateway agent: publish our endpoint, build cables to the others",
+        description="Run the gateway agent. Settings come from flags, then the environment, "
+        "then the YAML file (--config).")
+    add_arguments(p)
+    p.set_defaults(handler=run_agent_cmd)
+    p = sub.add_parser(
+        "cleanup", help="remove the device, peers, routes, rules and our endpoint",
+        description="Remove everything the agent created. Takes the agent's settings.")
+    add_arguments(p)
+    p.add_argument("--remove-key", action="store_true",
+                   help="also delete the key pair (the next start publishes a new key)")
+    p.set_defaults(handler=run_cleanup_cmd)
+
+
+def _config(args: argparse.Namespace) -> AgentConfig | None:
+    try:
+        return from_namespace(args, os.environ)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(f"wgcable {args.command}: {problem}", file=sys.stderr)
+        return None
+
+
+def run_agent_cmd(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if cfg is None:
+        return 2
+    from wgcable.agent.run import run_agent, setup_logging  # heavy imports only when running
+
+    setup_logging(cfg.log_level)
+    return run_agent(cfg)
+
+
+def run_cleanup_cmd(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if cfg is None:
+        return 2
+    from wgcable.agent.run import cleanup, setup_logging
+
+    setup_logging(cfg.log_level)
+    return cleanup(cfg, remove_key=args.remove_key)

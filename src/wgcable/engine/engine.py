@@ -1,0 +1,215 @@
+"""The engine: level-triggered reconcile of the store's endpoints into cables.
+
+One thread does all driver calls (the driver contract wants them serialised): it wakes on
+a store change, on the periodic resync and on the status timer. Everything else (the HTTP
+metrics server, `wgcable show`) reads the last status it published.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from wgcable.cable.driver import Driver
+from wgcable.cable.types import (
+    Connection,
+    ConnectionStatus,
+    Endpoint,
+    GatewayStatus,
+    HAStatus,
+    NATEndpointInfo,
+)
+from wgcable.engine import plan as planning
+from wgcable.engine.health import HealthChecker
+from wgcable.store.base import EndpointStore
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(
+        self,
+        local: Endpoint,
+        driver: Driver,
+        store: EndpointStore,
+        *,
+        hostname: str,
+        health: HealthChecker | None = None,
+        resync_interval: float = 30.0,
+        status_interval: float = 5.0,
+        on_status: Callable[[GatewayStatus], None] | None = None,
+        version: str = "",
+    ) -> None:
+        self.local = local
+        self.driver = driver
+        self.store = store
+        self.hostname = hostname
+        self.health = health
+        self.resync_interval = resync_interval
+        self.status_interval = status_interval
+        self.on_status = on_status
+        self.version = version
+        self._applied: dict[str, NATEndpointInfo] = {}  # what the driver was told, by cluster
+        self._rejected: set[str] = set()
+        self._problems: dict[str, str] = {}
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._status = GatewayStatus(version=version, ha_status=HAStatus.ACTIVE,
+                                     local_endpoint=local)
+        self.established: dict[str, float] = {}  # cluster -> epoch when it became connected
+
+    # --- reconcile ------------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Read the whole store, connect what is new or changed, disconnect what is gone."""
+        snap = self.store.snapshot()
+        p = planning.plan(self.local, snap)
+        for name, problem in p.problems.items():
+            if self._problems.get(name) != problem:
+                log.warning("store entry %s: %s", name, problem)
+        self._problems = p.problems
+        connect, gone = planning.changed(self._applied, p.connect)
+        for cid in gone:
+            info = self._applied.pop(cid)
+            self._rejected.discard(cid)
+            try:
+                self.driver.disconnect_from_endpoint(info.endpoint)
+            except Exception:
+                log.exception("disconnecting cluster %s failed", cid)
+        if gone:
+            # A refusal may have been for a conflict with a cluster that just left.
+            connect = sorted(set(connect) | (self._rejected & set(p.connect)))
+        for cid in connect:
+            info = p.connect[cid]
+            self._applied[cid] = info
+            try:
+                self.driver.connect_to_endpoint(info)
+                self._rejected.discard(cid)
+            except ValueError as e:  # refused: the driver reports it as an error connection
+                self._rejected.add(cid)
+                log.debug("cluster %s refused: %s", cid, e)
+            except Exception:
+                # The driver could not apply it (device trouble): try again next pass.
+                del self._applied[cid]
+                log.exception("connecting cluster %s failed; will retry", cid)
+        if self.health is not None:
+            self.health.set_targets({
+                cid: info.endpoint.health_check_ip
+                for cid, info in self._applied.items()
+                if info.endpoint.health_check_ip and cid not in self._rejected
+            })
+
+    def resync(self) -> None:
+        """Heal drift: re-apply the device, routes and rules whatever we think they hold."""
+        resync = getattr(self.driver, "resync", None)
+        if callable(resync):
+            try:
+                resync()
+            except Exception:
+                log.exception("resync failed; will retry")
+
+    # --- status -------------------------------------------------------------------------------
+
+    def _with_health(self, c: Connection) -> Connection:
+        if self.health is None:
+            return c
+        result = self.health.result(c.endpoint.cluster_id)
+        if result is None:
+            return c
+        c = replace(c, latency_rtt=result.latency)
+        if c.status == ConnectionStatus.CONNECTED and not result.healthy:
+            c = replace(c, status=ConnectionStatus.ERROR, status_message=(
+                f"no reply from health check IP {c.endpoint.health_check_ip} to "
+                f"{result.consecutive_losses} pings in a row"))
+        return c
+
+    def refresh_status(self) -> GatewayStatus:
+        conns = [self._with_health(c) for c in self.driver.get_connections()]
+        now = time.time()
+        for c in conns:
+            cid = c.endpoint.cluster_id
+            if c.status == ConnectionStatus.CONNECTED:
+                self.established.setdefault(cid, now)
+            else:
+                self.established.pop(cid, None)
+        for cid in list(self.established):
+            if cid not in {c.endpoint.cluster_id for c in conns}:
+                del self.established[cid]
+        failure = "; ".join(f"{k}: {v}" for k, v in sorted(self._problems.items()))
+        status = GatewayStatus(
+            version=self.version, ha_status=HAStatus.ACTIVE, local_endpoint=self.local,
+            status_failure=failure, connections=conns)
+        with self._lock:
+            self._status = status
+        try:
+            self.store.write_status(self.hostname, status)
+        except Exception:
+            log.exception("writing the gateway status failed")
+        if self.on_status is not None:
+            self.on_status(status)
+        return status
+
+    @property
+    def status(self) -> GatewayStatus:
+        with self._lock:
+            return self._status
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Publish our endpoint, connect everything known, then run in the background."""
+        self.store.publish(self.local)
+        self.reconcile()
+        mark_synced = getattr(self.driver, "mark_synced", None)
+        if callable(mark_synced):
+            mark_synced()  # every known endpoint is connected: stale peers may go now
+        if self.health is not None:
+            self.health.start()
+        self.refresh_status()
+        watcher = threading.Thread(target=self.store.watch, args=(self._dirty.set, self._stop),
+                                   name="store-watch", daemon=True)
+        loop = threading.Thread(target=self._loop, name="engine", daemon=True)
+        self._threads = [watcher, loop]
+        for t in self._threads:
+            t.start()
+
+    def _loop(self) -> None:
+        next_resync = time.monotonic() + self.resync_interval
+        next_status = time.monotonic() + self.status_interval
+        while not self._stop.is_set():
+            timeout = max(0.0, min(next_resync, next_status) - time.monotonic())
+            if self._dirty.wait(timeout):
+                self._dirty.clear()
+                if self._stop.is_set():
+                    break
+                self._guard(self.reconcile)
+            now = time.monotonic()
+            if now >= next_resync:
+                self._guard(self.reconcile)
+                self.resync()
+                next_resync = now + self.resync_interval
+            if now >= next_status:
+                self._guard(self.refresh_status)
+                next_status = now + self.status_interval
+
+    @staticmethod
+    def _guard(fn: Callable[[], object]) -> None:
+        # One failed pass must never end the loop: the next one starts from scratch.
+        try:
+            fn()
+        except Exception:
+            log.exception("%s failed; will retry", getattr(fn, "__name__", "engine step"))
+
+    def stop(self) -> None:
+        """Stop the loop; tunnels stay up (a restart must not drop traffic)."""
+        self._stop.set()
+        self._dirty.set()
+        for t in self._threads:
+            t.join(5)
+        if self.health is not None:
+            self.health.stop()

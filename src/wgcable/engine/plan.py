@@ -1,0 +1,56 @@
+"""What the engine should connect, from a store snapshot (pure).
+
+One endpoint per remote cluster; the IP to reach it by (public when the remote is behind
+NAT, as Submariner's pre-discovery rule does); and what changed since the last pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from wgcable.cable.types import Endpoint, NATEndpointInfo
+from wgcable.store.base import Snapshot
+
+
+@dataclass(slots=True)
+class Plan:
+    connect: dict[str, NATEndpointInfo] = field(default_factory=dict)  # by cluster ID
+    problems: dict[str, str] = field(default_factory=dict)  # store entry -> what is wrong
+
+
+def choose_ip(local: Endpoint, remote: Endpoint) -> tuple[str, bool]:
+    """(IP to use, whether NAT is in the path) for reaching ``remote`` from ``local``."""
+    if remote.nat_enabled and remote.public_ip:
+        if local.public_ip and local.public_ip == remote.public_ip:
+            # Behind the same NAT: the private address is the direct path.
+            return remote.private_ip, False
+        return remote.public_ip, True
+    return remote.private_ip or remote.public_ip, False
+
+
+def plan(local: Endpoint, snap: Snapshot) -> Plan:
+    """The endpoints to connect, one per remote cluster, and the problems found."""
+    out = Plan(problems=dict(snap.errors))
+    by_cluster: dict[str, list[tuple[str, Endpoint]]] = {}
+    for name, ep in snap.endpoints.items():
+        if ep.cluster_id == local.cluster_id:
+            continue  # our own (or a sibling gateway of our cluster)
+        by_cluster.setdefault(ep.cluster_id, []).append((name, ep))
+    for cid, entries in by_cluster.items():
+        entries.sort(key=lambda e: e[0])
+        name, ep = entries[0]
+        for other, _ in entries[1:]:
+            out.problems[other] = (f"another endpoint of cluster {cid!r} ({name}) is in use; "
+                                   "this one is ignored")
+        use_ip, nat = choose_ip(local, ep)
+        out.connect[cid] = NATEndpointInfo(endpoint=ep, use_ip=use_ip, use_nat=nat)
+    return out
+
+
+def changed(before: Mapping[str, NATEndpointInfo], after: Mapping[str, NATEndpointInfo]
+            ) -> tuple[list[str], list[str]]:
+    """(clusters to (re)connect, clusters to disconnect) between two plans."""
+    connect = [cid for cid, info in after.items() if before.get(cid) != info]
+    gone = [cid for cid in before if cid not in after]
+    return sorted(connect), sorted(gone)

@@ -1,0 +1,340 @@
+"""A running lab: simulated clusters with a real `wgcable agent` on each gateway.
+
+The lab's state (namespaces, PIDs, directories) is kept in ``<root>/<name>/lab.json``, so
+a later command (`wgcable lab status`, `lab down`) finds it even after the CLI that started
+it crashed. Every gateway has a long-lived holder process whose mount namespace carries a
+private /run/wireguard; the agent and anything run "on the gateway" enter the holder's
+network and mount namespaces, so they see the gateway's WireGuard socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from wgcable.agent.statusfile import AgentStatus, read_status_file
+from wgcable.cable.types import ConnectionStatus
+from wgcable.lab.netns import LabError, Namespace, list_namespaces
+from wgcable.lab.topology import ClusterNet, Topology
+
+LAB_ROOT = "/run/wgcable-lab"
+NS_PREFIX = "wgl"  # every namespace of every lab starts with this
+
+
+@dataclass
+class GatewayState:
+    index: int
+    cluster_id: str
+    gateway_ns: str
+    pod_ns: list[str]
+    private_ip: str
+    public_ip: str
+    nat: bool
+    subnets: list[str]
+    pod_ips: list[str]
+    pod_ips6: list[str]
+    health_check_ip: str
+    holder_pid: int = 0
+    agent_pid: int = 0
+
+
+@dataclass
+class LabState:
+    name: str
+    prefix: str
+    root: str
+    ipv6: bool
+    nat: bool
+    snat: bool
+    created: float
+    gateways: list[GatewayState] = field(default_factory=list)
+    extra_namespaces: list[str] = field(default_factory=list)
+
+
+def _check_name(name: str) -> None:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,15}", name):
+        raise LabError(f"lab name {name!r}: use 1-16 lowercase letters, digits and '-'")
+
+
+def _pid_is(pid: int, *names: str) -> bool:
+    """Whether ``pid`` is alive, not a zombie, and runs one of ``names`` (recycled PIDs)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    comm, _, rest = stat.partition("(")[2].rpartition(")")
+    return rest.split()[0] != "Z" and (not names or comm in names)
+
+
+def _kill(pid: int, timeout: float = 5.0, names: Sequence[str] = ()) -> None:
+    """SIGTERM then SIGKILL, by PID only, and only if the PID is still what we started."""
+    if pid <= 0 or not _pid_is(pid, *names):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _pid_is(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+    if _pid_is(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+class Lab:
+    def __init__(self, state: LabState) -> None:
+        self.state = state
+        self.dir = Path(state.root) / state.name
+
+    # --- where things live ----------------------------------------------------------------
+
+    @property
+    def store_dir(self) -> Path:
+        return self.dir / "store"
+
+    def state_dir(self, gw: GatewayState) -> Path:
+        return self.dir / f"gw{gw.index}"
+
+    def log_file(self, gw: GatewayState) -> Path:
+        return self.dir / f"gw{gw.index}.log"
+
+    def gateway(self, which: int | str) -> GatewayState:
+        for g in self.state.gateways:
+            if which in (g.index, g.cluster_id, str(g.index)):
+                return g
+        raise LabError(f"no cluster {which!r} in lab {self.state.name!r}")
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / ".lab.json.tmp"
+        tmp.write_text(json.dumps(asdict(self.state), indent=1))
+        os.replace(tmp, self.dir / "lab.json")
+
+    @classmethod
+    def load(cls, name: str = "default", root: str = LAB_ROOT) -> Lab:
+        path = Path(root) / name / "lab.json"
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise LabError(f"no lab {name!r} (nothing at {path})") from None
+        gws = [GatewayState(**g) for g in doc.pop("gateways")]
+        return cls(LabState(**doc, gateways=gws))
+
+    # --- building ---------------------------------------------------------------------------
+
+    @classmethod
+    def up(
+        cls,
+        name: str = "default",
+        clusters: int = 3,
+        *,
+        ipv6: bool = False,
+        nat: bool = False,
+        snat: bool = False,
+        root: str = LAB_ROOT,
+        agent_args: Sequence[str] = (),
+    ) -> Lab:
+        """Build the namespaces and start an agent per gateway. On any failure, everything
+        made so far is removed before the error is raised."""
+        _check_name(name)
+        if not 2 <= clusters <= 50:
+            raise LabError(f"--clusters {clusters}: must be 2-50")
+        if (Path(root) / name / "lab.json").exists():
+            raise LabError(f"lab {name!r} is already up; `wgcable lab down --name {name}` first")
+        prefix = f"{NS_PREFIX}{name}"
+        lab = cls(LabState(name, prefix, root, ipv6, nat, snat, time.time()))
+        lab.save()  # recorded first, so that `lab down` can clean up a half-built lab
+        try:
+            lab._build(clusters, agent_args)
+        except BaseException:
+            lab.down()
+            raise
+        return lab
+
+    def _build(self, clusters: int, agent_args: Sequence[str]) -> None:
+        topo = Topology(self.state.prefix, ipv6=self.state.ipv6)
+        topo.build_underlay()
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(1, clusters + 1):
+            # With --nat, every second cluster sits behind a NAT router.
+            c = topo.add_cluster(i, nat=self.state.nat and i % 2 == 0)
+            gw = self._gateway_state(c)
+            self.state.gateways.append(gw)
+            self.state.extra_namespaces = [n.name for n in [topo.hub, *topo.routers]]
+            self.save()
+            if self.state.snat:
+                self._snat(gw)
+            gw.holder_pid = self._start_holder(gw)
+            self.save()
+        for gw in self.state.gateways:
+            self.start_agent(gw, agent_args)
+
+    @staticmethod
+    def _gateway_state(c: ClusterNet) -> GatewayState:
+        return GatewayState(
+            index=c.index, cluster_id=c.cluster_id, gateway_ns=c.gateway.name,
+            pod_ns=[p.name for p in c.pods], private_ip=c.underlay_ip,
+            public_ip=c.public_ip if c.nat else "", nat=c.nat, subnets=c.subnets,
+            pod_ips=[c.pod_ip(n) for n in range(len(c.pods))],
+            pod_ips6=[c.pod_ip6(n) for n in range(len(c.pods))] if c.ipv6 else [],
+            health_check_ip=c.gateway_pod_ip,
+        )
+
+    def _snat(self, gw: GatewayState) -> None:
+        """Masquerade everything the pods send off-cluster, as some CNIs do."""
+        pods = ", ".join(s for s in gw.subnets if ":" not in s)
+        rules = f"""
+table ip wgcable_lab_snat {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat;
+        ip saddr {{ {pods} }} ip daddr != {{ {pods} }} masquerade
+    }}
+}}
+"""
+        Namespace(gw.gateway_ns).run("nft", "-f", "-", input=rules)
+
+    def _start_holder(self, gw: GatewayState) -> int:
+        script = "mount -t tmpfs wgcable-lab /run/wireguard && exec sleep infinity"
+        p = subprocess.Popen(
+            Namespace(gw.gateway_ns).cmd("sh", "-c", script),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if p.poll() is not None:
+                raise LabError(f"gateway {gw.cluster_id}: mount namespace holder exited")
+            if Path(f"/proc/{p.pid}/comm").read_text().strip() == "sleep":
+                return p.pid
+            time.sleep(0.01)
+        raise LabError(f"gateway {gw.cluster_id}: mount namespace holder did not start")
+
+    # --- on a gateway -----------------------------------------------------------------------
+
+    def gateway_cmd(self, gw: GatewayState, *args: str) -> list[str]:
+        """A command line that runs on the gateway: its network and mount namespaces."""
+        if not _pid_is(gw.holder_pid, "sleep"):
+            raise LabError(f"gateway {gw.cluster_id}: its namespace holder is gone")
+        return ["nsenter", "-t", str(gw.holder_pid), "-m", "-n", "--", *args]
+
+    def agent_argv(self, gw: GatewayState, extra: Sequence[str] = ()) -> list[str]:
+        cidrs = [s for s in gw.subnets if s.split(".")[1] == str(gw.index) or
+                 s.startswith(f"fd00:{gw.index}::")]
+        services = [s for s in gw.subnets if s not in cidrs]
+        argv = [
+            sys.executable, "-m", "wgcable", "agent",
+            "--store", str(self.store_dir),
+            "--cluster-id", gw.cluster_id,
+            "--cluster-cidr", ",".join(cidrs),
+            "--service-cidr", ",".join(services),
+            "--private-ip", gw.private_ip,
+            "--hostname", f"gw{gw.index}",
+            "--state-dir", str(self.state_dir(gw)),
+            "--health-check-ip", gw.health_check_ip,
+            "--status-interval", "1",
+        ]
+        if gw.nat:
+            argv += ["--public-ip", gw.public_ip, "--nat"]
+        return [*argv, *extra]
+
+    def start_agent(self, which: int | str | GatewayState, extra: Sequence[str] = ()) -> int:
+        gw = which if isinstance(which, GatewayState) else self.gateway(which)
+        if gw.agent_pid and _pid_is(gw.agent_pid):
+            raise LabError(f"gateway {gw.cluster_id}: agent already running (pid {gw.agent_pid})")
+        self.state_dir(gw).mkdir(parents=True, exist_ok=True, mode=0o700)
+        log = open(self.log_file(gw), "ab")  # noqa: SIM115 - handed to the child
+        try:
+            p = subprocess.Popen(
+                self.gateway_cmd(gw, *self.agent_argv(gw, extra)),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        finally:
+            log.close()
+        gw.agent_pid = p.pid
+        self.save()
+        return p.pid
+
+    def stop_agent(self, which: int | str, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+        """Stop the agent by its PID (SIGTERM leaves the tunnels up; SIGKILL is a crash)."""
+        gw = self.gateway(which)
+        pid = gw.agent_pid
+        if pid and _pid_is(pid):
+            os.kill(pid, sig)
+            deadline = time.monotonic() + timeout
+            while _pid_is(pid) and time.monotonic() < deadline:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+                time.sleep(0.02)
+        gw.agent_pid = 0
+        self.save()
+
+    def agent_alive(self, which: int | str) -> bool:
+        gw = self.gateway(which)
+        return bool(gw.agent_pid) and _pid_is(gw.agent_pid)
+
+    def status(self, which: int | str) -> AgentStatus | None:
+        try:
+            return read_status_file(self.state_dir(self.gateway(which)))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def all_connected(self) -> bool:
+        want = len(self.state.gateways) - 1
+        for gw in self.state.gateways:
+            st = self.status(gw.index)
+            if st is None or time.time() - st.updated > 5:
+                return False
+            ok = [c for c in st.gateway.connections if c.status == ConnectionStatus.CONNECTED]
+            if len(ok) != want:
+                return False
+        return True
+
+    def ping(self, src: int | str, dst: int | str, *, count: int = 1, v6: bool = False,
+             timeout: float = 2) -> float | None:
+        """RTT in ms of a ping from ``src``'s first pod to ``dst``'s, or None if unanswered."""
+        s, d = self.gateway(src), self.gateway(dst)
+        target = (d.pod_ips6 if v6 else d.pod_ips)[0]
+        out = subprocess.run(
+            Namespace(s.pod_ns[0]).cmd("ping", "-n", "-c", str(count), "-i", "0.2",
+                                      "-W", str(timeout), target),
+            capture_output=True, text=True, check=False, timeout=count * (timeout + 1) + 5,
+        )
+        m = re.search(r"= [\d.]+/([\d.]+)/", out.stdout)
+        return float(m.group(1)) if out.returncode == 0 and m else None
+
+    # --- teardown ---------------------------------------------------------------------------
+
+    def down(self) -> list[str]:
+        """Remove everything: agents, daemons and holders (by PID), namespaces, files.
+        Goes on past failures and returns what it could not remove."""
+        problems: list[str] = []
+        for gw in self.state.gateways:
+            _kill(gw.agent_pid, names=("python", "python3", "wgcable", "nsenter"))
+            pidfile = self.state_dir(gw) / "subwg0.wireguard-go.pid"
+            with contextlib.suppress(OSError, ValueError):
+                _kill(int(pidfile.read_text()), names=("wireguard-go",))
+            _kill(gw.holder_pid, names=("sleep",))
+        mine = [n for n in list_namespaces() if n.startswith(f"{self.state.prefix}-")]
+        for ns in mine:
+            try:
+                Namespace(ns).delete()
+            except LabError as e:
+                problems.append(str(e))
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir.exists():
+            problems.append(f"could not remove {self.dir}")
+        return problems
