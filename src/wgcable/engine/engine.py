@@ -7,6 +7,7 @@ metrics server, `wgcable show`) reads the last status it published.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -54,6 +55,7 @@ class Engine:
         self.version = version
         self._applied: dict[str, NATEndpointInfo] = {}  # what the driver was told, by cluster
         self._rejected: set[str] = set()
+        self._retry_all = False
         self._problems: dict[str, str] = {}
         self._dirty = threading.Event()
         self._stop = threading.Event()
@@ -74,6 +76,34 @@ class Engine:
                 log.warning("store entry %s: %s", name, problem)
         self._problems = p.problems
         connect, gone = planning.changed(self._applied, p.connect)
+        if self._retry_all:
+            connect = sorted(p.connect)
+        if gone:
+            # A refusal may have been for a conflict with a cluster that is leaving.
+            connect = sorted(set(connect) | (self._rejected & set(p.connect)))
+        if connect or gone:
+            try:
+                with self._batch():
+                    self._disconnect(gone)
+                    self._connect(connect, p.connect)
+            except Exception:
+                # Applying the batch failed (device trouble): the next pass tells the
+                # driver everything again (connecting is idempotent).
+                self._retry_all = True
+                raise
+            self._retry_all = False
+        if self.health is not None:
+            self.health.set_targets({
+                cid: info.endpoint.health_check_ip
+                for cid, info in self._applied.items()
+                if info.endpoint.health_check_ip and cid not in self._rejected
+            })
+
+    def _batch(self) -> contextlib.AbstractContextManager[object]:
+        batch = getattr(self.driver, "batch", None)
+        return batch() if callable(batch) else contextlib.nullcontext()
+
+    def _disconnect(self, gone: list[str]) -> None:
         for cid in gone:
             info = self._applied.pop(cid)
             self._rejected.discard(cid)
@@ -81,11 +111,10 @@ class Engine:
                 self.driver.disconnect_from_endpoint(info.endpoint)
             except Exception:
                 log.exception("disconnecting cluster %s failed", cid)
-        if gone:
-            # A refusal may have been for a conflict with a cluster that just left.
-            connect = sorted(set(connect) | (self._rejected & set(p.connect)))
-        for cid in connect:
-            info = p.connect[cid]
+
+    def _connect(self, clusters: list[str], infos: dict[str, NATEndpointInfo]) -> None:
+        for cid in clusters:
+            info = infos[cid]
             self._applied[cid] = info
             try:
                 self.driver.connect_to_endpoint(info)
@@ -97,12 +126,6 @@ class Engine:
                 # The driver could not apply it (device trouble): try again next pass.
                 del self._applied[cid]
                 log.exception("connecting cluster %s failed; will retry", cid)
-        if self.health is not None:
-            self.health.set_targets({
-                cid: info.endpoint.health_check_ip
-                for cid, info in self._applied.items()
-                if info.endpoint.health_check_ip and cid not in self._rejected
-            })
 
     def resync(self) -> None:
         """Heal drift: re-apply the device, routes and rules whatever we think they hold."""

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from wgcable.cable.types import Endpoint, NATEndpointInfo
+from wgcable.cable.wireguard.index import PeerIndex
 from wgcable.routing.table import Route
 from wgcable.wgctrl import IPAddress, IPNetwork, Key, Peer, UDPAddr
 
@@ -85,12 +86,17 @@ def validate_remote(
     local: Endpoint,
     local_subnets: Iterable[IPNetwork],
     own_public_key: Key,
-    others: Mapping[str, RemotePeer],
+    others: Mapping[str, RemotePeer] | PeerIndex,
 ) -> RemotePeer:
     """The RemotePeer for ``info``, or EndpointRejectedError naming the field and value.
 
-    ``others`` are the other clusters' accepted peers (the remote's own entry excluded).
+    ``others`` are the accepted peers; the remote's own entry, if there, is not a conflict.
     """
+    if not isinstance(others, PeerIndex):
+        index = PeerIndex()
+        for p in others.values():
+            index.add(p)
+        others = index
     ep = info.endpoint
     cid = ep.cluster_id
     if not cid:
@@ -108,10 +114,9 @@ def validate_remote(
     if key == own_public_key:
         raise EndpointRejectedError(cid, f"backend_config.{PUBLIC_KEY}", raw_key,
                                     "is this gateway's own key")
-    for other in others.values():
-        if other.public_key == key:
-            raise EndpointRejectedError(cid, f"backend_config.{PUBLIC_KEY}", raw_key,
-                                        f"already used by cluster {other.cluster_id!r}")
+    if owner := others.key_owner(key, exclude=cid):
+        raise EndpointRejectedError(cid, f"backend_config.{PUBLIC_KEY}", raw_key,
+                                    f"already used by cluster {owner!r}")
     try:
         ip: IPAddress = ipaddress.ip_address(info.use_ip)
     except ValueError:
@@ -124,11 +129,10 @@ def validate_remote(
     if hit := _overlap(subnets, local_subnets):
         raise EndpointRejectedError(cid, "subnets", str(hit[0]),
                                     f"overlaps the local cluster's {hit[1]}")
-    for other in others.values():
-        if hit := _overlap(subnets, other.subnets):
+    for net in subnets:
+        if clash := others.overlap(net, exclude=cid):
             raise EndpointRejectedError(
-                cid, "subnets", str(hit[0]),
-                f"overlaps {hit[1]} of cluster {other.cluster_id!r}")
+                cid, "subnets", str(net), f"overlaps {clash[0]} of cluster {clash[1]!r}")
     return RemotePeer(cid, key, UDPAddr(ip, port), subnets, info.use_ip, info.use_nat)
 
 

@@ -6,12 +6,13 @@ thread that restarts a dead wireguard-go re-applies state concurrently.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from wgcable.cable.wireguard import desired
 from wgcable.cable.wireguard.config import WireGuardConfig
 from wgcable.cable.wireguard.desired import EndpointRejectedError, RemotePeer
 from wgcable.cable.wireguard.device import WireGuardDevice
+from wgcable.cable.wireguard.index import PeerIndex
 from wgcable.cable.wireguard.status import PeerStatus
 from wgcable.routing import IPRoute, RouteTable
 from wgcable.wgctrl import Device, IPNetwork, Key, config_delta, read_key_file, write_key_file
@@ -52,6 +54,8 @@ class WireGuardDriver:
         self._clock = clock
         self._lock = threading.RLock()
         self._conns: dict[str, _Conn] = {}
+        self._index = PeerIndex()  # the accepted peers, for cheap conflict checks at scale
+        self._batch = 0  # >0: inside batch(): changes are applied once, at its end
         self._synced = False
         self._key: Key | None = None
         self._psk: Key | None = None
@@ -136,7 +140,24 @@ class WireGuardDriver:
     # --- desired state ------------------------------------------------------------------
 
     def _accepted(self) -> list[RemotePeer]:
-        return [c.peer for c in self._conns.values() if c.peer is not None]
+        return list(self._index)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group many connects and disconnects into one device change and one route sync
+        (the engine uses it when the store brings many endpoints at once)."""
+        with self._lock:
+            self._batch += 1
+            try:
+                yield
+            finally:
+                self._batch -= 1
+                if self._batch == 0:
+                    self._apply()
+
+    def _changed(self) -> None:
+        if self._batch == 0:
+            self._apply()
 
     def _desired_device(self, actual: Device) -> Device:
         assert self._key is not None
@@ -200,11 +221,9 @@ class WireGuardDriver:
         with self._lock:
             assert self._key is not None, "init() first"
             old = self._conns.get(cid)
-            others = {k: c.peer for k, c in self._conns.items()
-                      if k != cid and c.peer is not None}
             try:
                 peer = desired.validate_remote(
-                    info, self.local, self._local_subnets, self._key.public_key(), others)
+                    info, self.local, self._local_subnets, self._key.public_key(), self._index)
             except EndpointRejectedError as e:
                 log.warning("refused %s", e)
                 if old is not None and old.peer is not None:
@@ -220,7 +239,8 @@ class WireGuardDriver:
                 log.info("cluster %s has a new key: replacing its peer", cid)
             self._conns[cid] = _Conn(
                 info, peer, tracker or PeerStatus(self.cfg.thresholds, now))
-            self._apply()
+            self._index.add(peer)
+            self._changed()
             log.info("connected cluster %s at %s (nat=%s, subnets %s)", cid, peer.endpoint,
                      peer.using_nat, ", ".join(map(str, peer.subnets)))
             return peer.using_ip
@@ -237,7 +257,8 @@ class WireGuardDriver:
                 log.info("ignored disconnect of cluster %s with a stale key", cid)
                 return
             del self._conns[cid]
-            self._apply()
+            self._index.remove(cid)
+            self._changed()
             log.info("disconnected cluster %s", cid)
 
     def _read_status(self) -> None:
@@ -249,12 +270,15 @@ class WireGuardDriver:
                     c.tracker.status, c.tracker.message = ConnectionStatus.ERROR, str(e)
             return
         now, wall = self._clock(), datetime.now(UTC)
+        on_device = {p.public_key: p for p in dev.peers}
+        missing = False
         for cid, c in self._conns.items():
             if c.peer is None or c.tracker is None:
                 continue
-            p = dev.peer(c.peer.public_key)
+            p = on_device.get(c.peer.public_key)
             before = c.tracker.status
             if p is None:
+                missing = True
                 c.tracker.status = ConnectionStatus.ERROR
                 c.tracker.message = "peer missing from the device; re-adding it"
             else:
@@ -263,8 +287,7 @@ class WireGuardDriver:
             if c.tracker.status != before:
                 log.info("connection to %s: %s -> %s (%s)", cid, before.value,
                          c.tracker.status.value, c.tracker.message)
-        if self._synced or any(dev.peer(c.peer.public_key) is None
-                               for c in self._conns.values() if c.peer):
+        if missing or (self._synced and len(on_device) != len(self._index)):
             self._apply(dev)  # removes peers nobody owns, restores missing ones
 
     def _connection(self, c: _Conn) -> Connection:
@@ -315,6 +338,7 @@ class WireGuardDriver:
             self.table.remove()
             self.device.delete()
             self._conns.clear()
+            self._index = PeerIndex()
             if remove_key:
                 path = Path(self.cfg.state_dir) / f"{self.cfg.device}.key"
                 if path.exists():

@@ -1,0 +1,82 @@
+"""The accepted remote clusters, indexed so that checking a newcomer stays cheap at scale.
+
+A store flooded with thousands of endpoints must not make validation quadratic: subnet
+overlaps are found by bisection over the (non-overlapping) accepted ranges, and key owners
+by a dictionary.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from wgcable.wgctrl import IPNetwork, Key
+
+if TYPE_CHECKING:  # desired.py imports this module
+    from wgcable.cable.wireguard.desired import RemotePeer
+
+
+class PeerIndex:
+    def __init__(self) -> None:
+        self._peers: dict[str, RemotePeer] = {}
+        self._keys: dict[Key, str] = {}
+        # Per IP version, ranges sorted by start; accepted ranges never overlap.
+        self._starts: dict[int, list[int]] = {4: [], 6: []}
+        self._ranges: dict[int, list[tuple[int, int, str, IPNetwork]]] = {4: [], 6: []}
+
+    def __contains__(self, cluster_id: object) -> bool:
+        return cluster_id in self._peers
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __iter__(self) -> Iterator[RemotePeer]:
+        return iter(self._peers.values())
+
+    def get(self, cluster_id: str) -> RemotePeer | None:
+        return self._peers.get(cluster_id)
+
+    def add(self, peer: RemotePeer) -> None:
+        """Add (or replace) a cluster's peer. The caller has checked it overlaps nothing."""
+        self.remove(peer.cluster_id)
+        self._peers[peer.cluster_id] = peer
+        self._keys[peer.public_key] = peer.cluster_id
+        for net in peer.subnets:
+            start = int(net.network_address)
+            i = bisect.bisect_left(self._starts[net.version], start)
+            self._starts[net.version].insert(i, start)
+            self._ranges[net.version].insert(
+                i, (start, int(net.broadcast_address), peer.cluster_id, net))
+
+    def remove(self, cluster_id: str) -> None:
+        peer = self._peers.pop(cluster_id, None)
+        if peer is None:
+            return
+        if self._keys.get(peer.public_key) == cluster_id:
+            del self._keys[peer.public_key]
+        for net in peer.subnets:
+            starts, ranges = self._starts[net.version], self._ranges[net.version]
+            i = bisect.bisect_left(starts, int(net.network_address))
+            while i < len(ranges) and ranges[i][0] == int(net.network_address):
+                if ranges[i][2] == cluster_id:
+                    del starts[i], ranges[i]
+                    break
+                i += 1
+
+    def key_owner(self, key: Key, exclude: str = "") -> str | None:
+        owner = self._keys.get(key)
+        return owner if owner != exclude else None
+
+    def overlap(self, net: IPNetwork, exclude: str = "") -> tuple[IPNetwork, str] | None:
+        """An accepted range of another cluster that overlaps ``net``, with its owner."""
+        start, end = int(net.network_address), int(net.broadcast_address)
+        ranges = self._ranges[net.version]
+        # Ranges are disjoint and sorted, so their ends are sorted too: walk back from the
+        # last range starting at or before ``end`` while ranges still reach ``start``.
+        i = bisect.bisect_right(self._starts[net.version], end) - 1
+        while i >= 0 and ranges[i][1] >= start:
+            if ranges[i][2] != exclude:
+                return ranges[i][3], ranges[i][2]
+            i -= 1
+        return None

@@ -1,0 +1,218 @@
+"""End to end: real `wgcable agent` processes on simulated gateways sharing one store.
+
+Each test brings up a lab (namespaces, a wireguard-go device per gateway, an agent per
+gateway) under a temporary root, and tears it all down at the end, pass or fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from wgcable.cable.types import ConnectionStatus
+from wgcable.lab.lab import GatewayState, Lab
+from wgcable.lab.netns import Namespace, list_namespaces
+from wgcable.wgctrl import Key
+
+pytestmark = pytest.mark.netns
+
+MakeLab = Callable[..., Lab]
+
+
+@pytest.fixture
+def make_lab(tmp_path: Path) -> Iterator[MakeLab]:
+    labs: list[Lab] = []
+
+    def make(clusters: int, **kw: object) -> Lab:
+        name = f"t{os.getpid() % 10000}{len(labs)}"
+        lab = Lab.up(name, clusters, root=str(tmp_path / "labs"), **kw)  # type: ignore[arg-type]
+        labs.append(lab)
+        wait_for(lab.all_connected, 30, "all cables connected")
+        return lab
+
+    yield make
+    for lab in labs:
+        assert lab.down() == []
+        assert not [n for n in list_namespaces() if n.startswith(f"{lab.state.prefix}-")]
+
+
+def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def endpoint_file(lab: Lab, cluster_id: str) -> Path:
+    [path] = [p for p in (lab.store_dir / "endpoints").iterdir()
+              if p.name.startswith(f"{cluster_id}-")]
+    return path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def on_gateway(lab: Lab, gw: GatewayState, *args: str) -> str:
+    return subprocess.run(lab.gateway_cmd(gw, *args), capture_output=True, text=True,
+                          check=True).stdout
+
+
+def connection(lab: Lab, at: int, remote: str) -> object:
+    st = lab.status(at)
+    if st is None:
+        return None
+    return next((c for c in st.gateway.connections if c.endpoint.cluster_id == remote), None)
+
+
+@pytest.mark.parametrize("clusters", [2, 3])
+def test_endpoints_appear_tunnels_come_up_pods_reach_pods(
+    make_lab: MakeLab, clusters: int
+) -> None:
+    lab = make_lab(clusters)
+    for a in lab.state.gateways:
+        for b in lab.state.gateways:
+            if a is not b:
+                assert lab.ping(a.index, b.index) is not None, (a.cluster_id, b.cluster_id)
+    st = lab.status(1)
+    assert st is not None
+    assert {c.status for c in st.gateway.connections} == {ConnectionStatus.CONNECTED}
+    # Latency comes from the health checker pinging the remote's healthCheckIP.
+    assert all(c.latency_rtt is not None for c in st.gateway.connections)
+
+
+def test_edited_endpoint_converges(make_lab: MakeLab) -> None:
+    lab = make_lab(3)
+    gw2 = lab.gateway(2)
+    gw2ns = Namespace(gw2.gateway_ns)
+    # Cluster 2 moves to a new address and gains a subnet.
+    gw2ns.run("ip", "addr", "add", "198.18.0.22/24", "dev", "eth0")
+    gw2ns.run("ip", "addr", "add", "10.202.0.1/16", "dev", "cni0")
+    path = endpoint_file(lab, "cluster2")
+    doc = json.loads(path.read_text())
+    doc["spec"]["private_ip"] = "198.18.0.22"
+    doc["spec"]["subnets"].append("10.202.0.0/16")
+    write_atomic(path, json.dumps(doc))
+
+    def converged() -> bool:
+        c = connection(lab, 1, "cluster2")
+        return (c is not None and c.using_ip == "198.18.0.22"  # type: ignore[attr-defined]
+                and "10.202.0.0/16" in c.endpoint.subnets)  # type: ignore[attr-defined]
+
+    wait_for(converged, 10, "cluster1 to see cluster2's new endpoint")
+    assert "10.202.0.0/16 dev subwg0" in on_gateway(lab, lab.gateway(1), "ip", "route", "show",
+                                                    "table", "220")
+    ping = Namespace(lab.gateway(1).pod_ns[0]).run("ping", "-c", "2", "-W", "2", "10.202.0.1")
+    assert " 0% packet loss" in ping
+    assert lab.ping(1, 3) is not None
+
+
+def test_removed_endpoint_tears_its_tunnel_down(make_lab: MakeLab) -> None:
+    lab = make_lab(3)
+    endpoint_file(lab, "cluster3").unlink()
+    wait_for(lambda: connection(lab, 1, "cluster3") is None, 10, "cluster3 to go")
+    gw1 = lab.gateway(1)
+    dump = on_gateway(lab, gw1, "wg", "show", "subwg0", "dump").splitlines()[1:]
+    assert len(dump) == 1
+    routes = on_gateway(lab, gw1, "ip", "route", "show", "table", "220")
+    assert "10.3.0.0/16" not in routes
+    assert "10.2.0.0/16 dev subwg0" in routes
+    assert lab.ping(1, 2) is not None
+    assert lab.ping(1, 3) is None
+
+
+def _endpoint(cluster: str, subnet: str, key: str, ip: str) -> str:
+    return json.dumps({
+        "apiVersion": "submariner.io/v1", "kind": "Endpoint",
+        "metadata": {"name": f"{cluster}-cable"},
+        "spec": {"cluster_id": cluster, "cable_name": "cable", "hostname": cluster,
+                 "subnets": [subnet], "private_ip": ip, "public_ip": "",
+                 "nat_enabled": False, "backend": "wireguard",
+                 "backend_config": {"publicKey": key}},
+    })
+
+
+def test_garbage_in_the_store_is_reported_and_the_rest_keeps_working(
+    make_lab: MakeLab,
+) -> None:
+    lab = make_lab(2)
+    eps = lab.store_dir / "endpoints"
+    write_atomic(eps / "truncated.json", '{"spec": {"cluster_id": "x", "subn')
+    write_atomic(eps / "wrongtypes.json", json.dumps(
+        {"cluster_id": "w", "subnets": "10.50.0.0/16", "nat_enabled": "maybe"}))
+    write_atomic(eps / "badkey.json", _endpoint("badkey", "10.51.0.0/16", "not-a-key",
+                                               "198.18.0.51"))
+    # A flood: 10,000 endpoints of distinct clusters, every one claiming cluster 1's pods.
+    t0 = time.monotonic()
+    for i in range(10_000):
+        key = Key.generate().public_key().base64()
+        (eps / f"flood{i}-cable.json").write_text(
+            _endpoint(f"flood{i}", f"10.1.{i % 250}.0/24", key, "198.18.0.200"))
+    written = time.monotonic() - t0
+
+    def reported() -> bool:
+        st = lab.status(1)
+        if st is None:
+            return False
+        by_id = {c.endpoint.cluster_id: c for c in st.gateway.connections}
+        return ("flood9999" in by_id and "badkey" in by_id
+                and "truncated" in st.gateway.status_failure)
+
+    t1 = time.monotonic()
+    wait_for(reported, 120, "the bad entries to be reported")
+    seen = time.monotonic() - t1
+    st = lab.status(1)
+    assert st is not None
+    by_id = {c.endpoint.cluster_id: c for c in st.gateway.connections}
+    assert by_id["badkey"].status == ConnectionStatus.ERROR
+    assert "publicKey" in by_id["badkey"].status_message
+    assert by_id["flood42"].status == ConnectionStatus.ERROR
+    assert "overlaps the local cluster" in by_id["flood42"].status_message
+    assert "wrongtypes" in st.gateway.status_failure
+    assert "subnets" in st.gateway.status_failure
+    # The good tunnel is untouched, and the agents are alive.
+    assert by_id["cluster2"].status == ConnectionStatus.CONNECTED
+    assert lab.ping(1, 2) is not None
+    assert lab.agent_alive(1)
+    assert lab.agent_alive(2)
+    print(f"10,000 endpoint files written in {written:.1f} s, all reported {seen:.1f} s later")
+
+
+def test_kill_9_and_restart_loses_no_pings(make_lab: MakeLab) -> None:
+    lab = make_lab(2)
+    gw1 = lab.gateway(1)
+    before = lab.status(1)
+    assert before is not None
+    key = before.gateway.local_endpoint.backend_config["publicKey"]
+    pid_file = lab.state_dir(gw1) / "subwg0.wireguard-go.pid"
+    daemon = pid_file.read_text()
+    pinger = subprocess.Popen(
+        Namespace(gw1.pod_ns[0]).cmd("ping", "-n", "-c", "60", "-i", "0.1", "-W", "1",
+                                     lab.gateway(2).pod_ips[0]),
+        stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)
+        lab.stop_agent(1, signal.SIGKILL)
+        time.sleep(0.5)
+        lab.start_agent(1)
+        out, _ = pinger.communicate(timeout=60)
+    finally:
+        if pinger.poll() is None:
+            pinger.kill()
+    assert " 0% packet loss" in out, out
+    wait_for(lambda: (s := lab.status(1)) is not None and s.pid == lab.gateway(1).agent_pid,
+             15, "the new agent's status")
+    after = lab.status(1)
+    assert after is not None
+    assert after.gateway.local_endpoint.backend_config["publicKey"] == key
+    assert pid_file.read_text() == daemon  # the device's daemon was adopted, not replaced
