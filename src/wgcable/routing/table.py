@@ -49,11 +49,12 @@ class RouteTable:
                 found.add(Route(net, dev, ipaddress.ip_address(src) if src else None))
         return found
 
-    def sync(self, desired: set[Route]) -> tuple[int, int]:
-        """Make the table hold exactly ``desired``. Returns (added, removed)."""
+    def sync(self, desired: set[Route], remove_unknown: bool = True) -> tuple[int, int]:
+        """Make the table hold ``desired``: add what is missing, replace what differs, and
+        (with ``remove_unknown``) remove the rest. Returns (added, removed)."""
         actual = self.routes()
         add = desired - actual
-        remove = actual - desired
+        remove = actual - desired if remove_unknown else set()
         cmds = [f"route replace {r.spec(self.table)}" for r in sorted(add, key=str)]
         # A route whose destination stays (only src or dev changed) was replaced above.
         keep_dst = {r.dst for r in desired}

@@ -25,7 +25,15 @@ from wgcable.cable.wireguard.device import WireGuardDevice
 from wgcable.cable.wireguard.index import PeerIndex
 from wgcable.cable.wireguard.status import PeerStatus
 from wgcable.routing import IPRoute, RouteTable
-from wgcable.wgctrl import Device, IPNetwork, Key, config_delta, read_key_file, write_key_file
+from wgcable.wgctrl import (
+    Device,
+    IPAddress,
+    IPNetwork,
+    Key,
+    config_delta,
+    read_key_file,
+    write_key_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,9 @@ class WireGuardDriver:
         self.port = self.cfg.port or port
         self._stop = threading.Event()
         self._supervisor: threading.Thread | None = None
+        self._underlay_mtu, self._underlay_v6 = 1500, False
+        self._sources: dict[int, IPAddress] = {}
+        self._mtu_set = 0
 
     @property
     def name(self) -> str:
@@ -109,7 +120,7 @@ class WireGuardDriver:
             log.info("device %s %s (%s), port %d, public key %s", self.cfg.device,
                      "created" if created else "adopted", self.device.kind, self.port,
                      self.public_key.base64())
-            self._apply()
+            self._apply(full=True)
         self._supervisor = threading.Thread(
             target=self._supervise, name=f"supervise:{self.cfg.device}", daemon=True)
         self._supervisor.start()
@@ -123,7 +134,7 @@ class WireGuardDriver:
                             self.cfg.device)
                 try:
                     self.device.ensure()
-                    self._apply()
+                    self._apply(full=True)
                 except Exception:
                     log.exception("re-creating device %s failed; will retry", self.cfg.device)
 
@@ -171,22 +182,34 @@ class WireGuardDriver:
             listen_port=self.port, fwmark=self.cfg.fwmark, peers=peers,
         )
 
+    def _read_host(self) -> None:
+        """What the driver needs from the host's interfaces: the underlay's MTU and family,
+        and the local addresses that become the routes' sources. Read at start-up and on
+        every resync (not on every change: that would cost subprocesses per endpoint)."""
+        addresses = self.ip.addresses()
+        self._underlay_mtu, self._underlay_v6 = 1500, False
+        local_ips = {self.local.private_ip, *self.local.private_ips}
+        for ifname, addr, _ in addresses:
+            if addr in local_ips:
+                link = self.ip.link(ifname)
+                self._underlay_mtu = int(link["mtu"]) if link else 1500
+                self._underlay_v6 = ipaddress.ip_address(addr).version == 6
+                break
+        self._sources = desired.local_sources(addresses, self._local_subnets, self.cfg.device)
+
     def _mtu(self) -> int:
         if self.cfg.mtu:
             return self.cfg.mtu
-        underlay, v6 = 1500, False
-        local_ips = {self.local.private_ip, *self.local.private_ips}
-        for ifname, addr, _ in self.ip.addresses():
-            if addr in local_ips:
-                link = self.ip.link(ifname)
-                underlay = int(link["mtu"]) if link else underlay
-                v6 = ipaddress.ip_address(addr).version == 6
-                break
-        v6 = v6 or any(p.endpoint.ip.version == 6 for p in self._accepted())
-        return desired.mtu_for(underlay, v6)
+        v6 = self._underlay_v6 or any(p.endpoint.ip.version == 6 for p in self._accepted())
+        return desired.mtu_for(self._underlay_mtu, v6)
 
-    def _apply(self, actual: Device | None = None) -> None:
-        """Bring device, routes and rules to the desired state, changing only differences."""
+    def _apply(self, actual: Device | None = None, full: bool = False) -> None:
+        """Bring device and routes to the desired state, changing only differences.
+
+        ``full`` also re-reads the host and re-checks the link and rules (start-up, resync).
+        Before the engine marks the driver synced, peers and routes we do not know are
+        kept: after a restart they belong to clusters about to be re-connected.
+        """
         client = self.device.client
         if actual is None:
             actual = client.device(self.cfg.device)
@@ -194,20 +217,24 @@ class WireGuardDriver:
         if not change.is_empty():
             client.configure(self.cfg.device, change)
             log.debug("device %s: %d peer change(s)", self.cfg.device, len(change.peers))
-        self.device.set_up(self._mtu())
-        sources = desired.local_sources(self.ip.addresses(), self._local_subnets,
-                                        self.cfg.device)
-        routes = desired.desired_routes(self._accepted(), self.cfg.device, sources)
-        added, removed = self.table.sync(routes)
+        if full:
+            self._read_host()
+        mtu = self._mtu()
+        if full or mtu != self._mtu_set:
+            self.device.set_up(mtu)
+            self._mtu_set = mtu
+        routes = desired.desired_routes(self._accepted(), self.cfg.device, self._sources)
+        added, removed = self.table.sync(routes, remove_unknown=self._synced)
         if added or removed:
             log.debug("table %d: %d route(s) added, %d removed", self.cfg.table, added, removed)
-        self.table.ensure_rules()
+        if full:
+            self.table.ensure_rules()
 
     def resync(self) -> None:
         """Re-apply everything; heals drift (peers or routes removed by someone else)."""
         with self._lock:
             self.device.ensure()
-            self._apply()
+            self._apply(full=True)
 
     # --- the cable driver contract ----------------------------------------------------------
 
