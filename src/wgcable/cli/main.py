@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 
 from wgcable import __version__
-from wgcable.cli import agent, keys, show
+from wgcable.cli import agent, demo, keys, lab, show
 from wgcable.wgctrl.errors import WgError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"wgcable {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (keys, show, agent):
+    for module in (keys, show, agent, lab, demo):
         module.register(sub)
     return parser
 

@@ -94,6 +94,20 @@ def _kill(pid: int, timeout: float = 5.0, names: Sequence[str] = ()) -> None:
             os.waitpid(pid, 0)
 
 
+def is_lab_namespace(prefix: str, name: str) -> bool:
+    """Whether ``name`` is one of the lab's namespaces. Exact suffixes, not a bare prefix
+    match: lab "a"'s prefix "wgla-" would otherwise also match lab "a-1"'s "wgla-1-hub"."""
+    rest = name.removeprefix(f"{prefix}-")
+    return rest != name and re.fullmatch(r"hub|gw\d+|nat\d+|pod\d+-\d+", rest) is not None
+
+
+def namespace_pids(ns: str) -> list[int]:
+    """PIDs of the processes inside the named network namespace."""
+    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
+                         check=False, timeout=30)
+    return [int(w) for w in out.stdout.split() if w.isdigit()]
+
+
 class Lab:
     def __init__(self, state: LabState) -> None:
         self.state = state
@@ -231,8 +245,9 @@ table ip wgcable_lab_snat {{
         return ["nsenter", "-t", str(gw.holder_pid), "-m", "-n", "--", *args]
 
     def agent_argv(self, gw: GatewayState, extra: Sequence[str] = ()) -> list[str]:
-        cidrs = [s for s in gw.subnets if s.split(".")[1] == str(gw.index) or
-                 s.startswith(f"fd00:{gw.index}::")]
+        # Pod CIDRs are 10.<i>.0.0/16 and fd00:<i>::/48 (prefix tests: IPv6 has no dots).
+        cidrs = [s for s in gw.subnets
+                 if s.startswith((f"10.{gw.index}.", f"fd00:{gw.index}::"))]
         services = [s for s in gw.subnets if s not in cidrs]
         argv = [
             sys.executable, "-m", "wgcable", "agent",
@@ -328,7 +343,13 @@ table ip wgcable_lab_snat {{
             with contextlib.suppress(OSError, ValueError):
                 _kill(int(pidfile.read_text()), names=("wireguard-go",))
             _kill(gw.holder_pid, names=("sleep",))
-        mine = [n for n in list_namespaces() if n.startswith(f"{self.state.prefix}-")]
+        mine = [n for n in list_namespaces() if is_lab_namespace(self.state.prefix, n)]
+        # Whatever still runs in our namespaces is ours too (an agent whose PID was never
+        # recorded, or whose comm `_kill` did not know, e.g. "python3.11"): end it by PID,
+        # or it would outlive the namespace's name.
+        for ns in mine:
+            for pid in namespace_pids(ns):
+                _kill(pid)
         for ns in mine:
             try:
                 Namespace(ns).delete()

@@ -1,0 +1,121 @@
+"""`wgcable demo`: a lab of N clusters, its cables, a pod-to-pod matrix, then teardown.
+
+The lab is called "demo". Whatever happens (an error, Ctrl-C, SIGTERM), the lab is removed
+unless `--keep` was given and the run got to the end; during removal SIGINT and SIGTERM are
+ignored, so that an impatient second Ctrl-C cannot leave half a lab behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+from wgcable.cli.lab import (
+    add_root_option,
+    check_can_build,
+    connections_table,
+    ping_matrix,
+    remove,
+    wait_for_cables,
+)
+from wgcable.lab.lab import Lab
+from wgcable.lab.netns import LabError
+
+NAME = "demo"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo", help="connect simulated clusters on this machine and show that pods reach "
+        "each other",
+        description="Bring up a lab of simulated clusters (named 'demo'), wait for every "
+        "cable, print the connections and an all-pairs pod-to-pod reachability matrix, then "
+        "remove the lab. Exit code 0 only when every pair is reachable.")
+    p.add_argument("--clusters", type=int, default=3, metavar="N",
+                   help="how many clusters, 2-50 (default: %(default)s)")
+    p.add_argument("--ipv6", action="store_true", help="also check pod-to-pod over IPv6")
+    p.add_argument("--nat", action="store_true",
+                   help="put every second gateway behind a NAT router")
+    p.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
+    p.add_argument("--timeout", type=float, default=60, metavar="S",
+                   help="how long to wait for all cables (default: %(default)s)")
+    add_root_option(p)
+    # Namespace names are machine-wide: tests run their demo under a name of their own.
+    p.add_argument("--name", default=NAME, help=argparse.SUPPRESS)
+    p.set_defaults(handler=run)
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally that removes the lab
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.monotonic()
+    try:
+        check_can_build(args.name, args.root)
+    except LabError as e:
+        print(f"wgcable demo: {e}", file=sys.stderr)
+        return 1
+    old_term = signal.signal(signal.SIGTERM, _sigterm)
+    finished = False
+    code = 1
+    try:
+        code = _demo(args)
+        finished = True
+    except LabError as e:
+        print(f"wgcable demo: {e}", file=sys.stderr)
+    finally:
+        if finished and args.keep:
+            signal.signal(signal.SIGTERM, old_term)
+            n = args.name
+            print(f"\nthe lab stays up. Explore it with:\n"
+                  f"  wgcable lab status --name {n}\n"
+                  f"  wgcable lab ping --name {n}\n"
+                  f"  wgcable lab exec --name {n} 1 -- wgcable show\n"
+                  f"  wgcable lab exec --name {n} 1 -- wgcable show --connections\n"
+                  f"  wgcable lab logs --name {n} 1\n"
+                  f"and remove it with:\n  wgcable lab down --name {n}")
+        else:
+            _teardown(args.name, args.root, old_term)
+        print(f"\ndemo took {time.monotonic() - start:.1f} s", flush=True)
+    return code
+
+
+def _teardown(name: str, root: str, old_term: Any) -> None:
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        print("removing the lab...", file=sys.stderr, flush=True)
+        t = time.monotonic()
+        # By name, not through a Lab object: Lab.up may have been interrupted half-way.
+        problems = remove(name, root)[1]
+        for p in problems:
+            print(f"wgcable demo: could not remove: {p}", file=sys.stderr)
+        print(f"lab removed in {time.monotonic() - t:.1f} s", file=sys.stderr, flush=True)
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    t = time.monotonic()
+    kind = "".join(f", {k}" for k, on in (("IPv6", args.ipv6), ("NAT", args.nat)) if on)
+    print(f"bringing up {args.clusters} clusters{kind}...", file=sys.stderr, flush=True)
+    lab = Lab.up(args.name, args.clusters, ipv6=args.ipv6, nat=args.nat, root=args.root)
+    print(f"namespaces and agents up in {time.monotonic() - t:.1f} s", file=sys.stderr,
+          flush=True)
+    connected = wait_for_cables(lab, args.timeout)
+    # Shown even when some cables are missing: the table says which, and why.
+    print(f"\nconnections ({len(lab.state.gateways)} gateways):")
+    print(connections_table(lab))
+    ok = connected
+    for v6 in (False, True) if args.ipv6 else (False,):
+        text, reachable = ping_matrix(lab, v6=v6)
+        print(f"\n{text}", flush=True)
+        ok = ok and reachable
+    print("\nresult: " + ("every pod reaches every other cluster's pods" if ok else "FAILED"))
+    return 0 if ok else 1
