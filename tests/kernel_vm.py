@@ -207,6 +207,10 @@ class HostSide:
         if self.native:
             return None  # the host kernel can do it: run the test normally
         self._replay(item)
+        # Tear down what the next item does not need, as the normal protocol would: when a
+        # module's last item is replayed, its module-scoped state (and the collector) must
+        # not stay set up, or the next module's first item fails its setup.
+        item.session._setupstate.teardown_exact(nextitem)
         return True
 
     # -- booting ----------------------------------------------------------------------------
