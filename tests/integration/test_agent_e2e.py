@@ -87,8 +87,14 @@ def test_endpoints_appear_tunnels_come_up_pods_reach_pods(
     st = lab.status(1)
     assert st is not None
     assert {c.status for c in st.gateway.connections} == {ConnectionStatus.CONNECTED}
-    # Latency comes from the health checker pinging the remote's healthCheckIP.
-    assert all(c.latency_rtt is not None for c in st.gateway.connections)
+
+    # Latency comes from the health checker pinging the remote's healthCheckIP through the
+    # tunnel, which starts after the first handshake.
+    def latencies() -> bool:
+        s = lab.status(1)
+        return s is not None and all(c.latency_rtt is not None for c in s.gateway.connections)
+
+    wait_for(latencies, 10, "RTTs from the health checker")
 
 
 def test_edited_endpoint_converges(make_lab: MakeLab) -> None:

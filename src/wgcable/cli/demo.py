@@ -101,6 +101,18 @@ def _teardown(name: str, root: str, old_term: Any) -> None:
         signal.signal(signal.SIGTERM, old_term)
 
 
+def _wait_for_rtts(lab: Lab, timeout: float = 5.0) -> None:
+    """Give the health checkers, which start at a tunnel's first handshake, a moment to
+    measure, so that the table shows RTTs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        statuses = [lab.status(g.index) for g in lab.state.gateways]
+        if all(st is not None and all(c.latency_rtt for c in st.gateway.connections)
+               for st in statuses):
+            return
+        time.sleep(0.2)
+
+
 def _demo(args: argparse.Namespace) -> int:
     t = time.monotonic()
     kind = "".join(f", {k}" for k, on in (("IPv6", args.ipv6), ("NAT", args.nat)) if on)
@@ -109,6 +121,8 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"namespaces and agents up in {time.monotonic() - t:.1f} s", file=sys.stderr,
           flush=True)
     connected = wait_for_cables(lab, args.timeout)
+    if connected:
+        _wait_for_rtts(lab)
     # Shown even when some cables are missing: the table says which, and why.
     print(f"\nconnections ({len(lab.state.gateways)} gateways):")
     print(connections_table(lab))

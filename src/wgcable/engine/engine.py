@@ -53,9 +53,11 @@ class Engine:
         self.status_interval = status_interval
         self.on_status = on_status
         self.version = version
+        self.watch_retry_interval = 1.0
         self._applied: dict[str, NATEndpointInfo] = {}  # what the driver was told, by cluster
         self._rejected: set[str] = set()
         self._retry_all = False
+        self._handshaken: set[str] = set()  # clusters whose tunnel has had a handshake
         self._problems: dict[str, str] = {}
         self._dirty = threading.Event()
         self._stop = threading.Event()
@@ -76,28 +78,40 @@ class Engine:
                 log.warning("store entry %s: %s", name, problem)
         self._problems = p.problems
         connect, gone = planning.changed(self._applied, p.connect)
+        # A refusal may have been for a conflict (subnets, key) with a cluster that is
+        # leaving or changing: retry the refused ones after the others have been applied.
+        # Newcomers only take, never free, so they do not trigger it.
+        freed = bool(gone) or any(cid in self._applied for cid in connect)
         if self._retry_all:
             connect = sorted(p.connect)
-        if gone:
-            # A refusal may have been for a conflict with a cluster that is leaving.
-            connect = sorted(set(connect) | (self._rejected & set(p.connect)))
-        if connect or gone:
+        if connect or gone or self._retry_all:
             try:
                 with self._batch():
                     self._disconnect(gone)
                     self._connect(connect, p.connect)
+                    if freed:
+                        self._connect(sorted(self._rejected & set(p.connect)), p.connect)
             except Exception:
                 # Applying the batch failed (device trouble): the next pass tells the
                 # driver everything again (connecting is idempotent).
                 self._retry_all = True
                 raise
             self._retry_all = False
-        if self.health is not None:
-            self.health.set_targets({
-                cid: info.endpoint.health_check_ip
-                for cid, info in self._applied.items()
-                if info.endpoint.health_check_ip and cid not in self._rejected
-            })
+        self._update_health_targets()
+
+    def _update_health_targets(self) -> None:
+        """Ping the health check IPs of accepted clusters whose tunnel has had a handshake.
+
+        Not before: echoes into a tunnel that never came up wait in the daemon's queue
+        while it retries the handshake (wireguard-go held ~1 MiB per such peer)."""
+        if self.health is None:
+            return
+        self._handshaken &= set(self._applied) - self._rejected
+        self.health.set_targets({
+            cid: info.endpoint.health_check_ip
+            for cid, info in self._applied.items()
+            if info.endpoint.health_check_ip and cid in self._handshaken
+        })
 
     def _batch(self) -> contextlib.AbstractContextManager[object]:
         batch = getattr(self.driver, "batch", None)
@@ -152,7 +166,13 @@ class Engine:
         return c
 
     def refresh_status(self) -> GatewayStatus:
-        conns = [self._with_health(c) for c in self.driver.get_connections()]
+        raw = self.driver.get_connections()
+        before = set(self._handshaken)
+        self._handshaken |= {c.endpoint.cluster_id for c in raw
+                             if c.status == ConnectionStatus.CONNECTED}
+        if self._handshaken != before:
+            self._update_health_targets()
+        conns = [self._with_health(c) for c in raw]
         now = time.time()
         for c in conns:
             cid = c.endpoint.cluster_id
@@ -194,12 +214,25 @@ class Engine:
         if self.health is not None:
             self.health.start()
         self.refresh_status()
-        watcher = threading.Thread(target=self.store.watch, args=(self._dirty.set, self._stop),
-                                   name="store-watch", daemon=True)
+        watcher = threading.Thread(target=self._watch, name="store-watch", daemon=True)
         loop = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._threads = [watcher, loop]
         for t in self._threads:
             t.start()
+
+    def _watch(self) -> None:
+        # A watch that fails (a lost store connection) is started again: without it, changes
+        # would only be seen at the periodic resync.
+        while True:
+            try:
+                self.store.watch(self._dirty.set, self._stop)
+                return
+            except Exception:
+                log.exception("watching the store failed; watching again in %.1f s",
+                              self.watch_retry_interval)
+            self._dirty.set()  # changes may have been missed meanwhile
+            if self._stop.wait(self.watch_retry_interval):
+                return
 
     def _loop(self) -> None:
         next_resync = time.monotonic() + self.resync_interval
