@@ -222,3 +222,25 @@ def test_kill_9_and_restart_loses_no_pings(make_lab: MakeLab) -> None:
     assert after is not None
     assert after.gateway.local_endpoint.backend_config["publicKey"] == key
     assert pid_file.read_text() == daemon  # the device's daemon was adopted, not replaced
+
+
+def test_cleanup_removes_everything_the_agent_made(make_lab: MakeLab) -> None:
+    lab = make_lab(2)
+    gw1 = lab.gateway(1)
+    lab.stop_agent(1)  # SIGTERM: the tunnels stay up ...
+    assert lab.ping(1, 2) is not None
+    argv = lab.agent_argv(gw1)
+    cleanup = [argv[0], "-m", "wgcable", "cleanup", *argv[4:], "--remove-key"]
+    subprocess.run(lab.gateway_cmd(gw1, *cleanup), check=True, capture_output=True)
+    # ... until `wgcable cleanup`: no device, route, rule, endpoint, status or key is left.
+    links = on_gateway(lab, gw1, "ip", "-o", "link")
+    assert "subwg0" not in links
+    assert on_gateway(lab, gw1, "ip", "route", "show", "table", "220").strip() == ""
+    assert "lookup 220" not in on_gateway(lab, gw1, "ip", "rule")
+    assert "lookup 220" not in on_gateway(lab, gw1, "ip", "-6", "rule")
+    assert not [p for p in (lab.store_dir / "endpoints").iterdir()
+                if p.name.startswith("cluster1-")]
+    assert not [p for p in (lab.store_dir / "gateways").iterdir() if p.name.startswith("gw1")]
+    assert sorted(p.name for p in lab.state_dir(gw1).iterdir()) == []
+    # The other gateway notices cluster 1 is gone.
+    wait_for(lambda: connection(lab, 2, "cluster1") is None, 10, "cluster1 to go from gw2")
