@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import ParamSpec, TypeVar
 
+from wgcable.cable.wireguard.userspace import PRIVATE_SOCKET_DIR
 from wgcable.wgctrl import (
     BackendKind,
     Client,
@@ -130,7 +131,7 @@ class Sandbox:
         subprocess.run(["ip", "netns", "add", self.netns], check=True)
         self._netns_made = True
         script = (
-            "mount -t tmpfs none /run/wireguard && "
+            f"{PRIVATE_SOCKET_DIR} && "
             f"exec env WG_PROCESS_FOREGROUND=1 wireguard-go -f {DEV}"
         )
         with open(self._log_path, "wb") as log:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from wgcable.agent.statusfile import AgentStatus, read_status_file
 from wgcable.cable.types import ConnectionStatus
+from wgcable.cable.wireguard.userspace import PRIVATE_SOCKET_DIR
 from wgcable.lab.netns import LabError, Namespace, list_namespaces
 from wgcable.lab.topology import ClusterNet, Topology
 
@@ -221,7 +222,7 @@ table ip wgcable_lab_snat {{
         Namespace(gw.gateway_ns).run("nft", "-f", "-", input=rules)
 
     def _start_holder(self, gw: GatewayState) -> int:
-        script = "mount -t tmpfs wgcable-lab /run/wireguard && exec sleep infinity"
+        script = f"{PRIVATE_SOCKET_DIR} && exec sleep infinity"
         p = subprocess.Popen(
             Namespace(gw.gateway_ns).cmd("sh", "-c", script),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -6,13 +6,10 @@ namespace, and processes are ended by the PID we started, never by name.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import time
 from collections.abc import Sequence
-from pathlib import Path
 
+from wgcable.cable.wireguard.userspace import WireGuardGoProcess
 from wgcable.netlink import rtnl
 from wgcable.netlink.netns import call_in_netns
 from wgcable.netlink.socket import NETLINK_ROUTE, NetlinkSocket
@@ -101,60 +98,37 @@ class LabDevice:
 
 
 class WireGuardGo(LabDevice):
-    """A wireguard-go daemon for one device inside a namespace, in its own mount namespace.
-
-    wireguard-go's socket directory is not namespaced, so each daemon gets a private tmpfs
-    on /run/wireguard. We reach that socket from outside through /proc/<pid>/root (using
-    /run, because the /var/run symlink would resolve against our own root).
-    """
+    """A wireguard-go daemon for one device inside a namespace, in its own mount namespace
+    (the driver's own daemon management, used directly)."""
 
     def __init__(self, ns: Namespace, ifname: str, binary: str = "wireguard-go") -> None:
         self.ns = ns
         self.ifname = ifname
         self.kind = "userspace"
-        script = "mount -t tmpfs wgcable /run/wireguard && exec \"$0\" -f \"$1\""
-        self.proc = subprocess.Popen(
-            ns.cmd("sh", "-c", script, binary, ifname),
-            env={**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        self.pid = self.proc.pid  # sh and then the daemon exec in place: same PID
+        self.daemon = WireGuardGoProcess(ifname, ns.name, binary)
+        self.daemon.start()
+
+    @property
+    def pid(self) -> int:
+        if self.daemon.pid is None:
+            raise LabError(f"wireguard-go for {self.ifname} is not running")
+        return self.daemon.pid
 
     @property
     def socket_dir(self) -> str:
-        return f"/proc/{self.pid}/root/run/wireguard"
+        return self.daemon.socket_dirs[0]
 
     def wait_ready(self, timeout: float = 10) -> WireGuardGo:
-        sock = Path(self.socket_dir) / f"{self.ifname}.sock"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise LabError(f"wireguard-go for {self.ifname} exited: {err.strip()}")
-            if sock.exists():
-                return self
-            time.sleep(0.02)
-        raise LabError(f"wireguard-go for {self.ifname}: no socket after {timeout}s")
+        return self  # start() already waited for the socket
 
     def client(self) -> Client:
         return Client([UAPIBackend([self.socket_dir])])
 
     def exec_cmd(self, *args: str) -> list[str]:
-        """A command line that runs inside the daemon's network and mount namespaces."""
         return ["nsenter", "-t", str(self.pid), "-m", "-n", *args]
 
     def stop(self, timeout: float = 5) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
-        if self.proc.stderr:
-            self.proc.stderr.close()
+        self.daemon.stop(timeout)
 
 
 class KernelWireGuard(LabDevice):

@@ -23,6 +23,9 @@ from wgcable.netlink.netns import netns_path
 from wgcable.wgctrl.uapi import DEFAULT_SOCKET_DIRS
 
 WIREGUARD_GO = "wireguard-go"
+# Run inside a new mount namespace (as `ip netns exec` gives): a private, empty
+# /run/wireguard for the daemon's socket. The directory may not exist on a new machine.
+PRIVATE_SOCKET_DIR = "mkdir -p /run/wireguard && mount -t tmpfs wgcable /run/wireguard"
 
 
 class UserspaceError(RuntimeError):
@@ -68,7 +71,7 @@ class WireGuardGoProcess:
     def start(self, timeout: float = 10) -> None:
         env = {**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"}
         if self.netns:
-            script = 'mount -t tmpfs wgcable /run/wireguard && exec "$0" -f "$1"'
+            script = f'{PRIVATE_SOCKET_DIR} && exec "$0" -f "$1"'
             cmd = ["ip", "netns", "exec", self.netns, "sh", "-c", script, self.binary,
                    self.ifname]
         else:
