@@ -7,6 +7,7 @@ device: wireguard-go here, and the kernel's WireGuard in the test VM.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from wgcable.cable.wireguard.desired import EndpointRejectedError
 from wgcable.cable.wireguard.driver import WireGuardDriver
 from wgcable.lab.netns import list_namespaces
 from wgcable.lab.topology import ClusterNet, Topology
+from wgcable.routing.nftables import NftTable
 from wgcable.wgctrl import Key, read_key_file, write_key_file
 
 pytestmark = pytest.mark.netns
@@ -376,4 +378,90 @@ def test_unowned_peers_removed_and_missing_ones_restored(clusters: Clusters) -> 
     a.driver.resync()
     assert [row[0] for row in a.wg_dump()] == [b.driver.public_key.base64()]
     assert "10.2.0.0/16 dev subwg0" in a.routes()
+    ping(a, b)
+
+
+# --- our nftables table: SNAT exemption and MSS clamping ---------------------------------
+
+OTHER_TOOL = """\
+table inet othertool {
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tip daddr 192.0.2.1 accept
+\t}
+}
+"""
+
+
+def _covers(elements: set[str], address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return any(ip in ipaddress.ip_network(e, strict=False) for e in elements)
+
+
+def test_snat_table_follows_connections_and_leaves_other_tables(clusters: Clusters) -> None:
+    a, b, c = clusters(3)
+    gw = a.net.gateway
+    gw.run("nft", "-f", "-", input=OTHER_TOOL)
+    other_before = gw.run("nft", "list", "table", "inet", "othertool")
+    ours = NftTable("subwg0", gw.name)
+    assert ours.name == "wgcable_subwg0"
+    # Right after init: the table is there, with our local CIDRs and no remote one yet.
+    sets = ours.sets()
+    assert sets is not None
+    assert sets["remote4"] == set()
+    assert _covers(sets["local4"], "10.1.0.2")
+    assert _covers(sets["local4"], "10.101.0.1")
+    assert not _covers(sets["local4"], "10.2.0.2")
+
+    mesh([a, b, c])
+    ping(a, b)
+    ping(a, c)
+    sets = ours.sets()
+    assert sets is not None
+    for remote in ("10.2.0.2", "10.102.0.1", "10.3.0.2", "10.103.0.1"):
+        assert _covers(sets["remote4"], remote), remote
+    assert not _covers(sets["remote4"], "10.1.0.2")
+    text = gw.run("nft", "list", "table", "inet", "wgcable_subwg0")
+    assert "snat ip to ip saddr" in text
+    assert "priority srcnat - 10" in text
+    assert 'oifname "subwg0" tcp flags syn / syn,rst tcp option maxseg size set rt mtu' in text
+
+    # A disconnect shrinks the remote set.
+    a.driver.disconnect_from_endpoint(b.endpoint)
+    sets = ours.sets()
+    assert sets is not None
+    assert not _covers(sets["remote4"], "10.2.0.2")
+    assert not _covers(sets["remote4"], "10.102.0.1")
+    assert _covers(sets["remote4"], "10.3.0.2")
+    ping(a, c)
+
+    # Deleted by someone else: the next resync puts it back as it was.
+    gw.run("nft", "delete", "table", "inet", "wgcable_subwg0")
+    assert ours.sets() is None
+    a.driver.resync()
+    assert ours.sets() == sets
+    ping(a, c)
+
+    # Another tool's table was never touched; cleanup removes ours and only ours.
+    assert gw.run("nft", "list", "table", "inet", "othertool") == other_before
+    a.driver.cleanup(remove_key=True)
+    assert ours.sets() is None
+    assert "wgcable" not in gw.run("nft", "list", "tables")
+    assert gw.run("nft", "list", "table", "inet", "othertool") == other_before
+
+
+def test_snat_no_table_when_both_switches_are_off(clusters: Clusters, tmp_path: Path) -> None:
+    a, b = clusters(2)
+    mesh([a, b])
+    assert NftTable("subwg0", a.net.gateway.name).exists()
+    # The same gateway restarted with both switches off: the earlier run's table goes.
+    a.driver.close()
+    a.driver = WireGuardDriver(a.endpoint, WireGuardConfig(
+        netns=a.net.gateway.name, state_dir=str(a.state_dir),
+        backend="kernel" if a.kind == "kernel" else "userspace",
+        snat_exemption=False, mss_clamp=False))
+    a.driver.init()
+    a.driver.connect_to_endpoint(b.info())
+    a.driver.mark_synced()
+    assert not NftTable("subwg0", a.net.gateway.name).exists()
     ping(a, b)

@@ -98,6 +98,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.hostname == "gw-1.example"
     assert cfg.private_ip == ipaddress.ip_address(DETECTED)
     assert cfg.config_file is None
+    assert cfg.snat_exemption is True
+    assert cfg.mss_clamp is True
 
 
 # (flag, environment variable, YAML key, three distinct valid values, attribute, parsed)
@@ -362,6 +364,26 @@ def test_other_booleans_are_errors(text: str) -> None:
 def test_nat_flags_beat_env() -> None:
     assert load([*REQUIRED, "--no-nat"], {"SUBMARINER_NATENABLED": "true"}).nat_enabled is False
     assert load([*REQUIRED, "--nat"], {"SUBMARINER_NATENABLED": "false"}).nat_enabled is True
+
+
+@pytest.mark.parametrize(("flag", "env_name", "key", "attr"), [
+    ("snat-exemption", "WGCABLE_SNAT_EXEMPTION", "snat_exemption", "snat_exemption"),
+    ("mss-clamp", "WGCABLE_MSS_CLAMP", "mss_clamp", "mss_clamp"),
+])
+def test_nftables_switches(tmp_path: Path, flag: str, env_name: str, key: str,
+                           attr: str) -> None:
+    assert getattr(load([*REQUIRED, f"--no-{flag}"]), attr) is False
+    assert getattr(load([*REQUIRED, f"--no-{flag}"], {env_name: "true"}), attr) is False
+    assert getattr(load([*REQUIRED, f"--{flag}"], {env_name: "no"}), attr) is True
+    assert getattr(load(REQUIRED, {env_name: "0"}), attr) is False
+    config = write_yaml(tmp_path, f"{key}: false\n")
+    assert getattr(load([*REQUIRED, "--config", config]), attr) is False
+    assert getattr(load([*REQUIRED, "--config", config], {env_name: "yes"}), attr) is True
+    assert problems([*REQUIRED], {env_name: "maybe"}) == [
+        f"--{flag} ({env_name}): 'maybe' is not a boolean (true/false, yes/no, 1/0)",
+    ]
+    cfg = load([*REQUIRED, f"--no-{flag}"])
+    assert getattr(cfg.driver_config(), attr) is False
 
 
 def test_comma_lists_and_repeated_flags() -> None:

@@ -34,10 +34,15 @@ flag                environment variable      YAML key         default
 --mtu               WGCABLE_MTU               mtu              auto: the driver derives it
 --psk-file          WGCABLE_PSK_FILE          psk_file         none
 --backend           WGCABLE_BACKEND           backend          auto (kernel, userspace)
+--snat-exemption    WGCABLE_SNAT_EXEMPTION    snat_exemption   true
+--mss-clamp         WGCABLE_MSS_CLAMP         mss_clamp        true
 ==================  ========================  ===============  ============================
 
 Values: CIDR lists are comma-separated (flags may also repeat; YAML may give a list);
-booleans are true/false, yes/no or 1/0 in any case. The private IP, when not given, is the
+booleans are true/false, yes/no or 1/0 in any case, and their flags have a ``--no-`` form
+(``--no-snat-exemption``). The SNAT exemption keeps pod addresses on traffic to remote
+clusters whatever the CNI's masquerade rules say; MSS clamping lowers TCP's MSS to the
+tunnel's MTU; both live in the driver's own nftables table. The private IP, when not given, is the
 source address of the default route, else the host's first global IPv4 address. The health
 check IP ``auto`` is the host's address inside a cluster CIDR (the CNI interface's, as in
 Submariner), else none; ``none`` publishes none. Detection only reads ``ip -j`` output.
@@ -129,6 +134,8 @@ class AgentConfig:
     mtu: int | None = None  # None: the driver derives it from the underlay
     psk_file: str | None = None
     backend: BackendChoice = "auto"
+    snat_exemption: bool = True
+    mss_clamp: bool = True
     config_file: str | None = None  # the YAML file read, if any (for the startup log)
 
     def local_endpoint(self) -> Endpoint:
@@ -158,6 +165,8 @@ class AgentConfig:
             rule_priority=self.rule_priority,
             mtu=self.mtu,
             backend=self.backend,
+            snat_exemption=self.snat_exemption,
+            mss_clamp=self.mss_clamp,
             # Status judges silence in keepalive intervals: it must use the same interval.
             thresholds=StatusThresholds(keepalive=float(self.keepalive)),
         )
@@ -226,9 +235,15 @@ _SETTINGS = (
              driver=True),
     _Setting("--backend", "WGCABLE_BACKEND", "NAME", ", ".join(_BACKENDS), "auto",
              driver=True),
+    _Setting("--snat-exemption", "WGCABLE_SNAT_EXEMPTION", "",
+             "keep pod addresses on traffic to remote clusters (no CNI masquerade)", "yes",
+             driver=True),
+    _Setting("--mss-clamp", "WGCABLE_MSS_CLAMP", "", "clamp TCP MSS to the tunnel's MTU",
+             "yes", driver=True),
 )
 _BY_KEY = {s.key: s for s in _SETTINGS}
 _LIST_KEYS = {"cluster_cidr", "service_cidr"}
+_BOOL_KEYS = {"nat", "snat_exemption", "mss_clamp"}  # flags with a --no- form
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -243,7 +258,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         group = groups[s.driver]
         default = "required" if s.default is None else f"default: {s.default}"
         text = f"{s.help} ({default}) [{s.env}]"
-        if s.key == "nat":
+        if s.key in _BOOL_KEYS:
             group.add_argument(s.flag, dest=s.key, action=argparse.BooleanOptionalAction,
                                default=None, help=text)
         elif s.key in _LIST_KEYS:  # repeatable as well as comma-separated
@@ -663,6 +678,8 @@ def from_namespace(
     mtu = r.get("mtu", _mtu, None)
     psk_file = r.get("psk_file", _text, None)
     backend: BackendChoice = r.get("backend", _choice(_BACKENDS), "auto")
+    snat_exemption = r.get("snat_exemption", _boolean, True)
+    mss_clamp = r.get("mss_clamp", _boolean, True)
 
     r.require("store", bool(store))
     r.require("cluster_id", bool(cluster_id))
@@ -726,6 +743,8 @@ def from_namespace(
         mtu=mtu,
         psk_file=psk_file,
         backend=backend,
+        snat_exemption=snat_exemption,
+        mss_clamp=mss_clamp,
         config_file=file.path,
     )
 

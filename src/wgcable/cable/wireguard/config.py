@@ -30,4 +30,7 @@ class WireGuardConfig:
     backend: BackendChoice = "auto"
     netns: str | None = None  # act inside this network namespace (tests, lab)
     wireguard_go: str = "wireguard-go"
+    # Our own nftables table (routing/nftables.py); with both off there is no table at all.
+    snat_exemption: bool = True  # keep pod addresses: no CNI masquerade to remote clusters
+    mss_clamp: bool = True  # clamp TCP MSS to the route's MTU on the device
     thresholds: StatusThresholds = field(default_factory=StatusThresholds)

@@ -24,7 +24,7 @@ from wgcable.cable.wireguard.desired import EndpointRejectedError, RemotePeer
 from wgcable.cable.wireguard.device import WireGuardDevice
 from wgcable.cable.wireguard.index import PeerIndex
 from wgcable.cable.wireguard.status import PeerStatus
-from wgcable.routing import IPRoute, RouteTable
+from wgcable.routing import IPRoute, RouteTable, nftables
 from wgcable.wgctrl import (
     Device,
     IPAddress,
@@ -70,6 +70,8 @@ class WireGuardDriver:
         self.device = WireGuardDevice(self.cfg)
         self.ip = IPRoute(self.cfg.netns)
         self.table = RouteTable(self.ip, self.cfg.table, self.cfg.rule_priority)
+        self.nft = nftables.NftTable(self.cfg.device, self.cfg.netns)
+        self._nft_applied: str | None = None  # the table text last written (None: none)
         self._local_subnets: tuple[IPNetwork, ...] = tuple(
             ipaddress.ip_network(s, strict=False) for s in local_endpoint.subnets
         )
@@ -203,6 +205,28 @@ class WireGuardDriver:
         v6 = self._underlay_v6 or any(p.endpoint.ip.version == 6 for p in self._accepted())
         return desired.mtu_for(self._underlay_mtu, v6)
 
+    def _nft_rules(self) -> nftables.Rules:
+        return nftables.Rules(
+            device=self.cfg.device,
+            local=self._local_subnets,
+            remote=tuple(n for p in self._accepted() for n in p.subnets),
+            snat_exemption=self.cfg.snat_exemption,
+            mss_clamp=self.cfg.mss_clamp,
+        )
+
+    def _apply_nft(self, full: bool) -> None:
+        """Our nftables table follows the accepted clusters. Written only when its text
+        changed, and on every full apply (which heals a table someone else deleted)."""
+        body = nftables.render(self._nft_rules())
+        if not full and body == self._nft_applied:
+            return
+        if body is None:
+            self.nft.remove()  # turned off: a table left by an earlier run goes
+        else:
+            self.nft.apply(body)
+            log.debug("nftables table inet %s written", self.nft.name)
+        self._nft_applied = body
+
     def _apply(self, actual: Device | None = None, full: bool = False) -> None:
         """Bring device and routes to the desired state, changing only differences.
 
@@ -223,6 +247,8 @@ class WireGuardDriver:
         if full or mtu != self._mtu_set:
             self.device.set_up(mtu)
             self._mtu_set = mtu
+        # Before the routes: pod traffic must not reach a new cluster before its exemption.
+        self._apply_nft(full)
         routes = desired.desired_routes(self._accepted(), self.cfg.device, self._sources)
         added, removed = self.table.sync(routes, remove_unknown=self._synced)
         if added or removed:
@@ -356,14 +382,16 @@ class WireGuardDriver:
         self.device.close()
 
     def cleanup(self, remove_key: bool = False) -> None:
-        """Remove everything the driver created: routes, rules, device, daemon, PID file;
-        and the key file when asked."""
+        """Remove everything the driver created: routes, rules, device, daemon, PID file,
+        our nftables table; and the key file when asked."""
         self._stop.set()
         if self._supervisor is not None:
             self._supervisor.join(5)
         with self._lock:
             self.table.remove()
             self.device.delete()
+            self.nft.remove()
+            self._nft_applied = None
             self._conns.clear()
             self._index = PeerIndex()
             if remove_key:

@@ -1,0 +1,208 @@
+"""The driver's own nftables table: SNAT exemption and TCP MSS clamping (``nft -f -``).
+
+Two things, both in one table of ours (``inet wgcable_<device>``, so that two drivers never
+share one), and nothing anywhere else:
+
+- SNAT exemption: a CNI may masquerade everything its pods send off-cluster, which would
+  hide the pod addresses from the remote cluster (and the remote WireGuard peer drops such
+  packets: the gateway's address is not in its allowed IPs). An ``accept`` in our NAT chain
+  does not stop another table's masquerade; a NAT binding does. So our postrouting NAT chain
+  runs before the usual ``srcnat`` priority and maps local-to-remote traffic's source to
+  itself (``snat ip to ip saddr``, a null binding); later NAT chains then leave it alone.
+  ``notrack`` would bypass NAT too, but CNI network policies rely on connection tracking.
+- MSS clamping: TCP SYNs leaving or entering through the device get their MSS lowered to
+  what the route's MTU allows, so large transfers never depend on PMTU discovery through
+  the tunnel.
+
+The table is written as one atomic transaction that (re)creates only our table: ``table
+inet X {}`` (so that the delete never fails), ``delete table inet X``, then the whole table.
+Reading, writing and removing touch no other table. ``netns`` runs nft in that namespace.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from wgcable.routing.iproute import RoutingError
+from wgcable.wgctrl.types import IPNetwork
+
+TABLE_PREFIX = "wgcable_"
+# Earlier than the CNIs' masquerade chains (srcnat = 100): our null binding comes first.
+NAT_PRIORITY = "srcnat - 10"
+SETS = ("local4", "remote4", "local6", "remote6")
+_CLAMP = "tcp flags syn / syn,rst tcp option maxseg size set rt mtu"
+
+
+class NftError(RoutingError):
+    pass
+
+
+def table_name(device: str) -> str:
+    """``wgcable_<device>``, with any character nft does not take in a name replaced."""
+    return TABLE_PREFIX + re.sub(r"[^A-Za-z0-9_]", "_", device)
+
+
+def _quoted_device(device: str) -> str:
+    if not device or not device.isprintable() or re.search(r'["\\\s]', device):
+        raise ValueError(f"device name {device!r} cannot be quoted for nft")
+    return f'"{device}"'
+
+
+def _elements(nets: Iterable[IPNetwork], version: int) -> list[str]:
+    """The networks of one family, merged: an interval set refuses overlapping elements."""
+    mine = sorted({n for n in nets if n.version == version}, key=lambda n: (n, n.prefixlen))
+    if version == 4:
+        v4 = [n for n in mine if isinstance(n, ipaddress.IPv4Network)]
+        return [str(n) for n in ipaddress.collapse_addresses(v4)]
+    v6 = [n for n in mine if isinstance(n, ipaddress.IPv6Network)]
+    return [str(n) for n in ipaddress.collapse_addresses(v6)]
+
+
+def _set(name: str, kind: str, elements: list[str]) -> list[str]:
+    lines = [f"\tset {name} {{", f"\t\ttype {kind}", "\t\tflags interval"]
+    if elements:
+        lines.append(f"\t\telements = {{ {', '.join(elements)} }}")
+    return [*lines, "\t}"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What our table should hold: the pure input of ``render``."""
+
+    device: str
+    local: tuple[IPNetwork, ...] = ()
+    remote: tuple[IPNetwork, ...] = ()
+    snat_exemption: bool = True
+    mss_clamp: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        return self.snat_exemption or self.mss_clamp
+
+    @property
+    def table(self) -> str:
+        return table_name(self.device)
+
+
+def render(rules: Rules) -> str | None:
+    """The full table as nft text, or None when neither feature is on (no table at all)."""
+    if not rules.enabled:
+        return None
+    dev = _quoted_device(rules.device)
+    out = [f"table inet {rules.table} {{"]
+    for name, kind, nets, version in (
+        ("local4", "ipv4_addr", rules.local, 4),
+        ("remote4", "ipv4_addr", rules.remote, 4),
+        ("local6", "ipv6_addr", rules.local, 6),
+        ("remote6", "ipv6_addr", rules.remote, 6),
+    ):
+        out += _set(name, kind, _elements(nets, version))
+    if rules.snat_exemption:
+        out += [
+            "\tchain postrouting {",
+            f"\t\ttype nat hook postrouting priority {NAT_PRIORITY}; policy accept;",
+            "\t\tip saddr @local4 ip daddr @remote4 snat ip to ip saddr",
+            "\t\tip6 saddr @local6 ip6 daddr @remote6 snat ip6 to ip6 saddr",
+            "\t}",
+        ]
+    if rules.mss_clamp:
+        out += [
+            "\tchain forward {",
+            "\t\ttype filter hook forward priority mangle; policy accept;",
+            f"\t\toifname {dev} {_CLAMP}",
+            f"\t\tiifname {dev} {_CLAMP}",
+            "\t}",
+            "\tchain output {",
+            "\t\ttype filter hook output priority mangle; policy accept;",
+            f"\t\toifname {dev} {_CLAMP}",
+            "\t}",
+        ]
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def transaction(table: str, body: str | None) -> str:
+    """One ``nft -f`` batch that replaces our table by ``body`` (None: removes it). The
+    empty ``table`` line first makes the delete succeed whether or not the table exists."""
+    head = f"table inet {table} {{}}\ndelete table inet {table}\n"
+    return head + (body or "")
+
+
+class NftTable:
+    """Our one table in one namespace: apply, read, remove. Never touches another table."""
+
+    def __init__(self, device: str, netns: str | None = None) -> None:
+        self.device = device
+        self.name = table_name(device)
+        self.netns = netns
+
+    def _base(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, "nft"] if self.netns else ["nft"]
+
+    def _run(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        if shutil.which("nft") is None:
+            raise NftError("nft not found: install nftables, or turn off both the SNAT "
+                           "exemption and MSS clamping")
+        return subprocess.run([*self._base(), *args], input=stdin, capture_output=True,
+                              text=True, timeout=30, check=False)
+
+    def _batch(self, text: str) -> None:
+        p = self._run(["-f", "-"], text)
+        if p.returncode != 0:
+            raise NftError(f"nft -f (table inet {self.name}): "
+                           f"{p.stderr.strip() or p.returncode}")
+
+    def apply(self, body: str) -> None:
+        """Atomically replace our table by ``body`` (as from ``render``)."""
+        self._batch(transaction(self.name, body))
+
+    def remove(self) -> None:
+        """Delete our table; one that is not there is fine (and without nft there is none)."""
+        if shutil.which("nft") is None:
+            return
+        self._batch(transaction(self.name, None))
+
+    def read(self) -> list[dict[str, Any]] | None:
+        """Our table as ``nft -j`` objects (sets, chains, rules), or None if it is absent."""
+        p = self._run(["-j", "list", "table", "inet", self.name])
+        if p.returncode != 0:
+            if "No such file or directory" in p.stderr:
+                return None
+            raise NftError(f"nft list table inet {self.name}: {p.stderr.strip()}")
+        doc = json.loads(p.stdout or "{}")
+        items = doc.get("nftables", []) if isinstance(doc, dict) else []
+        return [i for i in items if isinstance(i, dict) and "metainfo" not in i]
+
+    def exists(self) -> bool:
+        return self.read() is not None
+
+    def sets(self) -> dict[str, set[str]] | None:
+        """Each of our sets' elements as text (``10.2.0.0/16``), or None without a table."""
+        items = self.read()
+        if items is None:
+            return None
+        found: dict[str, set[str]] = {}
+        for item in items:
+            s = item.get("set")
+            if isinstance(s, dict):
+                found[str(s.get("name"))] = {_element_text(e) for e in s.get("elem", [])}
+        return found
+
+
+def _element_text(elem: Any) -> str:
+    """An nft JSON set element as ``addr/len`` (a prefix), ``a-b`` (a range) or ``addr``."""
+    if isinstance(elem, dict) and "elem" in elem:  # an element with attributes
+        elem = elem["elem"].get("val")
+    if isinstance(elem, dict) and "prefix" in elem:
+        return f"{elem['prefix']['addr']}/{elem['prefix']['len']}"
+    if isinstance(elem, dict) and "range" in elem:
+        low, high = elem["range"]
+        return f"{low}-{high}"
+    return str(elem)
