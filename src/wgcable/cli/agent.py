@@ -9,6 +9,9 @@ from typing import Any
 
 from wgcable.agent.config import AgentConfig, ConfigError, add_arguments, from_namespace
 
+# What can go wrong before the agent runs, each with a message that says what failed.
+STARTUP_ERRORS = (RuntimeError, OSError, ValueError)
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -42,7 +45,13 @@ def run_agent_cmd(args: argparse.Namespace) -> int:
     from wgcable.agent.run import run_agent, setup_logging  # heavy imports only when running
 
     setup_logging(cfg.log_level)
-    return run_agent(cfg)
+    try:
+        return run_agent(cfg)
+    except STARTUP_ERRORS as e:
+        # Start-up failed (no WireGuard at all, a taken device name, a bad key file, ...):
+        # one clear line, not a traceback. Nothing of the device was half-made.
+        print(f"wgcable agent: {e}", file=sys.stderr)
+        return 1
 
 
 def run_cleanup_cmd(args: argparse.Namespace) -> int:
@@ -52,4 +61,8 @@ def run_cleanup_cmd(args: argparse.Namespace) -> int:
     from wgcable.agent.run import cleanup, setup_logging
 
     setup_logging(cfg.log_level)
-    return cleanup(cfg, remove_key=args.remove_key)
+    try:
+        return cleanup(cfg, remove_key=args.remove_key)
+    except STARTUP_ERRORS as e:
+        print(f"wgcable cleanup: {e}", file=sys.stderr)
+        return 1

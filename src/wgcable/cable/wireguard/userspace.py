@@ -76,10 +76,15 @@ class WireGuardGoProcess:
                    self.ifname]
         else:
             cmd = [self.binary, "-f", self.ifname]
-        self._proc = subprocess.Popen(
-            cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, start_new_session=True,
-        )
+        try:
+            self._proc = subprocess.Popen(
+                cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, start_new_session=True,
+            )
+        except FileNotFoundError:
+            raise UserspaceError(
+                f"{cmd[0]} not found: this kernel has no WireGuard, so the device needs "
+                "wireguard-go (apt-get install wireguard-go)") from None
         self.pid = self._proc.pid  # ip netns exec and sh exec in place: the daemon's PID
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
