@@ -7,6 +7,7 @@ import ipaddress
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -296,3 +297,19 @@ def test_bytes_human(n: int, text: str) -> None:
 )
 def test_age_human(seconds: float, text: str) -> None:
     assert fmt.age_human(seconds) == text
+
+
+def test_agent_with_bad_settings_exits_2_with_one_line_per_problem(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("SUBMARINER_CLUSTERID", "WGCABLE_STORE", "WGCABLE_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    state = tmp_path / "state"
+    code = main(["agent", "--cluster-cidr", "10.0.0.0/33", "--port", "99999",
+                 "--state-dir", str(state)])
+    assert code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "wgcable agent: --cluster-cidr: '10.0.0.0/33' is not a CIDR" in err
+    assert "wgcable agent: --port: '99999' is out of range (1-65535)" in err
+    assert any(line.startswith("wgcable agent: --cluster-id: required") for line in err)
+    assert not state.exists()  # nothing is created
