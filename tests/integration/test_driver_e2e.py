@@ -49,16 +49,18 @@ class Gateway:
             backend="wireguard",
             backend_config={},
         )
-        self.driver = self.start()
+        self.driver: WireGuardDriver | None = None
 
     def start(self) -> WireGuardDriver:
+        """A new driver instance on this gateway. It is recorded before init(), so that
+        the teardown also cleans up after an init that failed half-way."""
         cfg = WireGuardConfig(
             netns=self.net.gateway.name,
             state_dir=str(self.state_dir),
             preshared_key_file=str(self.psk_file) if self.psk_file else None,
             backend="kernel" if self.kind == "kernel" else "userspace",
         )
-        d = WireGuardDriver(self.endpoint, cfg)
+        d = self.driver = WireGuardDriver(self.endpoint, cfg)
         d.init()
         return d
 
@@ -102,15 +104,17 @@ def clusters(tmp_path: Path, device_kind: str) -> Iterator[Clusters]:
         topo.ipv6 = ipv6
         topo.build_underlay()
         for i in range(1, n + 1):
-            gws.append(Gateway(topo.add_cluster(i), tmp_path / f"state{i}", device_kind,
-                               psk_file))
+            g = Gateway(topo.add_cluster(i), tmp_path / f"state{i}", device_kind, psk_file)
+            gws.append(g)
+            g.start()
         return gws
 
     try:
         yield make
     finally:
         for g in gws:
-            g.driver.cleanup(remove_key=True)
+            if g.driver is not None:
+                g.driver.cleanup(remove_key=True)
         topo.destroy()
     assert not [n for n in list_namespaces() if n.startswith(topo.prefix)]
 
