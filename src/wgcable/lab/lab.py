@@ -24,7 +24,7 @@ from pathlib import Path
 
 from wgcable.agent.statusfile import AgentStatus, read_status_file
 from wgcable.cable.types import ConnectionStatus
-from wgcable.cable.wireguard.userspace import PRIVATE_SOCKET_DIR
+from wgcable.cable.wireguard.userspace import PRIVATE_SOCKET_DIR, process_running
 from wgcable.lab.netns import LabError, Namespace, list_namespaces
 from wgcable.lab.topology import ClusterNet, Topology
 
@@ -67,28 +67,18 @@ def _check_name(name: str) -> None:
         raise LabError(f"lab name {name!r}: use 1-16 lowercase letters, digits and '-'")
 
 
-def _pid_is(pid: int, *names: str) -> bool:
-    """Whether ``pid`` is alive, not a zombie, and runs one of ``names`` (recycled PIDs)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    comm, _, rest = stat.partition("(")[2].rpartition(")")
-    return rest.split()[0] != "Z" and (not names or comm in names)
-
-
 def _kill(pid: int, timeout: float = 5.0, names: Sequence[str] = ()) -> None:
     """SIGTERM then SIGKILL, by PID only, and only if the PID is still what we started."""
-    if pid <= 0 or not _pid_is(pid, *names):
+    if pid <= 0 or not process_running(pid, *names):
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _pid_is(pid) and time.monotonic() < deadline:
+    while process_running(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-    if _pid_is(pid):
+    if process_running(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
@@ -241,7 +231,7 @@ table ip wgcable_lab_snat {{
 
     def gateway_cmd(self, gw: GatewayState, *args: str) -> list[str]:
         """A command line that runs on the gateway: its network and mount namespaces."""
-        if not _pid_is(gw.holder_pid, "sleep"):
+        if not process_running(gw.holder_pid, "sleep"):
             raise LabError(f"gateway {gw.cluster_id}: its namespace holder is gone")
         return ["nsenter", "-t", str(gw.holder_pid), "-m", "-n", "--", *args]
 
@@ -268,7 +258,7 @@ table ip wgcable_lab_snat {{
 
     def start_agent(self, which: int | str | GatewayState, extra: Sequence[str] = ()) -> int:
         gw = which if isinstance(which, GatewayState) else self.gateway(which)
-        if gw.agent_pid and _pid_is(gw.agent_pid):
+        if gw.agent_pid and process_running(gw.agent_pid):
             raise LabError(f"gateway {gw.cluster_id}: agent already running (pid {gw.agent_pid})")
         self.state_dir(gw).mkdir(parents=True, exist_ok=True, mode=0o700)
         log = open(self.log_file(gw), "ab")  # noqa: SIM115 - handed to the child
@@ -288,10 +278,10 @@ table ip wgcable_lab_snat {{
         """Stop the agent by its PID (SIGTERM leaves the tunnels up; SIGKILL is a crash)."""
         gw = self.gateway(which)
         pid = gw.agent_pid
-        if pid and _pid_is(pid):
+        if pid and process_running(pid):
             os.kill(pid, sig)
             deadline = time.monotonic() + timeout
-            while _pid_is(pid) and time.monotonic() < deadline:
+            while process_running(pid) and time.monotonic() < deadline:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, os.WNOHANG)
                 time.sleep(0.02)
@@ -300,7 +290,7 @@ table ip wgcable_lab_snat {{
 
     def agent_alive(self, which: int | str) -> bool:
         gw = self.gateway(which)
-        return bool(gw.agent_pid) and _pid_is(gw.agent_pid)
+        return bool(gw.agent_pid) and process_running(gw.agent_pid)
 
     def status(self, which: int | str) -> AgentStatus | None:
         try:

@@ -32,6 +32,17 @@ class UserspaceError(RuntimeError):
     pass
 
 
+def process_running(pid: int, *names: str) -> bool:
+    """Whether ``pid`` is alive, not a zombie, and (if ``names`` are given) runs one of
+    them: a PID read from a file may have been recycled by another program."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    comm, _, rest = stat.partition("(")[2].rpartition(")")
+    return rest.split()[0] != "Z" and (not names or comm in names)
+
+
 def _same_netns(pid: int, netns: str | None) -> bool:
     try:
         theirs = os.stat(f"/proc/{pid}/ns/net").st_ino
@@ -110,13 +121,7 @@ class WireGuardGoProcess:
         return True
 
     def _running(self, pid: int) -> bool:
-        """Whether ``pid`` is still our daemon and not a zombie (or a recycled PID)."""
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return False
-        name, _, rest = stat.partition("(")[2].rpartition(")")
-        return name == Path(self.binary).name[:15] and rest.split()[0] != "Z"
+        return process_running(pid, Path(self.binary).name[:15])
 
     def alive(self) -> bool:
         if self.pid is None:
