@@ -27,7 +27,7 @@ from wgcable.cable.types import (
 from wgcable.engine import plan as planning
 from wgcable.engine.engine import Engine
 from wgcable.engine.health import HealthChecker, HealthResult
-from wgcable.store.base import EndpointStore, Snapshot
+from wgcable.store.base import EndpointStore, Snapshot, StoreUnavailableError
 
 LOCAL_ID = "local"
 
@@ -98,6 +98,7 @@ class FakeStore:
         self.statuses: list[tuple[str, GatewayStatus]] = []
         self.snapshots = 0
         self.snapshot_error: Exception | None = None
+        self.publish_error: Exception | None = None
         self.write_status_error: Exception | None = None
         self.watch_errors: list[Exception] = []  # raised by the next watch() calls, in order
         self.watch_calls = 0
@@ -133,7 +134,11 @@ class FakeStore:
 
     # EndpointStore
     def publish(self, endpoint: Endpoint) -> None:
-        self.published.append(endpoint)
+        with self._lock:
+            if self.publish_error is not None:
+                raise self.publish_error
+            self.published.append(endpoint)
+            self._endpoints[endpoint.object_name()] = endpoint  # as a real store would
 
     def withdraw(self, endpoint: Endpoint) -> None:
         self.withdrawn.append(endpoint)
@@ -460,7 +465,8 @@ def test_reconcile_connects_new_endpoints_in_one_batch() -> None:
     store = FakeStore({"c2-cable": remote("c2"), "c3-cable": remote("c3")})
     engine, driver = make_engine(store)
     engine.reconcile()
-    assert driver.calls == [("batch", ""), ("connect", "c2"), ("connect", "c3")]
+    # The first successful pass also lets the driver drop stale peers.
+    assert driver.calls == [("batch", ""), ("connect", "c2"), ("connect", "c3"), ("synced", "")]
     assert driver.applies == 1
     assert set(driver.accepted) == {"c2", "c3"}
 
@@ -1004,13 +1010,51 @@ def test_a_failing_watch_is_started_again(engines: list[Engine]) -> None:
     wait_for(lambda: "c3" in driver.accepted, 2, "c3 to connect")
 
 
-def test_start_fails_when_the_first_pass_fails() -> None:
-    # Better no agent than one that marks itself synced (dropping stale peers) without having
-    # connected what the store holds.
+def test_start_with_the_store_unavailable_keeps_everything_until_it_is_back(
+    engines: list[Engine],
+) -> None:
+    # An agent restarted during a store outage must not mark itself synced (which drops the
+    # adopted peers) before it has connected what the store holds; it waits for the store.
     store = FakeStore({"c2-cable": remote("c2")})
-    store.snapshot_error = OSError("store unreadable")
-    engine, driver = make_engine(store)
-    with pytest.raises(OSError, match="store unreadable"):
-        engine.start()
+    store.snapshot_error = StoreUnavailableError("API server unreachable")
+    store.publish_error = StoreUnavailableError("API server unreachable")
+    engine, driver = make_engine(store, resync_interval=0.1, status_interval=SLOW)
+    start(engines, engine)
     assert driver.synced == 0
-    engine.stop()
+    assert driver.accepted == {}
+    assert "store: API server unreachable" in engine.status.status_failure
+    time.sleep(0.3)  # a few failed resyncs
+    assert driver.synced == 0
+    store.snapshot_error = store.publish_error = None
+    wait_for(lambda: driver.synced == 1 and "c2" in driver.accepted, 5, "sync after recovery")
+    wait_for(lambda: [e.cluster_id for e in store.published] == [LOCAL_ID], 5, "publish")
+    assert driver.calls.index(("connect", "c2")) < driver.calls.index(("synced", ""))
+
+
+def test_our_endpoint_is_republished_when_it_goes_missing() -> None:
+    store = FakeStore({"c2-cable": remote("c2")})
+    engine, _ = make_engine(store)
+    engine.reconcile()
+    assert [e.cluster_id for e in store.published] == [LOCAL_ID]
+    engine.reconcile()
+    assert len(store.published) == 1  # present and equal: no write
+    store.delete(engine.local.object_name(), notify=False)
+    engine.reconcile()
+    assert len(store.published) == 2
+
+
+def test_status_write_failures_are_logged_once_per_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = FakeStore()
+    engine, _ = make_engine(store)
+    store.write_status_error = StoreUnavailableError("API server unreachable")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            engine.refresh_status()
+    assert sum("writing the gateway status failed" in r.message for r in caplog.records) == 1
+    store.write_status_error = None
+    engine.refresh_status()
+    store.write_status_error = StoreUnavailableError("down again")
+    engine.refresh_status()
+    assert sum("writing the gateway status failed" in r.message for r in caplog.records) == 2

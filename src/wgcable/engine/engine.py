@@ -25,7 +25,7 @@ from wgcable.cable.types import (
 )
 from wgcable.engine import plan as planning
 from wgcable.engine.health import HealthChecker
-from wgcable.store.base import EndpointStore
+from wgcable.store.base import EndpointStore, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,26 @@ class Engine:
         self._status = GatewayStatus(version=version, ha_status=HAStatus.ACTIVE,
                                      local_endpoint=local)
         self.established: dict[str, float] = {}  # cluster -> epoch when it became connected
+        self._synced = False  # a reconcile succeeded since start: stale peers may go
+        self._store_problem = ""  # why the store is unusable now ("" while it is fine)
+        self._status_write_failing = False
 
     # --- reconcile ------------------------------------------------------------------------
 
     def reconcile(self) -> None:
         """Read the whole store, connect what is new or changed, disconnect what is gone."""
-        snap = self.store.snapshot()
+        try:
+            snap = self.store.snapshot()
+        except StoreUnavailableError as exc:
+            # Keep everything as it is: an unreachable store is not an empty one.
+            if str(exc) != self._store_problem:
+                log.warning("store unavailable, keeping the current tunnels: %s", exc)
+            self._store_problem = str(exc)
+            raise
+        if self._store_problem:
+            log.info("store available again")
+            self._store_problem = ""
+        self._republish_if_missing(snap.endpoints.get(self.local.object_name()))
         p = planning.plan(self.local, snap)
         for name, problem in p.problems.items():
             if self._problems.get(name) != problem:
@@ -98,6 +112,29 @@ class Engine:
                 raise
             self._retry_all = False
         self._update_health_targets()
+        if not self._synced:
+            self._synced = True
+            mark_synced = getattr(self.driver, "mark_synced", None)
+            if callable(mark_synced):
+                mark_synced()  # every known endpoint is connected: stale peers may go now
+
+    def _publish(self) -> bool:
+        try:
+            self.store.publish(self.local)
+        except Exception as exc:
+            log.warning("publishing our endpoint %s failed (will retry): %s",
+                        self.local.object_name(), exc)
+            return False
+        return True
+
+    def _republish_if_missing(self, published: Endpoint | None) -> None:
+        # Someone deleted or edited our endpoint (or the first publish failed): put it back.
+        # Compared as JSON so that a store's round trip never looks like a difference.
+        if published is None or published.to_json() != self.local.to_json():
+            if published is not None:
+                log.warning("our endpoint %s in the store differs from ours: republishing",
+                            self.local.object_name())
+            self._publish()
 
     def _update_health_targets(self) -> None:
         """Ping the health check IPs of accepted clusters whose tunnel has had a handshake.
@@ -183,7 +220,11 @@ class Engine:
         for cid in list(self.established):
             if cid not in {c.endpoint.cluster_id for c in conns}:
                 del self.established[cid]
-        failure = "; ".join(f"{k}: {v}" for k, v in sorted(self._problems.items()))
+        problems = sorted(self._problems.items())
+        store_problem = self._store_problem or str(getattr(self.store, "problem", "") or "")
+        if store_problem:
+            problems.insert(0, ("store", store_problem))
+        failure = "; ".join(f"{k}: {v}" for k, v in problems)
         status = GatewayStatus(
             version=self.version, ha_status=HAStatus.ACTIVE, local_endpoint=self.local,
             status_failure=failure, connections=conns)
@@ -191,8 +232,13 @@ class Engine:
             self._status = status
         try:
             self.store.write_status(self.hostname, status)
-        except Exception:
-            log.exception("writing the gateway status failed")
+        except Exception as exc:
+            # Once per outage: the status is rewritten every few seconds.
+            if not self._status_write_failing:
+                log.warning("writing the gateway status failed (will retry): %s", exc)
+            self._status_write_failing = True
+        else:
+            self._status_write_failing = False
         if self.on_status is not None:
             self.on_status(status)
         return status
@@ -206,11 +252,10 @@ class Engine:
 
     def start(self) -> None:
         """Publish our endpoint, connect everything known, then run in the background."""
-        self.store.publish(self.local)
-        self.reconcile()
-        mark_synced = getattr(self.driver, "mark_synced", None)
-        if callable(mark_synced):
-            mark_synced()  # every known endpoint is connected: stale peers may go now
+        # Neither step is fatal: with the store unreachable, the adopted tunnels stay as
+        # they are (no stale-peer removal before a reconcile succeeded) until it is back.
+        self._publish()
+        self._guard(self.reconcile)
         if self.health is not None:
             self.health.start()
         self.refresh_status()

@@ -48,3 +48,7 @@ class EndpointStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class StoreUnavailableError(Exception):
+    """The store cannot be reached or refused a request (the message says which and why)."""
