@@ -36,4 +36,8 @@ fi
 # The kernel test tier: qemu, a Debian kernel with WireGuard, virtme-ng (never fails the set-up:
 # without it the kernel tests are skipped with the reason).
 bash scripts/install-vm.sh
+# The Kubernetes test tier: etcd and a kube-apiserver built from Debian's source package
+# (cached under ~/.cache/wgcable; the first build takes a few minutes). Never fails the
+# set-up: without it those tests are skipped with the reason.
+bash scripts/install-k8s.sh
 echo "install.sh: ready"
