@@ -675,3 +675,37 @@ def test_add_arguments_fits_a_subcommand() -> None:
                          detect_health_check_ip=_no_health_ip)
     assert ns.command == "agent"
     assert cfg.port == 6000
+
+
+# --- The Kubernetes store ---
+
+
+def test_kubernetes_store_settings(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\n")
+    argv = [*without(REQUIRED, "--store"), "--store", "kubernetes"]
+    cfg = load([*argv, "--kubeconfig", str(kubeconfig)],
+               {"BROKER_K8S_REMOTENAMESPACE": "broker-ns"})
+    spec = cfg.store_spec()
+    assert spec.is_kubernetes
+    assert (spec.kubeconfig, spec.namespace) == (str(kubeconfig), "broker-ns")
+    # Defaults: Submariner's broker namespace, the in-cluster service account.
+    spec = load(argv).store_spec()
+    assert (spec.kubeconfig, spec.namespace) == (None, "submariner-k8s-broker")
+    assert "in-cluster" in spec.describe()
+    # KUBECONFIG, as for kubectl.
+    assert load(argv, {"KUBECONFIG": str(kubeconfig)}).kubeconfig == str(kubeconfig)
+
+
+def test_kubernetes_store_problems(tmp_path: Path) -> None:
+    argv = [*without(REQUIRED, "--store"), "--store", "kubernetes"]
+    found = problems([*argv, "--kubeconfig", str(tmp_path / "nope"), "--namespace", "Bad_NS"])
+    assert any(p.startswith("--kubeconfig: ") and "does not exist" in p for p in found)
+    assert any(p.startswith("--namespace: 'Bad_NS'") for p in found)
+
+
+def test_a_directory_store_ignores_kubernetes_settings(tmp_path: Path) -> None:
+    # KUBECONFIG is often set in a shell for kubectl: it must not break a directory store.
+    cfg = load(REQUIRED, {"KUBECONFIG": str(tmp_path / "absent")})
+    assert not cfg.store_spec().is_kubernetes
+    assert cfg.store_spec().describe() == "directory /srv/store"

@@ -11,6 +11,8 @@ flag                environment variable      YAML key         default
 ==================  ========================  ===============  ============================
 --config            WGCABLE_CONFIG            (none)           no file
 --store             WGCABLE_STORE             store            required
+--kubeconfig        KUBECONFIG                kubeconfig       in-cluster service account
+--namespace         BROKER_K8S_REMOTENAMESPACE namespace       submariner-k8s-broker
 --cluster-id        SUBMARINER_CLUSTERID      cluster_id       required
 --cluster-cidr      SUBMARINER_CLUSTERCIDR    cluster_cidr     required (one or more)
 --service-cidr      SUBMARINER_SERVICECIDR    service_cidr     none
@@ -37,6 +39,11 @@ flag                environment variable      YAML key         default
 --snat-exemption    WGCABLE_SNAT_EXEMPTION    snat_exemption   true
 --mss-clamp         WGCABLE_MSS_CLAMP         mss_clamp        true
 ==================  ========================  ===============  ============================
+
+The store is a directory shared by the gateways of one machine, or ``kubernetes``: the
+``submariner.io/v1`` Endpoints and Gateways in ``--namespace`` of the API server that
+``--kubeconfig`` names (the pod's service account without one). Both are ignored for a
+directory store.
 
 Values: CIDR lists are comma-separated (flags may also repeat; YAML may give a list);
 booleans are true/false, yes/no or 1/0 in any case, and their flags have a ``--no-`` form
@@ -80,6 +87,7 @@ from wgcable.cable.wireguard.config import (
 )
 from wgcable.cable.wireguard.desired import DEFAULT_PORT, UDP_PORT
 from wgcable.cable.wireguard.status import StatusThresholds
+from wgcable.store.open import DEFAULT_NAMESPACE, KUBERNETES, StoreSpec
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -110,7 +118,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentConfig:
-    store: str
+    store: str  # a directory, or "kubernetes"
     cluster_id: str
     cluster_cidrs: list[IPNetwork]
     service_cidrs: list[IPNetwork] = field(default_factory=list)
@@ -137,6 +145,11 @@ class AgentConfig:
     snat_exemption: bool = True
     mss_clamp: bool = True
     config_file: str | None = None  # the YAML file read, if any (for the startup log)
+    kubeconfig: str | None = None  # None: the in-cluster service account
+    namespace: str = DEFAULT_NAMESPACE
+
+    def store_spec(self) -> StoreSpec:
+        return StoreSpec(self.store, kubeconfig=self.kubeconfig, namespace=self.namespace)
 
     def local_endpoint(self) -> Endpoint:
         """The Endpoint this gateway publishes (a new object each call: drivers add to it)."""
@@ -191,8 +204,14 @@ class _Setting:
 
 
 _SETTINGS = (
-    _Setting("--store", "WGCABLE_STORE", "DIR", "endpoint store shared by gateways",
-             None),
+    _Setting("--store", "WGCABLE_STORE", "DIR|kubernetes",
+             "endpoint store shared by gateways: a directory, or kubernetes", None),
+    _Setting("--kubeconfig", "KUBECONFIG", "FILE",
+             "kubeconfig of the broker API server (kubernetes store)",
+             "the in-cluster service account"),
+    _Setting("--namespace", "BROKER_K8S_REMOTENAMESPACE", "NS",
+             "broker namespace of Endpoints and Gateways (kubernetes store)",
+             DEFAULT_NAMESPACE),
     _Setting("--cluster-id", "SUBMARINER_CLUSTERID", "ID", "this cluster's ID, a DNS label",
              None),
     _Setting("--cluster-cidr", "SUBMARINER_CLUSTERCIDR", "CIDR[,CIDR]", "pod CIDRs",
@@ -375,6 +394,14 @@ def _cluster_id(value: object) -> str:
     text = _text(value)
     if len(text) > 63 or not _DNS_LABEL.fullmatch(text):
         raise _Invalid(f"{value!r} is not a DNS-1123 label "
+                       "(lowercase letters, digits and '-', at most 63)")
+    return text
+
+
+def _namespace(value: object) -> str:
+    text = _text(value)
+    if len(text) > 63 or not _DNS_LABEL.fullmatch(text):
+        raise _Invalid(f"{value!r} is not a namespace name, a DNS-1123 label "
                        "(lowercase letters, digits and '-', at most 63)")
     return text
 
@@ -654,6 +681,8 @@ def from_namespace(
     r = _Resolver(ns, env, file, problems)
 
     store = r.get("store", _text, "")
+    kubeconfig = r.get("kubeconfig", _text, None)
+    namespace = r.get("namespace", _namespace, DEFAULT_NAMESPACE)
     cluster_id = r.get("cluster_id", _cluster_id, "")
     cluster_cidrs: list[IPNetwork] = r.get("cluster_cidr", _cidrs, [])
     service_cidrs: list[IPNetwork] = r.get("service_cidr", _cidrs, [])
@@ -682,6 +711,10 @@ def from_namespace(
     mss_clamp = r.get("mss_clamp", _boolean, True)
 
     r.require("store", bool(store))
+    if store == KUBERNETES and kubeconfig is not None and not Path(kubeconfig).is_file():
+        missing = not Path(kubeconfig).exists()
+        r.problem("kubeconfig",
+                  f"{kubeconfig!r} {'does not exist' if missing else 'is not a file'}")
     r.require("cluster_id", bool(cluster_id))
     r.require("cluster_cidr", bool(cluster_cidrs))
     for c in cluster_cidrs:
@@ -746,6 +779,8 @@ def from_namespace(
         snat_exemption=snat_exemption,
         mss_clamp=mss_clamp,
         config_file=file.path,
+        kubeconfig=kubeconfig,
+        namespace=namespace,
     )
 
 

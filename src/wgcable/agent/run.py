@@ -22,7 +22,7 @@ from wgcable.cable.wireguard import WireGuardDriver
 from wgcable.engine.engine import Engine
 from wgcable.engine.health import HealthChecker
 from wgcable.engine.metrics import GatewayMetricsState, serve_metrics
-from wgcable.store.directory import DirectoryStore
+from wgcable.store.open import open_store
 
 log = logging.getLogger("wgcable.agent")
 
@@ -38,8 +38,8 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     local = cfg.local_endpoint()
     driver = new_driver(cfg.cable_driver, local, config=cfg.driver_config())
+    store = open_store(cfg.store_spec())  # first: a bad kubeconfig must not touch the host
     driver.init()  # adds publicKey and interface-name to the local endpoint
-    store = DirectoryStore(cfg.store)
     health = HealthChecker(
         source_ip=str(cfg.health_check_ip) if cfg.health_check_ip else None)
 
@@ -69,8 +69,9 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
         log.info("metrics on http://%s:%d/metrics", cfg.metrics_address, metrics.port)
 
     engine.start()
-    log.info("agent for cluster %s running: endpoint %s published, %d remote(s) connected",
-             cfg.cluster_id, local.object_name(), len(engine.status.connections))
+    log.info("agent for cluster %s running on the %s: endpoint %s, %d remote(s) connected",
+             cfg.cluster_id, cfg.store_spec().describe(), local.object_name(),
+             len(engine.status.connections))
     try:
         stop.wait()
     finally:
@@ -93,10 +94,12 @@ def cleanup(cfg: AgentConfig, remove_key: bool) -> int:
         driver.cleanup(remove_key=True)
     else:
         driver.cleanup()
-    store = DirectoryStore(cfg.store)
+    store = open_store(cfg.store_spec())
     try:
         store.withdraw(local)
-        store.remove_status(cfg.hostname)
+        remove_status = getattr(store, "remove_status", None)
+        if callable(remove_status):
+            remove_status(cfg.hostname)
     finally:
         store.close()
     status = Path(cfg.state_dir) / STATUS_FILE

@@ -8,9 +8,10 @@ import sys
 from typing import Any
 
 from wgcable.agent.config import AgentConfig, ConfigError, add_arguments, from_namespace
+from wgcable.store.base import StoreUnavailableError
 
 # What can go wrong before the agent runs, each with a message that says what failed.
-STARTUP_ERRORS = (RuntimeError, OSError, ValueError)
+STARTUP_ERRORS = (RuntimeError, OSError, ValueError, StoreUnavailableError)
 
 
 def register(sub: Any) -> None:
