@@ -20,7 +20,7 @@ import tempfile
 from typing import Any
 
 from bench import agent_bench
-from bench.common import Row, pct, row, summary
+from bench.common import Row, pct, plain_log_axes, row, summary
 
 CONVERGENCE_SEGMENTS = (
     ("accepted", "file written -> driver accepted the endpoint"),
@@ -67,7 +67,7 @@ def plot_convergence(result: dict[str, Any], ax: Any) -> None:
         if key in result["segments_ms"]:
             data.append(result["segments_ms"][key]["samples"])
             labels.append(label.replace(" -> ", "\n-> "))
-    ax.boxplot(data, vert=False, labels=labels)
+    ax.boxplot(data, orientation="horizontal", tick_labels=labels)
     for i, d in enumerate(data, start=1):
         ax.plot(d, [i] * len(d), "o", alpha=0.4, color="C0", markersize=3)
     ax.tick_params(axis="y", labelsize=7)
@@ -89,24 +89,36 @@ def run_agent(repeat: int, quick: bool = False) -> dict[str, Any]:
     out_levels = []
     for lv in levels:
         a, w = lv.agent, lv.wg
+        if lv.converge is None:  # the 1-peer baseline: in the JSON and the plot only
+            out_levels.append(_level(lv))
+            continue
         conv = "" if lv.converge is None else f"; all in the status {lv.converge:.1f} s after " \
             "the files were written"
         rows += [
             row("agent CPU (steady state)", "wgcable agent", lv.peers, a.cpu_mean, "%",
                 p90=None, note=f"busiest second {a.cpu_max:.1f}%{conv}"),
             row("agent RSS", "wgcable agent", lv.peers, a.rss_mean, "MiB",
-                note=f"max {a.rss_max:.1f}, last {a.rss_last:.1f} MiB"),
+                note=_growth(a)),
             row("wireguard-go CPU (steady state)", "its wireguard-go", lv.peers, w.cpu_mean,
                 "%", note=f"busiest second {w.cpu_max:.1f}%"),
             row("wireguard-go RSS", "its wireguard-go", lv.peers, w.rss_mean, "MiB",
-                note=f"max {w.rss_max:.1f}, last {w.rss_last:.1f} MiB"),
+                note=_growth(w)),
         ]
-        out_levels.append({
-            "peers": lv.peers, "converge_s": lv.converge, "on_device": lv.on_device,
-            "statuses": lv.statuses, "ping_ms": lv.ping_ms, "real": lv.real,
-            "agent": vars(a), "wireguard_go": vars(w),
-        })
+        out_levels.append(_level(lv))
     return {"rows": rows, "levels": out_levels, "sample_s": seconds, "note": note}
+
+
+def _growth(u: agent_bench.Usage) -> str:
+    """A note only when memory still grew during the window."""
+    if u.rss_last > u.rss_mean * 1.05:
+        return f"still growing: max {u.rss_max:.1f}, last {u.rss_last:.1f} MiB"
+    return ""
+
+
+def _level(lv: agent_bench.Level) -> dict[str, Any]:
+    return {"peers": lv.peers, "converge_s": lv.converge, "on_device": lv.on_device,
+            "statuses": lv.statuses, "ping_ms": lv.ping_ms, "real": lv.real,
+            "agent": vars(lv.agent), "wireguard_go": vars(lv.wg)}
 
 
 def plot_agent(result: dict[str, Any], ax: Any) -> None:
@@ -115,7 +127,8 @@ def plot_agent(result: dict[str, Any], ax: Any) -> None:
     ax.plot(peers, [x["agent"]["cpu_mean"] for x in lv], "o-", color="C0", label="agent CPU%")
     ax.plot(peers, [x["wireguard_go"]["cpu_mean"] for x in lv], "s-", color="C1",
             label="wireguard-go CPU%")
-    ax.set_xscale("log")
+    plain_log_axes(ax, y=False)
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("peers (1 real + fakes that never answer)")
     ax.set_ylabel("CPU, % of one core (mean)")
     ax2 = ax.twinx()
@@ -124,6 +137,7 @@ def plot_agent(result: dict[str, Any], ax: Any) -> None:
     ax2.plot(peers, [x["wireguard_go"]["rss_mean"] for x in lv], "s--", color="C1", alpha=0.6,
              label="wireguard-go RSS")
     ax2.set_ylabel("RSS MiB (dashed)")
+    ax2.set_ylim(bottom=0)
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")

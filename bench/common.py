@@ -114,3 +114,17 @@ def signals_held() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def plain_log_axes(ax: Any, x: bool = True, y: bool = True) -> None:
+    """Log scales with plain numbers on the ticks (10, 100, 1000; not 10^1)."""
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+    if x:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(plain)
+    if y:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda _v, _pos: ""))

@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bench.common import row, run, signals_held, summary, timed_ms
+from bench.common import plain_log_axes, row, run, signals_held, summary, timed_ms
 from bench.wgctrl_bench import Sandbox, wg_conf, write_secret
 from wgcable.cable.types import Endpoint, NATEndpointInfo
 from wgcable.cable.wireguard.config import WireGuardConfig
@@ -330,8 +330,7 @@ def plot_control(result: dict[str, Any], ax: Any) -> None:
     ax.plot(ns, series("change"), "s-", color="C1", label="wgcable: change 1 endpoint")
     ax.plot(ns, series("floor_change"), "s--", color="C1", alpha=0.6, label="floor: wg set")
     ax.plot(ns, series("remove"), "^-", color="C2", label="wgcable: remove N")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    plain_log_axes(ax)
     ax.set_xlabel("remote clusters N (2 subnets each)")
     ax.set_ylabel("ms (median)")
     ax.set_title("Control plane: driver vs wg + ip floor")
@@ -386,8 +385,7 @@ def plot_status(result: dict[str, Any], ax: Any) -> None:
                               ("device", "wgctrl device() (UAPI get + parse)", "s-"),
                               ("wg_dump", "floor: nsenter wg show dump", "o--")):
         ax.plot(ns, [levels[str(n)][key]["median"] for n in ns], style, label=label)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    plain_log_axes(ax)
     ax.set_xlabel("peers N")
     ax.set_ylabel("ms (median)")
     ax.set_title("Status read cost")

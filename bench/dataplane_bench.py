@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import agent_bench
-from bench.common import Row, row, signals_held, summary
+from bench.common import Row, plain_log_axes, row, signals_held, summary
 from bench.common import run as sh
 from bench.wgctrl_bench import Sandbox, write_secret
 from wgcable.lab.lab import Lab
@@ -310,7 +310,7 @@ def plot(result: dict[str, Any], ax: Any) -> None:
         ax.annotate(f"{v:.0f}", (b.get_x() + b.get_width() / 2, v), ha="center",
                     va="bottom", fontsize=7)
     ax.set_xticks(range(len(keys)), labels, fontsize=6)
-    ax.set_yscale("log")
+    plain_log_axes(ax, x=False)
     ax.set_ylabel("Mbit/s (median, log)")
     ax.set_title(f"Data plane: iperf3 TCP (tunnel MTU {result['mtu']})")
     ax.grid(True, axis="y", which="both", alpha=0.3)

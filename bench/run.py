@@ -251,10 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench/results", help="output directory "
                     "(default bench/results)")
     ap.add_argument("--list", action="store_true", help="list the sections and exit")
+    ap.add_argument("--replot", action="store_true", help="measure nothing: rewrite the "
+                    "table and the plot from --out's results.json")
     args = ap.parse_args(argv)
     if args.list:
         for s in SECTIONS:
             print(f"{s.name:<12} {s.what} (repeat {s.repeat}, quick {s.quick_repeat})")
+        return 0
+    if args.replot:
+        write(json.loads((Path(args.out) / "results.json").read_text()), Path(args.out))
         return 0
     chosen = [s.strip() for s in args.only.split(",")] if args.only else list(names)
     skip = {s.strip() for s in args.skip.split(",")} if args.skip else set()
