@@ -1,10 +1,13 @@
 """Data plane: iperf3 pod to pod through the tunnel wgcable built, against references.
 
-Four paths, all between namespaces of our own (nothing in the root namespace):
+Five paths, all between namespaces of our own (nothing in the root namespace):
 
 - ``wgcable``: a 2-cluster lab (``wgcable.lab``) with a real agent per gateway, so the
   tunnel, its MTU (underlay 1500 - 60 = 1440), routes and nftables table (MSS clamp, SNAT
   exemption) are exactly what the driver built. pod1 -> pod2 (10.1.0.2 -> 10.2.0.2).
+- ``wgcable, no nft table``: the same, with agents run ``--no-snat-exemption
+  --no-mss-clamp``: the driver writes no nftables table, so connection tracking stays off
+  in the gateway namespaces (as on the hand-built path).
 - ``hand-built wireguard-go``: the same topology (``wgcable.lab.topology``: pods on a
   bridge behind each gateway, gateways on a hub bridge) without agents; wireguard-go started
   by hand in each gateway namespace (the recipe of docs: private tmpfs on /run/wireguard)
@@ -17,7 +20,7 @@ Four paths, all between namespaces of our own (nothing in the root namespace):
   bridge, veth), no forwarding.
 
 Each round runs iperf3 TCP (one stream, ``-O 1`` to skip slow start) on every path, then
-UDP at a fixed rate (1300-byte datagrams) on the two WireGuard paths. During each TCP run the
+UDP at a fixed rate (1300-byte datagrams) on the WireGuard paths. During each TCP run the
 wireguard-go daemons' CPU (both ends, in % of one core) and the machine's busy share are
 read from /proc. wireguard-go is CPU bound here: with 2 cores, the two daemons, iperf3's
 two ends and the kernel's forwarding all share them.
@@ -51,6 +54,7 @@ IPERF_PORT = 5301
 UDP_RATE = "300M"
 UDP_LEN = "1300"
 WG_PORT = 51820
+NO_NFT = ["--no-snat-exemption", "--no-mss-clamp"]  # the driver then writes no nft table
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -159,16 +163,24 @@ class Setups:
     def __init__(self) -> None:
         tag = os.getpid() % 100000
         self.root = tempfile.mkdtemp(prefix="wgcable-bench-")
-        self.lab_cm = agent_bench.running_lab(f"b{tag}d", self.root, [])
-        self.lab: Lab | None = None
+        self.lab_cms = [agent_bench.running_lab(f"b{tag}d", self.root, []),
+                        agent_bench.running_lab(f"b{tag}e", self.root, NO_NFT)]
+        self.labs: list[Lab] = []
         self.wg_topo = Topology(f"wgbw{tag}")
         self.plain_topo = Topology(f"wgbp{tag}")
         self.daemons: list[Sandbox] = []
         self.mtu = 0
 
     def start(self) -> list[NetPath]:
-        self.lab = self.lab_cm.__enter__()
-        lab = self.lab
+        paths = [self._lab(0, "wgcable", "wgcable lab tunnel (agents)")]
+        paths.append(self._lab(1, "wgcable-nonft", "wgcable lab tunnel, no nft table"))
+        paths.append(self._hand_built())
+        paths += self._plain()
+        return paths
+
+    def _lab(self, which: int, key: str, label: str) -> NetPath:
+        lab = self.lab_cms[which].__enter__()
+        self.labs.append(lab)
         agent_bench.wait_for(lambda: agent_bench.connected_to(lab, 1, "cluster2")
                              and agent_bench.connected_to(lab, 2, "cluster1"), 30,
                              "the lab's tunnel")
@@ -181,11 +193,7 @@ class Setups:
         def lab_pids() -> list[int]:
             return [int((state[i] / "subwg0.wireguard-go.pid").read_text()) for i in (1, 2)]
 
-        paths = [NetPath("wgcable", "wgcable lab tunnel (agents)", gw2.pod_ns[0], gw1.pod_ns[0],
-                       gw2.pod_ips[0], lab_pids)]
-        paths.append(self._hand_built())
-        paths += self._plain()
-        return paths
+        return NetPath(key, label, gw2.pod_ns[0], gw1.pod_ns[0], gw2.pod_ips[0], lab_pids)
 
     def _hand_built(self) -> NetPath:
         topo = self.wg_topo
@@ -235,8 +243,8 @@ class Setups:
             for topo in (self.wg_topo, self.plain_topo):
                 topo.destroy()
             try:
-                if self.lab is not None:
-                    self.lab_cm.__exit__(None, None, None)
+                for cm, _lab in zip(self.lab_cms, self.labs, strict=False):
+                    cm.__exit__(None, None, None)
             finally:
                 shutil.rmtree(self.root, ignore_errors=True)
 
