@@ -312,13 +312,16 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
 def plot(result: dict[str, Any], ax: Any) -> None:
     keys = list(result["tcp"])
     vals = [result["tcp"][k]["mbps"]["median"] for k in keys]
-    labels = [result["tcp"][k]["label"].replace(" (", "\n(") for k in keys]
-    bars = ax.bar(range(len(keys)), vals, color=[f"C{i}" for i in range(len(keys))])
+    labels = [result["tcp"][k]["label"].replace(" (", "\n(").replace(", ", ",\n")
+              for k in keys]
+    bars = ax.barh(range(len(keys)), vals, color=[f"C{i}" for i in range(len(keys))])
     for b, v in zip(bars, vals, strict=True):
-        ax.annotate(f"{v:.0f}", (b.get_x() + b.get_width() / 2, v), ha="center",
-                    va="bottom", fontsize=7)
-    ax.set_xticks(range(len(keys)), labels, fontsize=6)
-    plain_log_axes(ax, x=False)
-    ax.set_ylabel("Mbit/s (median, log)")
-    ax.set_title(f"Data plane: iperf3 TCP (tunnel MTU {result['mtu']})")
-    ax.grid(True, axis="y", which="both", alpha=0.3)
+        ax.annotate(f" {v:.0f}", (v, b.get_y() + b.get_height() / 2), va="center",
+                    fontsize=7)
+    ax.set_yticks(range(len(keys)), labels, fontsize=7)
+    ax.invert_yaxis()
+    plain_log_axes(ax, y=False)
+    ax.set_xlim(right=max(vals) * 3)
+    ax.set_xlabel("Mbit/s (median, log)")
+    ax.set_title(f"Data plane: iperf3 TCP pod to pod (tunnel MTU {result['mtu']})")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
