@@ -117,6 +117,7 @@ def _wait_connected(lab: Lab, timeout: float = 60) -> bool:
 
 @pytest.mark.parametrize(("name", "mine"), [
     ("wglab-hub", True), ("wglab-gw12", True), ("wglab-pod3-0", True), ("wglab-nat2", True),
+    ("wglab-broker", True), ("wglab-broker2", False),
     ("wglab-1-hub", False),  # lab "ab-1", not lab "ab"
     ("wglab-gw1-gw1", False), ("wglab", False), ("wglabx-hub", False), ("other", False),
 ])

@@ -25,10 +25,13 @@ from pathlib import Path
 from wgcable.agent.statusfile import AgentStatus, read_status_file
 from wgcable.cable.types import ConnectionStatus
 from wgcable.cable.wireguard.userspace import PRIVATE_SOCKET_DIR, process_running
+from wgcable.lab.kubeapi import LocalAPIServer
 from wgcable.lab.netns import LabError, Namespace, list_namespaces
-from wgcable.lab.topology import ClusterNet, Topology
+from wgcable.lab.topology import BROKER_IP, ClusterNet, Topology
+from wgcable.store.open import DEFAULT_NAMESPACE, KUBERNETES
 
 LAB_ROOT = "/run/wgcable-lab"
+STORES = ("directory", KUBERNETES)
 NS_PREFIX = "wgl"  # every namespace of every lab starts with this
 
 
@@ -60,6 +63,10 @@ class LabState:
     created: float
     gateways: list[GatewayState] = field(default_factory=list)
     extra_namespaces: list[str] = field(default_factory=list)
+    store: str = "directory"  # or "kubernetes": an API server in the broker namespace
+    broker_ns: str = ""
+    etcd_pid: int = 0
+    apiserver_pid: int = 0
 
 
 def _check_name(name: str) -> None:
@@ -89,7 +96,7 @@ def is_lab_namespace(prefix: str, name: str) -> bool:
     """Whether ``name`` is one of the lab's namespaces. Exact suffixes, not a bare prefix
     match: lab "a"'s prefix "wgla-" would otherwise also match lab "a-1"'s "wgla-1-hub"."""
     rest = name.removeprefix(f"{prefix}-")
-    return rest != name and re.fullmatch(r"hub|gw\d+|nat\d+|pod\d+-\d+", rest) is not None
+    return rest != name and re.fullmatch(r"hub|broker|gw\d+|nat\d+|pod\d+-\d+", rest) is not None
 
 
 def namespace_pids(ns: str) -> list[int]:
@@ -109,6 +116,23 @@ class Lab:
     @property
     def store_dir(self) -> Path:
         return self.dir / "store"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.dir / "broker"
+
+    def broker(self) -> LocalAPIServer:
+        """The broker API server of a ``--store kubernetes`` lab (PIDs from the state)."""
+        if self.state.store != KUBERNETES:
+            raise LabError(f"lab {self.state.name!r} uses the {self.state.store} store, "
+                           "not kubernetes")
+        server = LocalAPIServer(self.state.broker_ns, self.broker_dir, BROKER_IP)
+        server.etcd_pid, server.apiserver_pid = self.state.etcd_pid, self.state.apiserver_pid
+        return server
+
+    def record_broker(self, server: LocalAPIServer) -> None:
+        self.state.etcd_pid, self.state.apiserver_pid = server.etcd_pid, server.apiserver_pid
+        self.save()
 
     def state_dir(self, gw: GatewayState) -> Path:
         return self.dir / f"gw{gw.index}"
@@ -151,16 +175,19 @@ class Lab:
         snat: bool = False,
         root: str = LAB_ROOT,
         agent_args: Sequence[str] = (),
+        store: str = "directory",
     ) -> Lab:
         """Build the namespaces and start an agent per gateway. On any failure, everything
         made so far is removed before the error is raised."""
         _check_name(name)
         if not 2 <= clusters <= 50:
             raise LabError(f"--clusters {clusters}: must be 2-50")
+        if store not in STORES:
+            raise LabError(f"--store {store!r}: must be one of {', '.join(STORES)}")
         if (Path(root) / name / "lab.json").exists():
             raise LabError(f"lab {name!r} is already up; `wgcable lab down --name {name}` first")
         prefix = f"{NS_PREFIX}{name}"
-        lab = cls(LabState(name, prefix, root, ipv6, nat, snat, time.time()))
+        lab = cls(LabState(name, prefix, root, ipv6, nat, snat, time.time(), store=store))
         lab.save()  # recorded first, so that `lab down` can clean up a half-built lab
         try:
             lab._build(clusters, agent_args)
@@ -172,13 +199,17 @@ class Lab:
     def _build(self, clusters: int, agent_args: Sequence[str]) -> None:
         topo = Topology(self.state.prefix, ipv6=self.state.ipv6)
         topo.build_underlay()
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+        if self.state.store == KUBERNETES:
+            self._start_broker(topo)
+        else:
+            self.store_dir.mkdir(parents=True, exist_ok=True)
         for i in range(1, clusters + 1):
             # With --nat, every second cluster sits behind a NAT router.
             c = topo.add_cluster(i, nat=self.state.nat and i % 2 == 0)
             gw = self._gateway_state(c)
             self.state.gateways.append(gw)
-            self.state.extra_namespaces = [n.name for n in [topo.hub, *topo.routers]]
+            broker = [topo.broker] if topo.broker else []
+            self.state.extra_namespaces = [n.name for n in [topo.hub, *broker, *topo.routers]]
             self.save()
             if self.state.snat:
                 self._snat(gw)
@@ -186,6 +217,17 @@ class Lab:
             self.save()
         for gw in self.state.gateways:
             self.start_agent(gw, agent_args)
+
+    def _start_broker(self, topo: Topology) -> None:
+        broker = topo.add_broker()
+        self.state.broker_ns = broker.name
+        self.state.extra_namespaces = [topo.hub.name, broker.name]
+        self.save()
+        server = LocalAPIServer(broker.name, self.broker_dir, BROKER_IP)
+        try:
+            server.start()
+        finally:
+            self.record_broker(server)  # PIDs first: `lab down` must find them
 
     @staticmethod
     def _gateway_state(c: ClusterNet) -> GatewayState:
@@ -240,9 +282,13 @@ table ip wgcable_lab_snat {{
         cidrs = [s for s in gw.subnets
                  if s.startswith((f"10.{gw.index}.", f"fd00:{gw.index}::"))]
         services = [s for s in gw.subnets if s not in cidrs]
+        if self.state.store == KUBERNETES:
+            store = ["--store", KUBERNETES, "--kubeconfig", str(self.broker().agent_kubeconfig),
+                     "--namespace", DEFAULT_NAMESPACE]
+        else:
+            store = ["--store", str(self.store_dir)]
         argv = [
-            sys.executable, "-m", "wgcable", "agent",
-            "--store", str(self.store_dir),
+            sys.executable, "-m", "wgcable", "agent", *store,
             "--cluster-id", gw.cluster_id,
             "--cluster-cidr", ",".join(cidrs),
             "--service-cidr", ",".join(services),
@@ -334,6 +380,8 @@ table ip wgcable_lab_snat {{
             with contextlib.suppress(OSError, ValueError):
                 _kill(int(pidfile.read_text()), names=("wireguard-go",))
             _kill(gw.holder_pid, names=("sleep",))
+        if self.state.broker_ns:
+            self.broker().stop()
         mine = [n for n in list_namespaces() if is_lab_namespace(self.state.prefix, n)]
         # Whatever still runs in our namespaces is ours too (an agent whose PID was never
         # recorded, or whose comm `_kill` did not know, e.g. "python3.11"): end it by PID,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from wgcable.lab.netns import Namespace, list_namespaces, veth_pair
 
 UNDERLAY_PREFIX = "198.18.0"
+BROKER_IP = f"{UNDERLAY_PREFIX}.250"  # the Kubernetes broker's API server, on the underlay
 UNDERLAY6_PREFIX = "fdce:18:"
 TUNNEL_PORT = 5871
 
@@ -71,9 +72,10 @@ class Topology:
         self.hub = Namespace(f"{prefix}-hub")
         self.clusters: list[ClusterNet] = []
         self.routers: list[Namespace] = []
+        self.broker: Namespace | None = None
 
     def namespaces(self) -> list[Namespace]:
-        out = [self.hub, *self.routers]
+        out = [self.hub, *self.routers, *([self.broker] if self.broker else [])]
         for c in self.clusters:
             out += [c.gateway, *c.pods]
         return out
@@ -82,6 +84,15 @@ class Topology:
         self.hub.create()
         self.hub.run("ip", "link", "add", "br0", "type", "bridge")
         self.hub.run("ip", "link", "set", "br0", "up")
+
+    def add_broker(self) -> Namespace:
+        """A namespace on the underlay for the broker's API server (``BROKER_IP``)."""
+        broker = Namespace(f"{self.prefix}-broker").create()
+        self.broker = broker
+        veth_pair(broker, "eth0", self.hub, "broker")
+        self.hub.run("ip", "link", "set", "broker", "master", "br0")
+        broker.run("ip", "addr", "add", f"{BROKER_IP}/24", "dev", "eth0")
+        return broker
 
     def add_cluster(self, index: int, pods: int = 1, nat: bool = False) -> ClusterNet:
         if not 0 < index < 100:
