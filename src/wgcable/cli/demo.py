@@ -22,8 +22,9 @@ from wgcable.cli.lab import (
     remove,
     wait_for_cables,
 )
-from wgcable.lab.lab import Lab
+from wgcable.lab.lab import STORES, Lab
 from wgcable.lab.netns import LabError
+from wgcable.store.open import KUBERNETES
 
 NAME = "demo"
 
@@ -40,6 +41,10 @@ def register(sub: Any) -> None:
     p.add_argument("--ipv6", action="store_true", help="also check pod-to-pod over IPv6")
     p.add_argument("--nat", action="store_true",
                    help="put every second gateway behind a NAT router")
+    p.add_argument("--store", choices=STORES, default="directory",
+                   help="endpoint store: a shared directory, or kubernetes: a real "
+                   "kube-apiserver with etcd in a broker namespace, as Submariner's broker "
+                   "(default: %(default)s)")
     p.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
     p.add_argument("--timeout", type=float, default=60, metavar="S",
                    help="how long to wait for all cables (default: %(default)s)")
@@ -115,9 +120,12 @@ def _wait_for_rtts(lab: Lab, timeout: float = 5.0) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     t = time.monotonic()
-    kind = "".join(f", {k}" for k, on in (("IPv6", args.ipv6), ("NAT", args.nat)) if on)
+    kind = "".join(f", {k}" for k, on in (("IPv6", args.ipv6), ("NAT", args.nat),
+                                          ("a Kubernetes broker", args.store == KUBERNETES))
+                   if on)
     print(f"bringing up {args.clusters} clusters{kind}...", file=sys.stderr, flush=True)
-    lab = Lab.up(args.name, args.clusters, ipv6=args.ipv6, nat=args.nat, root=args.root)
+    lab = Lab.up(args.name, args.clusters, ipv6=args.ipv6, nat=args.nat, root=args.root,
+                 store=args.store)
     print(f"namespaces and agents up in {time.monotonic() - t:.1f} s", file=sys.stderr,
           flush=True)
     connected = wait_for_cables(lab, args.timeout)

@@ -27,6 +27,7 @@ from wgcable.cli.format import bytes_human
 from wgcable.lab.lab import (
     LAB_ROOT,
     NS_PREFIX,
+    STORES,
     Lab,
     LabState,
     _check_name,
@@ -35,6 +36,7 @@ from wgcable.lab.lab import (
     namespace_pids,
 )
 from wgcable.lab.netns import LabError, Namespace, list_namespaces
+from wgcable.store.open import KUBERNETES
 
 DEFAULT_NAME = "default"
 FRESH = 5.0  # a status file older than this does not count (the lab's own rule)
@@ -66,6 +68,10 @@ def register(sub: Any) -> None:
                    help="put every second gateway behind a NAT router")
     p.add_argument("--snat", action="store_true",
                    help="make each gateway masquerade its pods' traffic, as some CNIs do")
+    p.add_argument("--store", choices=STORES, default="directory",
+                   help="endpoint store: a shared directory, or kubernetes: a real "
+                   "kube-apiserver with etcd in a broker namespace, as Submariner's broker "
+                   "(default: %(default)s)")
     p.add_argument("--name", default=DEFAULT_NAME, help="the lab's name (default: %(default)s)")
     p.add_argument("--wait", type=float, default=60, metavar="SECONDS",
                    help="wait this long for all cables; 0: do not wait (default: %(default)s)")
@@ -329,11 +335,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     check_can_build(args.name, args.root)
     hint = name_hint(args.name)
     kind = "".join(f", {k}" for k, on in (("IPv6", args.ipv6), ("NAT", args.nat),
-                                          ("SNAT", args.snat)) if on)
+                                          ("SNAT", args.snat),
+                                          ("Kubernetes broker", args.store == KUBERNETES)) if on)
     print(f"building lab {args.name!r}: {args.clusters} clusters{kind}...", file=sys.stderr,
           flush=True)
     lab = Lab.up(args.name, args.clusters, ipv6=args.ipv6, nat=args.nat, snat=args.snat,
-                 root=args.root)
+                 root=args.root, store=args.store)
     ok = True
     if args.wait > 0:
         try:
@@ -371,6 +378,7 @@ def status_json(lab: Lab) -> dict[str, Any]:
     return {
         "name": lab.state.name, "root": lab.state.root, "created": lab.state.created,
         "ipv6": lab.state.ipv6, "nat": lab.state.nat, "snat": lab.state.snat,
+        "store": lab.state.store,
         "namespaces": {n: n in present for n in names},
         "allConnected": lab.all_connected(),
         "clusters": clusters,
@@ -379,7 +387,8 @@ def status_json(lab: Lab) -> dict[str, Any]:
 
 def status_text(lab: Lab) -> str:
     s, now, present = lab.state, time.time(), set(list_namespaces())
-    opts = [k for k, on in (("IPv6", s.ipv6), ("NAT", s.nat), ("SNAT", s.snat)) if on]
+    opts = [k for k, on in (("IPv6", s.ipv6), ("NAT", s.nat), ("SNAT", s.snat),
+                            ("Kubernetes broker", s.store == KUBERNETES)) if on]
     age = format_duration(round(now - s.created))
     lines = [f"lab {s.name}: {len(s.gateways)} clusters{', ' + ', '.join(opts) if opts else ''};"
              f" up {age} ({lab.dir / 'lab.json'})", ""]
