@@ -16,7 +16,7 @@ log() { echo "install-k8s.sh: $*"; }
 cache=${WGCABLE_CACHE:-$HOME/.cache/wgcable}
 version=1.20.2
 # Bumped when the build recipe changes, so that a binary cached by an older recipe is rebuilt.
-recipe=2
+recipe=4
 binary=$cache/kube-apiserver-$version-r$recipe
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
@@ -81,12 +81,25 @@ EOF
     mkdir -p "$work/src"
     tar -xf "$orig" -C "$work/src" --strip-components=1 || return 1
 
-    # Vendored reflect2 1.0.1 crashes under Go >= 1.18 on the first custom-object create,
-    # and json-iterator 1.1.10 with the fixed reflect2 decodes "" in a custom object as
-    # null (so a CRD's `type: string` refuses Submariner's empty public_ip). Swap both for
-    # Debian's matching copies (reflect2 1.0.2, json-iterator 1.1.12); keep tests and go.mod.
+    # Vendored reflect2 1.0.1 crashes under Go >= 1.18 on the first custom-object create:
+    # swap it, and the json-iterator made for it, for Debian's matching copies (reflect2
+    # 1.0.2, json-iterator 1.1.12); keep their tests and go.mod.
     replace_vendored github.com/modern-go/reflect2 || return 1
     replace_vendored github.com/json-iterator/go || return 1
+    # go-openapi/validate treats any value whose reflect.Value DeepEquals its type's zero
+    # Value as null. Under Go >= 1.18 that is every "", 0 and false, so CRD validation
+    # refused `public_ip: ""` as "must be of type string: null" (Submariner writes that).
+    # Only a real nil is null: the behaviour of the Go this release was built with.
+    # Both copies: go-openapi's and kube-openapi's fork of it (the one CRDs use).
+    local zero='if data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data)) {'
+    local files
+    files=$(grep -rlF "$zero" "$work/src/vendor" --include=type.go)
+    [ -n "$files" ] || { log "the zero-value check to patch was not found"; return 1; }
+    # shellcheck disable=SC2086
+    sed -i "s/$(printf '%s' "$zero" | sed 's/[][\.*^$/]/\\&/g')/if data == nil {/" $files
+    if grep -rqF "$zero" "$work/src/vendor" --include=type.go; then
+        log "could not patch the zero-value check"; return 1
+    fi
 
     # The 1.20 build expects a GOPATH layout.
     mkdir -p "$work/gopath/src/k8s.io"

@@ -1,0 +1,489 @@
+"""Kubernetes as the broker, end to end: agents in lab namespaces publish and watch
+``submariner.io/v1`` Endpoints on a real kube-apiserver, and real tunnels carry pings."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from wgcable.cable.types import ConnectionStatus
+from wgcable.lab.kubeapi import LocalAPIServer, unavailable_reason
+from wgcable.lab.lab import Lab
+from wgcable.lab.netns import Namespace, list_namespaces
+from wgcable.store.crds import GATEWAY_RULES, render
+
+pytestmark = pytest.mark.kubernetes
+
+NS = "submariner-k8s-broker"
+ENDPOINTS = f"/apis/submariner.io/v1/namespaces/{NS}/endpoints"
+GATEWAYS = f"/apis/submariner.io/v1/namespaces/{NS}/gateways"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+MakeLab = Callable[..., Lab]
+
+
+@pytest.fixture(scope="session")
+def kube_available() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces)")
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def make_lab(tmp_path: Path, kube_available: None) -> Iterator[MakeLab]:
+    labs: list[Lab] = []
+
+    def make(clusters: int, *, wait: bool = True, **kw: object) -> Lab:
+        name = f"k{os.getpid() % 10000}{len(labs)}"
+        lab = Lab.up(name, clusters, root=str(tmp_path / "labs"), store="kubernetes",
+                     agent_args=["--backend", "userspace"], **kw)  # type: ignore[arg-type]
+        labs.append(lab)
+        if wait:
+            wait_for(lab.all_connected, 60, "all cables connected")
+        return lab
+
+    yield make
+    for lab in labs:
+        assert lab.down() == []
+        assert not [n for n in list_namespaces() if n.startswith(f"{lab.state.prefix}-")]
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory,
+           kube_available: None) -> Iterator[LocalAPIServer]:
+    """An API server alone (no clusters), in a namespace of its own, on its loopback: for
+    the tests of the schema, the manifests and the store by itself."""
+    ns = Namespace(f"wglk{os.getpid() % 100000}-apionly").create()
+    server = LocalAPIServer(ns.name, tmp_path_factory.mktemp("broker"), "127.0.0.1")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        ns.delete()
+        assert ns.name not in list_namespaces()
+
+
+def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def api(lab: Lab) -> LocalAPIServer:
+    return lab.broker()
+
+
+def endpoints(lab: Lab) -> dict[str, dict[str, Any]]:
+    status, body = api(lab).request("GET", ENDPOINTS)
+    assert status == 200, body
+    return {o["metadata"]["name"]: o for o in body["items"]}
+
+
+def endpoint_of(lab: Lab, cluster_id: str) -> dict[str, Any]:
+    [obj] = [o for o in endpoints(lab).values() if o["spec"]["cluster_id"] == cluster_id]
+    return obj
+
+
+def foreign_endpoint(name: str, cluster_id: str, subnets: list[str], *,
+                     public_key: str = "", private_ip: str = "198.18.0.99") -> dict[str, Any]:
+    """An Endpoint as Submariner writes it (empty public_ip included), for a gateway that
+    does not exist: the agents must configure it without it ever answering."""
+    config = {"natt-discovery-port": "4490", "preferred-server": "false", "udp-port": "5871"}
+    if public_key:
+        config["publicKey"] = public_key
+    return {
+        "apiVersion": "submariner.io/v1", "kind": "Endpoint",
+        "metadata": {"name": name, "labels": {"submariner-io/clusterID": cluster_id}},
+        "spec": {
+            "cluster_id": cluster_id, "cable_name": f"submariner-cable-{cluster_id}-x",
+            "healthCheckIP": "", "hostname": f"{cluster_id}-gw", "subnets": subnets,
+            "private_ip": private_ip, "public_ip": "", "nat_enabled": False,
+            "backend": "wireguard", "backend_config": config,
+        },
+    }
+
+
+A_KEY = "qH5nQZl2Z6g8mUBu8m3lZtV7rJ3Gk5m3m1N2aKQ0Wn8="  # a valid, unused public key
+
+
+def on_gateway(lab: Lab, index: int, *args: str) -> str:
+    return subprocess.run(lab.gateway_cmd(lab.gateway(index), *args), capture_output=True,
+                          text=True, check=True).stdout
+
+
+def routes(lab: Lab, index: int) -> str:
+    return on_gateway(lab, index, "ip", "route", "show", "table", "220")
+
+
+def connection(lab: Lab, at: int, remote: str) -> Any:
+    st = lab.status(at)
+    if st is None:
+        return None
+    return next((c for c in st.gateway.connections if c.endpoint.cluster_id == remote), None)
+
+
+def status_failure(lab: Lab, at: int) -> str:
+    st = lab.status(at)
+    return st.gateway.status_failure if st else ""
+
+
+def all_pairs_ping(lab: Lab) -> list[tuple[int, int]]:
+    n = len(lab.state.gateways)
+    return [(a, b) for a in range(1, n + 1) for b in range(1, n + 1)
+            if a != b and lab.ping(a, b) is None]
+
+
+class Pinger:
+    """Continuous pings pod1 -> pod2 (5 per second) in the background; counts losses."""
+
+    def __init__(self, lab: Lab, src: int, dst: int) -> None:
+        gw_src, gw_dst = lab.gateway(src), lab.gateway(dst)
+        self.proc = subprocess.Popen(
+            Namespace(gw_src.pod_ns[0]).cmd("ping", "-n", "-i", "0.2", "-W", "1",
+                                            gw_dst.pod_ips[0]),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def stop(self) -> tuple[int, int]:
+        """(sent, received)."""
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=10)
+        for line in out.splitlines():
+            if "packets transmitted" in line:
+                parts = line.split(", ")
+                return int(parts[0].split()[0]), int(parts[1].split()[0])
+        raise AssertionError(f"no ping summary in {out[-500:]!r}")
+
+
+# --- two and three clusters ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("clusters", [2, 3])
+def test_agents_meet_through_the_api_server_and_pods_reach_pods(
+    make_lab: MakeLab, clusters: int,
+) -> None:
+    lab = make_lab(clusters)
+    assert all_pairs_ping(lab) == []
+    objs = endpoints(lab)
+    assert len(objs) == clusters
+    for gw in lab.state.gateways:
+        obj = endpoint_of(lab, gw.cluster_id)
+        spec = obj["spec"]
+        # Submariner's naming, labels and backend config.
+        assert obj["metadata"]["name"] == f"{gw.cluster_id}-{spec['cable_name']}"
+        assert obj["metadata"]["labels"]["submariner-io/clusterID"] == gw.cluster_id
+        assert spec["cable_name"] == (
+            f"submariner-cable-{gw.cluster_id}-{gw.private_ip.replace('.', '-')}")
+        assert len(spec["backend_config"]["publicKey"]) == 44
+        assert spec["private_ip"] == gw.private_ip
+        assert sorted(spec["subnets"]) == sorted(gw.subnets)
+    # Each agent's Gateway status, through the status subresource.
+    status, body = api(lab).request("GET", GATEWAYS)
+    assert status == 200, body
+    gateways = {o["metadata"]["name"]: o for o in body["items"]}
+    assert set(gateways) == {f"gw{i}" for i in range(1, clusters + 1)}
+
+    def all_reported_connected() -> bool:
+        _, body = api(lab).request("GET", GATEWAYS)
+        return all(
+            len(o.get("status", {}).get("connections", [])) == clusters - 1
+            and all(c["status"] == "connected" for c in o["status"]["connections"])
+            for o in body["items"])
+
+    wait_for(all_reported_connected, 15, "every Gateway status to show its cables connected")
+    gw1 = gateways["gw1"]["status"]
+    assert gw1["haStatus"] == "active"
+    assert gw1["localEndpoint"]["cluster_id"] == "cluster1"
+
+
+# --- updates and deletions ------------------------------------------------------------------
+
+
+def test_endpoint_add_update_delete_converge(make_lab: MakeLab) -> None:
+    lab = make_lab(2)
+    server = api(lab)
+    # A cluster that exists only in the API: every agent adds its peer and routes.
+    status, body = server.request("POST", ENDPOINTS, foreign_endpoint(
+        "cluster9-cable", "cluster9", ["10.9.0.0/16"], public_key=A_KEY))
+    assert status == 201, body
+    wait_for(lambda: "10.9.0.0/16" in routes(lab, 1) and "10.9.0.0/16" in routes(lab, 2), 10,
+             "routes to the new cluster")
+    assert A_KEY in on_gateway(lab, 1, "wg", "show", "subwg0", "peers")
+
+    # Update: its subnets change; the old route goes, the new one comes.
+    obj = body
+    obj["spec"]["subnets"] = ["10.19.0.0/16"]
+    status, body = server.request("PUT", f"{ENDPOINTS}/cluster9-cable", obj)
+    assert status == 200, body
+    wait_for(lambda: "10.19.0.0/16" in routes(lab, 1) and "10.9.0.0/16" not in routes(lab, 1),
+             10, "routes to follow the update")
+
+    # Deletion: peer and routes go; the real tunnel is untouched throughout.
+    status, body = server.request("DELETE", f"{ENDPOINTS}/cluster9-cable")
+    assert status == 200, body
+    wait_for(lambda: A_KEY not in on_gateway(lab, 1, "wg", "show", "subwg0", "peers")
+             and "10.19.0.0/16" not in routes(lab, 1), 10, "the peer and routes to go")
+    assert lab.ping(1, 2) is not None
+
+
+def test_a_deleted_remote_endpoint_tears_its_tunnel_down_and_ours_is_put_back(
+    make_lab: MakeLab,
+) -> None:
+    lab = make_lab(3)
+    server = api(lab)
+    # cluster3's agent stops (SIGTERM keeps its endpoint published), then an admin deletes
+    # its Endpoint: the others drop the cable.
+    lab.stop_agent(3)
+    name3 = endpoint_of(lab, "cluster3")["metadata"]["name"]
+    assert server.request("DELETE", f"{ENDPOINTS}/{name3}")[0] == 200
+    wait_for(lambda: connection(lab, 1, "cluster3") is None
+             and connection(lab, 2, "cluster3") is None, 15, "cluster3's cable to go")
+    assert "10.3.0.0/16" not in routes(lab, 1)
+    assert lab.ping(1, 2) is not None
+
+    # cluster2's agent is running: deleting its Endpoint only lasts until it notices.
+    name2 = endpoint_of(lab, "cluster2")["metadata"]["name"]
+    assert server.request("DELETE", f"{ENDPOINTS}/{name2}")[0] == 200
+    wait_for(lambda: name2 in endpoints(lab), 15, "cluster2's agent to republish")
+    wait_for(lambda: lab.ping(1, 2) is not None, 15, "cluster1 to reach cluster2 again")
+
+
+# --- the API server goes away -----------------------------------------------------------------
+
+
+def _block_agents(lab: Lab, on: bool) -> None:
+    """Refuse (TCP reset) the gateways' connections to the API server; the tests' own
+    requests come from inside the broker namespace and stay allowed."""
+    ns = Namespace(lab.state.broker_ns)
+    if on:
+        ns.run("nft", "-f", "-", input="""
+table inet wgcable_test_partition {
+    chain input {
+        type filter hook input priority 0;
+        iifname "eth0" tcp dport 6443 reject with tcp reset
+    }
+}
+""")
+    else:
+        ns.run("nft", "delete", "table", "inet", "wgcable_test_partition")
+
+
+def test_api_server_outage_keeps_tunnels_and_the_agents_catch_up(make_lab: MakeLab) -> None:
+    lab = make_lab(3)
+    server = api(lab)
+    pinger = Pinger(lab, 1, 2)
+    try:
+        time.sleep(1)
+        server.stop_apiserver()
+        lab.record_broker(server)
+        # Down: agents stay up, tunnels carry traffic, and the status says why.
+        wait_for(lambda: all("store" in status_failure(lab, i) for i in (1, 2, 3)), 30,
+                 "every agent to report the store problem")
+        assert all(lab.agent_alive(i) for i in (1, 2, 3))
+        # An agent restarted during the outage keeps the tunnels it adopts (it must not
+        # drop peers it cannot confirm).
+        lab.stop_agent(2, signal.SIGKILL)
+        lab.start_agent(2)
+        time.sleep(3)
+        assert lab.agent_alive(2)
+        assert lab.ping(3, 2) is not None
+        assert lab.ping(2, 1) is not None
+
+        # Back, but still out of the agents' reach: change things they have not seen.
+        _block_agents(lab, True)
+        server.start_apiserver()
+        lab.record_broker(server)
+        name3 = endpoint_of(lab, "cluster3")["metadata"]["name"]
+        assert server.request("DELETE", f"{ENDPOINTS}/{name3}")[0] == 200
+        status, body = server.request("POST", ENDPOINTS, foreign_endpoint(
+            "cluster9-cable", "cluster9", ["10.9.0.0/16"], public_key=A_KEY))
+        assert status == 201, body
+        lab.stop_agent(3)  # or it would republish its endpoint as soon as it can
+        time.sleep(2)
+        assert "10.9.0.0/16" not in routes(lab, 1)  # not seen yet
+
+        # Reachable again: they catch up.
+        _block_agents(lab, False)
+        wait_for(lambda: all("10.9.0.0/16" in routes(lab, i) for i in (1, 2)), 30,
+                 "the agents to see the Endpoint created meanwhile")
+        wait_for(lambda: all(connection(lab, i, "cluster3") is None for i in (1, 2)), 30,
+                 "the agents to see the Endpoint deleted meanwhile")
+        wait_for(lambda: "store" not in status_failure(lab, 1), 15, "the store problem to clear")
+    finally:
+        sent, received = pinger.stop()
+    assert sent > 30
+    assert sent - received <= 1, f"lost {sent - received} of {sent} pings"  # 1: the last one
+
+
+# --- bad objects --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("cluster_id", "Not_A_Label"),
+    ("subnets", ["not-a-cidr"]),
+    ("nat_enabled", "yes"),
+    ("private_ip", 42),
+    ("backend_config", {"udp-port": 5871}),
+])
+def test_the_crd_schema_refuses_malformed_endpoints(
+    broker: LocalAPIServer, field: str, value: object,
+) -> None:
+    obj = foreign_endpoint("bad-cable", "bad", ["10.9.0.0/16"])
+    obj["spec"][field] = value
+    status, body = broker.request("POST", ENDPOINTS, obj)
+    assert status == 422, body
+    assert f"spec.{field}" in body["message"]
+
+
+def test_the_crd_schema_requires_submariner_s_fields(broker: LocalAPIServer) -> None:
+    obj = foreign_endpoint("bad-cable", "bad", ["10.9.0.0/16"])
+    del obj["spec"]["hostname"]
+    status, body = broker.request("POST", ENDPOINTS, obj)
+    assert status == 422, body
+    assert "hostname" in body["message"]
+
+
+def test_the_crd_schema_takes_what_submariner_writes(broker: LocalAPIServer) -> None:
+    # Empty strings, false, dual-stack lists, extra backend_config keys: all as Submariner's
+    # gateways write them; and the Gateway's status subresource.
+    obj = foreign_endpoint("sub-cable", "sub", ["10.9.0.0/16", "fd00:9::/48"])
+    obj["spec"] |= {"private_ips": ["198.18.0.99", "fdce:18::99"], "public_ips": [],
+                    "healthCheckIPs": ["10.9.0.1"]}
+    obj["spec"]["backend_config"]["using-loadbalancer"] = "false"
+    status, body = broker.request("POST", ENDPOINTS, obj)
+    assert status == 201, body
+    assert body["spec"] == obj["spec"]  # nothing pruned or changed
+    assert broker.request("DELETE", f"{ENDPOINTS}/sub-cable")[0] == 200
+
+
+def test_schema_valid_but_unusable_endpoints_are_reported_and_change_nothing(
+    make_lab: MakeLab,
+) -> None:
+    lab = make_lab(2)
+    server = api(lab)
+    before = routes(lab, 1)
+    bad = {
+        "steal-cable": foreign_endpoint("steal-cable", "steal", ["10.1.0.0/16"],
+                                        public_key=A_KEY),  # cluster1's own pod CIDR
+        "default-cable": foreign_endpoint("default-cable", "default", ["0.0.0.0/0"],
+                                          public_key=A_KEY),
+        "dup-cable": foreign_endpoint("dup-cable", "dup", ["10.2.0.0/16"],  # cluster2's
+                                      public_key=A_KEY),
+        "nokey-cable": foreign_endpoint("nokey-cable", "nokey", ["10.9.0.0/16"],
+                                        public_key="not a key"),
+        "noip-cable": foreign_endpoint("noip-cable", "noip", ["10.8.0.0/16"],
+                                       public_key=A_KEY, private_ip="not-an-ip"),
+    }
+    pinger = Pinger(lab, 1, 2)
+    try:
+        for name, obj in bad.items():
+            status, body = server.request("POST", ENDPOINTS, obj)
+            assert status == 201, (name, body)
+
+        def reported() -> bool:
+            st = lab.status(1)
+            if st is None:
+                return False
+            errors = {c.endpoint.cluster_id: c.status_message for c in st.gateway.connections
+                      if c.status == ConnectionStatus.ERROR}
+            text = st.gateway.status_failure + json.dumps(errors)
+            return all(cid in text for cid in ("steal", "default", "dup", "nokey", "noip"))
+
+        wait_for(reported, 15, "every bad endpoint to be reported")
+        time.sleep(1)
+    finally:
+        sent, received = pinger.stop()
+    assert lab.agent_alive(1)
+    assert lab.agent_alive(2)
+    assert sent - received <= 1, f"lost {sent - received} of {sent} pings"
+    after = routes(lab, 1)
+    assert after == before, f"routes changed:\n{before}\n->\n{after}"
+    assert "default" not in after
+    assert connection(lab, 1, "cluster2").status == ConnectionStatus.CONNECTED
+
+
+# --- deploy/ ------------------------------------------------------------------------------------
+
+
+def test_deploy_manifests_are_accepted_by_the_api_server(broker: LocalAPIServer) -> None:
+    server = broker
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text()) if d]
+    daemonset = yaml.safe_load((DEPLOY / "daemonset.yaml").read_text())
+    paths = {
+        "Namespace": "/api/v1/namespaces",
+        "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
+        "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
+        "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+        "DaemonSet": "/apis/apps/v1/namespaces/{ns}/daemonsets",
+    }
+    for doc in [*docs, daemonset]:
+        ns = doc["metadata"].get("namespace", "")
+        # Server-side dry run: full validation and admission, nothing stored.
+        path = paths[doc["kind"]].format(ns=ns) + "?dryRun=All"
+        if doc["kind"] == "Namespace" or ns == NS:
+            path = path.removesuffix("?dryRun=All")  # real: later ones live in them
+        status, body = server.request("POST", path, doc)
+        # 409: the lab made the broker namespace, Role and binding already.
+        assert status in (200, 201, 409), (doc["kind"], body)
+    status, body = server.request(
+        "GET", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{NS}/roles/wgcable-gateway")
+    assert status == 200, body
+    assert body["rules"] == GATEWAY_RULES
+
+
+def test_deploy_files_match_the_code() -> None:
+    # No API server needed: the checked-in manifests are what the code generates and uses.
+    assert (DEPLOY / "crds.yaml").read_text() == render()
+    [role] = [d for d in yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text())
+              if d and d["kind"] == "Role"]
+    assert role["rules"] == GATEWAY_RULES
+
+
+def test_store_watch_resumes_from_the_api_server_directly(broker: LocalAPIServer) -> None:
+    """The store on its own, from a thread in the broker namespace: list + watch, a change
+    while disconnected (410 or resume), and close() ending the watch at once."""
+    from wgcable.store.kubernetes import KubernetesStore
+
+    server = broker
+    store = server.call(lambda: KubernetesStore(NS, str(server.kubeconfig), backoff_max=1.0))
+    changes = threading.Event()
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=lambda: server.call(lambda: store.watch(changes.set, stop)), daemon=True)
+    watcher.start()
+    try:
+        assert changes.wait(10), "the watch never called back after its first list"
+        changes.clear()
+        assert server.request("POST", ENDPOINTS, foreign_endpoint(
+            "cluster9-cable", "cluster9", ["10.9.0.0/16"], public_key=A_KEY))[0] == 201
+        assert changes.wait(10)
+        assert "cluster9-cable" in server.call(store.snapshot).endpoints
+        server.stop_apiserver()
+        snap = server.call(store.snapshot)  # served from the cache while the server is away
+        assert "cluster9-cable" in snap.endpoints
+        server.start_apiserver()
+        changes.clear()
+        assert server.request("DELETE", f"{ENDPOINTS}/cluster9-cable")[0] == 200
+        wait_for(lambda: "cluster9-cable" not in server.call(store.snapshot).endpoints, 20,
+                 "the deletion made while the watch was down to arrive")
+        assert store.problem == ""
+    finally:
+        t = time.monotonic()
+        store.close()
+        watcher.join(10)
+        assert not watcher.is_alive()
+        assert time.monotonic() - t < 5, "close() did not end the watch promptly"
