@@ -75,11 +75,11 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
     try:
         stop.wait()
     finally:
+        store.close()  # first: it ends a watch blocked on the API server's stream at once
         engine.stop()
         close = getattr(driver, "close", None)
         if callable(close):
             close()
-        store.close()
         if metrics is not None:
             metrics.stop()
     return 0
