@@ -38,6 +38,7 @@ from wgcable.wgctrl import (
 log = logging.getLogger(__name__)
 
 DRIVER_NAME = "wireguard"
+SUPERVISOR_RETRY = 0.5  # seconds between attempts to bring a lost device back
 
 
 @dataclass(slots=True)
@@ -128,17 +129,33 @@ class WireGuardDriver:
         self._supervisor.start()
 
     def _supervise(self) -> None:
-        while not self._stop.wait(1.0):
+        """Re-create a device that vanished (a wireguard-go daemon that died) and re-apply
+        the full state; retried until it succeeds, not just until the device exists."""
+        healthy = True
+        while not self._stop.is_set():
+            if healthy:
+                self.device.wait_gone(1.0, self._stop)  # at once when wireguard-go exits
+            elif self._stop.wait(SUPERVISOR_RETRY):
+                return
             with self._lock:
-                if self._stop.is_set() or self.device.alive():
+                if self._stop.is_set():
+                    return
+                if healthy and self.device.alive():
                     continue
-                log.warning("device %s is gone; re-creating it and re-applying state",
-                            self.cfg.device)
+                if healthy:
+                    log.warning("device %s is gone; re-creating it and re-applying state",
+                                self.cfg.device)
                 try:
-                    self.device.ensure()
+                    created = self.device.ensure()
                     self._apply(full=True)
                 except Exception:
                     log.exception("re-creating device %s failed; will retry", self.cfg.device)
+                    healthy = False
+                    continue
+                if not healthy or created:
+                    log.info("device %s is back with %d peer(s)", self.cfg.device,
+                             len(self._index))
+                healthy = True
 
     def mark_synced(self) -> None:
         """Every known endpoint has been connected: peers nobody owns can go now.
