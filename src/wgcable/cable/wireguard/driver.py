@@ -359,6 +359,29 @@ class WireGuardDriver:
                          c.tracker.status.value, c.tracker.message)
         if missing or (self._synced and len(on_device) != len(self._index)):
             self._apply(dev)  # removes peers nobody owns, restores missing ones
+        try:
+            self._heal_routing()
+        except Exception as e:  # the status must still be reported; the resync retries
+            log.warning("checking the routes, rules and nftables table failed: %s", e)
+
+    def _heal_routing(self) -> None:
+        """Put back what someone else removed: the device's up state, routes, rules, our
+        nftables table. Checked on every status read (a few reads, no writes when all is
+        well), so the damage lasts one status interval, not until the next resync."""
+        if not self.device.is_up():
+            log.warning("device %s was down; setting it up", self.cfg.device)
+            self.device.set_up(self._mtu())
+        routes = desired.desired_routes(self._accepted(), self.cfg.device, self._sources)
+        added, removed = self.table.sync(routes, remove_unknown=self._synced)
+        if added or removed:
+            log.warning("table %d: restored %d route(s), removed %d unknown", self.cfg.table,
+                        added, removed)
+        if not all(self.table.has_rule(fam) for fam in ("-4", "-6")):
+            log.warning("rule for table %d was removed; adding it again", self.cfg.table)
+            self.table.ensure_rules()
+        if self._nft_applied is not None and not self.nft.exists():
+            log.warning("nftables table inet %s was removed; writing it again", self.nft.name)
+            self._apply_nft(full=True)
 
     def _connection(self, c: _Conn) -> Connection:
         if c.tracker is None or c.peer is None:
