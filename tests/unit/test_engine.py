@@ -133,7 +133,9 @@ class FakeStore:
 
     # EndpointStore
     def publish(self, endpoint: Endpoint) -> None:
-        self.published.append(endpoint)
+        with self._lock:
+            self.published.append(endpoint)
+            self._endpoints[endpoint.object_name()] = endpoint
 
     def withdraw(self, endpoint: Endpoint) -> None:
         self.withdrawn.append(endpoint)
@@ -686,6 +688,33 @@ def test_reconcile_store_error_raises_and_changes_nothing() -> None:
     with pytest.raises(OSError, match="store unreadable"):
         engine.reconcile()
     assert driver.calls == []  # an unreadable store is not an empty one
+
+
+def test_an_unavailable_store_is_reported_until_it_reads_again() -> None:
+    store = FakeStore({"c2-cable": remote("c2")})
+    engine, _ = make_engine(store)
+    engine.reconcile()
+    store.snapshot_error = OSError("endpoints: not a directory")
+    with pytest.raises(OSError, match="not a directory"):
+        engine.reconcile()
+    failure = engine.refresh_status().status_failure
+    assert failure == "store unavailable: endpoints: not a directory"
+    assert [c.endpoint.cluster_id for c in engine.status.connections] == ["c2"]
+    store.snapshot_error = None
+    engine.reconcile()
+    assert engine.refresh_status().status_failure == ""
+
+
+def test_our_endpoint_missing_from_the_store_is_published_again() -> None:
+    store = FakeStore({"c2-cable": remote("c2")})
+    engine, _ = make_engine(store)
+    engine.reconcile()
+    assert [e.cluster_id for e in store.published] == [LOCAL_ID]
+    engine.reconcile()  # there now: not published again
+    assert len(store.published) == 1
+    store.delete(local_ep().object_name(), notify=False)
+    engine.reconcile()
+    assert [e.cluster_id for e in store.published] == [LOCAL_ID, LOCAL_ID]
 
 
 def test_reconcile_without_batch_support_still_works() -> None:

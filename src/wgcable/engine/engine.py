@@ -59,6 +59,7 @@ class Engine:
         self._retry_all = False
         self._handshaken: set[str] = set()  # clusters whose tunnel has had a handshake
         self._problems: dict[str, str] = {}
+        self._store_problem = ""  # why the store could not be read, while it cannot
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -70,8 +71,26 @@ class Engine:
     # --- reconcile ------------------------------------------------------------------------
 
     def reconcile(self) -> None:
-        """Read the whole store, connect what is new or changed, disconnect what is gone."""
-        snap = self.store.snapshot()
+        """Read the whole store, connect what is new or changed, disconnect what is gone.
+
+        A store that cannot be read changes nothing (the tunnels stay as they are): the
+        error is raised, and reported in the gateway status until a read succeeds."""
+        try:
+            snap = self.store.snapshot()
+        except Exception as e:
+            problem = f"store unavailable: {e}"
+            if problem != self._store_problem:
+                log.warning("%s; the tunnels stay as they are", problem)
+            self._store_problem = problem
+            raise
+        if self._store_problem:
+            log.info("the store is readable again")
+            self._store_problem = ""
+        if self.local.object_name() not in snap.endpoints:
+            # Removed, or the store came back without it: others would not find us.
+            log.warning("our endpoint %s is missing from the store; publishing it again",
+                        self.local.object_name())
+            self.store.publish(self.local)
         p = planning.plan(self.local, snap)
         for name, problem in p.problems.items():
             if self._problems.get(name) != problem:
@@ -183,7 +202,8 @@ class Engine:
         for cid in list(self.established):
             if cid not in {c.endpoint.cluster_id for c in conns}:
                 del self.established[cid]
-        failure = "; ".join(f"{k}: {v}" for k, v in sorted(self._problems.items()))
+        failure = "; ".join([*filter(None, [self._store_problem]),
+                             *(f"{k}: {v}" for k, v in sorted(self._problems.items()))])
         status = GatewayStatus(
             version=self.version, ha_status=HAStatus.ACTIVE, local_endpoint=self.local,
             status_failure=failure, connections=conns)
