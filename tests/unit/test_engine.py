@@ -193,6 +193,7 @@ class FakeDriver:
         self.synced = 0
         self.resyncs = 0
         self.resync_error: Exception | None = None
+        self.on_device: set[str] = set()  # clusters whose tunnel exists (adopted at start)
 
     @property
     def name(self) -> str:
@@ -247,6 +248,9 @@ class FakeDriver:
             self.applies += 1
             if self.fail_apply:
                 raise RuntimeError("applying the device failed")
+
+    def installed(self, endpoints: list[Endpoint]) -> set[str]:
+        return {ep.cluster_id for ep in endpoints} & self.on_device
 
     def mark_synced(self) -> None:
         with self._lock:
@@ -688,6 +692,17 @@ def test_reconcile_store_error_raises_and_changes_nothing() -> None:
     with pytest.raises(OSError, match="store unreadable"):
         engine.reconcile()
     assert driver.calls == []  # an unreadable store is not an empty one
+
+
+def test_a_tunnel_already_installed_keeps_its_subnet_against_a_newcomer_that_sorts_first() -> None:
+    # After a restart both come at once; "a-intruder" sorts first but cluster c2 was there.
+    store = FakeStore({"c2-cable": remote("c2", subnets=["10.2.0.0/16"]),
+                       "a-cable": remote("a-intruder", subnets=["10.2.0.0/16"])})
+    engine, driver = make_engine(store)
+    driver.on_device = {"c2"}
+    engine.reconcile()
+    assert list(driver.accepted) == ["c2"]
+    assert "overlaps cluster 'c2'" in driver.errors["a-intruder"][1]
 
 
 def test_an_unavailable_store_is_reported_until_it_reads_again() -> None:

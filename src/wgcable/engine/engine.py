@@ -145,8 +145,22 @@ class Engine:
             except Exception:
                 log.exception("disconnecting cluster %s failed", cid)
 
+    def _first_come(self, clusters: list[str], infos: dict[str, NATEndpointInfo]) -> list[str]:
+        """Clusters whose tunnel the driver already has (adopted after a restart) before the
+        others: when two claim one subnet, the one that held it keeps it, whatever their
+        names. Without it, a restarted agent would hand the subnet to whoever sorts first."""
+        installed = getattr(self.driver, "installed", None)
+        if len(clusters) < 2 or not callable(installed):
+            return clusters
+        try:
+            first: set[str] = installed([infos[cid].endpoint for cid in clusters])
+        except Exception as e:
+            log.warning("reading the installed tunnels failed: %s", e)
+            return clusters
+        return sorted(clusters, key=lambda cid: (cid not in first, cid))
+
     def _connect(self, clusters: list[str], infos: dict[str, NATEndpointInfo]) -> None:
-        for cid in clusters:
+        for cid in self._first_come(clusters, infos):
             info = infos[cid]
             self._applied[cid] = info
             try:

@@ -331,6 +331,16 @@ class WireGuardDriver:
             self._changed()
             log.info("disconnected cluster %s", cid)
 
+    def installed(self, endpoints: list[Endpoint]) -> set[str]:
+        """The cluster IDs of ``endpoints`` whose peer (by public key) is on the device now:
+        the engine connects those first, so that a tunnel that was there keeps its subnets
+        against a newcomer claiming them."""
+        with self._lock:
+            on_device = {p.public_key.base64() for p in
+                         self.device.client.device(self.cfg.device).peers}
+        return {ep.cluster_id for ep in endpoints
+                if ep.backend_config.get(desired.PUBLIC_KEY, "").strip() in on_device}
+
     def _read_status(self) -> None:
         try:
             dev = self.device.client.device(self.cfg.device)
