@@ -84,6 +84,7 @@ class WireGuardDriver:
         self._supervisor: threading.Thread | None = None
         self._underlay_mtu, self._underlay_v6 = 1500, False
         self._sources: dict[int, IPAddress] = {}
+        self._local_ips: set[IPAddress] = set()  # no remote subnet may cover one of these
         self._mtu_set = 0
 
     @property
@@ -215,6 +216,14 @@ class WireGuardDriver:
                 self._underlay_v6 = ipaddress.ip_address(addr).version == 6
                 break
         self._sources = desired.local_sources(addresses, self._local_subnets, self.cfg.device)
+        self._local_ips = set()
+        for ifname, addr, _ in addresses:
+            if ifname != self.cfg.device:
+                self._local_ips.add(ipaddress.ip_address(addr))
+        for text in (self.local.private_ip, self.local.public_ip, *self.local.private_ips,
+                     *self.local.public_ips):
+            with contextlib.suppress(ValueError):
+                self._local_ips.add(ipaddress.ip_address(text))
 
     def _mtu(self) -> int:
         if self.cfg.mtu:
@@ -293,7 +302,8 @@ class WireGuardDriver:
             old = self._conns.get(cid)
             try:
                 peer = desired.validate_remote(
-                    info, self.local, self._local_subnets, self._key.public_key(), self._index)
+                    info, self.local, self._local_subnets, self._key.public_key(), self._index,
+                    self._local_ips)
             except EndpointRejectedError as e:
                 log.warning("refused %s", e)
                 if old is not None and old.peer is not None:
