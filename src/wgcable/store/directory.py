@@ -70,6 +70,10 @@ _ROOT_MASK = (
 )
 _GONE = inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF | inotify.IN_UNMOUNT
 
+# libyaml's loader when PyYAML has it: the pure Python scanner spends about a second on a
+# few kilobytes of nested brackets before giving up; libyaml refuses them at once.
+_YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 T = TypeVar("T")
 _Key = tuple[int, int, int]  # (inode, size, mtime_ns): a file is re-read when this changes
 
@@ -135,7 +139,10 @@ def _decode(path: Path, data: bytes, parse: Callable[[object], T]) -> T:
             f"not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}"
         ) from None
     try:
-        doc: Any = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        if path.suffix == ".json":
+            doc: Any = json.loads(text)
+        else:
+            doc = yaml.load(text, _YAML_LOADER)  # noqa: S506 - a SafeLoader, C or Python
     except json.JSONDecodeError as exc:
         raise _Unreadable(f"invalid JSON: {exc}") from None
     except yaml.YAMLError as exc:
