@@ -80,6 +80,9 @@ def test_edited_endpoint_converges(make_lab: MakeLab) -> None:
 
 def test_removed_endpoint_tears_its_tunnel_down(make_lab: MakeLab) -> None:
     lab = make_lab(3)
+    # Cluster 3 leaves: its agent stops (a running agent publishes its endpoint again when
+    # the store lacks it), and its endpoint goes.
+    lab.stop_agent(3)
     endpoint_file(lab, "cluster3").unlink()
     wait_for(lambda: connection(lab, 1, "cluster3") is None, 10, "cluster3 to go")
     gw1 = lab.gateway(1)
