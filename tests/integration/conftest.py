@@ -6,10 +6,14 @@ import itertools
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from wgcable.lab.netns import KernelWireGuard, LabDevice, Namespace, WireGuardGo
+from wgcable.lab.lab import Lab
+from wgcable.lab.netns import KernelWireGuard, LabDevice, Namespace, WireGuardGo, list_namespaces
+
+from .labtools import MakeLab, wait_for
 
 _TOOLS = ("ip", "wg", "nsenter", "ping")
 _seq = itertools.count()
@@ -75,3 +79,36 @@ def make_wg(
     yield make
     for d in daemons:
         d.stop()
+
+
+def _labs(tmp_path: Path, kind: str) -> Iterator[MakeLab]:
+    labs: list[Lab] = []
+    # Under the VM's software emulation everything (Python start-up above all) is slower.
+    patience = 120 if kind == "kernel" else 30
+
+    def make(clusters: int, **kw: object) -> Lab:
+        name = f"t{os.getpid() % 10000}{len(labs)}"
+        lab = Lab.up(name, clusters, root=str(tmp_path / "labs"),
+                     agent_args=["--backend", kind], **kw)  # type: ignore[arg-type]
+        labs.append(lab)
+        wait_for(lab.all_connected, patience, "all cables connected")
+        return lab
+
+    yield make
+    for lab in labs:
+        assert lab.down() == []
+        assert not [n for n in list_namespaces() if n.startswith(f"{lab.state.prefix}-")]
+
+
+@pytest.fixture
+def make_lab(tmp_path: Path, device_kind: str) -> Iterator[MakeLab]:
+    """Labs of real agents (`wgcable agent`) on this run's kind of device; all taken down at
+    teardown, pass or fail."""
+    yield from _labs(tmp_path, device_kind)
+
+
+@pytest.fixture
+def make_userspace_lab(tmp_path: Path) -> Iterator[MakeLab]:
+    """For tests where the kind of device does not matter (store, engine) or must be
+    wireguard-go (killing its daemon)."""
+    yield from _labs(tmp_path, "userspace")

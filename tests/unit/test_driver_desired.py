@@ -179,10 +179,10 @@ def test_same_cluster_id_in_others_is_not_compared_with_itself() -> None:
 @pytest.mark.parametrize(
     ("local", "mine"),
     [
-        (("10.0.0.0/16",), ("::/96",)),  # same integers, different IP versions
+        (("10.0.0.0/16",), ("::800:0/101",)),  # same integers, different IP versions
         (("10.0.0.0/16",), ("::a00:0/112",)),
         (("fd00:e::/64",), ("10.0.0.0/8",)),
-        (("::/96",), ("0.0.0.0/1",)),
+        (("::/96",), ("16.0.0.0/4",)),
     ],
 )
 def test_different_ip_versions_never_overlap_local(
@@ -192,7 +192,7 @@ def test_different_ip_versions_never_overlap_local(
 
 
 def test_different_ip_versions_never_overlap_other_clusters() -> None:
-    others = {"north": accepted_peer("north", "::/96")}
+    others = {"north": accepted_peer("north", "::800:0/101")}
     assert validate(remote("west", ["10.1.0.0/16"]), others).subnets == (net("10.1.0.0/16"),)
     others = {"north": accepted_peer("north", "10.1.0.0/16")}
     assert validate(remote("west", ["::a01:0/112"]), others).subnets == (net("::a01:0/112"),)
@@ -291,6 +291,29 @@ def test_refuses_default_route(subnet: str) -> None:
     err = refusal(remote(subnets=["10.1.0.0/16", subnet]))
     assert_names(err, "subnets", subnet)
     assert "default route" in str(err)
+
+
+@pytest.mark.parametrize("subnet", ["127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4",
+                                    "0.0.0.0/1", "255.255.255.255/32", "::1/128", "fe80::/64",
+                                    "ff02::/16", "::/96"])
+def test_refuses_subnets_no_remote_cluster_owns(subnet: str) -> None:
+    err = refusal(remote("west", [subnet]))
+    assert_names(err, "subnets", subnet)
+    assert "no remote cluster owns" in err.reason
+
+
+@pytest.mark.parametrize("subnet", ["192.168.0.0/16", "192.168.0.1/32", "192.168.0.0/23"])
+def test_refuses_subnets_covering_this_gateways_own_address(subnet: str) -> None:
+    with pytest.raises(EndpointRejectedError) as info:
+        validate_remote(remote("west", [subnet]), local_endpoint(), local_nets(),
+                        OWN_PUBLIC, {}, [ip("192.168.0.1")])
+    assert "covers this gateway's own address 192.168.0.1" in str(info.value)
+
+
+def test_refuses_subnets_covering_the_remote_gateways_own_address() -> None:
+    err = refusal(remote("west", ["172.16.0.0/12"], use_ip="172.16.0.9"))
+    assert_names(err, "subnets", "172.16.0.0/12")
+    assert "route into itself" in err.reason
 
 
 def test_refuses_no_subnets() -> None:

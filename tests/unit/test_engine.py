@@ -196,6 +196,7 @@ class FakeDriver:
         self.synced = 0
         self.resyncs = 0
         self.resync_error: Exception | None = None
+        self.on_device: set[str] = set()  # clusters whose tunnel exists (adopted at start)
 
     @property
     def name(self) -> str:
@@ -250,6 +251,9 @@ class FakeDriver:
             self.applies += 1
             if self.fail_apply:
                 raise RuntimeError("applying the device failed")
+
+    def installed(self, endpoints: list[Endpoint]) -> set[str]:
+        return {ep.cluster_id for ep in endpoints} & self.on_device
 
     def mark_synced(self) -> None:
         with self._lock:
@@ -689,9 +693,47 @@ def test_reconcile_store_error_raises_and_changes_nothing() -> None:
     engine.reconcile()
     driver.reset_calls()
     store.snapshot_error = OSError("store unreadable")
-    with pytest.raises(OSError, match="store unreadable"):
+    with pytest.raises(StoreUnavailableError, match="store unreadable"):
         engine.reconcile()
     assert driver.calls == []  # an unreadable store is not an empty one
+
+
+def test_a_tunnel_already_installed_keeps_its_subnet_against_a_newcomer_that_sorts_first() -> None:
+    # After a restart both come at once; "a-intruder" sorts first but cluster c2 was there.
+    store = FakeStore({"c2-cable": remote("c2", subnets=["10.2.0.0/16"]),
+                       "a-cable": remote("a-intruder", subnets=["10.2.0.0/16"])})
+    engine, driver = make_engine(store)
+    driver.on_device = {"c2"}
+    engine.reconcile()
+    assert list(driver.accepted) == ["c2"]
+    assert "overlaps cluster 'c2'" in driver.errors["a-intruder"][1]
+
+
+def test_an_unavailable_store_is_reported_until_it_reads_again() -> None:
+    store = FakeStore({"c2-cable": remote("c2")})
+    engine, _ = make_engine(store)
+    engine.reconcile()
+    store.snapshot_error = OSError("endpoints: not a directory")
+    with pytest.raises(StoreUnavailableError, match="not a directory"):
+        engine.reconcile()
+    failure = engine.refresh_status().status_failure
+    assert failure == "store unavailable: endpoints: not a directory"
+    assert [c.endpoint.cluster_id for c in engine.status.connections] == ["c2"]
+    store.snapshot_error = None
+    engine.reconcile()
+    assert engine.refresh_status().status_failure == ""
+
+
+def test_our_endpoint_missing_from_the_store_is_published_again() -> None:
+    store = FakeStore({"c2-cable": remote("c2")})
+    engine, _ = make_engine(store)
+    engine.reconcile()
+    assert [e.cluster_id for e in store.published] == [LOCAL_ID]
+    engine.reconcile()  # there now: not published again
+    assert len(store.published) == 1
+    store.delete(local_ep().object_name(), notify=False)
+    engine.reconcile()
+    assert [e.cluster_id for e in store.published] == [LOCAL_ID, LOCAL_ID]
 
 
 def test_reconcile_without_batch_support_still_works() -> None:
@@ -1022,7 +1064,7 @@ def test_start_with_the_store_unavailable_keeps_everything_until_it_is_back(
     start(engines, engine)
     assert driver.synced == 0
     assert driver.accepted == {}
-    assert "store: API server unreachable" in engine.status.status_failure
+    assert "store unavailable: API server unreachable" in engine.status.status_failure
     time.sleep(0.3)  # a few failed resyncs
     assert driver.synced == 0
     store.snapshot_error = store.publish_error = None

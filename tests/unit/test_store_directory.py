@@ -30,6 +30,7 @@ from wgcable.cable.types import (
     cable_name_for,
 )
 from wgcable.store import directory, inotify
+from wgcable.store.base import StoreUnavailableError
 from wgcable.store.directory import MAX_FILE_SIZE, DirectoryStore
 
 KEY = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
@@ -851,3 +852,23 @@ def test_any_file_content_is_an_endpoint_or_an_error(content: bytes, suffix: str
         snap = store.snapshot()  # never raises
         assert len(snap.endpoints) + len(snap.errors) == 1
         assert set(snap.endpoints) | set(snap.errors) == {"x"}
+
+
+@pytest.mark.parametrize("how", ["removed", "renamed", "not-a-directory"])
+def test_a_missing_endpoints_directory_is_an_unavailable_store_not_an_empty_one(
+    store: DirectoryStore, how: str
+) -> None:
+    store.publish(make_endpoint())
+    assert len(store.snapshot().endpoints) == 1  # in use: not re-created from now on
+    if how == "removed":
+        shutil.rmtree(store.endpoints_dir)
+    else:
+        store.endpoints_dir.rename(store.root / "elsewhere")
+        if how == "not-a-directory":
+            store.endpoints_dir.write_text("")
+    with pytest.raises((StoreUnavailableError, NotADirectoryError)):
+        store.snapshot()
+    assert store.read_statuses() == {}  # statuses are a report, not a state to keep
+    if how == "renamed":
+        (store.root / "elsewhere").rename(store.endpoints_dir)
+        assert list(store.snapshot().endpoints) == ["cluster1-submariner-cable-cluster1-172-18-0-7"]

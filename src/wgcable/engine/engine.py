@@ -59,6 +59,7 @@ class Engine:
         self._retry_all = False
         self._handshaken: set[str] = set()  # clusters whose tunnel has had a handshake
         self._problems: dict[str, str] = {}
+        self._store_problem = ""  # why the store could not be read, while it cannot
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -73,17 +74,22 @@ class Engine:
     # --- reconcile ------------------------------------------------------------------------
 
     def reconcile(self) -> None:
-        """Read the whole store, connect what is new or changed, disconnect what is gone."""
+        """Read the whole store, connect what is new or changed, disconnect what is gone.
+
+        A store that cannot be read changes nothing (the tunnels stay as they are): the
+        error is raised, and reported in the gateway status until a read succeeds."""
         try:
             snap = self.store.snapshot()
-        except StoreUnavailableError as exc:
-            # Keep everything as it is: an unreachable store is not an empty one.
-            if str(exc) != self._store_problem:
-                log.warning("store unavailable, keeping the current tunnels: %s", exc)
-            self._store_problem = str(exc)
-            raise
+        except Exception as e:
+            problem = f"store unavailable: {e}"
+            if problem != self._store_problem:
+                log.warning("%s; the tunnels stay as they are", problem)
+            self._store_problem = problem
+            if isinstance(e, StoreUnavailableError):
+                raise
+            raise StoreUnavailableError(problem) from e
         if self._store_problem:
-            log.info("store available again")
+            log.info("the store is readable again")
             self._store_problem = ""
         self._republish_if_missing(snap.endpoints.get(self.local.object_name()))
         p = planning.plan(self.local, snap)
@@ -163,8 +169,22 @@ class Engine:
             except Exception:
                 log.exception("disconnecting cluster %s failed", cid)
 
+    def _first_come(self, clusters: list[str], infos: dict[str, NATEndpointInfo]) -> list[str]:
+        """Clusters whose tunnel the driver already has (adopted after a restart) before the
+        others: when two claim one subnet, the one that held it keeps it, whatever their
+        names. Without it, a restarted agent would hand the subnet to whoever sorts first."""
+        installed = getattr(self.driver, "installed", None)
+        if len(clusters) < 2 or not callable(installed):
+            return clusters
+        try:
+            first: set[str] = installed([infos[cid].endpoint for cid in clusters])
+        except Exception as e:
+            log.warning("reading the installed tunnels failed: %s", e)
+            return clusters
+        return sorted(clusters, key=lambda cid: (cid not in first, cid))
+
     def _connect(self, clusters: list[str], infos: dict[str, NATEndpointInfo]) -> None:
-        for cid in clusters:
+        for cid in self._first_come(clusters, infos):
             info = infos[cid]
             self._applied[cid] = info
             try:
@@ -220,11 +240,11 @@ class Engine:
         for cid in list(self.established):
             if cid not in {c.endpoint.cluster_id for c in conns}:
                 del self.established[cid]
-        problems = sorted(self._problems.items())
-        store_problem = self._store_problem or str(getattr(self.store, "problem", "") or "")
-        if store_problem:
-            problems.insert(0, ("store", store_problem))
-        failure = "; ".join(f"{k}: {v}" for k, v in problems)
+        problems = [f"{k}: {v}" for k, v in sorted(self._problems.items())]
+        # A store may know it is unreachable before a read fails (its watch broke).
+        store_problem = self._store_problem or (
+            f"store unavailable: {p}" if (p := getattr(self.store, "problem", "")) else "")
+        failure = "; ".join([*filter(None, [store_problem]), *problems])
         status = GatewayStatus(
             version=self.version, ha_status=HAStatus.ACTIVE, local_endpoint=self.local,
             status_failure=failure, connections=conns)
@@ -303,6 +323,9 @@ class Engine:
         # One failed pass must never end the loop: the next one starts from scratch.
         try:
             fn()
+        except StoreUnavailableError as e:
+            # Already reported once per outage (and in the status): no traceback each pass.
+            log.debug("%s: %s; will retry", getattr(fn, "__name__", "engine step"), e)
         except Exception:
             log.exception("%s failed; will retry", getattr(fn, "__name__", "engine step"))
 

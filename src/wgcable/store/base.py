@@ -14,6 +14,12 @@ from typing import Protocol
 from wgcable.cable.types import Endpoint, GatewayStatus
 
 
+class StoreUnavailableError(RuntimeError):
+    """The store cannot be read at all (as opposed to: it holds no endpoints), cannot be
+    reached, or refused a request; the message says which and why. The engine then keeps
+    every tunnel as it is and reports the problem."""
+
+
 @dataclass(slots=True)
 class Snapshot:
     """Every entry of the store: parsed endpoints, and entries that could not be read."""
@@ -32,7 +38,8 @@ class EndpointStore(Protocol):
         ...
 
     def snapshot(self) -> Snapshot:
-        """All endpoints now in the store; unreadable entries are reported, not raised."""
+        """All endpoints now in the store; unreadable entries are reported, not raised.
+        A store that cannot be read at all raises (StoreUnavailableError, OSError)."""
         ...
 
     def watch(self, changed: Callable[[], None], stop: threading.Event) -> None:
@@ -48,7 +55,3 @@ class EndpointStore(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-class StoreUnavailableError(Exception):
-    """The store cannot be reached or refused a request (the message says which and why)."""

@@ -29,7 +29,7 @@ import yaml
 
 from wgcable.cable.types import API_VERSION, Endpoint, EndpointFormatError, GatewayStatus
 from wgcable.store import inotify
-from wgcable.store.base import Snapshot
+from wgcable.store.base import Snapshot, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,10 @@ _ROOT_MASK = (
     | inotify.IN_ONLYDIR
 )
 _GONE = inotify.IN_DELETE_SELF | inotify.IN_MOVE_SELF | inotify.IN_UNMOUNT
+
+# libyaml's loader when PyYAML has it: the pure Python scanner spends about a second on a
+# few kilobytes of nested brackets before giving up; libyaml refuses them at once.
+_YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 T = TypeVar("T")
 _Key = tuple[int, int, int]  # (inode, size, mtime_ns): a file is re-read when this changes
@@ -135,7 +139,10 @@ def _decode(path: Path, data: bytes, parse: Callable[[object], T]) -> T:
             f"not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}"
         ) from None
     try:
-        doc: Any = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        if path.suffix == ".json":
+            doc: Any = json.loads(text)
+        else:
+            doc = yaml.load(text, _YAML_LOADER)  # noqa: S506 - a SafeLoader, C or Python
     except json.JSONDecodeError as exc:
         raise _Unreadable(f"invalid JSON: {exc}") from None
     except yaml.YAMLError as exc:
@@ -202,15 +209,17 @@ class _ParsedDir(Generic[T]):
     """The parsed files of one directory, each re-read only when its (inode, size, mtime_ns)
     changed: a snapshot of many files where one changed costs stat calls and one parse."""
 
-    def __init__(self, directory: Path, parse: Callable[[object], T]) -> None:
+    def __init__(self, directory: Path, parse: Callable[[object], T], missing_ok: bool) -> None:
         self.directory = directory
         self._parse = parse
+        self._missing_ok = missing_ok
         self._cache: dict[str, tuple[_Key | None, T | _Bad]] = {}
         self._lock = threading.Lock()
 
     def scan(self) -> dict[str, T | _Bad]:
-        """Every entry by file stem. A missing directory is empty; other listing errors raise
-        (an unreadable store must not look like one whose endpoints all went away)."""
+        """Every entry by file stem. A missing directory is empty only if ``missing_ok``;
+        listing errors raise (an unreadable store must not look like one whose endpoints
+        all went away)."""
         out: dict[str, T | _Bad] = {}
         ranks: dict[str, int] = {}
         with self._lock:
@@ -219,7 +228,9 @@ class _ParsedDir(Generic[T]):
                 entries = os.scandir(self.directory)
             except FileNotFoundError:
                 self._cache = {}
-                return out
+                if self._missing_ok:
+                    return out
+                raise StoreUnavailableError(f"{self.directory} is missing") from None
             with entries:
                 for entry in entries:
                     suffix = _entry_suffix(entry.name)
@@ -323,8 +334,11 @@ class DirectoryStore:
         self.gateways_dir = self.root / "gateways"
         self.poll_interval = poll_interval
         self.use_inotify = use_inotify
-        self._endpoints = _ParsedDir(self.endpoints_dir, Endpoint.from_json)
-        self._gateways = _ParsedDir(self.gateways_dir, GatewayStatus.from_json)
+        # The endpoints directory is created on first use (and holds our own endpoint): once
+        # it is missing, the store is gone (unmounted, moved), not empty, and the engine keeps
+        # the tunnels. An empty store is an empty directory.
+        self._endpoints = _ParsedDir(self.endpoints_dir, Endpoint.from_json, missing_ok=False)
+        self._gateways = _ParsedDir(self.gateways_dir, GatewayStatus.from_json, missing_ok=True)
         self._closed = threading.Event()
         self._created = False
 

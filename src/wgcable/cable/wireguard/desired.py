@@ -56,6 +56,14 @@ def parse_port(value: str | None, field: str, cluster_id: str, default: int) -> 
     return int(value)
 
 
+# Ranges that are never a remote cluster's: this host's own (loopback, link-local) or not
+# unicast at all. A route for any part of them would take traffic that is not the tunnel's.
+NOT_REMOTE: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4",
+    "::/128", "::1/128", "fe80::/10", "ff00::/8",
+))
+
+
 def parse_subnets(ep: Endpoint) -> tuple[IPNetwork, ...]:
     nets: list[IPNetwork] = []
     for s in ep.subnets:
@@ -65,6 +73,10 @@ def parse_subnets(ep: Endpoint) -> tuple[IPNetwork, ...]:
             raise EndpointRejectedError(ep.cluster_id, "subnets", s, "not a CIDR") from None
         if net.prefixlen == 0:
             raise EndpointRejectedError(ep.cluster_id, "subnets", s, "a default route is refused")
+        if special := next((n for n in NOT_REMOTE
+                            if n.version == net.version and n.overlaps(net)), None):
+            raise EndpointRejectedError(ep.cluster_id, "subnets", s,
+                                        f"overlaps {special}, which no remote cluster owns")
         if net not in nets:
             nets.append(net)
     if not nets:
@@ -87,10 +99,13 @@ def validate_remote(
     local_subnets: Iterable[IPNetwork],
     own_public_key: Key,
     others: Mapping[str, RemotePeer] | PeerIndex,
+    local_ips: Iterable[IPAddress] = (),
 ) -> RemotePeer:
     """The RemotePeer for ``info``, or EndpointRejectedError naming the field and value.
 
     ``others`` are the accepted peers; the remote's own entry, if there, is not a conflict.
+    ``local_ips`` are this gateway's own addresses: no remote subnet may cover one (nor the
+    remote gateway's own address), or the tunnel's own packets would be routed into it.
     """
     if not isinstance(others, PeerIndex):
         index = PeerIndex()
@@ -130,6 +145,15 @@ def validate_remote(
         raise EndpointRejectedError(cid, "subnets", str(hit[0]),
                                     f"overlaps the local cluster's {hit[1]}")
     for net in subnets:
+        for addr in local_ips:
+            if addr in net:
+                raise EndpointRejectedError(cid, "subnets", str(net),
+                                            f"covers this gateway's own address {addr}")
+        if ip in net:
+            raise EndpointRejectedError(
+                cid, "subnets", str(net),
+                f"covers the remote gateway's own address {ip}: the tunnel would route into "
+                "itself")
         if clash := others.overlap(net, exclude=cid):
             raise EndpointRejectedError(
                 cid, "subnets", str(net), f"overlaps {clash[0]} of cluster {clash[1]!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import threading
 from pathlib import Path
 
 from wgcable.cable.wireguard.config import WireGuardConfig
@@ -114,6 +115,18 @@ class WireGuardDevice:
             return self.daemon.alive() and self.daemon.socket_path() is not None
         link = self.link()
         return link is not None and link.kind == "wireguard"
+
+    def wait_gone(self, timeout: float, stop: threading.Event) -> None:
+        """Wait up to ``timeout`` or until ``stop``; with a wireguard-go daemon, return as
+        soon as it exits (a kernel link has no process to wait for: the caller polls)."""
+        if self.kind is BackendKind.USERSPACE and self.daemon.pid is not None:
+            self.daemon.wait(timeout)
+        else:
+            stop.wait(timeout)
+
+    def is_up(self) -> bool:
+        link = self.link()
+        return link is not None and link.is_up
 
     def set_up(self, mtu: int | None) -> None:
         with self._rtnl() as s:

@@ -38,6 +38,7 @@ from wgcable.wgctrl import (
 log = logging.getLogger(__name__)
 
 DRIVER_NAME = "wireguard"
+SUPERVISOR_RETRY = 0.5  # seconds between attempts to bring a lost device back
 
 
 @dataclass(slots=True)
@@ -83,6 +84,7 @@ class WireGuardDriver:
         self._supervisor: threading.Thread | None = None
         self._underlay_mtu, self._underlay_v6 = 1500, False
         self._sources: dict[int, IPAddress] = {}
+        self._local_ips: set[IPAddress] = set()  # no remote subnet may cover one of these
         self._mtu_set = 0
 
     @property
@@ -128,17 +130,33 @@ class WireGuardDriver:
         self._supervisor.start()
 
     def _supervise(self) -> None:
-        while not self._stop.wait(1.0):
+        """Re-create a device that vanished (a wireguard-go daemon that died) and re-apply
+        the full state; retried until it succeeds, not just until the device exists."""
+        healthy = True
+        while not self._stop.is_set():
+            if healthy:
+                self.device.wait_gone(1.0, self._stop)  # at once when wireguard-go exits
+            elif self._stop.wait(SUPERVISOR_RETRY):
+                return
             with self._lock:
-                if self._stop.is_set() or self.device.alive():
+                if self._stop.is_set():
+                    return
+                if healthy and self.device.alive():
                     continue
-                log.warning("device %s is gone; re-creating it and re-applying state",
-                            self.cfg.device)
+                if healthy:
+                    log.warning("device %s is gone; re-creating it and re-applying state",
+                                self.cfg.device)
                 try:
-                    self.device.ensure()
+                    created = self.device.ensure()
                     self._apply(full=True)
                 except Exception:
                     log.exception("re-creating device %s failed; will retry", self.cfg.device)
+                    healthy = False
+                    continue
+                if not healthy or created:
+                    log.info("device %s is back with %d peer(s)", self.cfg.device,
+                             len(self._index))
+                healthy = True
 
     def mark_synced(self) -> None:
         """Every known endpoint has been connected: peers nobody owns can go now.
@@ -198,6 +216,14 @@ class WireGuardDriver:
                 self._underlay_v6 = ipaddress.ip_address(addr).version == 6
                 break
         self._sources = desired.local_sources(addresses, self._local_subnets, self.cfg.device)
+        self._local_ips = set()
+        for ifname, addr, _ in addresses:
+            if ifname != self.cfg.device:
+                self._local_ips.add(ipaddress.ip_address(addr))
+        for text in (self.local.private_ip, self.local.public_ip, *self.local.private_ips,
+                     *self.local.public_ips):
+            with contextlib.suppress(ValueError):
+                self._local_ips.add(ipaddress.ip_address(text))
 
     def _mtu(self) -> int:
         if self.cfg.mtu:
@@ -276,7 +302,8 @@ class WireGuardDriver:
             old = self._conns.get(cid)
             try:
                 peer = desired.validate_remote(
-                    info, self.local, self._local_subnets, self._key.public_key(), self._index)
+                    info, self.local, self._local_subnets, self._key.public_key(), self._index,
+                    self._local_ips)
             except EndpointRejectedError as e:
                 log.warning("refused %s", e)
                 if old is not None and old.peer is not None:
@@ -314,6 +341,16 @@ class WireGuardDriver:
             self._changed()
             log.info("disconnected cluster %s", cid)
 
+    def installed(self, endpoints: list[Endpoint]) -> set[str]:
+        """The cluster IDs of ``endpoints`` whose peer (by public key) is on the device now:
+        the engine connects those first, so that a tunnel that was there keeps its subnets
+        against a newcomer claiming them."""
+        with self._lock:
+            on_device = {p.public_key.base64() for p in
+                         self.device.client.device(self.cfg.device).peers}
+        return {ep.cluster_id for ep in endpoints
+                if ep.backend_config.get(desired.PUBLIC_KEY, "").strip() in on_device}
+
     def _read_status(self) -> None:
         try:
             dev = self.device.client.device(self.cfg.device)
@@ -342,6 +379,29 @@ class WireGuardDriver:
                          c.tracker.status.value, c.tracker.message)
         if missing or (self._synced and len(on_device) != len(self._index)):
             self._apply(dev)  # removes peers nobody owns, restores missing ones
+        try:
+            self._heal_routing()
+        except Exception as e:  # the status must still be reported; the resync retries
+            log.warning("checking the routes, rules and nftables table failed: %s", e)
+
+    def _heal_routing(self) -> None:
+        """Put back what someone else removed: the device's up state, routes, rules, our
+        nftables table. Checked on every status read (a few reads, no writes when all is
+        well), so the damage lasts one status interval, not until the next resync."""
+        if not self.device.is_up():
+            log.warning("device %s was down; setting it up", self.cfg.device)
+            self.device.set_up(self._mtu())
+        routes = desired.desired_routes(self._accepted(), self.cfg.device, self._sources)
+        added, removed = self.table.sync(routes, remove_unknown=self._synced)
+        if added or removed:
+            log.warning("table %d: restored %d route(s), removed %d unknown", self.cfg.table,
+                        added, removed)
+        if not all(self.table.has_rule(fam) for fam in ("-4", "-6")):
+            log.warning("rule for table %d was removed; adding it again", self.cfg.table)
+            self.table.ensure_rules()
+        if self._nft_applied is not None and not self.nft.exists():
+            log.warning("nftables table inet %s was removed; writing it again", self.nft.name)
+            self._apply_nft(full=True)
 
     def _connection(self, c: _Conn) -> Connection:
         if c.tracker is None or c.peer is None:

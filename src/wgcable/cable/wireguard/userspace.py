@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -41,6 +43,17 @@ def process_running(pid: int, *names: str) -> bool:
         return False
     comm, _, rest = stat.partition("(")[2].rpartition(")")
     return rest.split()[0] != "Z" and (not names or comm in names)
+
+
+def _listening(path: Path) -> bool:
+    """Whether a daemon accepts connections on ``path``: a daemon killed with SIGKILL
+    leaves its socket file behind, and a new one takes a moment to replace it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def _same_netns(pid: int, netns: str | None) -> bool:
@@ -104,7 +117,8 @@ class WireGuardGoProcess:
                     else ""
                 self.pid = None
                 raise UserspaceError(f"{self.binary} for {self.ifname} exited: {err.strip()}")
-            if self.socket_path() is not None:
+            path = self.socket_path()
+            if path is not None and _listening(path):
                 return
             time.sleep(0.01)
         self.stop()
@@ -129,6 +143,32 @@ class WireGuardGoProcess:
         if self._proc is not None:
             return self._proc.poll() is None
         return self._running(self.pid)
+
+    def wait(self, timeout: float) -> bool:
+        """Block until the daemon exits or ``timeout`` passes; True if it is not running.
+
+        A pidfd wakes us the moment it exits, so a supervisor restarts it at once instead
+        of at its next poll."""
+        pid = self.pid
+        if pid is None:
+            return True
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return True
+        except OSError:  # no pidfd (kernel older than 5.3): poll
+            deadline = time.monotonic() + timeout
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return not self.alive()
+        try:
+            # A recycled PID: the pidfd is someone else's; alive() checks the name.
+            if not self.alive():
+                return True
+            readable, _, _ = select.select([fd], [], [], timeout)
+        finally:
+            os.close(fd)
+        return bool(readable) or not self.alive()
 
     def stop(self, timeout: float = 5) -> None:
         """SIGTERM, then SIGKILL, by PID. wireguard-go removes its device on the way out."""

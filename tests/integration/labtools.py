@@ -1,0 +1,103 @@
+"""Helpers for the tests that run real agents in a lab: waiting, the store's files, commands
+on a gateway, and a continuous ping that counts what it lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from wgcable.cable.types import Connection
+from wgcable.lab.lab import GatewayState, Lab
+from wgcable.lab.netns import Namespace
+
+MakeLab = Callable[..., Lab]
+
+
+def wait_for(cond: Callable[[], object], timeout: float, what: str) -> float:
+    """Seconds it took for ``cond`` to hold; fails after ``timeout``."""
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+def endpoint_file(lab: Lab, cluster_id: str) -> Path:
+    [path] = [p for p in (lab.store_dir / "endpoints").iterdir()
+              if p.name.startswith(f"{cluster_id}-")]
+    return path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def endpoint_json(cluster: str, subnet: str, key: str, ip: str) -> str:
+    """An Endpoint object as a remote gateway would publish it."""
+    return json.dumps({
+        "apiVersion": "submariner.io/v1", "kind": "Endpoint",
+        "metadata": {"name": f"{cluster}-cable"},
+        "spec": {"cluster_id": cluster, "cable_name": "cable", "hostname": cluster,
+                 "subnets": [subnet], "private_ip": ip, "public_ip": "",
+                 "nat_enabled": False, "backend": "wireguard",
+                 "backend_config": {"publicKey": key}},
+    })
+
+
+def on_gateway(lab: Lab, gw: GatewayState, *args: str) -> str:
+    return subprocess.run(lab.gateway_cmd(gw, *args), capture_output=True, text=True,
+                          check=True).stdout
+
+
+def connection(lab: Lab, at: int, remote: str) -> Connection | None:
+    st = lab.status(at)
+    if st is None:
+        return None
+    return next((c for c in st.gateway.connections if c.endpoint.cluster_id == remote), None)
+
+
+class Pinger:
+    """``ping -i 0.1`` from ``src``'s first pod to ``dst``'s, until ``stop()``: how many
+    echoes went out and how many came back."""
+
+    def __init__(self, lab: Lab, src: int, dst: int, interval: float = 0.1) -> None:
+        target = lab.gateway(dst).pod_ips[0]
+        self._proc = subprocess.Popen(
+            Namespace(lab.gateway(src).pod_ns[0]).cmd(
+                "ping", "-n", "-i", str(interval), "-W", "1", target),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.output = ""
+
+    def stop(self) -> tuple[int, list[int]]:
+        """(echoes sent, sequence numbers of those never answered). SIGINT makes ping print
+        its summary at once, so the last echo may still be in flight: it is not counted."""
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGINT)
+        try:
+            self.output, _ = self._proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self.output, _ = self._proc.communicate()
+        m = re.search(r"(\d+) packets transmitted", self.output)
+        if m is None:
+            raise AssertionError(f"no ping summary in: {self.output[-500:]}")
+        sent = int(m.group(1))
+        answered = {int(n) for n in re.findall(r"icmp_seq=(\d+) ttl=", self.output)}
+        return sent, [n for n in range(1, sent) if n not in answered]
+
+    def __enter__(self) -> Pinger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.communicate()
