@@ -134,12 +134,12 @@ class Engine:
         return True
 
     def _republish_if_missing(self, published: Endpoint | None) -> None:
-        # Someone deleted or edited our endpoint (or the first publish failed): put it back.
-        # Compared as JSON so that a store's round trip never looks like a difference.
-        if published is None or published.to_json() != self.local.to_json():
-            if published is not None:
-                log.warning("our endpoint %s in the store differs from ours: republishing",
-                            self.local.object_name())
+        # Deleted by someone, or the store came back without it, or the first publish
+        # failed: others would not find us. (An edited copy is left alone: two writers
+        # that each restore their own version would fight forever.)
+        if published is None:
+            log.warning("our endpoint %s is missing from the store; publishing it again",
+                        self.local.object_name())
             self._publish()
 
     def _update_health_targets(self) -> None:
