@@ -107,10 +107,16 @@ def timed(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> tuple[float,
 
 
 class Sandbox:
-    """wireguard-go in ``wgcb-<pid>`` with a private /run/wireguard; undone by :meth:`close`."""
+    """wireguard-go in ``wgcb-<pid>`` with a private /run/wireguard; undone by :meth:`close`.
 
-    def __init__(self) -> None:
-        self.netns = f"{NETNS_PREFIX}{os.getpid()}"
+    With ``netns``, the daemon runs in that existing namespace instead (which the caller
+    owns: it is neither created nor deleted here), for the device ``dev``.
+    """
+
+    def __init__(self, netns: str | None = None, dev: str = DEV) -> None:
+        self.own_netns = netns is None
+        self.netns = netns or f"{NETNS_PREFIX}{os.getpid()}"
+        self.dev = dev
         self.tmpdir = tempfile.mkdtemp(prefix=NETNS_PREFIX)
         self.proc: subprocess.Popen[bytes] | None = None
         self._netns_made = False
@@ -128,11 +134,12 @@ class Sandbox:
         return f"/proc/{self.pid}/root/run/wireguard"
 
     def start(self) -> None:
-        subprocess.run(["ip", "netns", "add", self.netns], check=True)
-        self._netns_made = True
+        if self.own_netns:
+            subprocess.run(["ip", "netns", "add", self.netns], check=True)
+            self._netns_made = True
         script = (
             f"{PRIVATE_SOCKET_DIR} && "
-            f"exec env WG_PROCESS_FOREGROUND=1 wireguard-go -f {DEV}"
+            f"exec env WG_PROCESS_FOREGROUND=1 wireguard-go -f {self.dev}"
         )
         with open(self._log_path, "wb") as log:
             # `ip netns exec` and sh both exec, so this PID is wireguard-go's own.
@@ -142,7 +149,7 @@ class Sandbox:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        sock = os.path.join(self.socket_dir, f"{DEV}.sock")
+        sock = os.path.join(self.socket_dir, f"{self.dev}.sock")
         deadline = time.monotonic() + SOCKET_WAIT_S
         while True:
             if self.proc.poll() is not None:
@@ -256,10 +263,14 @@ def peer_configs(peers: list[Peer]) -> list[PeerConfig]:
     ]
 
 
-def wg_conf(peers: list[Peer]) -> str:
+def wg_conf(peers: list[Peer], private_key: Key | None = None,
+            listen_port: int | None = None) -> str:
     """The same peers as a `wg setconf` file. setconf replaces the whole device, so the file
     carries the device's private key too (the file is written 0600 and removed after)."""
-    out = ["[Interface]", f"PrivateKey = {device_key().base64()}", ""]
+    out = ["[Interface]", f"PrivateKey = {(private_key or device_key()).base64()}"]
+    if listen_port is not None:
+        out.append(f"ListenPort = {listen_port}")
+    out.append("")
     for p in peers:
         out += [
             "[Peer]",
@@ -270,6 +281,13 @@ def wg_conf(peers: list[Peer]) -> str:
             "",
         ]
     return "\n".join(out)
+
+
+def write_secret(path: str, text: str) -> None:
+    """A new file, 0600 from the start (it carries a private key)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def fingerprint(dev: Device) -> set[tuple[bytes, str, int, frozenset[str]]]:
@@ -290,9 +308,7 @@ class Bench:
         self.peers = make_peers(n)
         self.cfgs = peer_configs(self.peers)
         self.conf_path = os.path.join(sb.tmpdir, "peers.conf")
-        fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(wg_conf(self.peers))
+        write_secret(self.conf_path, wg_conf(self.peers))
         self.rows: list[Row] = []
         self._serial = 0  # makes every change a real change
 

@@ -1,0 +1,49 @@
+"""The benchmark runner still runs: ``python -m bench --quick`` on its two cheapest sections.
+
+It checks the shape of what is written (keys, positive figures, a PNG), never a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wgcable.lab.netns import list_namespaces
+
+pytestmark = pytest.mark.netns
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_bench_writes_table_json_and_plot(tmp_path: Path) -> None:
+    before = set(list_namespaces())
+    p = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--repeat", "1", "--only", "control,status",
+         "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert {"machine", "load_before", "load_after", "sections", "seconds"} <= doc.keys()
+    assert set(doc["sections"]) == {"control", "status"}
+    for name, sec in doc["sections"].items():
+        assert "error" not in sec, sec.get("error")
+        assert sec["rows"], name
+        for row in sec["rows"]:
+            assert {"metric", "impl", "n", "value", "unit"} <= row.keys()
+            assert row["value"] > 0, row
+            if "floor" in row:
+                assert row["floor"] > 0, row
+    control = doc["sections"]["control"]["result"]["levels"]
+    assert set(control) == {"10", "100"}
+    assert {"connect", "floor", "change", "floor_change"} <= control["10"].keys()
+    assert "| control | connect N clusters from empty | 10 |" in p.stdout
+    assert (tmp_path / "results.md").read_text().count("| status |") == 4
+    png = tmp_path / "benchmarks.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Everything it made is gone again.
+    assert not [n for n in set(list_namespaces()) - before if n.startswith("wgbc-")]
