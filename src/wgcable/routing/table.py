@@ -55,12 +55,26 @@ class RouteTable:
         actual = self.routes()
         add = desired - actual
         remove = actual - desired if remove_unknown else set()
-        cmds = [f"route replace {r.spec(self.table)}" for r in sorted(add, key=str)]
-        # A route whose destination stays (only src or dev changed) was replaced above.
-        keep_dst = {r.dst for r in desired}
-        cmds += [f"route del {r.spec(self.table)}" for r in remove if r.dst not in keep_dst]
-        self.ip.batch(cmds)
+        # A route whose destination stays (only src or dev changed) is replaced, not deleted.
+        self.ip.batch(self.commands(add, remove, {r.dst for r in desired}))
         return len(add), len(remove)
+
+    def commands(self, add: set[Route], remove: set[Route],
+                 keep_dst: set[IPNetwork] | None = None) -> list[str]:
+        """The ``ip -batch`` lines that replace ``add`` and delete ``remove``, except
+        deletions of a destination in ``keep_dst`` (default: ``add``'s), which a replace
+        covers."""
+        keep = {r.dst for r in add} if keep_dst is None else keep_dst
+        cmds = [f"route replace {r.spec(self.table)}" for r in sorted(add, key=str)]
+        cmds += [f"route del {r.spec(self.table)}" for r in sorted(remove, key=str)
+                 if r.dst not in keep]
+        return cmds
+
+    def apply(self, add: set[Route], remove: set[Route]) -> None:
+        """Apply a known difference without reading the table (one ``ip -batch``): the
+        caller trusts the table to hold what it last wrote. Fails (RoutingError) if a route
+        to delete is not there; the caller then falls back to :meth:`sync`."""
+        self.ip.batch(self.commands(add, remove))
 
     def has_rule(self, family: str) -> bool:
         for r in self.ip.json(family, "rule", "show"):
