@@ -471,3 +471,37 @@ def test_index_counts_ipv6_endpoints(rig: Rig) -> None:
     assert idx.v6_endpoints == 1
     idx.remove("b")
     assert idx.v6_endpoints == 0
+
+
+def test_status_read_checks_routes_with_one_read_compared_as_text(rig: Rig) -> None:
+    rig.driver.mark_synced()
+    connect_many(rig, 30)
+    rig.reset_counts()
+    rig.driver.get_connections()
+    assert rig.ip.route_reads == 2  # one `ip -j route show` per family, nothing parsed
+    assert rig.ip.batches == []
+    assert rig.dev.backend.reads == 1  # the status itself
+    # A route removed behind our back: the text differs, read and diff restore it.
+    del rig.ip.routes["10.110.3.0/24"]
+    rig.reset_counts()
+    rig.driver.get_connections()
+    assert rig.ip.route_reads == 4
+    assert rig.ip.batches == [["route replace 10.110.3.0/24 dev subwg0 table 220 src 10.1.0.1"]]
+    # An unknown route is removed too (synced), and the cache follows changes.
+    rig.ip.routes["10.88.0.0/16"] = {"dst": "10.88.0.0/16", "dev": "subwg0",
+                                     "prefsrc": "10.1.0.1"}
+    rig.driver.get_connections()
+    assert "10.88.0.0/16" not in rig.ip.routes
+    rig.driver.connect_to_endpoint(rig.endpoint(40))
+    rig.reset_counts()
+    rig.driver.get_connections()
+    assert rig.ip.batches == []
+    assert "10.110.40.0/24" in rig.ip.routes
+
+
+def test_route_text_key_is_how_ip_prints_it() -> None:
+    from wgcable.routing.table import Route
+    host = Route(ipaddress.ip_network("10.9.9.9/32"), DEV, ipaddress.ip_address("10.1.0.1"))
+    assert host.text_key() == ("10.9.9.9", DEV, "10.1.0.1")
+    v6 = Route(ipaddress.ip_network("fd00:2::/48"), DEV, None)
+    assert v6.text_key() == ("fd00:2::/48", DEV, "")

@@ -94,6 +94,8 @@ class WireGuardDriver:
         # since then.
         self._written: dict[str, RemotePeer] | None = None
         self._dirty: set[str] = set()
+        # The desired routes as text, for the status read's cheap drift check (None: stale).
+        self._route_keys: frozenset[tuple[str, str, str]] | None = None
         self._local_subnets: tuple[IPNetwork, ...] = tuple(
             ipaddress.ip_network(s, strict=False) for s in local_endpoint.subnets
         )
@@ -305,7 +307,7 @@ class WireGuardDriver:
         desired state. Before the engine marks the driver synced, peers and routes we do
         not know are kept: after a restart they belong to clusters about to be re-connected.
         """
-        self._written = None  # unknown until this succeeds
+        self._written = self._route_keys = None  # unknown until this succeeds
         client = self.device.client
         if actual is None:
             actual = client.device(self.cfg.device)
@@ -369,6 +371,7 @@ class WireGuardDriver:
             else:
                 written.pop(cid, None)
         self._dirty.clear()
+        self._route_keys = None
 
     def resync(self) -> None:
         """Re-apply everything; heals drift (peers or routes removed by someone else)."""
@@ -481,11 +484,16 @@ class WireGuardDriver:
         if not self.device.is_up():
             log.warning("device %s was down; setting it up", self.cfg.device)
             self.device.set_up(self._mtu())
-        routes = desired.desired_routes(self._accepted(), self.cfg.device, self._sources)
-        added, removed = self.table.sync(routes, remove_unknown=self._synced)
-        if added or removed:
-            log.warning("table %d: restored %d route(s), removed %d unknown", self.cfg.table,
-                        added, removed)
+        if self._route_keys is None or self._dirty:
+            self._route_keys = frozenset(r.text_key() for r in desired.desired_routes(
+                self._accepted(), self.cfg.device, self._sources))
+        # One read compared as text; the parse-and-diff only when something differs.
+        if not self.table.holds(self._route_keys, exactly=self._synced):
+            routes = desired.desired_routes(self._accepted(), self.cfg.device, self._sources)
+            added, removed = self.table.sync(routes, remove_unknown=self._synced)
+            if added or removed:
+                log.warning("table %d: restored %d route(s), removed %d unknown",
+                            self.cfg.table, added, removed)
         if not all(self.table.has_rule(fam) for fam in ("-4", "-6")):
             log.warning("rule for table %d was removed; adding it again", self.cfg.table)
             self.table.ensure_rules()
@@ -541,7 +549,7 @@ class WireGuardDriver:
             self.table.remove()
             self.device.delete()
             self.nft.remove()
-            self._nft_applied = self._nft_remote = self._written = None
+            self._nft_applied = self._nft_remote = self._written = self._route_keys = None
             self._dirty.clear()
             self._conns.clear()
             self._index = PeerIndex()
