@@ -469,3 +469,88 @@ def test_snat_no_table_when_both_switches_are_off(clusters: Clusters, tmp_path: 
     a.driver.mark_synced()
     assert not NftTable("subwg0", a.net.gateway.name).exists()
     ping(a, b)
+
+
+# --- many single changes: what the driver writes alone equals a full resync --------------
+
+def _fake_remote(i: int, key: str, ip: str, subnets: list[str]) -> NATEndpointInfo:
+    ep = Endpoint(cluster_id=f"far{i}", cable_name=f"submariner-cable-far{i}",
+                  hostname=f"far{i}", subnets=subnets, private_ip=ip, public_ip="",
+                  nat_enabled=False, backend="wireguard",
+                  backend_config={"publicKey": key, "udp-port": "4500"})
+    return NATEndpointInfo(endpoint=ep, use_ip=ip, use_nat=False)
+
+
+def _written_state(g: Gateway) -> tuple[list[tuple[str, ...]], str, str, str]:
+    """The device's peers (key, endpoint, allowed IPs, keepalive), table 220 (both
+    families) and our nftables table, as text."""
+    peers = sorted((row[0], row[2], ",".join(sorted(row[3].split(","))), row[7])
+                   for row in g.wg_dump())
+    gw = g.net.gateway
+    return (peers, gw.run("ip", "route", "show", "table", "220"),
+            gw.run("ip", "-6", "route", "show", "table", "220", check=False),
+            gw.run("nft", "list", "table", "inet", "wgcable_subwg0"))
+
+
+def test_fifty_single_changes_at_200_clusters_equal_a_full_resync(clusters: Clusters) -> None:
+    """Single changes send only their delta (no reads); after 50 of them at N = 200 the
+    device, table 220 and the nftables table are what a full read-and-diff resync writes,
+    and what a fresh driver adopting the same state writes too."""
+    a, b = clusters(2)
+    mesh([a, b])
+    n = 200
+    keys = [Key.generate().public_key().base64() for _ in range(n + 50)]
+    remotes = {
+        i: _fake_remote(i, keys[i], f"198.19.{i // 250}.{i % 250 + 1}",
+                        [f"10.50.{i}.0/24", f"10.150.{i}.0/24"])
+        for i in range(n)
+    }
+    with a.driver.batch():
+        for r in remotes.values():
+            a.driver.connect_to_endpoint(r)
+    for step in range(50):
+        i = (step * 37) % n
+        old = remotes[i]
+        kind = step % 5
+        if kind == 0:  # the endpoint moves
+            new = _fake_remote(i, old.endpoint.backend_config["publicKey"],
+                               f"198.19.200.{step + 1}", old.endpoint.subnets)
+        elif kind == 1:  # a subnet is replaced
+            new = _fake_remote(i, old.endpoint.backend_config["publicKey"], old.use_ip,
+                               [f"10.50.{i}.0/24", f"10.60.{step}.0/24"])
+        elif kind == 2:  # a new key
+            new = _fake_remote(i, keys[n + step], old.use_ip, old.endpoint.subnets)
+        elif kind == 3:  # gone, then back with one more subnet
+            a.driver.disconnect_from_endpoint(old.endpoint)
+            new = _fake_remote(i, old.endpoint.backend_config["publicKey"], old.use_ip,
+                               [*old.endpoint.subnets, f"10.70.{step}.0/24"])
+        else:  # the same endpoint again: nothing to do
+            new = old
+        remotes[i] = new
+        a.driver.connect_to_endpoint(new)
+    after_changes = _written_state(a)
+    # What the model says: every remote's key, endpoint and subnets; b's tunnel too.
+    peers = {p[0]: p for p in after_changes[0]}
+    assert len(peers) == n + 1
+    for r in remotes.values():
+        p = peers[r.endpoint.backend_config["publicKey"]]
+        assert p[1] == f"{r.use_ip}:4500"
+        assert p[2] == ",".join(sorted(r.endpoint.subnets))
+    want = {s for r in remotes.values() for s in r.endpoint.subnets} | set(b.net.subnets)
+    for s in want:
+        assert f"{s} dev subwg0" in after_changes[1]
+    assert after_changes[1].count("dev subwg0") == len(want)  # nothing stale left
+    assert "10.60.1.0/24" in after_changes[3]
+    # A full resync (read, diff) changes nothing ...
+    a.driver.resync()
+    assert _written_state(a) == after_changes
+    # ... and neither does a new driver instance that adopts it all and re-connects.
+    a.driver.close()
+    a.driver = a.start()
+    with a.driver.batch():
+        a.driver.connect_to_endpoint(b.info())
+        for r in remotes.values():
+            a.driver.connect_to_endpoint(r)
+    a.driver.mark_synced()
+    assert _written_state(a) == after_changes
+    ping(a, b)

@@ -181,7 +181,16 @@ class NftTable:
         return [i for i in items if isinstance(i, dict) and "metainfo" not in i]
 
     def exists(self) -> bool:
-        return self.read() is not None
+        """Whether our table is there: the list of inet table names, not the table's
+        contents (which grow with the number of remote clusters)."""
+        p = self._run(["-j", "list", "tables", "inet"])
+        if p.returncode != 0:
+            raise NftError(f"nft list tables inet: {p.stderr.strip()}")
+        doc = json.loads(p.stdout or "{}")
+        items = doc.get("nftables", []) if isinstance(doc, dict) else []
+        return any(isinstance(i, dict) and isinstance(i.get("table"), dict)
+                   and i["table"].get("name") == self.name
+                   and i["table"].get("family") == "inet" for i in items)
 
     def sets(self) -> dict[str, set[str]] | None:
         """Each of our sets' elements as text (``10.2.0.0/16``), or None without a table."""

@@ -36,8 +36,10 @@ class WireGuardDevice:
         self.cfg = cfg
         self.name = cfg.device
         self.kind: BackendKind | None = None
-        self.daemon = WireGuardGoProcess(cfg.device, cfg.netns, cfg.wireguard_go)
         self._pidfile = Path(cfg.state_dir) / f"{cfg.device}.wireguard-go.pid"
+        self.daemon = WireGuardGoProcess(
+            cfg.device, cfg.netns, cfg.wireguard_go,
+            log_path=Path(cfg.state_dir) / f"{cfg.device}.wireguard-go.log")
         self._client: Client | None = None
 
     def _rtnl(self) -> NetlinkSocket:
@@ -138,7 +140,8 @@ class WireGuardDevice:
 
     def delete(self) -> None:
         """Remove the device, ours whether this instance made it or an earlier one did:
-        stop the daemon (wireguard-go removes its link on exit), or delete the kernel link."""
+        stop the daemon (wireguard-go removes its link on exit), or delete the kernel link;
+        and the daemon's PID file and log."""
         if self.daemon.pid is None:
             self._adopt_daemon()
         self.daemon.stop()
@@ -146,8 +149,11 @@ class WireGuardDevice:
         if link is not None and link.kind == "wireguard":
             with self._rtnl() as s, contextlib.suppress(NetlinkError):
                 rtnl.delete_link(self.name, s)
-        with contextlib.suppress(FileNotFoundError):
-            self._pidfile.unlink()
+        log_path = self.daemon.log_path
+        for path in (self._pidfile, *((log_path, log_path.with_name(log_path.name + ".1"))
+                                      if log_path else ())):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         self.close()
 
     def close(self) -> None:

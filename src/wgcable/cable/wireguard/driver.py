@@ -2,6 +2,19 @@
 
 All public methods take one lock: the engine serialises its calls, but the supervisor
 thread that restarts a dead wireguard-go re-applies state concurrently.
+
+Two ways to apply a change:
+
+- read and diff (start-up, resync, a restored device, the engine's ``mark_synced``, a
+  status read that found a peer missing, and after any failure): read the device and table
+  220, compute the difference from the whole desired state, write it. O(N) in the number of
+  remote clusters.
+- delta (every other change, once synced): the driver trusts the device, the routes and the
+  nftables table to hold what it last wrote (``_written``), and sends only what the changed
+  clusters need: their peers, their routes, and the nftables table only if the set of remote
+  CIDRs changed. O(changed clusters). A delta that fails (a route someone deleted) falls
+  back to read and diff at once; drift that does not make it fail is healed at the next
+  status read or resync.
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ from wgcable.cable.wireguard.index import PeerIndex
 from wgcable.cable.wireguard.status import PeerStatus
 from wgcable.routing import IPRoute, RouteTable, nftables
 from wgcable.wgctrl import (
+    BackendKind,
     Device,
     IPAddress,
     IPNetwork,
@@ -73,6 +87,15 @@ class WireGuardDriver:
         self.table = RouteTable(self.ip, self.cfg.table, self.cfg.rule_priority)
         self.nft = nftables.NftTable(self.cfg.device, self.cfg.netns)
         self._nft_applied: str | None = None  # the table text last written (None: none)
+        # The remote CIDRs in the table last written: its render is skipped while they stay.
+        self._nft_remote: frozenset[IPNetwork] | None = None
+        # What the device, table 220 and our nftables table hold, as last written by us, per
+        # cluster; None: unknown (read and diff next time). ``_dirty``: clusters changed
+        # since then.
+        self._written: dict[str, RemotePeer] | None = None
+        self._dirty: set[str] = set()
+        # The desired routes as text, for the status read's cheap drift check (None: stale).
+        self._route_keys: frozenset[tuple[str, str, str]] | None = None
         self._local_subnets: tuple[IPNetwork, ...] = tuple(
             ipaddress.ip_network(s, strict=False) for s in local_endpoint.subnets
         )
@@ -166,6 +189,7 @@ class WireGuardDriver:
         """
         with self._lock:
             self._synced = True
+            self._written = None  # unknown peers and routes go now: read and diff
             self._apply()
 
     # --- desired state ------------------------------------------------------------------
@@ -228,7 +252,7 @@ class WireGuardDriver:
     def _mtu(self) -> int:
         if self.cfg.mtu:
             return self.cfg.mtu
-        v6 = self._underlay_v6 or any(p.endpoint.ip.version == 6 for p in self._accepted())
+        v6 = self._underlay_v6 or self._index.v6_endpoints > 0
         return desired.mtu_for(self._underlay_mtu, v6)
 
     def _nft_rules(self) -> nftables.Rules:
@@ -241,25 +265,49 @@ class WireGuardDriver:
         )
 
     def _apply_nft(self, full: bool) -> None:
-        """Our nftables table follows the accepted clusters. Written only when its text
-        changed, and on every full apply (which heals a table someone else deleted)."""
-        body = nftables.render(self._nft_rules())
+        """Our nftables table follows the accepted clusters' CIDRs. Rendered and written
+        only when that set changed since the last write, and on every full apply (which
+        heals a table someone else deleted or edited)."""
+        rules = self._nft_rules()
+        remote = frozenset(rules.remote)
+        if not full and remote == self._nft_remote and self._nft_applied is not None:
+            return  # the same CIDRs: the same text; skip the render
+        body = nftables.render(rules)
         if not full and body == self._nft_applied:
+            self._nft_remote = remote
             return
+        self._nft_remote = None  # unknown until the write succeeds
         if body is None:
             self.nft.remove()  # turned off: a table left by an earlier run goes
         else:
             self.nft.apply(body)
             log.debug("nftables table inet %s written", self.nft.name)
-        self._nft_applied = body
+        self._nft_applied, self._nft_remote = body, remote
 
     def _apply(self, actual: Device | None = None, full: bool = False) -> None:
-        """Bring device and routes to the desired state, changing only differences.
+        """Bring device, nftables table and routes to the desired state.
 
         ``full`` also re-reads the host and re-checks the link and rules (start-up, resync).
-        Before the engine marks the driver synced, peers and routes we do not know are
-        kept: after a restart they belong to clusters about to be re-connected.
+        ``actual`` (a device just read) or ``full`` ask for read and diff; otherwise, once
+        synced and with nothing unknown, only the changed clusters' delta is sent.
         """
+        if actual is None and not full and self._synced and self._written is not None:
+            if not self._dirty:
+                return
+            try:
+                self._apply_delta(self._written)
+                return
+            except Exception as e:
+                log.info("applying the change alone failed (%s); reading the device and "
+                         "table %d to apply the whole state", e, self.cfg.table)
+        self._apply_read_diff(actual, full)
+
+    def _apply_read_diff(self, actual: Device | None, full: bool) -> None:
+        """Read the device and table 220, and change only what differs from the whole
+        desired state. Before the engine marks the driver synced, peers and routes we do
+        not know are kept: after a restart they belong to clusters about to be re-connected.
+        """
+        self._written = self._route_keys = None  # unknown until this succeeds
         client = self.device.client
         if actual is None:
             actual = client.device(self.cfg.device)
@@ -281,6 +329,49 @@ class WireGuardDriver:
             log.debug("table %d: %d route(s) added, %d removed", self.cfg.table, added, removed)
         if full:
             self.table.ensure_rules()
+        self._dirty.clear()
+        self._written = {p.cluster_id: p for p in self._index}
+
+    def _apply_delta(self, written: dict[str, RemotePeer]) -> None:
+        """Send only what the clusters in ``_dirty`` changed, to the device, our nftables
+        table and table 220, trusting ``written`` to be what they hold for the others."""
+        dirty = sorted(self._dirty)
+        olds = [p for cid in dirty if (p := written.get(cid)) is not None]
+        news = [p for cid in dirty if (p := self._index.get(cid)) is not None]
+        keepalive, psk = self.cfg.keepalive, self._psk
+        kind = self.device.kind or BackendKind.USERSPACE
+        # The changed peers as the device holds them (what we wrote) and as they should be:
+        # config_delta gives removals, additions and update_only changes for just those.
+        have = Device(name=self.cfg.device, kind=kind, fwmark=self.cfg.fwmark,
+                      peers=[desired.desired_peer(p, keepalive, psk) for p in olds])
+        want = Device(name=self.cfg.device, kind=kind, fwmark=self.cfg.fwmark,
+                      peers=[desired.desired_peer(p, keepalive, psk) for p in news])
+        change = config_delta(have, want)
+        if not change.is_empty():
+            self.device.client.configure(self.cfg.device, change)
+            log.debug("device %s: %d peer change(s)", self.cfg.device, len(change.peers))
+        mtu = self._mtu()
+        if mtu != self._mtu_set:
+            self.device.set_up(mtu)
+            self._mtu_set = mtu
+        old_nets = {n for p in olds for n in p.subnets}
+        new_nets = {n for p in news for n in p.subnets}
+        if old_nets != new_nets:
+            self._apply_nft(False)  # before the routes, as in a full apply
+        old_routes = desired.desired_routes(olds, self.cfg.device, self._sources)
+        new_routes = desired.desired_routes(news, self.cfg.device, self._sources)
+        add, remove = new_routes - old_routes, old_routes - new_routes
+        if add or remove:
+            self.table.apply(add, remove)
+            log.debug("table %d: %d route(s) added, %d removed", self.cfg.table, len(add),
+                      len(remove))
+        for cid in dirty:
+            if (p := self._index.get(cid)) is not None:
+                written[cid] = p
+            else:
+                written.pop(cid, None)
+        self._dirty.clear()
+        self._route_keys = None
 
     def resync(self) -> None:
         """Re-apply everything; heals drift (peers or routes removed by someone else)."""
@@ -320,6 +411,7 @@ class WireGuardDriver:
             self._conns[cid] = _Conn(
                 info, peer, tracker or PeerStatus(self.cfg.thresholds, now))
             self._index.add(peer)
+            self._dirty.add(cid)
             self._changed()
             log.info("connected cluster %s at %s (nat=%s, subnets %s)", cid, peer.endpoint,
                      peer.using_nat, ", ".join(map(str, peer.subnets)))
@@ -338,6 +430,7 @@ class WireGuardDriver:
                 return
             del self._conns[cid]
             self._index.remove(cid)
+            self._dirty.add(cid)
             self._changed()
             log.info("disconnected cluster %s", cid)
 
@@ -391,11 +484,16 @@ class WireGuardDriver:
         if not self.device.is_up():
             log.warning("device %s was down; setting it up", self.cfg.device)
             self.device.set_up(self._mtu())
-        routes = desired.desired_routes(self._accepted(), self.cfg.device, self._sources)
-        added, removed = self.table.sync(routes, remove_unknown=self._synced)
-        if added or removed:
-            log.warning("table %d: restored %d route(s), removed %d unknown", self.cfg.table,
-                        added, removed)
+        if self._route_keys is None or self._dirty:
+            self._route_keys = frozenset(r.text_key() for r in desired.desired_routes(
+                self._accepted(), self.cfg.device, self._sources))
+        # One read compared as text; the parse-and-diff only when something differs.
+        if not self.table.holds(self._route_keys, exactly=self._synced):
+            routes = desired.desired_routes(self._accepted(), self.cfg.device, self._sources)
+            added, removed = self.table.sync(routes, remove_unknown=self._synced)
+            if added or removed:
+                log.warning("table %d: restored %d route(s), removed %d unknown",
+                            self.cfg.table, added, removed)
         if not all(self.table.has_rule(fam) for fam in ("-4", "-6")):
             log.warning("rule for table %d was removed; adding it again", self.cfg.table)
             self.table.ensure_rules()
@@ -451,7 +549,8 @@ class WireGuardDriver:
             self.table.remove()
             self.device.delete()
             self.nft.remove()
-            self._nft_applied = None
+            self._nft_applied = self._nft_remote = self._written = self._route_keys = None
+            self._dirty.clear()
             self._conns.clear()
             self._index = PeerIndex()
             if remove_key:

@@ -24,6 +24,7 @@ class PeerIndex:
         # Per IP version, ranges sorted by start; accepted ranges never overlap.
         self._starts: dict[int, list[int]] = {4: [], 6: []}
         self._ranges: dict[int, list[tuple[int, int, str, IPNetwork]]] = {4: [], 6: []}
+        self._v6_endpoints = 0  # peers reached over IPv6 (the MTU depends on it)
 
     def __contains__(self, cluster_id: object) -> bool:
         return cluster_id in self._peers
@@ -37,11 +38,17 @@ class PeerIndex:
     def get(self, cluster_id: str) -> RemotePeer | None:
         return self._peers.get(cluster_id)
 
+    @property
+    def v6_endpoints(self) -> int:
+        """How many accepted peers have an IPv6 endpoint (kept count, not a scan)."""
+        return self._v6_endpoints
+
     def add(self, peer: RemotePeer) -> None:
         """Add (or replace) a cluster's peer. The caller has checked it overlaps nothing."""
         self.remove(peer.cluster_id)
         self._peers[peer.cluster_id] = peer
         self._keys[peer.public_key] = peer.cluster_id
+        self._v6_endpoints += peer.endpoint.ip.version == 6
         for net in peer.subnets:
             start = int(net.network_address)
             i = bisect.bisect_left(self._starts[net.version], start)
@@ -55,6 +62,7 @@ class PeerIndex:
             return
         if self._keys.get(peer.public_key) == cluster_id:
             del self._keys[peer.public_key]
+        self._v6_endpoints -= peer.endpoint.ip.version == 6
         for net in peer.subnets:
             starts, ranges = self._starts[net.version], self._ranges[net.version]
             i = bisect.bisect_left(starts, int(net.network_address))

@@ -8,6 +8,11 @@ With ``netns``, the daemon runs in that network namespace with a private tmpfs o
 /run/wireguard (its socket path is not namespaced). Its socket is always reached through
 /proc/<pid>/root/run/wireguard (/run, not /var/run: that symlink is absolute and would
 resolve against our own root).
+
+The daemon's output goes to a file (``log_path``, appended to; else an unnamed temporary
+file), never to a pipe: nothing reads a pipe once the daemon is up, and a daemon that
+filled it would block on its next write. A daemon that exits during start-up is reported
+with what it wrote there.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import select
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 from wgcable.netlink.netns import netns_path
 from wgcable.wgctrl.uapi import DEFAULT_SOCKET_DIRS
@@ -28,6 +35,8 @@ WIREGUARD_GO = "wireguard-go"
 # Run inside a new mount namespace (as `ip netns exec` gives): a private, empty
 # /run/wireguard for the daemon's socket. The directory may not exist on a new machine.
 PRIVATE_SOCKET_DIR = "mkdir -p /run/wireguard && mount -t tmpfs wgcable /run/wireguard"
+LOG_ROTATE_BYTES = 1 << 20  # a log bigger than this at a start is moved to <log>.1
+STARTUP_ERROR_BYTES = 4096  # how much of a failed start's output goes into the error
 
 
 class UserspaceError(RuntimeError):
@@ -65,17 +74,40 @@ def _same_netns(pid: int, netns: str | None) -> bool:
     return theirs == ours
 
 
+def _output_since(out: IO[bytes], start: int) -> str:
+    """What the daemon wrote to ``out`` from ``start`` on; its end, if that is long."""
+    out.flush()
+    end = out.seek(0, os.SEEK_END)
+    with open(f"/proc/self/fd/{out.fileno()}", "rb") as f:  # ours is write-only
+        f.seek(max(start, end - STARTUP_ERROR_BYTES))
+        text = f.read().decode(errors="replace").strip()
+    return text if end - start <= STARTUP_ERROR_BYTES else "..." + text
+
+
 class WireGuardGoProcess:
     """One wireguard-go daemon for one interface."""
 
     def __init__(
-        self, ifname: str, netns: str | None = None, binary: str = WIREGUARD_GO
+        self, ifname: str, netns: str | None = None, binary: str = WIREGUARD_GO,
+        log_path: str | Path | None = None,
     ) -> None:
         self.ifname = ifname
         self.netns = netns
         self.binary = binary
+        self.log_path = Path(log_path) if log_path is not None else None
         self.pid: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+
+    def _open_log(self) -> IO[bytes]:
+        """Where the daemon's stdout and stderr go (see the module's docstring)."""
+        if self.log_path is None:
+            return tempfile.TemporaryFile(prefix=f"wireguard-go-{self.ifname}-")
+        self.log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            if self.log_path.stat().st_size > LOG_ROTATE_BYTES:
+                os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return os.fdopen(fd, "ab")
 
     @property
     def socket_dirs(self) -> list[str]:
@@ -100,29 +132,31 @@ class WireGuardGoProcess:
                    self.ifname]
         else:
             cmd = [self.binary, "-f", self.ifname]
-        try:
-            self._proc = subprocess.Popen(
-                cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, start_new_session=True,
-            )
-        except FileNotFoundError:
-            raise UserspaceError(
-                f"{cmd[0]} not found: this kernel has no WireGuard, so the device needs "
-                "wireguard-go (apt-get install wireguard-go)") from None
-        self.pid = self._proc.pid  # ip netns exec and sh exec in place: the daemon's PID
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr \
-                    else ""
-                self.pid = None
-                raise UserspaceError(f"{self.binary} for {self.ifname} exited: {err.strip()}")
-            path = self.socket_path()
-            if path is not None and _listening(path):
-                return
-            time.sleep(0.01)
-        self.stop()
-        raise UserspaceError(f"{self.binary} for {self.ifname}: no socket after {timeout}s")
+        with self._open_log() as out:
+            start = out.seek(0, os.SEEK_END)
+            try:
+                self._proc = subprocess.Popen(
+                    cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                    start_new_session=True,
+                )
+            except FileNotFoundError:
+                raise UserspaceError(
+                    f"{cmd[0]} not found: this kernel has no WireGuard, so the device needs "
+                    "wireguard-go (apt-get install wireguard-go)") from None
+            # The daemon has its own descriptor now; ours is closed on the way out.
+            self.pid = self._proc.pid  # ip netns exec and sh exec in place: the daemon's PID
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self._proc.poll() is not None:
+                    self.pid = None
+                    raise UserspaceError(f"{self.binary} for {self.ifname} exited: "
+                                         f"{_output_since(out, start)}")
+                path = self.socket_path()
+                if path is not None and _listening(path):
+                    return
+                time.sleep(0.01)
+            self.stop()
+            raise UserspaceError(f"{self.binary} for {self.ifname}: no socket after {timeout}s")
 
     def adopt(self, pid: int) -> bool:
         """Take over a daemon started by an earlier instance, if ``pid`` is still it."""
@@ -184,8 +218,6 @@ class WireGuardGoProcess:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout)
-            if proc.stderr:
-                proc.stderr.close()
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
