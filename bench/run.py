@@ -59,8 +59,8 @@ SECTIONS: list[Section] = [
             "iperf3 through the lab tunnel vs hand-built wireguard-go vs no WireGuard"),
     Section("agent", "bench.agent_sections", "run_agent", "plot_agent", 1, 1,
             "agent and wireguard-go CPU and RSS at 10/100/1000 peers"),
-    # Section("recovery", "bench.recovery_bench", repeat=10, quick_repeat=2,
-    #         what="wireguard-go killed -> tunnel back"),
+    Section("recovery", "bench.recovery_bench", repeat=10, quick_repeat=2,
+            what="wireguard-go SIGKILLed -> device, peers, routes and pings back"),
 ]
 
 TOOLS = ("ip", "nsenter", "wg", "wireguard-go", "ping", "iperf3", "nft")
