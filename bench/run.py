@@ -61,6 +61,8 @@ SECTIONS: list[Section] = [
             "agent and wireguard-go CPU and RSS at 10/100/1000 peers"),
     Section("recovery", "bench.recovery_bench", repeat=10, quick_repeat=2,
             what="wireguard-go SIGKILLed -> device, peers, routes and pings back"),
+    Section("broker", "bench.broker_bench", repeat=10, quick_repeat=2,
+            what="Kubernetes broker: lab start, Endpoint created via the API -> first reply"),
 ]
 
 TOOLS = ("ip", "nsenter", "wg", "wireguard-go", "ping", "iperf3", "nft")
