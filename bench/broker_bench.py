@@ -103,6 +103,21 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
             "convergence_ms": summary(samples)}
 
 
+def plot(result: dict[str, Any], ax: Any) -> None:
+    """The figure's panel: the convergence samples, and the lab's start as text."""
+    samples = result["convergence_ms"].get("samples", [])
+    if samples:
+        ax.boxplot([samples], vert=False, widths=0.5)
+        ax.plot(samples, [1] * len(samples), ".", alpha=0.5)
+    ax.set_yticks([1], ["Endpoint created\nvia the API\n-> first ping reply"], fontsize=7)
+    ax.set_xlabel("ms")
+    ax.set_title("Kubernetes broker: convergence")
+    ax.text(0.98, 0.05, f"lab up (API server start included): {result['lab_up_ms'] / 1000:.1f} s"
+            f"\nboth cables connected: {result['connected_ms'] / 1000:.1f} s",
+            transform=ax.transAxes, ha="right", va="bottom", fontsize=7)
+    ax.grid(True, axis="x", alpha=0.3)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Kubernetes broker: start and convergence")
     ap.add_argument("--repeat", type=int, default=10)

@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from types import FrameType
+from typing import Any
 
 from wgcable.cable.wireguard.userspace import process_running
 from wgcable.lab.lab import Lab
@@ -178,6 +179,24 @@ def run(repeat: int, timeout: float = 30.0) -> dict[str, float]:
         "traffic_median_s": statistics.median(traffic),
         "traffic_max_s": max(traffic),
     }
+
+
+def plot(result: dict[str, float], ax: Any) -> None:
+    """The figure's panel: median and max, in ms, of state and traffic back."""
+    labels = ["device, peers, routes\nback (median)", "(max)",
+              "first ping reply\n(median)", "(max)"]
+    keys = ["state_median_s", "state_max_s", "traffic_median_s", "traffic_max_s"]
+    vals = [result[k] * 1000 for k in keys]
+    bars = ax.barh(range(len(vals)), vals, color=["C0", "C0", "C1", "C1"])
+    for b, v in zip(bars, vals, strict=True):
+        ax.annotate(f" {v:.0f}", (v, b.get_y() + b.get_height() / 2), va="center",
+                    fontsize=7)
+    ax.set_yticks(range(len(vals)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(right=max(vals) * 1.3)
+    ax.set_xlabel("ms after SIGKILL")
+    ax.set_title(f"wireguard-go SIGKILLed ({result['repeat']:.0f} times): back after")
+    ax.grid(True, axis="x", alpha=0.3)
 
 
 def main(argv: list[str] | None = None) -> int:
