@@ -119,6 +119,7 @@ def foreign_endpoint(name: str, cluster_id: str, subnets: list[str], *,
 
 
 A_KEY = "qH5nQZl2Z6g8mUBu8m3lZtV7rJ3Gk5m3m1N2aKQ0Wn8="  # a valid, unused public key
+OTHER_KEY = "mH5nQZl2Z6g8mUBu8m3lZtV7rJ3Gk5m3m1N2aKQ0Wn4="
 
 
 def on_gateway(lab: Lab, index: int, *args: str) -> str:
@@ -387,6 +388,9 @@ def test_schema_valid_but_unusable_endpoints_are_reported_and_change_nothing(
                                         public_key="not a key"),
         "noip-cable": foreign_endpoint("noip-cable", "noip", ["10.8.0.0/16"],
                                        public_key=A_KEY, private_ip="not-an-ip"),
+        # cluster2's gateway address: its tunnel's own packets would be captured.
+        "gwsteal-cable": foreign_endpoint("gwsteal-cable", "gwsteal", ["198.18.0.2/32"],
+                                          public_key=OTHER_KEY),
     }
     pinger = Pinger(lab, 1, 2)
     try:
@@ -401,7 +405,8 @@ def test_schema_valid_but_unusable_endpoints_are_reported_and_change_nothing(
             errors = {c.endpoint.cluster_id: c.status_message for c in st.gateway.connections
                       if c.status == ConnectionStatus.ERROR}
             text = st.gateway.status_failure + json.dumps(errors)
-            return all(cid in text for cid in ("steal", "default", "dup", "nokey", "noip"))
+            return all(cid in text
+                       for cid in ("steal", "default", "dup", "nokey", "noip", "gwsteal"))
 
         wait_for(reported, 15, "every bad endpoint to be reported")
         time.sleep(1)

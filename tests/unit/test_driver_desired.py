@@ -25,6 +25,7 @@ from wgcable.cable.wireguard.desired import (
     mtu_for,
     validate_remote,
 )
+from wgcable.cable.wireguard.index import PeerIndex
 from wgcable.routing.table import Route
 from wgcable.wgctrl import IPAddress, IPNetwork, Key, UDPAddr
 
@@ -356,6 +357,39 @@ def test_refuses_subnet_overlapping_another_cluster(theirs: str, mine: str) -> N
     err = refusal(remote("west", ["fd00:c::/64", mine]), others, local_subnets=("10.0.0.0/16",))
     assert_names(err, "subnets", str(net(mine)))
     assert f"overlaps {theirs} of cluster 'south'" in str(err)
+
+
+@pytest.mark.parametrize(("gateway", "mine"), [
+    ("203.0.113.50", "203.0.113.0/24"),
+    ("203.0.113.50", "203.0.113.50/32"),
+    ("2001:db8::50", "2001:db8::/64"),
+])
+def test_refuses_subnet_covering_another_cluster_s_gateway(gateway: str, mine: str) -> None:
+    # Routing it into this tunnel would send that cluster's own tunnel packets in here.
+    south = validate(remote("south", ["10.4.0.0/16"], use_ip=gateway))
+    err = refusal(remote("west", [mine], use_ip="192.0.2.7"), {"south": south})
+    assert_names(err, "subnets", str(net(mine)))
+    assert f"covers {gateway}, the gateway address of cluster 'south'" in str(err)
+
+
+def test_refuses_a_gateway_inside_another_cluster_s_subnet() -> None:
+    south = accepted_peer("south", "198.51.100.0/24")
+    err = refusal(remote("west", ["10.1.0.0/16"], use_ip="198.51.100.9"), {"south": south})
+    assert_names(err, "using_ip", "198.51.100.9")
+    assert "inside 198.51.100.0/24 of cluster 'south'" in str(err)
+
+
+def test_a_cluster_s_own_gateway_and_subnets_never_clash_with_themselves_or_the_departed() -> None:
+    index = PeerIndex()
+    south = validate(remote("south", ["10.4.0.0/16"], use_ip="203.0.113.50"))
+    index.add(south)
+    # Its own update is not a clash (its old entry is excluded).
+    validate_remote(remote("south", ["10.4.0.0/16"], use_ip="203.0.113.51"), local_endpoint(),
+                    local_nets(), OWN_PUBLIC, index)
+    index.remove("south")
+    # Gone: its address may now be covered by someone else.
+    validate_remote(remote("west", ["203.0.113.0/24"], use_ip="192.0.2.7"), local_endpoint(),
+                    local_nets(), OWN_PUBLIC, index)
 
 
 def test_refusal_is_a_value_error() -> None:

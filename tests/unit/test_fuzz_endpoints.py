@@ -118,6 +118,11 @@ def test_fuzz_hostile_endpoints_through_store_engine_driver(
         assert driver._key is not None
         secret = driver._key
         device = mem.device(DEVICE)
+        # No peer's allowed IPs capture another peer's gateway address (its tunnel packets).
+        for p in device.peers:
+            for q in device.peers:
+                if p is not q and q.endpoint is not None:
+                    assert not [n for n in p.allowed_ips if q.endpoint.ip in n], (p, q)
         state = GatewayMetricsState.for_local(local_ep, driver.name, statuses[-1].connections,
                                               dict(engine.established))
         texts = {

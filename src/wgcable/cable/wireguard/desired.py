@@ -157,6 +157,16 @@ def validate_remote(
         if clash := others.overlap(net, exclude=cid):
             raise EndpointRejectedError(
                 cid, "subnets", str(net), f"overlaps {clash[0]} of cluster {clash[1]!r}")
+        if gw := others.endpoint_in(net, exclude=cid):
+            addr = (ipaddress.IPv4Address if net.version == 4 else ipaddress.IPv6Address)(gw[0])
+            raise EndpointRejectedError(
+                cid, "subnets", str(net), f"covers {addr}, the gateway address of cluster "
+                f"{gw[1]!r}: that cluster's tunnel would route into this one")
+    if clash := others.overlap(ipaddress.ip_network(ip), exclude=cid):
+        raise EndpointRejectedError(
+            cid, "using_ip", info.use_ip,
+            f"is inside {clash[0]} of cluster {clash[1]!r}: this tunnel would route into that "
+            "one")
     return RemotePeer(cid, key, UDPAddr(ip, port), subnets, info.use_ip, info.use_nat)
 
 

@@ -1,8 +1,9 @@
 """The accepted remote clusters, indexed so that checking a newcomer stays cheap at scale.
 
 A store flooded with thousands of endpoints must not make validation quadratic: subnet
-overlaps are found by bisection over the (non-overlapping) accepted ranges, and key owners
-by a dictionary.
+overlaps are found by bisection over the (non-overlapping) accepted ranges, gateway
+addresses inside a range by bisection over the sorted endpoint IPs, and key owners by a
+dictionary.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class PeerIndex:
         self._starts: dict[int, list[int]] = {4: [], 6: []}
         self._ranges: dict[int, list[tuple[int, int, str, IPNetwork]]] = {4: [], 6: []}
         self._v6_endpoints = 0  # peers reached over IPv6 (the MTU depends on it)
+        # Per IP version, the peers' gateway addresses, sorted (several peers may share one).
+        self._endpoint_ips: dict[int, list[tuple[int, str]]] = {4: [], 6: []}
 
     def __contains__(self, cluster_id: object) -> bool:
         return cluster_id in self._peers
@@ -49,6 +52,8 @@ class PeerIndex:
         self._peers[peer.cluster_id] = peer
         self._keys[peer.public_key] = peer.cluster_id
         self._v6_endpoints += peer.endpoint.ip.version == 6
+        bisect.insort(self._endpoint_ips[peer.endpoint.ip.version],
+                      (int(peer.endpoint.ip), peer.cluster_id))
         for net in peer.subnets:
             start = int(net.network_address)
             i = bisect.bisect_left(self._starts[net.version], start)
@@ -63,6 +68,10 @@ class PeerIndex:
         if self._keys.get(peer.public_key) == cluster_id:
             del self._keys[peer.public_key]
         self._v6_endpoints -= peer.endpoint.ip.version == 6
+        ips = self._endpoint_ips[peer.endpoint.ip.version]
+        i = bisect.bisect_left(ips, (int(peer.endpoint.ip), cluster_id))
+        if i < len(ips) and ips[i] == (int(peer.endpoint.ip), cluster_id):
+            del ips[i]
         for net in peer.subnets:
             starts, ranges = self._starts[net.version], self._ranges[net.version]
             i = bisect.bisect_left(starts, int(net.network_address))
@@ -87,4 +96,16 @@ class PeerIndex:
             if ranges[i][2] != exclude:
                 return ranges[i][3], ranges[i][2]
             i -= 1
+        return None
+
+    def endpoint_in(self, net: IPNetwork, exclude: str = "") -> tuple[int, str] | None:
+        """Another cluster's gateway address inside ``net`` (as an int), with its owner:
+        a route for ``net`` would send that cluster's own tunnel packets into ours."""
+        ips = self._endpoint_ips[net.version]
+        start, end = int(net.network_address), int(net.broadcast_address)
+        i = bisect.bisect_left(ips, (start, ""))
+        while i < len(ips) and ips[i][0] <= end:
+            if ips[i][1] != exclude:
+                return ips[i]
+            i += 1
         return None
