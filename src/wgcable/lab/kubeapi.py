@@ -12,13 +12,11 @@ namespace (``call_in_netns``): sockets belong to the namespace they were opened 
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
 import secrets
 import shutil
-import signal
 import ssl
 import subprocess
 import time
@@ -32,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from wgcable.cable.wireguard.userspace import process_running
 from wgcable.lab.netns import LabError, Namespace
+from wgcable.lab.process import stop_pid
 from wgcable.netlink.netns import call_in_netns
 from wgcable.store.crds import GATEWAY_RULES, all_crds
 from wgcable.store.open import DEFAULT_NAMESPACE
@@ -72,23 +71,6 @@ def unavailable_reason() -> str | None:
     if shutil.which("etcd") is None:
         return "no etcd on PATH: run scripts/install-k8s.sh (Debian's etcd-server)"
     return None
-
-
-def _kill(pid: int, names: tuple[str, ...], timeout: float = 10) -> None:
-    if pid <= 0 or not process_running(pid, *names):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while process_running(pid) and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.05)
-    if process_running(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
 
 
 class LocalAPIServer:
@@ -194,12 +176,12 @@ class LocalAPIServer:
 
     def stop_apiserver(self) -> None:
         """Stop only the API server (an outage); ``start_apiserver`` brings it back."""
-        _kill(self.apiserver_pid, _APISERVER_NAMES)
+        stop_pid(self.apiserver_pid, _APISERVER_NAMES, timeout=10)
         self.apiserver_pid = 0
 
     def stop(self) -> None:
         self.stop_apiserver()
-        _kill(self.etcd_pid, _ETCD_NAMES)
+        stop_pid(self.etcd_pid, _ETCD_NAMES, timeout=10)
         self.etcd_pid = 0
 
     def _wait_ready(self, timeout: float) -> None:

@@ -27,6 +27,7 @@ from wgcable.cable.types import ConnectionStatus
 from wgcable.cable.wireguard.userspace import PRIVATE_SOCKET_DIR, process_running
 from wgcable.lab.kubeapi import LocalAPIServer
 from wgcable.lab.netns import LabError, Namespace, list_namespaces
+from wgcable.lab.process import stop_pid
 from wgcable.lab.topology import BROKER_IP, ClusterNet, Topology
 from wgcable.store.open import DEFAULT_NAMESPACE, KUBERNETES
 
@@ -75,21 +76,7 @@ def _check_name(name: str) -> None:
 
 
 def _kill(pid: int, timeout: float = 5.0, names: Sequence[str] = ()) -> None:
-    """SIGTERM then SIGKILL, by PID only, and only if the PID is still what we started."""
-    if pid <= 0 or not process_running(pid, *names):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while process_running(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-    if process_running(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+    stop_pid(pid, names, timeout)
 
 
 def is_lab_namespace(prefix: str, name: str) -> bool:

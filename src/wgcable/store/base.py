@@ -6,12 +6,15 @@ whole snapshot and reconciles. A missed or merged event therefore never loses a 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from wgcable.cable.types import Endpoint, GatewayStatus
+
+log = logging.getLogger(__name__)
 
 
 class StoreUnavailableError(RuntimeError):
@@ -55,3 +58,12 @@ class EndpointStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def notify(changed: Callable[[], None]) -> None:
+    """Call a watch's ``changed()``; a failing callback is logged, and the watch goes on
+    (the next change calls it again)."""
+    try:
+        changed()
+    except Exception:
+        log.exception("store change callback failed")

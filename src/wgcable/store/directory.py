@@ -29,7 +29,7 @@ import yaml
 
 from wgcable.cable.types import API_VERSION, Endpoint, EndpointFormatError, GatewayStatus
 from wgcable.store import inotify
-from wgcable.store.base import Snapshot, StoreUnavailableError
+from wgcable.store.base import Snapshot, StoreUnavailableError, notify
 
 log = logging.getLogger(__name__)
 
@@ -434,14 +434,6 @@ class DirectoryStore:
     def _stopped(self, stop: threading.Event) -> bool:
         return stop.is_set() or self._closed.is_set()
 
-    @staticmethod
-    def _notify(changed: Callable[[], None]) -> None:
-        try:
-            changed()
-        except Exception:
-            # The watch must outlive a failing callback; the next change calls it again.
-            log.exception("store change callback failed")
-
     def _listing(self) -> dict[str, _Key]:
         out: dict[str, _Key] = {}
         try:
@@ -461,12 +453,12 @@ class DirectoryStore:
 
     def _watch_polling(self, changed: Callable[[], None], stop: threading.Event) -> None:
         before = self._listing()
-        self._notify(changed)
+        notify(changed)
         while not stop.wait(self.poll_interval) and not self._closed.is_set():
             now = self._listing()
             if now != before:
                 before = now
-                self._notify(changed)
+                notify(changed)
 
     def _watch_inotify(
         self, ino: inotify.Inotify, changed: Callable[[], None], stop: threading.Event
@@ -482,7 +474,7 @@ class DirectoryStore:
                 while (left := deadline - time.monotonic()) > 0:
                     watcher.handle(ino.read(left))
                 pending = False
-                self._notify(changed)
+                notify(changed)
                 continue
             # The timeout bounds how late a stop is seen and how often a missing
             # directory is looked for again.

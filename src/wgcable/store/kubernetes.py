@@ -26,7 +26,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from wgcable.cable.types import API_VERSION, Endpoint, EndpointFormatError, GatewayStatus
-from wgcable.store.base import Snapshot, StoreUnavailableError
+from wgcable.store.base import Snapshot, StoreUnavailableError, notify
 from wgcable.store.open import DEFAULT_NAMESPACE
 
 log = logging.getLogger(__name__)
@@ -317,7 +317,7 @@ class KubernetesStore:
             try:
                 if self._cache is None or not self._resource_version:
                     self._relist()
-                    self._notify(changed)
+                    notify(changed)
                 self._stream(changed, stop)
                 delay = self.backoff_initial
             except _Gone:
@@ -337,13 +337,6 @@ class KubernetesStore:
 
     def _stopped(self, stop: threading.Event) -> bool:
         return stop.is_set() or self._closed.is_set()
-
-    @staticmethod
-    def _notify(changed: Callable[[], None]) -> None:
-        try:
-            changed()
-        except Exception:
-            log.exception("store change callback failed")
 
     def _stream(self, changed: Callable[[], None], stop: threading.Event) -> None:
         """One watch request, until the server ends it (timeout) or it fails."""
@@ -371,7 +364,7 @@ class KubernetesStore:
                 if self._stopped(stop):
                     return
                 if self._apply_event(line):
-                    self._notify(changed)
+                    notify(changed)
         finally:
             self._response = None
             with contextlib.suppress(Exception):
