@@ -4,6 +4,7 @@ without root: the kernel side is tests/unit/fake_kernel.py, the daemon a plain c
 from __future__ import annotations
 
 import base64
+import ipaddress
 import socket
 import subprocess
 import sys
@@ -72,6 +73,19 @@ def test_a_status_read_puts_back_a_removed_peer(driver: WireGuardDriver) -> None
     dev.mem.configure(DEVICE, WGConfig(peers=[PeerConfig(peer.public_key, remove=True)]))
     driver.get_connections()
     assert [p.public_key for p in dev.mem.devices[DEVICE].peers] == [peer.public_key]
+
+
+def test_a_status_read_puts_back_a_peer_s_edited_allowed_ips(driver: WireGuardDriver) -> None:
+    dev = driver.device
+    assert isinstance(dev, FakeDevice)
+    [peer] = dev.mem.devices[DEVICE].peers
+    want = set(peer.allowed_ips)
+    dev.mem.configure(DEVICE, WGConfig(peers=[PeerConfig(
+        peer.public_key, allowed_ips=[ipaddress.ip_network("10.99.0.0/16")],
+        replace_allowed_ips=True, update_only=True)]))
+    assert set(dev.mem.devices[DEVICE].peers[0].allowed_ips) != want
+    driver.get_connections()
+    assert set(dev.mem.devices[DEVICE].peers[0].allowed_ips) == want
 
 
 def test_installed_names_the_endpoints_whose_peer_is_on_the_device(

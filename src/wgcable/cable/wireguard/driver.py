@@ -465,6 +465,13 @@ class WireGuardDriver:
                 c.tracker.status = ConnectionStatus.ERROR
                 c.tracker.message = "peer missing from the device; re-adding it"
             else:
+                if set(p.allowed_ips) != set(c.peer.subnets):
+                    # Edited behind our back (or a write went astray): traffic for the
+                    # cluster would be dropped while handshakes still say "connected".
+                    log.warning("peer of %s has allowed IPs %s instead of %s; restoring",
+                                cid, sorted(map(str, p.allowed_ips)),
+                                sorted(map(str, c.peer.subnets)))
+                    missing = True
                 c.rx, c.tx = p.rx_bytes, p.tx_bytes
                 c.tracker.update(now, wall, p.last_handshake, p.rx_bytes, p.tx_bytes)
             if c.tracker.status != before:
