@@ -31,9 +31,8 @@ from wgcable.lab.lab import (
     Lab,
     LabState,
     _check_name,
-    _kill,
+    end_processes_in,
     is_lab_namespace,
-    namespace_pids,
 )
 from wgcable.lab.netns import LabError, Namespace, list_namespaces
 from wgcable.store.open import KUBERNETES
@@ -212,8 +211,7 @@ def remove_all(root: str) -> tuple[list[str], list[str], list[str]]:
         problems += remove(name, root)[1]
     swept = [n for n in list_namespaces() if n.startswith(SWEEP_PREFIX)]
     for ns in swept:
-        for pid in namespace_pids(ns):
-            _kill(pid)
+        end_processes_in(ns)
         try:
             Namespace(ns).delete()
         except LabError as e:

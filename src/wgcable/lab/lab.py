@@ -93,6 +93,18 @@ def namespace_pids(ns: str) -> list[int]:
     return [int(w) for w in out.stdout.split() if w.isdigit()]
 
 
+def end_processes_in(ns: str, rounds: int = 5) -> None:
+    """End every process inside the named namespace, by PID. Scanned again after each
+    round: a process being stopped may just have started another (an agent starting its
+    wireguard-go, in a session of its own so that it outlives the agent)."""
+    for _ in range(rounds):
+        pids = namespace_pids(ns)
+        if not pids:
+            return
+        for pid in pids:
+            _kill(pid)
+
+
 class Lab:
     def __init__(self, state: LabState) -> None:
         self.state = state
@@ -374,8 +386,7 @@ table ip wgcable_lab_snat {{
         # recorded, or whose comm `_kill` did not know, e.g. "python3.11"): end it by PID,
         # or it would outlive the namespace's name.
         for ns in mine:
-            for pid in namespace_pids(ns):
-                _kill(pid)
+            end_processes_in(ns)
         for ns in mine:
             try:
                 Namespace(ns).delete()
