@@ -390,20 +390,19 @@ _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _HOST_LABEL = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?")
 
 
-def _cluster_id(value: object) -> str:
-    text = _text(value)
-    if len(text) > 63 or not _DNS_LABEL.fullmatch(text):
-        raise _Invalid(f"{value!r} is not a DNS-1123 label "
-                       "(lowercase letters, digits and '-', at most 63)")
-    return text
+def _dns_label(what: str) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        text = _text(value)
+        if len(text) > 63 or not _DNS_LABEL.fullmatch(text):
+            raise _Invalid(f"{value!r} is not {what}"
+                           "(lowercase letters, digits and '-', at most 63)")
+        return text
+
+    return parse
 
 
-def _namespace(value: object) -> str:
-    text = _text(value)
-    if len(text) > 63 or not _DNS_LABEL.fullmatch(text):
-        raise _Invalid(f"{value!r} is not a namespace name, a DNS-1123 label "
-                       "(lowercase letters, digits and '-', at most 63)")
-    return text
+_cluster_id = _dns_label("a DNS-1123 label ")
+_namespace = _dns_label("a namespace name, a DNS-1123 label ")
 
 
 def _hostname(value: object) -> str:
