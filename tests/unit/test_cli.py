@@ -313,3 +313,28 @@ def test_agent_with_bad_settings_exits_2_with_one_line_per_problem(
     assert "wgcable agent: --port: '99999' is out of range (1-65535)" in err
     assert any(line.startswith("wgcable agent: --cluster-id: required") for line in err)
     assert not state.exists()  # nothing is created
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    """`wgcable agent` must not pay for the lab's imports (start-up under emulation)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from wgcable.cli.main import build_parser; build_parser({argv}); "
+             "print(sorted(m for m in sys.modules if m.startswith('wgcable.cli.')))")
+    def loaded(argv: list[str]) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", probe.format(argv=argv)], check=True,
+                             capture_output=True, text=True).stdout
+        return list(json.loads(out.replace("'", '"')))
+
+    assert "wgcable.cli.lab" not in loaded(["agent", "--help"])
+    assert "wgcable.cli.demo" not in loaded(["agent"])
+    assert {"wgcable.cli.lab", "wgcable.cli.agent", "wgcable.cli.show"} <= set(loaded([]))
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("genkey", "genpsk", "pubkey", "show", "agent", "cleanup", "lab", "demo"):
+        assert command in out

@@ -3,30 +3,51 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from wgcable import __version__
-from wgcable.cli import agent, demo, keys, lab, show
 from wgcable.wgctrl.errors import WgError
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Which module registers which subcommands, in help order. Only the module of the command
+# being run is imported: the agent's start-up does not pay for the lab's imports (it matters
+# most under emulation, where every import is a round trip to the host's files).
+MODULES: dict[str, tuple[str, ...]] = {
+    "keys": ("genkey", "genpsk", "pubkey"),
+    "show": ("show",),
+    "agent": ("agent", "cleanup"),
+    "lab": ("lab",),
+    "demo": ("demo",),
+}
+
+
+def _modules_for(argv: Sequence[str]) -> list[str]:
+    first = next((a for a in argv if not a.startswith("-")), None)
+    wanted = [m for m, commands in MODULES.items() if first in commands]
+    return wanted or list(MODULES)  # no command, or an unknown one: all, for help and errors
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wgcable",
         description="WireGuard cable driver for multi-cluster Kubernetes networking.",
     )
     parser.add_argument("--version", action="version", version=f"wgcable {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (keys, show, agent, lab, demo):
-        module.register(sub)
+    names = list(MODULES) if argv is None else _modules_for(argv)
+    for name in names:
+        importlib.import_module(f"wgcable.cli.{name}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
