@@ -42,6 +42,8 @@ from typing import Any, Literal
 
 import pytest
 
+import slowness
+
 MARKER = "kernel"
 ENV_IN_VM = "WGCABLE_IN_VM"
 ENV_VM_REPORT = "WGCABLE_VM_REPORT"
@@ -53,6 +55,8 @@ ENV_VM_MEMORY = "WGCABLE_VM_MEMORY"
 ENV_VM_KVM = "WGCABLE_VM_KVM"
 ENV_VM_KEEP = "WGCABLE_VM_KEEP"
 ENV_VM_9P_CACHE = "WGCABLE_VM_9P_CACHE"
+
+SLOWNESS_FILE = "slowness.json"
 
 CACHED_TAG = "wgcable-host"
 CACHED_MOUNT = "/run/wgcable-host"
@@ -98,6 +102,17 @@ class GuestSide:
         target = os.environ.get(ENV_VM_REPORT)
         # Line-buffered append: reports already written survive a guest crash mid-run.
         self.out = open(target, "a", buffering=1, encoding="utf-8") if target else None  # noqa: SIM115
+        # Before any test: the factor that stretches their deadlines (tests/slowness.py).
+        t0 = time.monotonic()
+        self.slowness = slowness.measure_against_host()
+        if target and self.slowness is not None:
+            Path(target).with_name(SLOWNESS_FILE).write_text(json.dumps({
+                "factor": self.slowness, "measured_in_s": time.monotonic() - t0,
+                "host_workload_s": float(os.environ[slowness.ENV_HOST_WORKLOAD]),
+            }))
+
+    def pytest_report_header(self) -> str:
+        return f"slowness factor against the host: {self.slowness}"
 
     def pytest_collection_modifyitems(
         self, config: pytest.Config, items: list[pytest.Item]
@@ -193,6 +208,7 @@ class HostSide:
         self.skip_reason: str | None = None
         self.run: VmRun | None = None
         self.cached_fs = os.environ.get(ENV_VM_9P_CACHE, "1") != "0"
+        self.host_workload_s = 0.0
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(
@@ -243,6 +259,8 @@ class HostSide:
             reporter.write_line(
                 f"\nkernel VM: booting {kernel.name} for {len(nodeids)} test(s) (slow: TCG)"
             )
+        # The guest times the same workload and scales its deadlines by the ratio.
+        self.host_workload_s = slowness.workload_seconds()
         self.run = self._boot_and_test(vng, kernel, nodeids)
         self.skip_reason = self.run.skip_reason
 
@@ -265,6 +283,9 @@ class HostSide:
         verbose = int(self.config.getoption("verbose", 0) or 0)
         if verbose > 0:
             args.append("-" + "v" * verbose)  # same assertion-diff detail as the host asked for
+        count = int(self.config.getoption("count", 1) or 1)
+        if count > 1:  # pytest-repeat: the node ids below carry the repetition, so must it
+            args.append(f"--count={count}")
         tbstyle = self.config.getoption("tbstyle", "auto")
         if tbstyle != "auto":
             args.append(f"--tb={tbstyle}")
@@ -293,6 +314,7 @@ class HostSide:
             *cache_lines,
             f"cd {q(rootdir)} || exit 97",
             f"export {ENV_IN_VM}=1 {ENV_VM_REPORT}={q(str(shared / 'reports.jsonl'))}",
+            f"export {slowness.ENV_HOST_WORKLOAD}={self.host_workload_s:.4f}",
             f"export PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 PYTHONDONTWRITEBYTECODE=1 PATH={q(path)}",
             # The project tree is read-only in the guest: hypothesis keeps its examples in /tmp.
             "export HYPOTHESIS_STORAGE_DIRECTORY=/tmp/wgcable-hypothesis",
@@ -470,6 +492,16 @@ class HostSide:
             f"kernel {run.kernel.name}: boot to first command {boot}, guest pytest {guest}, "
             f"whole VM run {run.total_s:.1f} s, guest exit code {run.guest_rc}"
         )
+        try:
+            slow = json.loads((run.workdir / "shared" / SLOWNESS_FILE).read_text())
+            host_s = slow["host_workload_s"]
+            terminalreporter.write_line(
+                f"slowness factor {slow['factor']:.1f} (python + agent imports: host "
+                f"{host_s:.2f} s, guest {slow['factor'] * host_s:.2f} s; measuring took "
+                f"{slow['measured_in_s']:.1f} s): test deadlines scaled by it"
+            )
+        except (OSError, ValueError, KeyError):
+            terminalreporter.write_line("slowness factor: not measured (deadlines unscaled)")
         if not clean or _env_flag(ENV_VM_KEEP):
             terminalreporter.write_line(f"VM logs and junit XML kept in {run.workdir}")
 

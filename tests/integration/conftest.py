@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from slowness import scaled
 from wgcable.lab.lab import Lab
 from wgcable.lab.netns import KernelWireGuard, LabDevice, Namespace, WireGuardGo, list_namespaces
 
@@ -18,9 +19,6 @@ from .labtools import MakeLab, wait_for
 _TOOLS = ("ip", "wg", "nsenter", "ping")
 _seq = itertools.count()
 
-# Every test that takes a device runs on both kinds: wireguard-go here, and the kernel's
-# WireGuard (marker `kernel`: inside the test VM when this kernel has none).
-DEVICE_KINDS = ["userspace", pytest.param("kernel", marks=pytest.mark.kernel)]
 
 
 def _missing(kernel: bool) -> str | None:
@@ -42,9 +40,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
-@pytest.fixture(params=DEVICE_KINDS)
-def device_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+@pytest.fixture
+def device_kind() -> str:
+    """wireguard-go, unless the test is parametrized with `both_kinds`."""
+    return "userspace"
 
 
 @pytest.fixture
@@ -74,7 +73,7 @@ def make_wg(
         kind = KernelWireGuard if device_kind == "kernel" else WireGuardGo
         d = kind(ns or make_ns(), ifname)
         daemons.append(d)
-        return d.wait_ready()
+        return d.wait_ready(scaled(10))
 
     yield make
     for d in daemons:
@@ -83,8 +82,9 @@ def make_wg(
 
 def _labs(tmp_path: Path, kind: str) -> Iterator[MakeLab]:
     labs: list[Lab] = []
-    # Under the VM's software emulation everything (Python start-up above all) is slower.
-    patience = 120 if kind == "kernel" else 30
+    # Under the VM's software emulation everything (Python start-up above all) is slower,
+    # by the factor measured at its start.
+    patience = scaled(30)
 
     def make(clusters: int, **kw: object) -> Lab:
         name = f"t{os.getpid() % 10000}{len(labs)}"
