@@ -27,6 +27,8 @@ from wgcable.lab.topology import ClusterNet, Topology
 from wgcable.routing.nftables import NftTable
 from wgcable.wgctrl import Key, read_key_file, write_key_file
 
+from .labtools import both_kinds
+
 pytestmark = pytest.mark.netns
 
 
@@ -127,6 +129,7 @@ def mesh(gws: list[Gateway]) -> None:
         a.driver.mark_synced()
 
 
+@both_kinds
 def test_three_clusters_pods_reach_pods(clusters: Clusters) -> None:
     gws = clusters(3)
     mesh(gws)
@@ -147,6 +150,7 @@ def test_three_clusters_pods_reach_pods(clusters: Clusters) -> None:
     assert "src 10.1.0.1" in r
 
 
+@both_kinds
 def test_endpoint_change_converges_without_touching_others(
     clusters: Clusters,
 ) -> None:
@@ -209,6 +213,7 @@ def test_disconnect_removes_peer_and_routes(clusters: Clusters) -> None:
     ping(a, c)
 
 
+@both_kinds
 def test_restart_on_same_state_keeps_key_and_traffic(
     clusters: Clusters,
 ) -> None:
@@ -276,6 +281,7 @@ def test_hostile_endpoint_gets_error_others_keep_working(
     assert "refused" in by_id["cluster2"].status_message
 
 
+@both_kinds
 def test_cleanup_leaves_namespace_as_it_was(clusters: Clusters) -> None:
     a, b = clusters(2)
     gw = a.net.gateway
@@ -291,6 +297,7 @@ def test_cleanup_leaves_namespace_as_it_was(clusters: Clusters) -> None:
     assert len(links_before) > 0
 
 
+@both_kinds
 def test_dual_stack_subnets_and_endpoints_of_either_family(clusters: Clusters) -> None:
     a, b, c = clusters(3, ipv6=True)
     # a and b meet over the IPv6 underlay, a and c over IPv4; every peer carries subnets
@@ -317,11 +324,7 @@ def test_dual_stack_subnets_and_endpoints_of_either_family(clusters: Clusters) -
     assert "mtu 1440" in c.net.gateway.run("ip", "link", "show", "subwg0")
 
 
-def test_dead_wireguard_go_is_restarted_and_state_reapplied(
-    clusters: Clusters, device_kind: str
-) -> None:
-    if device_kind == "kernel":
-        pytest.skip("a kernel device has no daemon that could die")
+def test_dead_wireguard_go_is_restarted_and_state_reapplied(clusters: Clusters) -> None:
     a, b = clusters(2)
     mesh([a, b])
     ping(a, b)

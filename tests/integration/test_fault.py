@@ -26,6 +26,7 @@ from wgcable.wgctrl import Key
 from .labtools import (
     MakeLab,
     Pinger,
+    both_kinds,
     connection,
     endpoint_file,
     endpoint_json,
@@ -156,6 +157,7 @@ def test_fault_state_deleted_behind_the_agents_back_is_restored(
 # --- the agent dies ---------------------------------------------------------------------------
 
 
+@both_kinds
 def test_fault_agent_sigkill_mid_traffic_loses_no_pings(make_lab: MakeLab) -> None:
     lab = make_lab(2)
     gw1 = lab.gateway(1)

@@ -17,6 +17,8 @@ import pytest
 from wgcable.lab.netns import LabDevice, Namespace, veth_pair
 from wgcable.wgctrl import Config, Key, PeerConfig, UDPAddr, config_delta
 
+from .labtools import both_kinds
+
 pytestmark = pytest.mark.netns
 
 WGCABLE = str(Path(sys.executable).with_name("wgcable"))
@@ -44,6 +46,7 @@ def parse_showconf(text: str) -> dict[str, dict[str, str]]:
     return sections
 
 
+@both_kinds
 def test_configure_then_wg_showconf(make_wg: Callable[..., LabDevice]) -> None:
     wg = make_wg()
     priv, psk = Key.generate(), Key.generate_preshared()
@@ -97,6 +100,7 @@ def test_configure_then_wg_showconf(make_wg: Callable[..., LabDevice]) -> None:
     assert dev.peer(p1).preshared_key == psk
 
 
+@both_kinds
 def test_wg_set_then_read_back_and_show_json(
     make_wg: Callable[..., LabDevice], tmp_path: Path
 ) -> None:
@@ -181,6 +185,7 @@ def _ping(src: Site, dst: Site) -> None:
     src.ns.run("ping", "-c", "2", "-i", "0.2", "-W", "2", dst.tunnel)
 
 
+@both_kinds
 def test_two_namespaces_handshake_and_ping(
     make_ns: Callable[[], Namespace], make_wg: Callable[..., LabDevice]
 ) -> None:
@@ -204,6 +209,7 @@ def _handshake_of(site: Site, peer: Site) -> float:
     return p.last_handshake.timestamp()
 
 
+@both_kinds
 def test_changing_one_peer_leaves_other_sessions_alone(
     make_ns: Callable[[], Namespace], make_wg: Callable[..., LabDevice]
 ) -> None:
@@ -242,6 +248,7 @@ def test_changing_one_peer_leaves_other_sessions_alone(
     assert _handshake_of(a, c) == hs_c
 
 
+@both_kinds
 def test_replace_peers_drops_sessions(
     make_ns: Callable[[], Namespace], make_wg: Callable[..., LabDevice]
 ) -> None:
