@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from wgcable.lab.lab import GatewayState, Lab
 from wgcable.lab.netns import Namespace
 
 MakeLab = Callable[..., Lab]
+_REPLY = re.compile(r"icmp_seq=(\d+) ttl=")
 
 # Tests that take a device run on wireguard-go. Those that say `@both_kinds` also run on the
 # kernel's WireGuard (marker `kernel`: inside the test VM when this kernel has none); which
@@ -78,7 +80,9 @@ def connection(lab: Lab, at: int, remote: str) -> Connection | None:
 
 class Pinger:
     """``ping -i 0.1`` from ``src``'s first pod to ``dst``'s, until ``stop()``: how many
-    echoes went out and how many came back."""
+    echoes went out and how many came back. Replies are counted as they arrive, so a test
+    waits for a number of them instead of sleeping for a time (under emulation, fewer
+    echoes go out per second)."""
 
     def __init__(self, lab: Lab, src: int, dst: int, interval: float = 0.1) -> None:
         target = lab.gateway(dst).pod_ips[0]
@@ -86,7 +90,27 @@ class Pinger:
             Namespace(lab.gateway(src).pod_ns[0]).cmd(
                 "ping", "-n", "-i", str(interval), "-W", "1", target),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self._lines: list[str] = []
+        self._answered: set[int] = set()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         self.output = ""
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self._lines.append(line)
+            m = _REPLY.search(line)
+            if m:
+                self._answered.add(int(m.group(1)))
+
+    def replies(self) -> int:
+        return len(self._answered)
+
+    def wait_replies(self, more: int, timeout: float, what: str) -> float:
+        """Waits for ``more`` replies beyond those seen so far; seconds it took."""
+        goal = self.replies() + more
+        return wait_for(lambda: self.replies() >= goal, timeout, f"{more} ping replies {what}")
 
     def stop(self) -> tuple[int, list[int]]:
         """(echoes sent, sequence numbers of those never answered). SIGINT makes ping print
@@ -94,16 +118,17 @@ class Pinger:
         if self._proc.poll() is None:
             self._proc.send_signal(signal.SIGINT)
         try:
-            self.output, _ = self._proc.communicate(timeout=10)
+            self._proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self._proc.kill()
-            self.output, _ = self._proc.communicate()
+            self._proc.wait()
+        self._reader.join(10)
+        self.output = "".join(self._lines)
         m = re.search(r"(\d+) packets transmitted", self.output)
         if m is None:
             raise AssertionError(f"no ping summary in: {self.output[-500:]}")
         sent = int(m.group(1))
-        answered = {int(n) for n in re.findall(r"icmp_seq=(\d+) ttl=", self.output)}
-        return sent, [n for n in range(1, sent) if n not in answered]
+        return sent, [n for n in range(1, sent) if n not in self._answered]
 
     def __enter__(self) -> Pinger:
         return self
@@ -111,4 +136,5 @@ class Pinger:
     def __exit__(self, *exc: object) -> None:
         if self._proc.poll() is None:
             self._proc.kill()
-            self._proc.communicate()
+            self._proc.wait()
+        self._reader.join(10)

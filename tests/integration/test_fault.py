@@ -87,6 +87,18 @@ def intact(lab: Lab, gw: GatewayState, keys: set[str]) -> bool:
     return has_rule(gw) and has_nft_table(gw)
 
 
+def status_rounds(lab: Lab, at: int, n: int) -> None:
+    """Waits for ``n`` more status writes (1 s apart in the lab) by the agent of ``at``."""
+    before = lab.status(at)
+    assert before is not None
+
+    def later() -> bool:
+        st = lab.status(at)
+        return st is not None and st.updated >= before.updated + n * 0.9
+
+    wait_for(later, DEADLINE, f"{n} more status rounds of gateway {at}")
+
+
 def pings(lab: Lab, src: int, dst: int) -> bool:
     return lab.ping(src, dst, timeout=1) is not None
 
@@ -168,22 +180,23 @@ def test_fault_agent_sigkill_mid_traffic_loses_no_pings(make_lab: MakeLab) -> No
     daemon = (lab.state_dir(gw1) / f"{DEVICE}.wireguard-go.pid")
     old_daemon = daemon.read_text() if daemon.exists() else None
     with Pinger(lab, 1, 2) as pinger:
-        time.sleep(1)
+        pinger.wait_replies(10, DEADLINE, "before the kill")
         lab.stop_agent(1, signal.SIGKILL)
-        time.sleep(3)  # no agent: the tunnel carries traffic on its own
+        # No agent: the tunnel carries traffic on its own.
+        pinger.wait_replies(30, DEADLINE, "with the agent dead")
         dead, lost = pinger.stop()
-    assert dead >= 30
     assert lost == [], pinger.output[-300:]
     with Pinger(lab, 1, 2) as pinger:
-        time.sleep(0.5)
+        pinger.wait_replies(5, DEADLINE, "before the restart")
         lab.start_agent(1)
-        wait_for(lambda: (s := lab.status(1)) is not None and s.pid == lab.gateway(1).agent_pid,
-                 30, "the new agent's status")
-        time.sleep(1)
+        took = wait_for(
+            lambda: (s := lab.status(1)) is not None and s.pid == lab.gateway(1).agent_pid,
+            30, "the new agent's status")
+        pinger.wait_replies(10, DEADLINE, "after the restart")
         restarted, lost = pinger.stop()
     assert lost == [], pinger.output[-300:]
     print(f"agent SIGKILLed: {dead} pings while it was dead, {restarted} across its "
-          f"restart, none lost")
+          f"restart, none lost; first status {took:.2f} s after the start")
     after = lab.status(1)
     assert after is not None
     assert after.gateway.local_endpoint.backend_config["publicKey"] == key
@@ -229,7 +242,7 @@ def test_fault_store_unavailable_tunnels_keep_working(
         return st is not None and "store unavailable" in st.gateway.status_failure
 
     with Pinger(lab, 1, 2) as pinger:
-        time.sleep(0.5)
+        pinger.wait_replies(3, DEADLINE, "before the store breaks")
         repair = break_store(lab.store_dir / "endpoints")
         try:
             took = wait_for(lambda: reported(1) and reported(2), DEADLINE,
@@ -238,7 +251,8 @@ def test_fault_store_unavailable_tunnels_keep_working(
             assert st is not None
             print(f"store unavailable: reported after {took:.2f} s: "
                   f"{st.gateway.status_failure!r}")
-            time.sleep(2)  # a few status rounds and a watch event or two without a store
+            status_rounds(lab, 1, 2)  # a few status rounds without a store, on both sides
+            status_rounds(lab, 2, 2)
             assert lab.agent_alive(1)
             assert lab.agent_alive(2)
             assert intact(lab, gw1, keys)
@@ -280,7 +294,7 @@ def test_fault_second_cluster_claiming_a_subnet_is_refused_first_unaffected(
                 and subnet in c.status_message and "cluster2" in c.status_message)
 
     with Pinger(lab, 1, 2) as pinger:
-        time.sleep(0.5)
+        pinger.wait_replies(3, DEADLINE, "before the intruder")
         write_atomic(lab.store_dir / "endpoints" / "cluster0-cable.json",
                      endpoint_json("cluster0", subnet, intruder, "198.18.0.50"))
         wait_for(refused, DEADLINE, "cluster0 to be refused, naming the subnet and cluster2")
@@ -295,7 +309,7 @@ def test_fault_second_cluster_claiming_a_subnet_is_refused_first_unaffected(
         wait_for(lambda: (s := lab.status(1)) is not None and s.pid == lab.gateway(1).agent_pid,
                  30, "the new agent's status")
         wait_for(refused, DEADLINE, "cluster0 still refused after a restart")
-        time.sleep(1)
+        pinger.wait_replies(5, DEADLINE, "after the restart")
         sent, lost = pinger.stop()
     assert lost == [], pinger.output[-300:]
     print(f"subnet conflict: {sent} pings across the refusal and a restart, none lost")
