@@ -82,16 +82,15 @@ class Topology:
 
     def build_underlay(self) -> None:
         self.hub.create()
-        self.hub.run("ip", "link", "add", "br0", "type", "bridge")
-        self.hub.run("ip", "link", "set", "br0", "up")
+        self.hub.ip("link add br0 type bridge", "link set br0 up")
 
     def add_broker(self) -> Namespace:
         """A namespace on the underlay for the broker's API server (``BROKER_IP``)."""
         broker = Namespace(f"{self.prefix}-broker").create()
         self.broker = broker
-        veth_pair(broker, "eth0", self.hub, "broker")
-        self.hub.run("ip", "link", "set", "broker", "master", "br0")
-        broker.run("ip", "addr", "add", f"{BROKER_IP}/24", "dev", "eth0")
+        veth_pair(broker, "eth0", self.hub, "broker",
+                  a_then=[f"addr add {BROKER_IP}/24 dev eth0"],
+                  b_then=["link set broker master br0"])
         return broker
 
     def add_cluster(self, index: int, pods: int = 1, nat: bool = False) -> ClusterNet:
@@ -103,31 +102,31 @@ class Topology:
         self.clusters.append(c)
         gw = c.gateway.create()
         gw.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+        # Pods hang off a bridge, as on a node with a bridge CNI. (nodad: IPv6 addresses
+        # usable at once, no duplicate detection to wait for in a private network.)
+        gw_then = ["link add cni0 type bridge", f"addr add {c.gateway_pod_ip}/24 dev cni0",
+                   "link set cni0 up"]
+        if self.ipv6:
+            gw_then.append(f"addr add {c.gateway_pod_ip6}/64 dev cni0 nodad")
         if nat:
             self._nat_router(c)
+            gw.ip(*gw_then)
         else:
-            veth_pair(gw, "eth0", self.hub, f"gw{index}")
-            self.hub.run("ip", "link", "set", f"gw{index}", "master", "br0")
-            gw.run("ip", "addr", "add", f"{c.underlay_ip}/24", "dev", "eth0")
-        # Pods hang off a bridge, as on a node with a bridge CNI.
-        gw.run("ip", "link", "add", "cni0", "type", "bridge")
-        gw.run("ip", "addr", "add", f"{c.gateway_pod_ip}/24", "dev", "cni0")
-        gw.run("ip", "link", "set", "cni0", "up")
-        if self.ipv6:
-            # nodad: usable at once, no duplicate detection to wait for in a private network
-            if not nat:
-                gw.run("ip", "addr", "add", f"{c.underlay_ip6}/64", "dev", "eth0", "nodad")
-            gw.run("ip", "addr", "add", f"{c.gateway_pod_ip6}/64", "dev", "cni0", "nodad")
+            if self.ipv6:
+                gw_then.append(f"addr add {c.underlay_ip6}/64 dev eth0 nodad")
+            veth_pair(gw, "eth0", self.hub, f"gw{index}",
+                      a_then=[f"addr add {c.underlay_ip}/24 dev eth0", *gw_then],
+                      b_then=[f"link set gw{index} master br0"])
         for n in range(pods):
             pod = Namespace(f"{self.prefix}-pod{index}-{n}")
             c.pods.append(pod.create())
-            veth_pair(gw, f"vpod{n}", pod, "eth0")
-            gw.run("ip", "link", "set", f"vpod{n}", "master", "cni0")
-            pod.run("ip", "addr", "add", f"{c.pod_ip(n)}/24", "dev", "eth0")
-            pod.run("ip", "route", "add", "default", "via", c.gateway_pod_ip)
+            pod_then = [f"addr add {c.pod_ip(n)}/24 dev eth0",
+                        f"route add default via {c.gateway_pod_ip}"]
             if self.ipv6:
-                pod.run("ip", "addr", "add", f"{c.pod_ip6(n)}/64", "dev", "eth0", "nodad")
-                pod.run("ip", "-6", "route", "add", "default", "via", c.gateway_pod_ip6)
+                pod_then += [f"addr add {c.pod_ip6(n)}/64 dev eth0 nodad",
+                             f"route add default via {c.gateway_pod_ip6}"]
+            veth_pair(gw, f"vpod{n}", pod, "eth0", a_then=[f"link set vpod{n} master cni0"],
+                      b_then=pod_then)
         return c
 
     def _nat_router(self, c: ClusterNet) -> None:
@@ -137,13 +136,13 @@ class Topology:
         router = Namespace(f"{self.prefix}-nat{i}").create()
         self.routers.append(router)
         router.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
-        veth_pair(router, "eth0", self.hub, f"nat{i}")
-        self.hub.run("ip", "link", "set", f"nat{i}", "master", "br0")
-        router.run("ip", "addr", "add", f"{c.public_ip}/24", "dev", "eth0")
-        veth_pair(router, "inside", c.gateway, "eth0")
-        router.run("ip", "addr", "add", f"198.19.{i}.1/24", "dev", "inside")
-        c.gateway.run("ip", "addr", "add", f"{c.underlay_ip}/24", "dev", "eth0")
-        c.gateway.run("ip", "route", "add", "default", "via", f"198.19.{i}.1")
+        veth_pair(router, "eth0", self.hub, f"nat{i}",
+                  a_then=[f"addr add {c.public_ip}/24 dev eth0"],
+                  b_then=[f"link set nat{i} master br0"])
+        veth_pair(router, "inside", c.gateway, "eth0",
+                  a_then=[f"addr add 198.19.{i}.1/24 dev inside"],
+                  b_then=[f"addr add {c.underlay_ip}/24 dev eth0",
+                          f"route add default via 198.19.{i}.1"])
         rules = f"""
 table ip wgcable_lab_nat {{
     chain prerouting {{
