@@ -12,7 +12,14 @@ import pytest
 
 from slowness import scaled
 from wgcable.lab.lab import Lab
-from wgcable.lab.netns import KernelWireGuard, LabDevice, Namespace, WireGuardGo, list_namespaces
+from wgcable.lab.netns import (
+    KernelWireGuard,
+    LabDevice,
+    Namespace,
+    WireGuardGo,
+    delete_namespaces,
+    list_namespaces,
+)
 
 from .labtools import MakeLab, wait_for
 
@@ -57,8 +64,7 @@ def make_ns() -> Iterator[Callable[[], Namespace]]:
         return ns.create()
 
     yield make
-    for ns in reversed(made):
-        ns.delete()
+    delete_namespaces([ns.name for ns in made])
 
 
 @pytest.fixture

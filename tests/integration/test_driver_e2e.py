@@ -150,7 +150,6 @@ def test_three_clusters_pods_reach_pods(clusters: Clusters) -> None:
     assert "src 10.1.0.1" in r
 
 
-@both_kinds
 def test_endpoint_change_converges_without_touching_others(
     clusters: Clusters,
 ) -> None:

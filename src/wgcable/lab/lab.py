@@ -26,7 +26,7 @@ from wgcable.agent.statusfile import AgentStatus, read_status_file
 from wgcable.cable.types import ConnectionStatus
 from wgcable.cable.wireguard.userspace import PRIVATE_SOCKET_DIR, process_running
 from wgcable.lab.kubeapi import LocalAPIServer
-from wgcable.lab.netns import LabError, Namespace, list_namespaces
+from wgcable.lab.netns import LabError, Namespace, delete_namespaces, list_namespaces
 from wgcable.lab.process import stop_pid
 from wgcable.lab.topology import BROKER_IP, ClusterNet, Topology
 from wgcable.store.open import DEFAULT_NAMESPACE, KUBERNETES
@@ -387,11 +387,10 @@ table ip wgcable_lab_snat {{
         # or it would outlive the namespace's name.
         for ns in mine:
             end_processes_in(ns)
-        for ns in mine:
-            try:
-                Namespace(ns).delete()
-            except LabError as e:
-                problems.append(str(e))
+        try:
+            delete_namespaces(mine)
+        except LabError as e:
+            problems.append(str(e))
         shutil.rmtree(self.dir, ignore_errors=True)
         if self.dir.exists():
             problems.append(f"could not remove {self.dir}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wgcable.lab.netns import Namespace, list_namespaces, veth_pair
+from wgcable.lab.netns import Namespace, delete_namespaces, list_namespaces, veth_pair
 
 UNDERLAY_PREFIX = "198.18.0"
 BROKER_IP = f"{UNDERLAY_PREFIX}.250"  # the Kubernetes broker's API server, on the underlay
@@ -159,6 +159,4 @@ table ip wgcable_lab_nat {{
 
     def destroy(self) -> None:
         """Delete every namespace with our prefix, including ones a crashed run left."""
-        for name in list_namespaces():
-            if name.startswith(f"{self.prefix}-"):
-                Namespace(name).delete()
+        delete_namespaces([n for n in list_namespaces() if n.startswith(f"{self.prefix}-")])
