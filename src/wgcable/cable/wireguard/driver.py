@@ -178,6 +178,8 @@ class WireGuardDriver:
                     created = self.device.ensure()
                     self._apply(full=True)
                 except Exception:
+                    if self._stop.is_set():
+                        return  # closed meanwhile: the start was abandoned on purpose
                     log.exception("re-creating device %s failed; will retry", self.cfg.device)
                     healthy = False
                     continue
@@ -547,6 +549,9 @@ class WireGuardDriver:
     def close(self) -> None:
         """Stop supervising but leave the tunnels up: a restart must not drop traffic."""
         self._stop.set()
+        # Before the join: a supervisor inside ensure() may be starting wireguard-go, and the
+        # join may time out; that daemon is stopped now rather than orphaned.
+        self.device.stop_starting()
         if self._supervisor is not None:
             self._supervisor.join(5)
         self.device.close()
@@ -555,6 +560,7 @@ class WireGuardDriver:
         """Remove everything the driver created: routes, rules, device, daemon, PID file,
         our nftables table; and the key file when asked."""
         self._stop.set()
+        self.device.stop_starting()
         if self._supervisor is not None:
             self._supervisor.join(5)
         with self._lock:
