@@ -1,15 +1,13 @@
 """close() racing a wireguard-go start on the supervisor thread leaves no orphan daemon.
 
-The daemon is a stand-in that never opens its socket (a shell that execs ``sleep``; no
-network at all), so a start stays in progress until close() ends it. The moment of the race
-is not left to timing: a spy on ``subprocess.Popen`` says when the daemon is spawned, and
-close() is called right then.
+The daemon is a stand-in that never opens its socket (tests/unit/fake_daemon.py), so a
+start stays in progress until close() ends it. The moment of the race is not left to
+timing: a spy on ``subprocess.Popen`` says when the daemon is spawned, and close() is
+called right then.
 """
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -17,49 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_daemon import Spawned, fake_daemon, spy_on_spawns
 
 from wgcable.cable.types import Endpoint
-from wgcable.cable.wireguard import userspace
 from wgcable.cable.wireguard.config import WireGuardConfig
 from wgcable.cable.wireguard.driver import WireGuardDriver
 from wgcable.cable.wireguard.userspace import UserspaceError, WireGuardGoProcess, process_running
 
-NEVER_READY = "#!/bin/sh\nexec sleep 600\n"  # spawned, but never opens a UAPI socket
 DEVICE = "wgcbclose0"  # a name nothing else uses: ensure() only reads whether it exists
-
-
-class Spawned:
-    """Every daemon spawned during a test, and an event set at the first."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.first = threading.Event()
 
 
 @pytest.fixture
 def spawned(monkeypatch: pytest.MonkeyPatch) -> Iterator[Spawned]:
-    seen = Spawned()
-    real = subprocess.Popen
-
-    class Spy(real):  # type: ignore[valid-type,misc]
-        def __init__(self, *args: Any, **kw: Any) -> None:
-            super().__init__(*args, **kw)
-            seen.procs.append(self)
-            seen.first.set()
-
-    monkeypatch.setattr(userspace.subprocess, "Popen", Spy)
-    yield seen
-    for proc in seen.procs:  # whatever the outcome, nothing outlives the test
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait(5)
-
-
-def _fake_daemon(tmp_path: Path) -> str:
-    path = tmp_path / "fake-wireguard-go"
-    path.write_text(NEVER_READY)
-    path.chmod(0o755)
-    return str(path)
+    with spy_on_spawns(monkeypatch) as seen:
+        yield seen
 
 
 def _wait_until(cond: Any, timeout: float = 10) -> bool:
@@ -75,7 +44,7 @@ def _driver(tmp_path: Path) -> WireGuardDriver:
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     cfg = WireGuardConfig(device=DEVICE, state_dir=str(state), backend="userspace",
-                          wireguard_go=_fake_daemon(tmp_path))
+                          wireguard_go=fake_daemon(tmp_path))
     local = Endpoint(cluster_id="c1", subnets=["10.1.0.0/16"], private_ip="198.18.0.1")
     return WireGuardDriver(local, cfg)
 
@@ -105,7 +74,7 @@ def test_pid_file_names_a_daemon_as_soon_as_it_is_spawned(
 ) -> None:
     """An agent SIGKILLed during a start: the next one (or `lab down`) must find the daemon."""
     pidfile = tmp_path / "wgx0.pid"
-    proc = WireGuardGoProcess("wgx0", None, _fake_daemon(tmp_path), log_path=tmp_path / "log",
+    proc = WireGuardGoProcess("wgx0", None, fake_daemon(tmp_path), log_path=tmp_path / "log",
                               pidfile=pidfile)
     errors: list[BaseException] = []
 
@@ -129,7 +98,7 @@ def test_pid_file_names_a_daemon_as_soon_as_it_is_spawned(
 
 
 def test_start_after_close_spawns_nothing(tmp_path: Path, spawned: Spawned) -> None:
-    proc = WireGuardGoProcess("wgx0", None, _fake_daemon(tmp_path), log_path=tmp_path / "log")
+    proc = WireGuardGoProcess("wgx0", None, fake_daemon(tmp_path), log_path=tmp_path / "log")
     proc.close()
     with pytest.raises(UserspaceError, match="closed"):
         proc.start(timeout=5)

@@ -118,7 +118,8 @@ class WireGuardGoProcess:
         with contextlib.suppress(OSError):
             if self.log_path.stat().st_size > LOG_ROTATE_BYTES:
                 os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.log_path, flags, 0o600)
         return os.fdopen(fd, "ab")
 
     @property
@@ -161,8 +162,8 @@ class WireGuardGoProcess:
                 # The daemon has its own descriptor now; ours is closed on the way out.
                 self._proc = self._starting = proc
                 self.pid = proc.pid  # ip netns exec and sh exec in place: the daemon's PID
-                self._write_pidfile(proc.pid)
             try:
+                self._write_pidfile(proc.pid)
                 self._wait_started(proc, out, start, timeout)
             except BaseException:
                 self._abandon(proc)
@@ -213,8 +214,15 @@ class WireGuardGoProcess:
             self._abandon(proc)
 
     def _write_pidfile(self, pid: int) -> None:
-        if self.pidfile is not None:
-            self.pidfile.write_text(f"{pid}\n")
+        if self.pidfile is None:
+            return
+        # O_NOFOLLOW: a link planted in the state directory must not make us write elsewhere.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.pidfile, flags, 0o600)
+        try:
+            os.write(fd, f"{pid}\n".encode())
+        finally:
+            os.close(fd)
 
     def _remove_pidfile(self, pid: int) -> None:
         """Remove the PID file if it still names ``pid`` (not a daemon started since)."""
