@@ -22,7 +22,9 @@ from hostile import leaks
 from wgcable.agent.statusfile import STATUS_FILE, write_status_file
 from wgcable.cable.types import Endpoint
 from wgcable.engine.engine import Engine
+from wgcable.engine.plan import plan
 from wgcable.store import directory
+from wgcable.store.base import Snapshot
 from wgcable.store.directory import DirectoryStore
 from wgcable.wgctrl import Key, write_key_file
 
@@ -160,3 +162,24 @@ def test_symlink_to_a_fifo_does_not_block(tmp_path: Path) -> None:
         pytest.fail("reading the store blocked on a FIFO behind a symlink")
     assert "symbolic link" in errors["f"]
     assert "symbolic link" in errors["g"]  # dangling or not, a link is refused
+
+
+def test_hostile_file_name_is_refused_and_escaped(tmp_path: Path) -> None:
+    """A file name is anyone's text: its stem names the entry in logs and in the status."""
+    store = DirectoryStore(tmp_path / "store")
+    store.snapshot()
+    good = Endpoint(cluster_id="c2", private_ip="198.18.0.2", subnets=["10.2.0.0/16"])
+    (store.endpoints_dir / "evil\nforged: line.json").write_text(json.dumps(good.to_json()))
+    snap = store.snapshot()
+    assert snap.endpoints == {}
+    assert list(snap.errors) == ["evil\\nforged: line"]
+    assert "\n" not in snap.errors["evil\\nforged: line"]
+    assert "control or non-ASCII" in snap.errors["evil\\nforged: line"]
+
+
+def test_hostile_cluster_id_is_cut_in_plan_problems() -> None:
+    cid = "c" * 10_000 + "\n"
+    eps = {name: Endpoint(cluster_id=cid, private_ip="198.18.0.2") for name in ("a", "b")}
+    problems = plan(Endpoint(cluster_id="c1"), Snapshot(endpoints=eps)).problems
+    assert len(problems["b"]) < 200
+    assert "\n" not in problems["b"]

@@ -123,6 +123,7 @@ class _Unreadable(Exception):
 
 
 _SYMLINK = "is a symbolic link; store files must be regular files"
+_ODD_NAME = "the file name has control or non-ASCII characters; refused"
 # Our writes (temp file, rename) always leave one link. A second name is someone linking in
 # a file from elsewhere, such as a key file: its content is not ours to read.
 _HARDLINK = "has more than one hard link; store files must not be links to other files"
@@ -263,6 +264,12 @@ class _ParsedDir(Generic[T]):
                 for entry in entries:
                     suffix = _entry_suffix(entry.name)
                     if suffix is None:
+                        continue
+                    if plain(entry.name, _NAME_MAX) != entry.name:
+                        # The stem names the entry in logs and in the published status: a
+                        # name with newlines would forge lines there. No object has one.
+                        out[plain(entry.name[: -len(suffix)], 64)] = _Bad(
+                            f"{_where(entry.path)}: {_ODD_NAME}")
                         continue
                     result = self._entry(entry)
                     if result is None:
