@@ -198,3 +198,14 @@ def test_driver_refuses_a_symlinked_key_file(tmp_path: Path) -> None:
     driver = _driver_in(state)
     with pytest.raises(InvalidKeyError, match="symbolic link"):
         driver.init()
+
+
+def test_state_dir_reached_through_a_symlink_is_tightened_at_its_target(tmp_path: Path) -> None:
+    real = tmp_path / "real-state"
+    real.mkdir()
+    real.chmod(0o755)
+    link = tmp_path / "state"
+    link.symlink_to(real)
+    assert tighten_private_dir(link) is True
+    assert stat.S_IMODE(real.stat().st_mode) == 0o700
+    assert tighten_private_dir(link) is False

@@ -220,7 +220,9 @@ def tighten_private_dir(directory: str | os.PathLike[str]) -> bool:
     shows what is there). True when an existing directory had to be tightened."""
     directory = os.fspath(directory)
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    # The directory itself may be reached through a link (an operator's choice, like the
+    # path): owner and mode are checked on what the fd is, not on the name.
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
         if st.st_uid != os.geteuid():
