@@ -73,7 +73,9 @@ def _run(tmp_path: Path, plant: Callable[[Path, Path], None], caplog: pytest.Log
         "status": json.dumps(status.to_json()),
         "status file": (state / STATUS_FILE).read_text(),
     }
-    for path in (tmp_path / "store" / "gateways").iterdir():
+    gateway_files = list((tmp_path / "store" / "gateways").iterdir())
+    assert gateway_files, "the engine wrote no gateway file: nothing would be checked"
+    for path in gateway_files:
         texts[str(path)] = path.read_text()
     assert driver._key is not None
     return texts, errors, driver._key
