@@ -49,6 +49,9 @@ class FakeDevice:
     def wait_gone(self, timeout: float, stop: threading.Event) -> None:
         stop.wait(timeout)
 
+    def stop_starting(self) -> None:
+        pass
+
     def delete(self) -> None:
         self.mem.devices.pop(DEVICE, None)
 

@@ -22,6 +22,7 @@ from wgcable.cable import (
     NATEndpointInfo,
     cable_name_for,
 )
+from wgcable.safetext import safe
 
 REMOTE_KEY = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
 
@@ -218,13 +219,12 @@ def test_wrong_types_name_field_and_value(
     key: str, value: object, field: str, shown: object
 ) -> None:
     spec = {**ENDPOINT_OBJECT["spec"], key: value}
-    with pytest.raises(EndpointFormatError, match=re.escape(f"{field}={shown!r}")) as bare:
+    with pytest.raises(EndpointFormatError, match=re.escape(f"{field}={safe(shown)}")) as bare:
         Endpoint.from_json(spec)
     assert bare.value.field == field
-    assert bare.value.value == shown
     # Inside a whole object the path says where the spec was.
     whole = {**ENDPOINT_OBJECT, "spec": spec}
-    with pytest.raises(EndpointFormatError, match=re.escape(f"spec.{field}={shown!r}")):
+    with pytest.raises(EndpointFormatError, match=re.escape(f"spec.{field}={safe(shown)}")):
         Endpoint.from_json(whole)
 
 
@@ -349,7 +349,7 @@ def test_gateway_errors_name_the_path() -> None:
     ("change", "message"),
     [
         ({"haStatus": "leader"}, "haStatus='leader'"),
-        ({"connections": {}}, "connections={}"),
+        ({"connections": {}}, "connections=<dict of 0>"),
         ({"localEndpoint": None}, "localEndpoint=None"),
     ],
 )

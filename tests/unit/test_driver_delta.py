@@ -142,6 +142,9 @@ class FakeDevice:
     def wait_gone(self, timeout: float, stop: threading.Event) -> None:
         stop.wait(timeout)
 
+    def stop_starting(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

@@ -22,6 +22,7 @@ from wgcable.cable.godur import (
     parse_duration_ns,
     to_nanoseconds,
 )
+from wgcable.safetext import safe
 
 # Go's time package tests (durationTests): String() output for these values, and back.
 GO_STRINGS = [
@@ -153,7 +154,7 @@ def test_parse_returns_seconds() -> None:
 def test_parse_errors_name_field_and_value(text: str) -> None:
     with pytest.raises(ValueError, match=r"latencyRTT\.last") as info:
         parse_duration(text, "latencyRTT.last")
-    assert repr(text) in str(info.value)
+    assert safe(text) in str(info.value)  # quoted and escaped as every untrusted value is
 
 
 def test_parse_refuses_non_strings() -> None:

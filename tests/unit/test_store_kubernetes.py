@@ -1,5 +1,5 @@
 """KubernetesStore's logic against a scripted fake of the custom-objects API (the real API
-server is exercised in tests/kubernetes): list + watch from resourceVersion, resume after a
+server is exercised in tests/broker): list + watch from resourceVersion, resume after a
 dropped stream, relist after 410 Gone, back-off while unreachable, the cache kept meanwhile,
 and error messages that never carry the bearer token."""
 
@@ -195,3 +195,36 @@ def test_lines_reassembles_events_split_across_chunks() -> None:
             yield from (b'{"a":', b'1}\n{"b"', b":2}\n\n", b'{"c":3}')
 
     assert list(_lines(R())) == [b'{"a":1}', b'{"b":2}', b'{"c":3}']
+
+
+def test_hostile_object_values_are_short_and_escaped_in_errors() -> None:
+    """A value of someone's Endpoint is published in our gateway status: never whole, never
+    with its newlines (forged log or status lines)."""
+    api = FakeAPI()
+    bad = ep_obj("bad-c", "bad", "6")
+    bad["spec"]["nat_enabled"] = "yes\nforged: line " + "A" * 10_000
+    bad["spec"]["backend_config"] = {"k\x1b[31m": 5}
+    api.lists = [{"metadata": {"resourceVersion": "10"}, "items": [bad]}]
+    message = make_store(api).snapshot().errors["bad-c"]
+    assert "\n" not in message
+    assert "\x1b" not in message
+    assert "A" * 50 not in message
+    assert "nat_enabled='yes\\nforged: line" in message
+
+
+def test_hostile_watch_event_is_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    store = make_store(FakeAPI())
+    with caplog.at_level("DEBUG", logger="wgcable"):
+        assert not store._apply_event(b"{not json: " + TOKEN.encode() + b"\n\x1b[2J")
+    assert TOKEN not in caplog.text
+    assert "\x1b" not in caplog.text
+    assert "unreadable watch event" in caplog.text
+
+
+def test_hostile_server_message_is_escaped() -> None:
+    exc = ApiException(status=422, reason="Unprocessable Entity")
+    exc.body = json.dumps({"message": "spec.x: Invalid value: \"\x1b[2J\x07\""})
+    text = describe_api_error(exc)
+    assert "\x1b" not in text
+    assert "\x07" not in text
+    assert "\\x1b[2J" in text

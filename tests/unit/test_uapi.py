@@ -707,3 +707,15 @@ def test_client_picks_the_backend_that_owns_the_device() -> None:
     finally:
         shutil.rmtree(d1, ignore_errors=True)
         shutil.rmtree(d2, ignore_errors=True)
+
+
+@pytest.mark.parametrize("reply", [
+    b"listen_port=" + b"9" * 5000 + b"\x1b[2J\nerrno=0\n\n",
+    b"\x1b[2J" + b"x" * 5000 + b"\nerrno=0\n\n",
+])
+def test_hostile_device_reply_is_short_and_escaped_in_errors(reply: bytes) -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.parse_get("wg0", reply)
+    message = str(info.value)
+    assert "\x1b" not in message
+    assert len(message) < 200

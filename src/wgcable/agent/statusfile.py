@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from wgcable.cable.types import GatewayStatus
+from wgcable.store.directory import atomic_write
 
 STATUS_FILE = "status.json"
 
@@ -34,10 +35,9 @@ def write_status_file(state_dir: str | os.PathLike[str], status: GatewayStatus) 
         "transfer": {c.endpoint.cluster_id: {"rx": c.rx_bytes, "tx": c.tx_bytes}
                      for c in status.connections},
     }
-    path = Path(state_dir) / STATUS_FILE
-    tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
+    # A new temp file (O_EXCL, random name), never a predictable name that a planted link
+    # could redirect; 0644: it holds what the gateway status publishes anyway.
+    atomic_write(Path(state_dir), STATUS_FILE, json.dumps(doc, indent=1).encode())
 
 
 def read_status_file(state_dir: str | os.PathLike[str]) -> AgentStatus:

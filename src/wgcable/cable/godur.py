@@ -11,6 +11,8 @@ import math
 import re
 from fractions import Fraction
 
+from wgcable.safetext import safe
+
 NANOSECOND = 1
 MICROSECOND = 1_000
 MILLISECOND = 1_000_000
@@ -94,7 +96,7 @@ def parse_duration_ns(text: str, field: str) -> int:
     """
 
     def bad(reason: str) -> ValueError:
-        return ValueError(f"{field}={text!r}: invalid duration: {reason}")
+        return ValueError(f"{field}={safe(text)}: invalid duration: {reason}")
 
     if not isinstance(text, str):
         raise bad("expected a string")
@@ -113,12 +115,12 @@ def parse_duration_ns(text: str, field: str) -> int:
         assert match is not None  # every part of the pattern may be empty
         whole, frac, unit = match.group(1), match.group(2), match.group(3)
         if not whole and not frac:
-            raise bad(f"expected a number at {rest[pos:]!r}")
+            raise bad(f"expected a number at {safe(rest[pos:])}")
         if not unit:
             raise bad("missing unit (ns, us, µs, ms, s, m, h)")
         scale = _UNITS.get(unit)
         if scale is None:
-            raise bad(f"unknown unit {unit!r}")
+            raise bad(f"unknown unit {safe(unit)}")
         total += int(whole or "0") * scale
         if frac:
             total += _fraction_ns(frac, scale)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Self, TypeVar
 
 from wgcable.cable.godur import format_duration, parse_duration
+from wgcable.safetext import describe, plain, safe
 
 API_VERSION = "submariner.io/v1"
 
@@ -22,12 +23,17 @@ JSONObject = dict[str, Any]
 
 class EndpointFormatError(ValueError):
     """A Submariner object (an Endpoint, or a Connection/GatewayStatus carrying one) has a
-    JSON value of the wrong type. Names the field (as a path) and the value."""
+    JSON value of the wrong type. Names the field (as a path) and a short, escaped form of
+    the value: the message reaches logs and the published gateway status, and the value
+    may be a whole file (a secret behind a symlink), so it is never carried whole."""
 
     def __init__(self, field: str, value: object, reason: str) -> None:
+        field = plain(field)  # a path may hold a key from the document: escaped as well
         self.field = field
-        self.value = value
-        super().__init__(f"{field}={value!r}: {reason}")
+        # A whole document that is a string is someone's file, not an object: say only
+        # what it is. A field's value is shown short (it names what is wrong).
+        shown = describe(value) if field == _DOCUMENT else safe(value)
+        super().__init__(f"{field}={shown}: {reason}")
 
 
 # --- JSON readers: Go's decoder turns null and absent into the zero value; so do these. ---
@@ -37,9 +43,12 @@ def _child(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
+_DOCUMENT = "<object>"  # the field name of a whole document
+
+
 def _mapping(value: object, path: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise EndpointFormatError(path or "<object>", value, "expected a JSON object")
+        raise EndpointFormatError(path or _DOCUMENT, value, "expected a JSON object")
     return value
 
 

@@ -8,6 +8,7 @@ series to delete by hand, no global registry shared between tests or engines).
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -177,8 +178,25 @@ class MetricsServer:
         self._stop()
 
 
+def exposure_warning(address: str) -> str | None:
+    """Why binding the metrics to ``address`` is risky, or None. The endpoint has no
+    authentication, and a gateway runs on the host network: an unspecified address also
+    listens on the addresses that remote clusters reach through the tunnel."""
+    try:
+        unspecified = ipaddress.ip_address(address).is_unspecified
+    except ValueError:
+        unspecified = address == ""  # "" is how socketserver spells "every address"
+    if not unspecified:
+        return None
+    return (f"metrics listen on every address of this host ({address or '*'}), without "
+            "authentication, remote clusters' tunnels included; set --metrics-address to "
+            "the node's IP (what Prometheus scrapes) or 127.0.0.1")
+
+
 def serve_metrics(provider: MetricsProvider, address: str, port: int) -> MetricsServer:
     """Serve the provider's metrics over HTTP on ``address:port`` (port 0: any free port)."""
+    if (warning := exposure_warning(address)) is not None:
+        log.warning("%s", warning)
     registry = make_registry(provider)
     server, thread = start_http_server(port, addr=address, registry=registry)
     bound = int(server.server_address[1])

@@ -13,6 +13,7 @@ with "." and readers skip every dotfile.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from typing import Any, Generic, TypeVar
 import yaml
 
 from wgcable.cable.types import API_VERSION, Endpoint, EndpointFormatError, GatewayStatus
+from wgcable.safetext import plain
 from wgcable.store import inotify
 from wgcable.store.base import Snapshot, StoreUnavailableError, notify
 
@@ -36,7 +38,6 @@ log = logging.getLogger(__name__)
 MAX_FILE_SIZE = 1024 * 1024  # a real endpoint is ~1 KiB; anything this big is not one
 MAX_NAME_LENGTH = 253  # a Kubernetes object name (DNS subdomain)
 _NAME_MAX = 255  # bytes in one file name on Linux file systems
-_LOG_CONTENT = 200  # how much of a bad file's content goes into a log line
 _MAX_MESSAGE = 300  # cap on an error message (a bad value's repr may be huge)
 # First wins when one name has several files: JSON is what we write.
 _SUFFIXES = (".json", ".yaml", ".yml")
@@ -121,6 +122,18 @@ class _Unreadable(Exception):
     """Why a file's bytes are not an object (internal)."""
 
 
+_SYMLINK = "is a symbolic link; store files must be regular files"
+_ODD_NAME = "the file name has control or non-ASCII characters; refused"
+# Our writes (temp file, rename) always leave one link. A second name is someone linking in
+# a file from elsewhere, such as a key file: its content is not ours to read.
+_HARDLINK = "has more than one hard link; store files must not be links to other files"
+
+
+def _where(path: str | os.PathLike[str]) -> str:
+    """A store path for a message: a file name is anyone's text (newlines included)."""
+    return plain(os.fspath(path), 200)
+
+
 def _short(text: str, limit: int = _MAX_MESSAGE) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -129,6 +142,16 @@ def _bad(message: str) -> _Bad:
     """An entry without readable content (not a file, no permission), logged as found."""
     log.warning("%s", message)
     return _Bad(message)
+
+
+def _yaml_reason(exc: yaml.YAMLError) -> str:
+    """The problem and where it is, never PyYAML's snippet of the offending line (the file
+    may be someone's secret: the message is published in the gateway status)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        where = exc.problem_mark or exc.context_mark
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        return plain(exc.problem or exc.context or "syntax error", 80) + at
+    return type(exc).__name__
 
 
 def _decode(path: Path, data: bytes, parse: Callable[[object], T]) -> T:
@@ -146,7 +169,7 @@ def _decode(path: Path, data: bytes, parse: Callable[[object], T]) -> T:
     except json.JSONDecodeError as exc:
         raise _Unreadable(f"invalid JSON: {exc}") from None
     except yaml.YAMLError as exc:
-        raise _Unreadable("invalid YAML: " + " ".join(str(exc).split())) from None
+        raise _Unreadable("invalid YAML: " + _yaml_reason(exc)) from None
     except RecursionError:
         raise _Unreadable("nested too deeply") from None
     try:
@@ -174,21 +197,26 @@ def _load_file(path: Path, parse: Callable[[object], T]) -> tuple[_Key | None, T
     """Read and parse one file. None if it vanished; a key of None means "do not cache"
     (an I/O error such as EACCES may clear up without the file changing)."""
     try:
-        # O_NONBLOCK: a FIFO that slipped past the listing's check must not hang us.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        # O_NOFOLLOW: a symlink would make us read (and report) whatever it points at,
+        # such as our private key. O_NONBLOCK: a FIFO must not hang us.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        return None, _bad(f"{path}: cannot open: {exc.strerror}")
+        if exc.errno == errno.ELOOP:  # replaced by a symlink since the listing
+            return None, _bad(f"{_where(path)}: {_SYMLINK}")
+        return None, _bad(f"{_where(path)}: cannot open: {exc.strerror}")
     try:
         st = os.fstat(fd)
         # The key comes from the fd we read, so a file replaced meanwhile is re-read next time.
         key = (st.st_ino, st.st_size, st.st_mtime_ns)
         if not stat.S_ISREG(st.st_mode):
-            return key, _bad(f"{path}: not a regular file")
+            return key, _bad(f"{_where(path)}: not a regular file")
+        if st.st_nlink > 1:
+            return key, _bad(f"{_where(path)}: {_HARDLINK}")
         data = _read_capped(fd, MAX_FILE_SIZE + 1)
     except OSError as exc:
-        return None, _bad(f"{path}: cannot read: {exc.strerror}")
+        return None, _bad(f"{_where(path)}: cannot read: {exc.strerror}")
     finally:
         os.close(fd)
     if len(data) > MAX_FILE_SIZE:
@@ -199,9 +227,10 @@ def _load_file(path: Path, parse: Callable[[object], T]) -> tuple[_Key | None, T
         except _Unreadable as exc:
             reason = str(exc)
         except Exception as exc:  # never let one odd file break a snapshot
-            reason = f"unexpected {type(exc).__name__}: {exc}"
-    message = _short(f"{path}: {reason}")
-    log.warning("%s (content begins %r)", message, data[:_LOG_CONTENT])
+            reason = f"unexpected {type(exc).__name__}: {plain(str(exc), 80)}"
+    # Never the content: the message goes to the log, the gateway status and status.json.
+    message = _short(f"{_where(path)}: {reason}")
+    log.warning("%s (%d bytes)", message, len(data))
     return key, _Bad(message)
 
 
@@ -236,6 +265,12 @@ class _ParsedDir(Generic[T]):
                     suffix = _entry_suffix(entry.name)
                     if suffix is None:
                         continue
+                    if plain(entry.name, _NAME_MAX) != entry.name:
+                        # The stem names the entry in logs and in the published status: a
+                        # name with newlines would forge lines there. No object has one.
+                        out[plain(entry.name[: -len(suffix)], 64)] = _Bad(
+                            f"{_where(entry.path)}: {_ODD_NAME}")
+                        continue
                     result = self._entry(entry)
                     if result is None:
                         continue
@@ -250,17 +285,22 @@ class _ParsedDir(Generic[T]):
 
     def _entry(self, entry: os.DirEntry[str]) -> tuple[_Key | None, T | _Bad] | None:
         try:
-            st = entry.stat()  # follows symlinks: a linked file counts as that file
+            # Not following symlinks: a link is refused, never read (see _load_file).
+            st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
-            return None  # removed since listed, or a dangling symlink
+            return None  # removed since listed
         except OSError as exc:
-            return None, _bad(f"{entry.path}: cannot stat: {exc.strerror}")
+            return None, _bad(f"{_where(entry.path)}: cannot stat: {exc.strerror}")
         key = (st.st_ino, st.st_size, st.st_mtime_ns)
         cached = self._cache.get(entry.name)
         if cached is not None and cached[0] == key:
             return cached
+        if stat.S_ISLNK(st.st_mode):
+            return key, _bad(f"{_where(entry.path)}: {_SYMLINK}")
         if not stat.S_ISREG(st.st_mode):
-            return key, _bad(f"{entry.path}: not a regular file")
+            return key, _bad(f"{_where(entry.path)}: not a regular file")
+        if st.st_nlink > 1:
+            return key, _bad(f"{_where(entry.path)}: {_HARDLINK}")
         # Looked up at call time so that tests can count parses.
         return _load_file(Path(entry.path), self._parse)
 
@@ -445,7 +485,7 @@ class DirectoryStore:
                 if not is_entry_name(entry.name):
                     continue
                 try:
-                    st = entry.stat()
+                    st = entry.stat(follow_symlinks=False)
                 except OSError:
                     continue
                 out[entry.name] = (st.st_ino, st.st_size, st.st_mtime_ns)

@@ -26,6 +26,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from wgcable.cable.types import API_VERSION, Endpoint, EndpointFormatError, GatewayStatus
+from wgcable.safetext import oneline, plain
 from wgcable.store.base import Snapshot, StoreUnavailableError, notify
 from wgcable.store.open import DEFAULT_NAMESPACE
 
@@ -52,8 +53,8 @@ class _Entry:
 
 
 def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+    # One line, control characters escaped: the text may be the server's echo of a value.
+    return oneline(text, _MAX_MESSAGE)
 
 
 def describe_api_error(exc: BaseException) -> str:
@@ -289,7 +290,8 @@ class KubernetesStore:
                 if isinstance(entry.parsed, Endpoint):
                     snap.endpoints[name] = entry.parsed
                 else:
-                    snap.errors[name] = f"Endpoint {self.namespace}/{name}: {entry.parsed}"
+                    snap.errors[name] = (f"Endpoint {self.namespace}/{plain(name, 253)}: "
+                                         f"{entry.parsed}")
         return snap
 
     def read_statuses(self) -> dict[str, GatewayStatus]:
@@ -376,7 +378,8 @@ class KubernetesStore:
             event = json.loads(line)
             kind, obj = event["type"], event["object"]
         except (ValueError, KeyError, TypeError):
-            log.warning("unreadable watch event: %r", line[:200])
+            # Its size only: the line is the server's, and may be any object's content.
+            log.warning("unreadable watch event (%d bytes)", len(line))
             return False
         if kind == "ERROR":
             code = obj.get("code") if isinstance(obj, dict) else None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno as _errno
 import os
 
+from wgcable.safetext import safe
+
 
 class WgError(Exception):
     """Base of every device-control error."""
@@ -24,7 +26,7 @@ class InvalidConfigError(WgError, ValueError):
     def __init__(self, field: str, value: object, reason: str) -> None:
         self.field = field
         self.value = value
-        super().__init__(f"{field}={value!r}: {reason}")
+        super().__init__(f"{field}={safe(value)}: {reason}")
 
 
 class DeviceNotFoundError(WgError, LookupError):

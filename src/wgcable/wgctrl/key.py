@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import errno
 import os
 import secrets
+import stat
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -125,25 +128,110 @@ class Key:
         return self
 
 
-def write_key_file(path: str | os.PathLike[str], key: Key) -> None:
-    """Write a key as base64 to a file created 0600, atomically (write, fsync, rename)."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+_KEY_FILE_MAX = 256  # a base64 key and a newline is 45 bytes; read no more than this
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a rename durable (best effort: some file systems refuse fsync on a directory)."""
     try:
-        os.fchmod(fd, 0o600)  # umask or an older file must not widen it
-        os.write(fd, (key.base64() + "\n").encode())
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
         os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
-    os.replace(tmp, path)
 
 
-def read_key_file(path: str | os.PathLike[str], field: str | None = None) -> Key:
-    """Read a base64 key file; refuse one that others can read."""
+def write_key_file(path: str | os.PathLike[str], key: Key) -> None:
+    """Write a key as base64 to a file created 0600, atomically: a new temp file (O_EXCL,
+    O_NOFOLLOW: never someone's file or link planted under that name), fsync, rename, and
+    fsync of the directory so that the rename survives a crash."""
     path = os.fspath(path)
-    st = os.stat(path)
-    if st.st_mode & 0o077:
-        raise InvalidKeyError(field or path, f"key file mode {st.st_mode & 0o777:o} is too open")
-    with open(path) as f:
-        return Key.from_base64(f.read(), field or path)
+    directory, name = os.path.split(path)
+    directory = directory or "."
+    tmp = os.path.join(directory, f".{name}.tmp.{os.getpid()}.{secrets.token_hex(4)}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)  # the umask must not narrow it, nothing may widen it
+            data = (key.base64() + "\n").encode()
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)  # replaces a symlink at ``path`` itself, never its target
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def read_key_file(
+    path: str | os.PathLike[str], field: str | None = None, *, follow_symlinks: bool = False
+) -> Key:
+    """Read a base64 key file. Refuse a symlink (unless ``follow_symlinks``: Kubernetes
+    mounts Secrets through links), anything but a regular file, a file owned by another
+    user, and one that group or others may read or write: checked on the file we read.
+    No message ever contains the file's content."""
+    path = os.fspath(path)
+    what = field or path
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_symlinks:
+            raise InvalidKeyError(what, f"{path} is a symbolic link; refusing to follow it") \
+                from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidKeyError(what, f"{path} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise InvalidKeyError(
+                what, f"{path} is owned by uid {st.st_uid}, not by this process (uid "
+                f"{os.geteuid()}): someone else could have chosen or read it")
+        if st.st_mode & 0o077:
+            raise InvalidKeyError(
+                what, f"key file mode {st.st_mode & 0o777:o} is too open (want 600)")
+        data = os.read(fd, _KEY_FILE_MAX + 1)
+    finally:
+        os.close(fd)
+    if len(data) > _KEY_FILE_MAX:
+        raise InvalidKeyError(what, f"{path} is longer than a key file ({_KEY_FILE_MAX} bytes)")
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidKeyError(what, f"{path} is not base64 text") from None
+    return Key.from_base64(text, what)
+
+
+def tighten_private_dir(directory: str | os.PathLike[str]) -> bool:
+    """Create ``directory`` 0700, or take group and other access from one that has it (the
+    key file is 0600, but a writable directory lets others replace it, and a readable one
+    shows what is there). True when an existing directory had to be tightened."""
+    directory = os.fspath(directory)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    # The directory itself may be reached through a link (an operator's choice, like the
+    # path): owner and mode are checked on what the fd is, not on the name.
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise InvalidKeyError(
+                directory, f"state directory is owned by uid {st.st_uid}, not by this "
+                f"process (uid {os.geteuid()})")
+        if not st.st_mode & 0o077:
+            return False
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) & 0o700)
+    finally:
+        os.close(fd)
+    return True

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from wgcable.cable.types import Endpoint, NATEndpointInfo
 from wgcable.cable.wireguard.index import PeerIndex
 from wgcable.routing.table import Route
+from wgcable.safetext import plain, safe
 from wgcable.wgctrl import IPAddress, IPNetwork, Key, Peer, UDPAddr
 
 PUBLIC_KEY = "publicKey"
@@ -30,7 +31,9 @@ class EndpointRejectedError(ValueError):
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"endpoint of cluster {cluster_id!r}: {field}={value!r}: {reason}")
+        # Every part may be a remote's text: short and escaped (it is published in our status).
+        super().__init__(f"endpoint of cluster {safe(cluster_id, 64)}: {plain(field, 64)}="
+                         f"{safe(value)}: {plain(reason, 200)}")
 
 
 @dataclass(frozen=True, slots=True)

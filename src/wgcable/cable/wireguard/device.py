@@ -39,7 +39,8 @@ class WireGuardDevice:
         self._pidfile = Path(cfg.state_dir) / f"{cfg.device}.wireguard-go.pid"
         self.daemon = WireGuardGoProcess(
             cfg.device, cfg.netns, cfg.wireguard_go,
-            log_path=Path(cfg.state_dir) / f"{cfg.device}.wireguard-go.log")
+            log_path=Path(cfg.state_dir) / f"{cfg.device}.wireguard-go.log",
+            pidfile=self._pidfile)
         self._client: Client | None = None
 
     def _rtnl(self) -> NetlinkSocket:
@@ -65,8 +66,7 @@ class WireGuardDevice:
             return True
         if self.cfg.backend == "kernel":
             raise DeviceError(f"device {self.name!r}: this kernel has no WireGuard")
-        self.daemon.start()
-        self._pidfile.write_text(f"{self.daemon.pid}\n")
+        self.daemon.start()  # writes the PID file as soon as the daemon is spawned
         self._use(BackendKind.USERSPACE)
         log.info("started wireguard-go for %s (pid %s)", self.name, self.daemon.pid)
         return True
@@ -155,6 +155,11 @@ class WireGuardDevice:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         self.close()
+
+    def stop_starting(self) -> None:
+        """Start no daemon from now on; one being started on another thread is stopped by
+        its PID before this returns (else it would outlive us, recorded nowhere)."""
+        self.daemon.close()
 
     def close(self) -> None:
         if self._client is not None:

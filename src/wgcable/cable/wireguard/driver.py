@@ -46,6 +46,7 @@ from wgcable.wgctrl import (
     Key,
     config_delta,
     read_key_file,
+    tighten_private_dir,
     write_key_file,
 )
 
@@ -124,9 +125,10 @@ class WireGuardDriver:
 
     def _load_key(self) -> Key:
         state = Path(self.cfg.state_dir)
-        state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if tighten_private_dir(state):
+            log.warning("state directory %s was open to group or others; made it 0700", state)
         path = state / f"{self.cfg.device}.key"
-        if path.exists():
+        if os.path.lexists(path):  # a dangling symlink too: read_key_file refuses it by name
             return read_key_file(path)
         key = Key.generate()
         write_key_file(path, key)
@@ -138,7 +140,10 @@ class WireGuardDriver:
         with self._lock:
             self._key = self._load_key()
             if self.cfg.preshared_key_file:
-                psk = read_key_file(self.cfg.preshared_key_file, "preshared_key_file")
+                # Followed: Kubernetes mounts a Secret's files through symlinks. Owner and
+                # mode are checked on the file the link leads to.
+                psk = read_key_file(self.cfg.preshared_key_file, "preshared_key_file",
+                                    follow_symlinks=True)
                 self._psk = desired.check_psk(psk, self.cfg.preshared_key_file)
             self.local.backend_config[desired.PUBLIC_KEY] = self.public_key.base64()
             self.local.backend_config[desired.INTERFACE_NAME] = self.cfg.device
@@ -173,6 +178,8 @@ class WireGuardDriver:
                     created = self.device.ensure()
                     self._apply(full=True)
                 except Exception:
+                    if self._stop.is_set():
+                        return  # closed meanwhile: the start was abandoned on purpose
                     log.exception("re-creating device %s failed; will retry", self.cfg.device)
                     healthy = False
                     continue
@@ -542,6 +549,9 @@ class WireGuardDriver:
     def close(self) -> None:
         """Stop supervising but leave the tunnels up: a restart must not drop traffic."""
         self._stop.set()
+        # Before the join: a supervisor inside ensure() may be starting wireguard-go, and the
+        # join may time out; that daemon is stopped now rather than orphaned.
+        self.device.stop_starting()
         if self._supervisor is not None:
             self._supervisor.join(5)
         self.device.close()
@@ -550,6 +560,7 @@ class WireGuardDriver:
         """Remove everything the driver created: routes, rules, device, daemon, PID file,
         our nftables table; and the key file when asked."""
         self._stop.set()
+        self.device.stop_starting()
         if self._supervisor is not None:
             self._supervisor.join(5)
         with self._lock:

@@ -9,6 +9,12 @@ With ``netns``, the daemon runs in that network namespace with a private tmpfs o
 /proc/<pid>/root/run/wireguard (/run, not /var/run: that symlink is absolute and would
 resolve against our own root).
 
+The PID file is written as soon as the daemon is spawned, not once its socket is up: an
+agent killed during a start leaves a daemon that the next one finds. ``close()`` ends the
+race with a start in progress on another thread (the driver's supervisor): under one lock,
+either the start completed first (the daemon stays, like every tunnel on close) or the
+daemon is stopped by its PID before ``close()`` returns. No daemon is left unrecorded.
+
 The daemon's output goes to a file (``log_path``, appended to; else an unnamed temporary
 file), never to a pipe: nothing reads a pipe once the daemon is up, and a daemon that
 filled it would block on its next write. A daemon that exits during start-up is reported
@@ -24,6 +30,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import IO
@@ -89,14 +96,19 @@ class WireGuardGoProcess:
 
     def __init__(
         self, ifname: str, netns: str | None = None, binary: str = WIREGUARD_GO,
-        log_path: str | Path | None = None,
+        log_path: str | Path | None = None, pidfile: str | Path | None = None,
     ) -> None:
         self.ifname = ifname
         self.netns = netns
         self.binary = binary
         self.log_path = Path(log_path) if log_path is not None else None
+        self.pidfile = Path(pidfile) if pidfile is not None else None
         self.pid: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        # Guards _closed and _starting: a start and close() on two threads (see above).
+        self._lock = threading.Lock()
+        self._closed = False
+        self._starting: subprocess.Popen[bytes] | None = None  # spawned, start() not done
 
     def _open_log(self) -> IO[bytes]:
         """Where the daemon's stdout and stderr go (see the module's docstring)."""
@@ -106,7 +118,8 @@ class WireGuardGoProcess:
         with contextlib.suppress(OSError):
             if self.log_path.stat().st_size > LOG_ROTATE_BYTES:
                 os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.log_path, flags, 0o600)
         return os.fdopen(fd, "ab")
 
     @property
@@ -134,29 +147,90 @@ class WireGuardGoProcess:
             cmd = [self.binary, "-f", self.ifname]
         with self._open_log() as out:
             start = out.seek(0, os.SEEK_END)
+            with self._lock:
+                if self._closed:
+                    raise UserspaceError(f"{self.binary} for {self.ifname}: closed, not started")
+                try:
+                    proc = subprocess.Popen(
+                        cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                        start_new_session=True,
+                    )
+                except FileNotFoundError:
+                    raise UserspaceError(
+                        f"{cmd[0]} not found: this kernel has no WireGuard, so the device "
+                        "needs wireguard-go (apt-get install wireguard-go)") from None
+                # The daemon has its own descriptor now; ours is closed on the way out.
+                self._proc = self._starting = proc
+                self.pid = proc.pid  # ip netns exec and sh exec in place: the daemon's PID
             try:
-                self._proc = subprocess.Popen(
-                    cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                    start_new_session=True,
-                )
-            except FileNotFoundError:
-                raise UserspaceError(
-                    f"{cmd[0]} not found: this kernel has no WireGuard, so the device needs "
-                    "wireguard-go (apt-get install wireguard-go)") from None
-            # The daemon has its own descriptor now; ours is closed on the way out.
-            self.pid = self._proc.pid  # ip netns exec and sh exec in place: the daemon's PID
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if self._proc.poll() is not None:
-                    self.pid = None
-                    raise UserspaceError(f"{self.binary} for {self.ifname} exited: "
-                                         f"{_output_since(out, start)}")
-                path = self.socket_path()
-                if path is not None and _listening(path):
-                    return
-                time.sleep(0.01)
-            self.stop()
-            raise UserspaceError(f"{self.binary} for {self.ifname}: no socket after {timeout}s")
+                self._write_pidfile(proc.pid)
+                self._wait_started(proc, out, start, timeout)
+            except BaseException:
+                self._abandon(proc)
+                raise
+
+    def _wait_started(self, proc: subprocess.Popen[bytes], out: IO[bytes], start: int,
+                      timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._closed:
+                raise UserspaceError(f"{self.binary} for {self.ifname}: closed while starting")
+            if proc.poll() is not None:
+                raise UserspaceError(f"{self.binary} for {self.ifname} exited: "
+                                     f"{_output_since(out, start)}")
+            path = self.socket_path()
+            if path is not None and _listening(path):
+                with self._lock:
+                    if not self._closed:  # else close() has stopped it, or is about to
+                        self._starting = None
+                        return
+                continue
+            time.sleep(0.01)
+        raise UserspaceError(f"{self.binary} for {self.ifname}: no socket after {timeout}s")
+
+    def _abandon(self, proc: subprocess.Popen[bytes]) -> None:
+        """Stop a daemon whose start did not complete, by its PID, and forget it."""
+        with self._lock:
+            if self._starting is proc:
+                self._starting = None
+            if self.pid == proc.pid:
+                self.pid = None
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        self._remove_pidfile(proc.pid)
+
+    def close(self) -> None:
+        """Start nothing from now on, and stop a daemon still starting (by its PID) before
+        returning. A daemon that finished starting keeps running: closing leaves tunnels."""
+        with self._lock:
+            self._closed = True
+            proc, self._starting = self._starting, None
+        if proc is not None:
+            self._abandon(proc)
+
+    def _write_pidfile(self, pid: int) -> None:
+        if self.pidfile is None:
+            return
+        # O_NOFOLLOW: a link planted in the state directory must not make us write elsewhere.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.pidfile, flags, 0o600)
+        try:
+            os.write(fd, f"{pid}\n".encode())
+        finally:
+            os.close(fd)
+
+    def _remove_pidfile(self, pid: int) -> None:
+        """Remove the PID file if it still names ``pid`` (not a daemon started since)."""
+        if self.pidfile is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            if int(self.pidfile.read_text()) == pid:
+                self.pidfile.unlink()
 
     def adopt(self, pid: int) -> bool:
         """Take over a daemon started by an earlier instance, if ``pid`` is still it."""

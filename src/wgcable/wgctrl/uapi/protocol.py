@@ -16,6 +16,7 @@ import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from wgcable.safetext import safe
 from wgcable.wgctrl.errors import InvalidKeyError, ProtocolError
 from wgcable.wgctrl.key import Key
 from wgcable.wgctrl.types import BackendKind, Config, Device, IPNetwork, Peer, UDPAddr
@@ -68,7 +69,8 @@ def parse_errno(device: str, action: str, reply: bytes) -> None:
             try:
                 n = int(line[6:])
             except ValueError:
-                raise ProtocolError(device, action, 71, "errno", f"bad value {line!r}") from None
+                bad = safe(line.decode("ascii", "replace"))
+                raise ProtocolError(device, action, 71, "errno", f"bad value {bad}") from None
             if n != 0:
                 raise ProtocolError(device, action, n)
             return
@@ -123,7 +125,7 @@ def parse_get(name: str, reply: bytes, now: datetime | None = None) -> GetReply:
             continue
         k, sep, v = line.partition("=")
         if not sep:
-            raise ProtocolError(name, "read", 71, None, f"line without '=': {line[:40]!r}")
+            raise ProtocolError(name, "read", 71, None, f"line without '=': {safe(line)}")
         try:
             # The most frequent keys first: this loop runs ~10 times per peer.
             if peer is not None:
@@ -180,7 +182,7 @@ def parse_get(name: str, reply: bytes, now: datetime | None = None) -> GetReply:
         except InvalidKeyError as e:
             raise ProtocolError(name, "read", 71, k, str(e)) from None
         except ValueError:
-            raise ProtocolError(name, "read", 71, k, f"bad value {v[:80]!r}") from None
+            raise ProtocolError(name, "read", 71, k, f"bad value {safe(v)}") from None
     if not errno_seen:
         raise ProtocolError(name, "read", 71, None, "reply has no errno line")
     if dev.private_key is not None and dev.public_key is None:
