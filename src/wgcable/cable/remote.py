@@ -194,3 +194,21 @@ def parse_remote(ep: Endpoint) -> RemoteEndpoint:
         public_ips=_addresses(ep.public_ips, "public_ips", cid),
         health_check_ips=_addresses(ep.health_check_ips, "healthCheckIPs", cid),
     )
+
+
+def health_check_target(ep: Endpoint) -> IPAddress | None:
+    """The address to ping for ``ep`` (canonical), or None when it publishes none.
+
+    Only inside the remote's own subnets: those are what its tunnel carries. Anything else
+    (a neighbour of ours, the API server, a zone) would have us send ICMP where the remote
+    chose, out of the tunnel. Refused with EndpointRejectedError naming ``healthCheckIP``.
+    """
+    if not ep.health_check_ip:
+        return None
+    cid = ep.cluster_id
+    ip = parse_address(ep.health_check_ip, "healthCheckIP", cid)
+    nets = [parse_network(s, "subnets", cid) for s in ep.subnets[:MAX_LIST]]
+    if not any(n.version == ip.version and ip in n for n in nets):
+        raise EndpointRejectedError(cid, "healthCheckIP", str(ip),
+                                    "outside the cluster's own subnets: not pinged")
+    return ip

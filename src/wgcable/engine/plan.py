@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from wgcable.cable.remote import shown
 from wgcable.cable.types import Endpoint, NATEndpointInfo
 from wgcable.store.base import Snapshot
 
@@ -41,8 +42,8 @@ def plan(local: Endpoint, snap: Snapshot) -> Plan:
         entries.sort(key=lambda e: e[0])
         name, ep = entries[0]
         for other, _ in entries[1:]:
-            out.problems[other] = (f"another endpoint of cluster {cid!r} ({name}) is in use; "
-                                   "this one is ignored")
+            out.problems[other] = (f"another endpoint of cluster {shown(cid)!r} ({name}) is in "
+                                   "use; this one is ignored")
         use_ip, nat = choose_ip(local, ep)
         out.connect[cid] = NATEndpointInfo(endpoint=ep, use_ip=use_ip, use_nat=nat)
     return out

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from wgcable.cable.remote import shown
 from wgcable.cable.types import Connection, ConnectionStatus, Endpoint, NATEndpointInfo
 from wgcable.cable.wireguard import desired
 from wgcable.cable.wireguard.config import WireGuardConfig
@@ -426,13 +427,13 @@ class WireGuardDriver:
             key = endpoint.backend_config.get(desired.PUBLIC_KEY)
             if conn.peer is not None and key and key != conn.peer.public_key.base64():
                 # An out-of-order event about a key that was already replaced.
-                log.info("ignored disconnect of cluster %s with a stale key", cid)
+                log.info("ignored disconnect of cluster %r with a stale key", shown(cid))
                 return
             del self._conns[cid]
             self._index.remove(cid)
             self._dirty.add(cid)
             self._changed()
-            log.info("disconnected cluster %s", cid)
+            log.info("disconnected cluster %r", shown(cid))  # refused ones too: any text
 
     def installed(self, endpoints: list[Endpoint]) -> set[str]:
         """The cluster IDs of ``endpoints`` whose peer (by public key) is on the device now:
