@@ -21,6 +21,7 @@ from wgcable.cable.remote import EndpointRejectedError as EndpointRejectedError
 from wgcable.cable.remote import RemoteEndpoint, parse_address, parse_remote, shown
 from wgcable.cable.remote import parse_port as parse_port
 from wgcable.cable.types import Endpoint, NATEndpointInfo
+from wgcable.cable.wireguard.host import Protected, covered
 from wgcable.cable.wireguard.index import PeerIndex
 from wgcable.routing.table import Route
 from wgcable.wgctrl import IPAddress, IPNetwork, Key, Peer, UDPAddr
@@ -76,12 +77,15 @@ def validate_remote(
     own_public_key: Key,
     others: Mapping[str, RemotePeer] | PeerIndex,
     local_ips: Iterable[IPAddress] = (),
+    protected: Iterable[Protected] = (),
 ) -> RemotePeer:
     """The RemotePeer for ``info``, or EndpointRejectedError naming the field and value.
 
     ``others`` are the accepted peers; the remote's own entry, if there, is not a conflict.
     ``local_ips`` are this gateway's own addresses: no remote subnet may cover one (nor the
     remote gateway's own address), or the tunnel's own packets would be routed into it.
+    ``protected`` are networks of this host no remote subnet may overlap (its neighbours,
+    nameservers, the broker, configured CIDRs): rule 220 runs before the main table.
     """
     if not isinstance(others, PeerIndex):
         index = PeerIndex()
@@ -109,6 +113,8 @@ def validate_remote(
         raise EndpointRejectedError(cid, "subnets", str(hit[0]),
                                     f"overlaps the local cluster's {hit[1]}")
     for net in subnets:
+        if what := covered(net, protected):
+            raise EndpointRejectedError(cid, "subnets", str(net), f"covers {what}")
         for addr in local_ips:
             if addr in net:
                 raise EndpointRejectedError(cid, "subnets", str(net),

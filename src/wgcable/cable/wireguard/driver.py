@@ -32,7 +32,7 @@ from pathlib import Path
 
 from wgcable.cable.remote import shown
 from wgcable.cable.types import Connection, ConnectionStatus, Endpoint, NATEndpointInfo
-from wgcable.cable.wireguard import desired
+from wgcable.cable.wireguard import desired, host
 from wgcable.cable.wireguard.config import WireGuardConfig
 from wgcable.cable.wireguard.desired import EndpointRejectedError, RemotePeer
 from wgcable.cable.wireguard.device import WireGuardDevice
@@ -109,6 +109,7 @@ class WireGuardDriver:
         self._underlay_mtu, self._underlay_v6 = 1500, False
         self._sources: dict[int, IPAddress] = {}
         self._local_ips: set[IPAddress] = set()  # no remote subnet may cover one of these
+        self._protected: list[host.Protected] = list(self.cfg.protected)  # nor overlap these
         self._mtu_set = 0
 
     @property
@@ -249,6 +250,14 @@ class WireGuardDriver:
                      *self.local.public_ips):
             with contextlib.suppress(ValueError):
                 self._local_ips.add(ipaddress.ip_address(text))
+        try:
+            resolv = Path(self.cfg.resolv_conf).read_text(errors="replace")
+        except OSError as e:
+            log.debug("no nameservers to protect from %s: %s", self.cfg.resolv_conf, e)
+            resolv = ""
+        self._protected = [*self.cfg.protected,
+                           *host.connected_networks(addresses, self.cfg.device),
+                           *host.nameservers(resolv)]
 
     def _mtu(self) -> int:
         if self.cfg.mtu:
@@ -395,7 +404,7 @@ class WireGuardDriver:
             try:
                 peer = desired.validate_remote(
                     info, self.local, self._local_subnets, self._key.public_key(), self._index,
-                    self._local_ips)
+                    self._local_ips, self._protected)
             except EndpointRejectedError as e:
                 log.warning("refused %s", e)
                 if old is not None and old.peer is not None:
