@@ -10,6 +10,7 @@ Errors show a value only in its short, safe form (``shown``).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ SHOWN_ITEMS = 4  # of an untrusted list in a message
 MAX_TEXT = 253  # a host name's limit; free text fields (hostname, cable name) stay within it
 MAX_CONFIG_ENTRIES = 32
 MAX_LIST = 1024  # subnets or addresses of one endpoint; far beyond any real cluster
+REPORTED_ITEMS = 64  # of a refused endpoint's lists, in the status
 
 # Submariner's cluster IDs are DNS-1123 labels (subctl refuses others).
 _CLUSTER_ID = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -212,3 +214,27 @@ def health_check_target(ep: Endpoint) -> IPAddress | None:
         raise EndpointRejectedError(cid, "healthCheckIP", str(ip),
                                     "outside the cluster's own subnets: not pinged")
     return ip
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else f"{text[:MAX_TEXT]}...({len(text)} chars)"
+
+
+def bounded(ep: Endpoint) -> Endpoint:
+    """A refused endpoint as it may be reported (gateway status, metrics, ``wgcable show``):
+    every string cut at ``MAX_TEXT``, every list at ``REPORTED_ITEMS``. What we refused is
+    still shown, but a remote cannot make our status objects megabytes long."""
+    def cut_list(items: list[str]) -> list[str]:
+        return [_cut(s) for s in items[:REPORTED_ITEMS]]
+
+    return dataclasses.replace(
+        ep,
+        cluster_id=_cut(ep.cluster_id), cable_name=_cut(ep.cable_name),
+        health_check_ip=_cut(ep.health_check_ip), hostname=_cut(ep.hostname),
+        subnets=cut_list(ep.subnets), private_ip=_cut(ep.private_ip),
+        public_ip=_cut(ep.public_ip), backend=_cut(ep.backend),
+        backend_config={_cut(k): _cut(v) for k, v in
+                        list(ep.backend_config.items())[:MAX_CONFIG_ENTRIES]},
+        private_ips=cut_list(ep.private_ips), public_ips=cut_list(ep.public_ips),
+        health_check_ips=cut_list(ep.health_check_ips),
+    )

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from wgcable.cable.remote import shown
+from wgcable.cable.remote import bounded, parse_address, shown
 from wgcable.cable.types import Connection, ConnectionStatus, Endpoint, NATEndpointInfo
 from wgcable.cable.wireguard import desired, host
 from wgcable.cable.wireguard.config import WireGuardConfig
@@ -54,6 +54,13 @@ log = logging.getLogger(__name__)
 
 DRIVER_NAME = "wireguard"
 SUPERVISOR_RETRY = 0.5  # seconds between attempts to bring a lost device back
+
+
+def _address_or_empty(text: str) -> str:
+    try:
+        return str(parse_address(text, "using_ip", ""))
+    except EndpointRejectedError:
+        return ""
 
 
 @dataclass(slots=True)
@@ -525,11 +532,13 @@ class WireGuardDriver:
             status, message = c.tracker.status, c.tracker.message
             if c.error:
                 message = f"{message}; latest update refused: {c.error}"
+        # A refused endpoint is reported as published, within bounds; its IP only when it is
+        # one (canonical): the rest of the text is the remote's.
         return Connection(
             status=status,
             status_message=message,
-            endpoint=c.info.endpoint,
-            using_ip=c.info.use_ip if c.peer is None else c.peer.using_ip,
+            endpoint=c.info.endpoint if c.peer is not None else bounded(c.info.endpoint),
+            using_ip=c.peer.using_ip if c.peer is not None else _address_or_empty(c.info.use_ip),
             using_nat=c.info.use_nat,
             rx_bytes=c.rx,
             tx_bytes=c.tx,
