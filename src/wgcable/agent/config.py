@@ -445,6 +445,8 @@ def _address(value: object) -> IPAddress:
 
 def _endpoint_address(value: object) -> IPAddress:
     """An address other gateways can aim at."""
+    if isinstance(value, str) and "%" in value:  # a zone is free text: it would be published
+        raise _Invalid(f"{value!r} has a zone ('%'); give the address alone")
     address = _address(value)
     if address.is_unspecified or address.is_multicast:
         raise _Invalid(f"{value!r} is not a unicast address")
@@ -475,6 +477,9 @@ def _cidrs(value: object) -> list[IPNetwork]:
     for item in _items(value):
         if "/" not in item:  # ip_network() would take a bare address as a /32
             problems.append(f"{item!r} is not a CIDR")
+            continue
+        if "%" in item:
+            problems.append(f"{item!r} has a zone ('%'); give the network alone")
             continue
         try:
             networks.append(ipaddress.ip_network(item))
