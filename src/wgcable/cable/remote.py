@@ -47,8 +47,6 @@ def shown(value: object) -> object:
         if len(value) > SHOWN_ITEMS:
             items.append(f"...({len(value)} items)")
         return items
-    if isinstance(value, int) and value.bit_length() > 64:
-        return f"<{value.bit_length()}-bit integer>"
     return value
 
 
