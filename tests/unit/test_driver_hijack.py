@@ -36,7 +36,7 @@ def start(tmp_path: Path, resolv: str = "", **cfg: object) -> WireGuardDriver:
     local = Endpoint(cluster_id="cluster1", cable_name="cable", subnets=["10.1.0.0/16"],
                      private_ip="198.18.0.1", backend="wireguard")
     d = fake_driver(local, tmp_path / "state", ADDRESSES)
-    if resolv:  # else the host's own resolv.conf
+    if resolv:  # else none (fake_driver reads no resolv.conf)
         conf = tmp_path / "resolv.conf"
         conf.write_text(resolv)
         d.cfg.resolv_conf = str(conf)
