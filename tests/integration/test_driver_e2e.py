@@ -59,6 +59,7 @@ class Gateway:
             state_dir=str(self.state_dir),
             preshared_key_file=str(self.psk_file) if self.psk_file else None,
             backend="kernel" if self.kind == "kernel" else "userspace",
+            resolv_conf=os.devnull,  # the machine's nameservers are not the lab's
         )
         d = self.driver = WireGuardDriver(self.endpoint, cfg)
         d.init()

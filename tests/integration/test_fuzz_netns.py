@@ -118,7 +118,7 @@ def gateway() -> Iterator[Gateway]:
                       health_check_ip=net.gateway_pod_ip, backend="wireguard")
         driver = WireGuardDriver(ep, WireGuardConfig(
             netns=net.gateway.name, state_dir=str(Path(tmp.name) / "state"),
-            backend="userspace"))
+            backend="userspace", resolv_conf=os.devnull))
         driver.init()
         store = DirectoryStore(Path(tmp.name) / "store")
         engine = Engine(ep, driver, store, hostname="gw1", version="fuzz")
