@@ -314,6 +314,29 @@ def test_injection_zoned_private_ip_cannot_remove_another_clusters_peer(
     assert by_id["cluster3"].status == ConnectionStatus.CONNECTED
 
 
+def test_hostile_remote_cannot_capture_a_neighbour_on_the_underlay(clusters: Clusters) -> None:
+    """Rule 220 runs before the main table: a remote claiming a neighbour's address (here
+    c's gateway, which a has no tunnel to) would pull a's traffic to it into the tunnel."""
+    a, b, c = clusters(3)
+    mesh([a, b])
+    neighbour = c.net.underlay_ip
+    hostile = Endpoint(cluster_id="cluster9", cable_name="submariner-cable-cluster9",
+                       hostname="gw9", subnets=["10.9.0.0/16", f"{neighbour}/32"],
+                       private_ip="198.18.0.99", backend="wireguard",
+                       backend_config={"publicKey": Key.generate().public_key().base64()})
+    refusal: EndpointRejectedError | None = None
+    try:
+        a.driver.connect_to_endpoint(NATEndpointInfo(endpoint=hostile, use_ip="198.18.0.99"))
+    except EndpointRejectedError as e:
+        refusal = e
+    a.net.gateway.run("ping", "-c", "1", "-W", "2", neighbour)  # still reached directly
+    assert neighbour not in a.routes()
+    assert refusal is not None
+    assert refusal.field == "subnets"
+    assert "directly connected network" in str(refusal)
+    ping(a, b)
+
+
 def test_cleanup_leaves_namespace_as_it_was(clusters: Clusters) -> None:
     a, b = clusters(2)
     gw = a.net.gateway
