@@ -11,18 +11,34 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from hypothesis import strategies as st
 
 from wgcable.cable.types import Endpoint
 from wgcable.wgctrl import IPAddress, IPNetwork
 
+T = TypeVar("T")
+
 # Placeholders, replaced when written: the local gateway's own values are only known then.
 LOCAL_PUBLIC_KEY = "<local public key>"
 LOCAL_IP = "<local ip>"
+# The hex public key of a peer the fuzzed gateway holds (a victim for injected UAPI lines).
+VICTIM_KEY_HEX = "<victim key hex>"
+
+# UAPI lines a value may try to smuggle in: remove the victim's peer, then go on as a peer
+# of our own. Behind an IPv6 zone that wireguard-go accepts ("lo"), the first line is valid.
+# (No '/': ipaddress refuses one anywhere in an address, zone included.)
+INJECTED_LINES = f"\npublic_key={VICTIM_KEY_HEX}\nremove=true\npublic_key={'ab' * 32}"
+CONTROL_CHARACTERS = ["\n", "\r", "\x00", "\t", "\u2028", "\u2029", "\x85", "\x1b[2J",
+                      "\u202e", "\x7f"]
+ZONES = ["lo", "1", "eth0", "x" + INJECTED_LINES, "lo]:5871" + INJECTED_LINES + "\nendpoint=[::1",
+         "%", "", "\n"]
+OVERSIZED = ["x" * 100_000, "1" * 5000, "9" * 400, "f" * 70_000 + "::1", "10." * 2000 + "0/8",
+             "\n" * 10_000]
 
 ANY4 = str(ipaddress.IPv4Address(0))  # "0.0.0.0"
 
@@ -41,6 +57,7 @@ class Local:
     subnets: tuple[str, ...]
     addresses: tuple[str, ...]  # every address of the gateway, its private IP first
     public_key: str
+    victim_key_hex: str = ""  # a peer the gateway holds, which injected lines try to remove
 
     @property
     def private_ip(self) -> str:
@@ -71,6 +88,33 @@ def bad_prefixes(local: Local, prefixes: Iterable[IPNetwork]) -> list[str]:
     return out
 
 
+def classes(entries: list[tuple[str, object]]) -> set[str]:
+    """Which hostile classes the drawn entries carry (for hypothesis ``event``s)."""
+    text = repr(entries)  # repr escapes control characters: look for their escapes
+    found = set()
+    if "%" in text:
+        found.add("zone")
+    if any(repr(c)[1:-1] in text for c in CONTROL_CHARACTERS):
+        found.add("control character")
+    if "remove=true" in text:
+        found.add("injected lines")
+    if any(len(v) > 1000 for v in _strings(entries)):
+        found.add("oversized")
+    return found
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Endpoint):
+        return _strings(value.to_json())
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
 def leaks(secret_forms: Iterable[str], texts: dict[str, str]) -> list[str]:
     """Which of ``texts`` (by name) contain any form of the secret."""
     forms = [f for f in secret_forms if f]
@@ -86,6 +130,32 @@ def _mostly(good: st.SearchStrategy[str], hostile: st.SearchStrategy[str]
     the routing table, so uniformly hostile fields would seldom get there. (Both are drawn
     and one kept: a flatmap would make shrinking very slow.)"""
     return st.tuples(st.integers(0, 3), good, hostile).map(lambda t: t[2] if t[0] == 3 else t[1])
+
+
+def _spliced(good: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """A good value with a control character (or injected lines) put in somewhere."""
+    return st.builds(lambda v, c, i: v[:i] + c + v[i:], good,
+                     st.sampled_from([*CONTROL_CHARACTERS, INJECTED_LINES]), st.integers(0, 40))
+
+
+def hostile_text(good: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    """The classes every field gets: control characters, oversized values, any text."""
+    return st.one_of(_spliced(good), _pick(OVERSIZED), st.text(max_size=30))
+
+
+def _pick(values: Sequence[T]) -> st.SearchStrategy[T]:
+    """``sampled_from`` by index: hypothesis shows a strategy's repr in its reports, and
+    these values are 100 kB long."""
+    return st.sampled_from(range(len(values))).map(lambda i: values[i])
+
+
+_ZONED_IPS = st.builds(
+    lambda a, z: f"{a}%{z}",
+    st.sampled_from(["2001:db8::9", "fe80::1", "fdce:18::2", "::ffff:198.18.0.3"]),
+    st.sampled_from(ZONES))
+_ZONED_CIDRS = st.builds(lambda a, z, p: f"{a}%{z}/{p}",
+                         st.sampled_from(["fd00:9::", "fe80::", "::", "fd00:1::"]),
+                         st.sampled_from(ZONES), st.sampled_from([0, 48, 64, 128]))
 
 
 _v4_nets = st.builds(lambda a, p: str(ipaddress.ip_network(f"{a}/{p}", strict=False)),
@@ -106,6 +176,8 @@ _HOSTILE_CIDRS = st.one_of(
         "10.6.0.0/16\n", "10.7.0.0/16\x00", "x" * 5000,
     ]),
     st.text(max_size=30),
+    _ZONED_CIDRS, _ZONED_CIDRS,
+    hostile_text(st.sampled_from(["10.9.0.0/16", "fd00:9::/64"])),
 )
 
 _HOSTILE_IPS = st.one_of(
@@ -116,6 +188,8 @@ _HOSTILE_IPS = st.one_of(
         "\u0661\u0669\u0668.\u0661\u0668.\u0660.\u0662",  # Arabic-Indic digits
     ]),
     st.ip_addresses().map(str), st.text(max_size=20),
+    _ZONED_IPS, _ZONED_IPS,
+    hostile_text(st.sampled_from(["198.18.0.9", "2001:db8::9"])),
 )
 
 _HOSTILE_KEYS = st.one_of(
@@ -126,18 +200,20 @@ _HOSTILE_KEYS = st.one_of(
         base64.b64encode(bytes(33)).decode(), "ÿ" * 43 + "=", "x" * 5000,
     ]),
     st.text(max_size=50),
+    hostile_text(st.binary(min_size=32, max_size=32).map(
+        lambda b: base64.b64encode(b).decode())),
 )
 
 _HOSTILE_PORTS = st.one_of(
     st.sampled_from(["", "0", "1", "5871", "65535", "65536", "-1", "²", "٣", "0x10", " 80",
-                     "1" * 1000, "00000000005871"]),
-    st.integers().map(str), st.text(max_size=8),
+                     "1" * 1000, "00000000005871", str(10**400), "5871\n", "5871%lo"]),
+    st.integers().map(str), st.text(max_size=8), hostile_text(st.just("5871")),
 )
 
 _HOSTILE_CLUSTER_IDS = st.one_of(
     st.sampled_from(["cluster1", "", "cluster2", "cluster3", "cluster2", "c-ü", "a/b", "..",
                      "x" * 5000, " cluster2", "CLUSTER2"]),
-    st.text(max_size=20),
+    st.text(max_size=20), hostile_text(st.just("cluster7")),
 )
 
 
@@ -160,36 +236,56 @@ CLUSTER_IDS = _mostly(st.sampled_from(["cluster2", "cluster3", "cluster4", "clus
                       _HOSTILE_CLUSTER_IDS)
 
 
+TEXT = _mostly(st.sampled_from(["cable", "gw2", "wireguard", "gw-2.example.com"]),
+               hostile_text(st.just("gw2")))
+IP_LISTS: st.SearchStrategy[list[str]] = st.one_of(st.just([]), st.lists(IPS, max_size=3),
+                     st.just(["198.18.0.9"] * 2000))  # oversized lists too
+
+
 @st.composite
 def endpoints(draw: st.DrawFn) -> Endpoint:
-    """A well-formed Endpoint object (right JSON types) with hostile values."""
+    """A well-formed Endpoint object (right JSON types) with hostile values in every field:
+    zones, control characters, injected UAPI lines and oversized values among them."""
     config = {"publicKey": draw(KEYS)}
     if draw(st.booleans()):
         config["udp-port"] = draw(PORTS)
     if draw(st.booleans()):
-        config[draw(st.text(max_size=10))] = draw(st.text(max_size=20))
+        config[draw(_mostly(st.just("interface-name"), TEXT))] = draw(TEXT)
     return Endpoint(
         cluster_id=draw(CLUSTER_IDS),
-        cable_name=draw(st.one_of(st.just("cable"), st.text(max_size=20))),
-        hostname=draw(st.text(max_size=20)),
+        cable_name=draw(TEXT),
+        hostname=draw(TEXT),
         subnets=draw(st.lists(CIDRS, min_size=draw(st.sampled_from([0, 1, 1, 1])), max_size=4)),
         private_ip=draw(IPS),
         public_ip=draw(st.one_of(st.just(""), IPS)),
         nat_enabled=draw(st.booleans()),
         health_check_ip=draw(st.one_of(st.just(""), IPS)),
-        backend=draw(_mostly(st.just("wireguard"), st.sampled_from(["", "libreswan", "ü"]))),
+        backend=draw(_mostly(st.just("wireguard"), st.one_of(
+            st.sampled_from(["", "libreswan", "ü"]), hostile_text(st.just("wireguard"))))),
         backend_config=config,
+        private_ips=draw(_mostly_list(IP_LISTS)),
+        public_ips=draw(_mostly_list(IP_LISTS)),
+        health_check_ips=draw(_mostly_list(IP_LISTS)),
     )
 
 
+def _mostly_list(hostile: st.SearchStrategy[list[str]]) -> st.SearchStrategy[list[str]]:
+    return st.tuples(st.integers(0, 3), hostile).map(lambda t: t[1] if t[0] == 3 else [])
+
+
+HUGE_NUMBERS: list[int | float] = [10**400, -(10**400), 2**64, 1e308, -1e308]
+
+
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+    | _pick(HUGE_NUMBERS) | _pick(OVERSIZED),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner,
                                                                 max_size=4),
     max_leaves=12,
 )
 _FIELDS = ["cluster_id", "cable_name", "hostname", "subnets", "private_ip", "public_ip",
-           "nat_enabled", "backend", "backend_config", "healthCheckIP"]
+           "nat_enabled", "backend", "backend_config", "healthCheckIP", "private_ips",
+           "public_ips", "healthCheckIPs"]
 
 
 @st.composite
@@ -218,9 +314,34 @@ def raw_documents(draw: st.DrawFn) -> tuple[str, str]:
     ]))
 
 
+# An address whose zone wireguard-go accepts ("lo"), so that the ``endpoint=`` line it is
+# rendered into is valid and the lines smuggled after it are applied too.
+WORKING_INJECTION = "2001:db8::9%lo]:5871" + INJECTED_LINES + "\nendpoint=[2001:db8::9"
+
+
+@st.composite
+def injections(draw: st.DrawFn) -> Endpoint:
+    """An endpoint valid in every way but one address, which carries UAPI lines that would
+    work: the random fields of ``endpoints`` seldom line up for that."""
+    nat = draw(st.booleans())
+    good = draw(st.sampled_from(["198.18.0.9", "2001:db8::9"]))
+    return Endpoint(
+        cluster_id=draw(st.sampled_from(["cluster6", "cluster7"])),
+        cable_name="cable", hostname="gw6",
+        subnets=[draw(st.sampled_from(["10.6.0.0/16", "fd00:6::/64"]))],
+        private_ip=good if nat else WORKING_INJECTION,
+        public_ip=WORKING_INJECTION if nat else draw(st.sampled_from(["", good])),
+        nat_enabled=nat,
+        health_check_ip=draw(st.sampled_from(["", "10.6.0.1", WORKING_INJECTION])),
+        backend="wireguard",
+        backend_config={"publicKey": draw(_KEY)},
+    )
+
+
 STORE_ENTRIES = st.lists(
     st.one_of(endpoints().map(lambda e: ("endpoint", e)),
-              raw_documents().map(lambda d: ("raw", d))),
+              raw_documents().map(lambda d: ("raw", d)),
+              injections().map(lambda e: ("endpoint", e))),
     max_size=8,
 )
 
@@ -237,6 +358,7 @@ def write_entries(directory: Path, entries: list[tuple[str, object]], local: Loc
         else:
             assert isinstance(item, tuple)
             suffix, text = item
-        text = text.replace(LOCAL_PUBLIC_KEY, local.public_key).replace(LOCAL_IP,
-                                                                        local.private_ip)
+        text = (text.replace(LOCAL_PUBLIC_KEY, local.public_key)
+                .replace(LOCAL_IP, local.private_ip)
+                .replace(VICTIM_KEY_HEX, local.victim_key_hex or "cd" * 32))
         (directory / f"{prefix}{i}{suffix}").write_text(text)

@@ -61,6 +61,7 @@ class Gateway:
             state_dir=str(self.state_dir),
             preshared_key_file=str(self.psk_file) if self.psk_file else None,
             backend="kernel" if self.kind == "kernel" else "userspace",
+            resolv_conf=os.devnull,  # the machine's nameservers are not the lab's
         )
         d = self.driver = WireGuardDriver(self.endpoint, cfg)
         d.init()
@@ -278,6 +279,66 @@ def test_hostile_endpoint_gets_error_others_keep_working(
     ping(a, c)
     assert by_id["cluster2"].status == ConnectionStatus.CONNECTED
     assert "refused" in by_id["cluster2"].status_message
+
+
+def test_injection_zoned_private_ip_cannot_remove_another_clusters_peer(
+    clusters: Clusters,
+) -> None:
+    """A remote publishes a private IP whose IPv6 zone carries UAPI lines: rendered as text
+    into ``endpoint=``, they would remove cluster c's peer (and come back at every full
+    apply). The zone must be refused, and c's tunnel must carry traffic throughout."""
+    a, b, c = clusters(3)
+    mesh([a, b, c])
+    ping(a, c)
+    hostile_key = Key.generate().public_key()
+    # The zone names a real interface: wireguard-go takes that line, then the next ones.
+    injected = (f"2001:db8::9%lo]:5871\npublic_key={c.driver.public_key.hex()}\nremove=true"
+                f"\npublic_key={hostile_key.hex()}\nendpoint=[2001:db8::9")
+    ep = Endpoint(cluster_id="cluster9", cable_name="submariner-cable-cluster9",
+                  hostname="gw9", subnets=["10.9.0.0/16"], private_ip=injected,
+                  backend="wireguard", backend_config={"publicKey": hostile_key.base64()})
+    refusal: EndpointRejectedError | None = None
+    try:
+        a.driver.connect_to_endpoint(NATEndpointInfo(endpoint=ep, use_ip=injected))
+    except EndpointRejectedError as e:
+        refusal = e
+    keys = {row[0] for row in a.wg_dump()}
+    assert c.driver.public_key.base64() in keys, "the injected remove=true was applied"
+    assert hostile_key.base64() not in keys
+    assert refusal is not None
+    assert refusal.field == "private_ip"
+    assert str(refusal).isprintable()
+    a.driver.resync()  # a full apply: the injection would be sent again here
+    assert c.driver.public_key.base64() in {row[0] for row in a.wg_dump()}
+    ping(a, c)
+    ping(a, b)
+    by_id = {x.endpoint.cluster_id: x for x in a.driver.get_connections()}
+    assert by_id["cluster9"].status == ConnectionStatus.ERROR
+    assert "private_ip" in by_id["cluster9"].status_message
+    assert by_id["cluster3"].status == ConnectionStatus.CONNECTED
+
+
+def test_hostile_remote_cannot_capture_a_neighbour_on_the_underlay(clusters: Clusters) -> None:
+    """Rule 220 runs before the main table: a remote claiming a neighbour's address (here
+    c's gateway, which a has no tunnel to) would pull a's traffic to it into the tunnel."""
+    a, b, c = clusters(3)
+    mesh([a, b])
+    neighbour = c.net.underlay_ip
+    hostile = Endpoint(cluster_id="cluster9", cable_name="submariner-cable-cluster9",
+                       hostname="gw9", subnets=["10.9.0.0/16", f"{neighbour}/32"],
+                       private_ip="198.18.0.99", backend="wireguard",
+                       backend_config={"publicKey": Key.generate().public_key().base64()})
+    refusal: EndpointRejectedError | None = None
+    try:
+        a.driver.connect_to_endpoint(NATEndpointInfo(endpoint=hostile, use_ip="198.18.0.99"))
+    except EndpointRejectedError as e:
+        refusal = e
+    a.net.gateway.run("ping", "-c", "1", "-W", "2", neighbour)  # still reached directly
+    assert neighbour not in a.routes()
+    assert refusal is not None
+    assert refusal.field == "subnets"
+    assert "directly connected network" in str(refusal)
+    ping(a, b)
 
 
 @both_kinds

@@ -6,6 +6,10 @@ another: each example replaces the store's entries and reconciles. After each, w
 kernel and the daemon really hold (`ip route show table 220`, `ip rule`, `wg show`) must be
 safe, and the private key must be in no log line or status. Few examples: each costs real
 `ip`, `nft` and UAPI round trips (the in-process fuzz test runs many more).
+
+Every change goes through the real UAPI encoder to wireguard-go (the in-memory backend of
+the unit fuzz never encodes). A victim cluster's peer sits on the device throughout: the
+hostile entries carry zones, control characters and UAPI lines that try to remove it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 
-from hostile import STORE_ENTRIES, Local, bad_prefixes, leaks, write_entries
+from hostile import STORE_ENTRIES, Local, bad_prefixes, classes, leaks, write_entries
 from wgcable.cable.types import Endpoint
 from wgcable.cable.wireguard.config import WireGuardConfig
 from wgcable.cable.wireguard.driver import WireGuardDriver
@@ -32,11 +36,15 @@ from wgcable.engine.engine import Engine
 from wgcable.lab.netns import list_namespaces
 from wgcable.lab.topology import ClusterNet, Topology
 from wgcable.store.directory import DirectoryStore
-from wgcable.wgctrl import IPNetwork
+from wgcable.wgctrl import Config, IPNetwork, Key
+from wgcable.wgctrl.uapi import protocol
 
 pytestmark = [pytest.mark.netns, pytest.mark.fuzz]
 
 TABLE = "220"
+UAPI_KEYS = {"set", "private_key", "listen_port", "fwmark", "replace_peers", "public_key",
+             "remove", "update_only", "preshared_key", "endpoint",
+             "persistent_keepalive_interval", "replace_allowed_ips", "allowed_ip"}
 
 
 @dataclass
@@ -47,6 +55,8 @@ class Gateway:
     store: DirectoryStore
     local: Local
     logs: StringIO
+    victim: Key  # the public key of a peer that must stay, whatever the hostile entries say
+    requests: list[bytes]  # every set request encoded for the device
 
     def ip_json(self, *args: str) -> list[dict[str, object]]:
         # An empty table does not exist: `ip` fails (after printing half a document).
@@ -77,6 +87,9 @@ class Gateway:
         return [line.split("\t") for line in out.splitlines()[1:]]
 
 
+VICTIM_SUBNET = "10.250.0.0/16"
+
+
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[Gateway]:
     topo = Topology(f"wgfz{os.getpid() % 10000}")
@@ -88,6 +101,15 @@ def gateway() -> Iterator[Gateway]:
     logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)
     tmp = tempfile.TemporaryDirectory(prefix="wgcable-fuzz-netns-")
+    requests: list[bytes] = []
+    real_encode = protocol.encode_set
+
+    def encode_set(config: Config, *, update_only_supported: bool = True) -> bytes:
+        request = real_encode(config, update_only_supported=update_only_supported)
+        requests.append(request)
+        return request
+
+    protocol.encode_set = encode_set  # a spy; restored below
     try:
         topo.build_underlay()
         net = topo.add_cluster(1)
@@ -96,20 +118,26 @@ def gateway() -> Iterator[Gateway]:
                       health_check_ip=net.gateway_pod_ip, backend="wireguard")
         driver = WireGuardDriver(ep, WireGuardConfig(
             netns=net.gateway.name, state_dir=str(Path(tmp.name) / "state"),
-            backend="userspace"))
+            backend="userspace", resolv_conf=os.devnull))
         driver.init()
         store = DirectoryStore(Path(tmp.name) / "store")
         engine = Engine(ep, driver, store, hostname="gw1", version="fuzz")
         store.publish(ep)
+        victim = Key.generate().public_key()
+        store.publish(Endpoint(cluster_id="victim", cable_name="cable", hostname="gw-victim",
+                               subnets=[VICTIM_SUBNET], private_ip="198.18.0.200",
+                               backend="wireguard",
+                               backend_config={"publicKey": victim.base64()}))
         engine.reconcile()
         driver.mark_synced()
         addresses = json.loads(net.gateway.run("ip", "-j", "addr", "show"))
         mine = [a["local"] for link in addresses for a in link.get("addr_info", [])]
         local = Local(net.cluster_id, tuple(net.subnets),
                       (net.underlay_ip, *[a for a in mine if a != net.underlay_ip]),
-                      driver.public_key.base64())
-        yield Gateway(net, driver, engine, store, local, logs)
+                      driver.public_key.base64(), victim.hex())
+        yield Gateway(net, driver, engine, store, local, logs, victim, requests)
     finally:
+        protocol.encode_set = real_encode
         logger.removeHandler(handler)
         logger.setLevel(level)
         if driver is not None:
@@ -126,6 +154,9 @@ def test_fuzz_hostile_store_real_device_routes_rules_peers(
     gateway: Gateway, entries: list[tuple[str, object]]
 ) -> None:
     g = gateway
+    for c in sorted(classes(entries)):
+        event(f"hostile class: {c}")
+    seen = len(g.requests)
     eps = g.store.endpoints_dir
     for p in eps.iterdir():
         if p.name.startswith("fuzz"):
@@ -145,6 +176,18 @@ def test_fuzz_hostile_store_real_device_routes_rules_peers(
                if n and n != "(none)"]
     assert bad_prefixes(g.local, allowed) == []
     assert g.local.public_key not in [row[0] for row in dump]
+    # The victim's peer is still there, whole: no injected line removed or changed it.
+    victim = [row for row in dump if row[0] == g.victim.base64()]
+    assert victim, "the victim cluster's peer was removed"
+    assert victim[0][3] == VICTIM_SUBNET
+    # What went to wireguard-go: encoded by the real encoder, one value per line, no zone.
+    assert g.requests  # the victim's peer, at least, went through the encoder
+    for request in g.requests[seen:]:
+        for line in request.decode().split("\n"):
+            name, _, value = line.partition("=")
+            assert name in UAPI_KEYS or not line, line[:80]
+            assert "%" not in value, line[:80]
+            assert "=" not in value, line[:80]
     # Every peer on the device is an accepted connection (no leftovers of refused ones).
     accepted = {c.endpoint.backend_config.get("publicKey", "").strip()
                 for c in status.connections if c.status.value != "error"

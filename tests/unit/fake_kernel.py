@@ -5,6 +5,7 @@ tests can check everything that was ever installed, not only what is left at the
 from __future__ import annotations
 
 import ipaddress
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -144,7 +145,9 @@ def fake_driver(local: Endpoint, state_dir: Path,
                 addresses: Sequence[tuple[str, str, int]]) -> WireGuardDriver:
     """A real WireGuardDriver whose device, routes and nftables table are the fakes above
     (not yet initialised)."""
-    driver = WireGuardDriver(local, WireGuardConfig(state_dir=str(state_dir)))
+    # No nameservers of the machine running the tests: they would refuse remote subnets.
+    driver = WireGuardDriver(local, WireGuardConfig(state_dir=str(state_dir),
+                                                    resolv_conf=os.devnull))
     ip = FakeIP(addresses)
     driver.device = FakeDevice(MemoryBackend())  # type: ignore[assignment]
     driver.ip = ip  # type: ignore[assignment]

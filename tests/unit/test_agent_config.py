@@ -709,3 +709,18 @@ def test_a_directory_store_ignores_kubernetes_settings(tmp_path: Path) -> None:
     cfg = load(REQUIRED, {"KUBECONFIG": str(tmp_path / "absent")})
     assert not cfg.store_spec().is_kubernetes
     assert cfg.store_spec().describe() == "directory /srv/store"
+
+
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--private-ip", "fe80::1%eth0"),
+    ("--public-ip", "2001:db8::1%x\npublic_key=00\nremove=true"),
+    ("--health-check-ip", "fd00::1%lo"),
+    ("--cluster-cidr", "fd00:1::%x/64"),
+    ("--protected-cidrs", "fd00:9::%lo/64"),
+])
+def test_injection_zoned_local_addresses_are_refused(flag: str, value: str) -> None:
+    """Our own addresses are published to every other gateway: never with a zone."""
+    argv = [*without(REQUIRED, flag), flag, value] if flag in REQUIRED else [*REQUIRED, flag,
+                                                                               value]
+    found = problems(argv)
+    assert any("zone" in p for p in found), found

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from wgcable.cable.remote import shown
 from wgcable.cable.types import Endpoint, NATEndpointInfo
 from wgcable.cable.wireguard import desired
 from wgcable.cable.wireguard.desired import (
@@ -27,7 +28,6 @@ from wgcable.cable.wireguard.desired import (
 )
 from wgcable.cable.wireguard.index import PeerIndex
 from wgcable.routing.table import Route
-from wgcable.safetext import safe
 from wgcable.wgctrl import IPAddress, IPNetwork, Key, UDPAddr
 
 LOCAL_ID = "east"
@@ -115,12 +115,13 @@ def refusal(
 
 
 def assert_names(err: EndpointRejectedError, field: str, value: object) -> None:
-    """The error carries the field and value, and its message shows both."""
+    """The error carries the field and value (in its short form), and its message shows
+    both."""
     assert err.field == field
-    assert err.value == value
+    assert err.value == shown(value)
     message = str(err)
     assert field in message
-    assert safe(value) in message  # short and escaped: it is published in our status
+    assert repr(shown(value)) in message
     assert OWN_PRIVATE.base64() not in message
     assert OWN_PRIVATE.hex() not in message
 
@@ -259,13 +260,19 @@ def test_refuses_empty_cluster_id() -> None:
     assert "empty" in str(err)
 
 
-@pytest.mark.parametrize(
-    "use_ip",
-    ["gateway.example.com", "", "203.0.113.7:4500", UNSPECIFIED_V4, "::", "224.0.0.1", "ff02::1",
-     "239.255.255.250", "10.0.0.256"],
-)
+@pytest.mark.parametrize("use_ip", [UNSPECIFIED_V4, "::", "224.0.0.1", "ff02::1",
+                                    "239.255.255.250"])
 def test_refuses_using_ip_that_is_not_a_unicast_ip(use_ip: str) -> None:
     assert_names(refusal(remote(use_ip=use_ip)), "using_ip", use_ip)
+
+
+@pytest.mark.parametrize("use_ip", ["gateway.example.com", "203.0.113.7:4500", "10.0.0.256"])
+def test_refuses_using_ip_that_is_not_an_ip_naming_the_field_it_came_from(use_ip: str) -> None:
+    assert_names(refusal(remote(use_ip=use_ip)), "public_ip", use_ip)
+
+
+def test_refuses_empty_using_ip() -> None:
+    assert_names(refusal(remote(use_ip="")), "using_ip", "")
 
 
 @pytest.mark.parametrize(
@@ -291,7 +298,8 @@ def test_refuses_subnet_that_is_not_a_cidr(subnet: str) -> None:
 @pytest.mark.parametrize("subnet", ["0.0.0.0/0", "::/0", "10.1.0.0/0"])
 def test_refuses_default_route(subnet: str) -> None:
     err = refusal(remote(subnets=["10.1.0.0/16", subnet]))
-    assert_names(err, "subnets", subnet)
+    # Named as it would have been installed: the canonical network.
+    assert_names(err, "subnets", str(ipaddress.ip_network(subnet, strict=False)))
     assert "default route" in str(err)
 
 
@@ -610,3 +618,78 @@ def test_a_cluster_overlapping_an_accepted_one_is_refused(
     err = refusal(remote("intruder", subnets), accepted, HYPO_LOCAL)
     assert_names(err, "subnets", intruder)
     assert "overlaps" in str(err)
+
+
+# --- hostile text: zones, control characters, oversized values (issue 15) ------------------
+
+# Python's ipaddress takes any text after '%' as an IPv6 zone; str() gives it back, so
+# rendered into UAPI it would add lines of the remote's choosing.
+INJECTED = "%x\npublic_key=" + "ab" * 32 + "\nremove=true"
+
+
+def hostile_remote(**fields: str) -> NATEndpointInfo:
+    """A remote endpoint (not behind NAT: the private IP is used) with ``fields`` replaced."""
+    ep = Endpoint(
+        cluster_id=fields.pop("cluster_id", "west"),
+        subnets=[fields.pop("subnet", "10.1.0.0/16")],
+        private_ip=fields.pop("private_ip", "2001:db8::7"),
+        public_ip=fields.pop("public_ip", ""),
+        hostname=fields.pop("hostname", "gw-west"),
+        backend="wireguard",
+        backend_config={"publicKey": key_for("west").base64()},
+    )
+    assert not fields
+    return NATEndpointInfo(endpoint=ep, use_ip=ep.private_ip)
+
+
+def assert_safe_message(err: EndpointRejectedError) -> None:
+    message = str(err)
+    assert message.isprintable(), message  # no newline, CR, NUL or other control character
+    assert len(message) < 400, len(message)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("private_ip", "2001:db8::7" + INJECTED),
+    ("public_ip", "2001:db8::8" + INJECTED),
+    ("subnets", "fd00:5::" + INJECTED + "/64"),
+    ("subnets", "fd00:6::%eth0/64"),
+    ("private_ip", "fe80::1%eth0"),
+])
+def test_injection_zoned_address_or_network_is_refused_naming_the_field(
+    field: str, value: str
+) -> None:
+    key = "subnet" if field == "subnets" else field
+    err = refusal(hostile_remote(**{key: value}))
+    assert err.field == field
+    assert "zone" in err.reason
+    assert_safe_message(err)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("hostname", "gw\nwest"),
+    ("hostname", "gw\u2028west"),
+    ("hostname", "gw\x1b[2Jwest"),
+    ("hostname", "h" * 5000),
+    ("cluster_id", "west\nremove=true"),
+    ("cluster_id", "w" * 5000),
+    ("cluster_id", "WEST"),
+])
+def test_hostile_text_fields_are_refused_with_a_short_safe_value(field: str, value: str) -> None:
+    err = refusal(hostile_remote(**{field: value}))
+    assert err.field == field
+    assert_safe_message(err)
+
+
+@pytest.mark.parametrize("field", ["private_ip", "subnet"])
+def test_hostile_oversized_value_is_shown_short(field: str) -> None:
+    err = refusal(hostile_remote(**{field: "1" * 100_000}))
+    assert err.field == ("subnets" if field == "subnet" else field)
+    assert_safe_message(err)
+
+
+def test_injection_accepted_values_are_canonical() -> None:
+    """What the peer carries is rebuilt from bits, not the published text."""
+    peer = validate(hostile_remote(private_ip="2001:DB8:0::7", subnet="fd00:5:0::1/64"))
+    assert peer.using_ip == "2001:db8::7"
+    assert str(peer.endpoint) == "[2001:db8::7]:5871"
+    assert [str(n) for n in peer.subnets] == ["fd00:5::/64"]

@@ -8,7 +8,9 @@ overlapping subnets as the WireGuard driver does, and the health checker a table
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,11 +48,15 @@ def make_ep(
     key: str = "",
 ) -> Endpoint:
     n = sum(map(ord, cluster)) % 200 + 1
+    if subnets is None:
+        subnets = [f"10.{n}.0.0/16"]
+        if hc:  # the health check IP is pinged only inside the cluster's own subnets
+            subnets.append(str(ipaddress.ip_network(f"{hc}/16", strict=False)))
     return Endpoint(
         cluster_id=cluster,
         cable_name=cable,
         hostname=f"{cluster}-gw",
-        subnets=subnets if subnets is not None else [f"10.{n}.0.0/16"],
+        subnets=subnets,
         private_ip=private_ip,
         public_ip=public_ip,
         nat_enabled=nat,
@@ -799,6 +805,54 @@ def test_reconcile_health_target_follows_an_edited_health_check_ip() -> None:
     store.put("c2-cable", remote("c2", hc="10.2.0.99"), notify=False)
     engine.reconcile()
     assert health.targets == {"c2": "10.2.0.99"}
+
+
+@pytest.mark.parametrize("hc", ["8.8.8.8", "198.18.0.1", "10.3.0.1", "fe80::1%eth0",
+                                "10.2.0.1%x\nremove=true", "not an ip"])
+def test_hostile_health_check_ip_outside_its_subnets_is_refused_not_pinged(hc: str) -> None:
+    """A remote may name any address as its health check IP: a neighbour of ours, the API
+    server. Only one inside the remote's own subnets (what its tunnel carries) is pinged."""
+    store = FakeStore({"c2-cable": remote("c2", subnets=["10.2.0.0/16"], hc=hc),
+                       "c4-cable": remote("c4", subnets=["10.4.0.0/16"], hc="10.4.0.1")})
+    health = FakeHealth()
+    engine, _ = make_engine(store, health=health)
+    engine.reconcile()
+    st = engine.refresh_status()
+    assert health.targets == {"c4": "10.4.0.1"}
+    [c2] = [c for c in st.connections if c.endpoint.cluster_id == "c2"]
+    assert c2.status == ConnectionStatus.CONNECTED  # the tunnel itself is fine
+    assert "health check refused" in c2.status_message
+    assert "healthCheckIP" in c2.status_message
+    assert c2.status_message.isprintable()
+
+
+def test_hostile_health_check_ip_is_pinged_in_canonical_form() -> None:
+    store = FakeStore({"c2-cable": remote("c2", subnets=["fd00:2::/64"], hc="FD00:2:0::0001")})
+    health = FakeHealth()
+    engine, _ = make_engine(store, health=health)
+    engine.reconcile()
+    engine.refresh_status()
+    assert health.targets == {"c2": "fd00:2::1"}
+
+
+def test_hostile_health_check_ip_outside_subnets_sends_no_icmp(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real checker over a faked socket: echoes go to the cluster whose health check IP
+    is inside its subnets, none to the one that names an address elsewhere."""
+    from test_health import _fake_sockets
+
+    wires = _fake_sockets(monkeypatch, {"10.4.0.1": "answer", "198.18.0.1": "answer"})
+    store = FakeStore({"c2-cable": remote("c2", subnets=["10.2.0.0/16"], hc="198.18.0.1"),
+                       "c4-cable": remote("c4", subnets=["10.4.0.0/16"], hc="10.4.0.1")})
+    checker = HealthChecker(interval=0.02)
+    engine, _ = make_engine(store, health=cast(FakeHealth, checker))
+    engine.reconcile()
+    engine.refresh_status()
+    with checker:
+        wait_for(lambda: len(wires[socket.AF_INET].sent) >= 3 if socket.AF_INET in wires
+                 else False, what="echoes to c4")
+    assert {ip for ip, _ in wires[socket.AF_INET].sent} == {"10.4.0.1"}
 
 
 # --- status -------------------------------------------------------------------------------------

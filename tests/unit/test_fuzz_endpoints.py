@@ -32,6 +32,7 @@ from wgcable.engine.engine import Engine
 from wgcable.engine.metrics import GatewayMetricsState, make_registry
 from wgcable.store.directory import DirectoryStore
 from wgcable.wgctrl.memory import MemoryBackend
+from wgcable.wgctrl.uapi import protocol
 
 pytestmark = pytest.mark.fuzz
 
@@ -111,6 +112,10 @@ def test_fuzz_hostile_endpoints_through_store_engine_driver(
         assert bad_prefixes(local, ip.added) == []
         allowed = [n for _, cfg in mem.applied for pc in cfg.peers for n in pc.allowed_ips]
         assert bad_prefixes(local, allowed) == []
+        # The in-memory backend never encodes: every config it took must pass the real
+        # UAPI encoder's checks (no zone, one value per line).
+        for _, cfg in mem.applied:
+            protocol.encode_set(cfg)
         own = driver.public_key
         assert all(pc.public_key != own for _, cfg in mem.applied for pc in cfg.peers)
 

@@ -145,3 +145,12 @@ def test_transaction_replaces_only_our_table() -> None:
 ])
 def test_element_text(elem: object, text: str) -> None:
     assert _element_text(elem) == text
+
+
+def test_injection_zoned_network_reaches_nft_without_its_zone() -> None:
+    zoned = ipaddress.ip_network("fd00:5::%x\n}\nflush ruleset\n/64")
+    text = render(Rules("subwg0", LOCAL, (zoned,)))
+    assert text is not None
+    assert "flush" not in text
+    assert "%" not in text
+    assert set_elements(text, "remote6") == "elements = { fd00:5::/64 }"

@@ -5,6 +5,7 @@ and error messages that never carry the bearer token."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 from collections.abc import Iterator
@@ -228,3 +229,20 @@ def test_hostile_server_message_is_escaped() -> None:
     assert "\x1b" not in text
     assert "\x07" not in text
     assert "\\x1b[2J" in text
+
+
+@pytest.mark.parametrize(("host", "expected"), [
+    ("https://198.18.0.250:6443", ["198.18.0.250"]),
+    ("https://[fd00:b::1]:6443", ["fd00:b::1"]),
+    ("https://localhost:6443", None),  # resolved: whatever this host says localhost is
+])
+def test_hostile_broker_address_is_known_to_protect_it(host: str, expected: list[str] | None
+                                                       ) -> None:
+    store = make_store(FakeAPI())
+    store._api_client.configuration.host = host
+    found = [str(a) for a in store.server_addresses()]
+    if expected is None:
+        assert found
+        assert all(ipaddress.ip_address(a).is_loopback for a in found)
+    else:
+        assert found == expected

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wgcable.wgctrl.client import Client
-from wgcable.wgctrl.errors import DeviceNotFoundError, ProtocolError
+from wgcable.wgctrl.errors import DeviceNotFoundError, InvalidConfigError, ProtocolError
 from wgcable.wgctrl.key import Key
 from wgcable.wgctrl.memory import apply_config
 from wgcable.wgctrl.types import BackendKind, Config, Device, IPNetwork, PeerConfig, UDPAddr
@@ -135,6 +135,39 @@ def test_encode_set_is_exact() -> None:
     assert protocol.encode_set(FULL_CONFIG) == FULL_REQUEST
     without = protocol.encode_set(FULL_CONFIG, update_only_supported=False)
     assert without == FULL_REQUEST.replace(b"update_only=true\n", b"")
+
+
+ZONED = "2001:db8::1%x\npublic_key=" + "ab" * 32 + "\nremove=true"
+
+
+@pytest.mark.parametrize("where", ["endpoint", "allowed_ip"])
+def test_hostile_injection_zoned_values_are_never_encoded(
+    where: str, wggo: FakeUAPI, backend: UAPIBackend
+) -> None:
+    """A zone is free text (newlines included): the encoder refuses it instead of sending
+    the extra lines it carries."""
+    peer = PeerConfig(public_key=A, allowed_ips=[net("10.1.0.0/16")])
+    if where == "endpoint":
+        peer.endpoint = UDPAddr(ipaddress.ip_address(ZONED), 51820)
+    else:
+        peer.allowed_ips.append(ipaddress.ip_network(ZONED))
+    config = Config(peers=[peer])
+    with pytest.raises(InvalidConfigError) as exc:
+        protocol.encode_set(config)
+    assert exc.value.field == where
+    assert "remove=true" not in str(exc.value)
+    backend.configure("wg0", Config(private_key=PRIV))
+    wggo.requests.clear()
+    with pytest.raises(InvalidConfigError):
+        backend.configure("wg0", config)
+    assert wggo.requests == [] or all(b"remove=true" not in r for r in wggo.requests)
+
+
+def test_hostile_injection_every_value_is_one_line() -> None:
+    """Whatever reaches a value: nothing that could end the line or add a key."""
+    for bad in ("10\n", "a=b", "\x00", "x\u2028y", ""):
+        with pytest.raises(InvalidConfigError):
+            protocol._value("fwmark", bad)
 
 
 def test_set_request_bytes_on_the_wire(wggo: FakeUAPI, backend: UAPIBackend) -> None:

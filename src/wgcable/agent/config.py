@@ -38,6 +38,7 @@ flag                environment variable      YAML key         default
 --backend           WGCABLE_BACKEND           backend          auto (kernel, userspace)
 --snat-exemption    WGCABLE_SNAT_EXEMPTION    snat_exemption   true
 --mss-clamp         WGCABLE_MSS_CLAMP         mss_clamp        true
+--protected-cidrs   WGCABLE_PROTECTED_CIDRS   protected_cidrs  none
 ==================  ========================  ===============  ============================
 
 The store is a directory shared by the gateways of one machine, or ``kubernetes``: the
@@ -49,8 +50,11 @@ Values: CIDR lists are comma-separated (flags may also repeat; YAML may give a l
 booleans are true/false, yes/no or 1/0 in any case, and their flags have a ``--no-`` form
 (``--no-snat-exemption``). The SNAT exemption keeps pod addresses on traffic to remote
 clusters whatever the CNI's masquerade rules say; MSS clamping lowers TCP's MSS to the
-tunnel's MTU; both live in the driver's own nftables table. The private IP, when not given, is the
-source address of the default route, else the host's first global IPv4 address. The health
+tunnel's MTU; both live in the driver's own nftables table. No remote cluster's subnet may
+overlap a protected CIDR (nor, always, the host's directly connected networks, its
+nameservers or the broker's address): rule 220 would send that traffic into the tunnel.
+The private IP, when not given, is the source address of the default route, else the host's
+first global IPv4 address. The health
 check IP ``auto`` is the host's address inside a cluster CIDR (the CNI interface's, as in
 Submariner), else none; ``none`` publishes none. Detection only reads ``ip -j`` output.
 
@@ -144,6 +148,7 @@ class AgentConfig:
     backend: BackendChoice = "auto"
     snat_exemption: bool = True
     mss_clamp: bool = True
+    protected_cidrs: list[IPNetwork] = field(default_factory=list)
     config_file: str | None = None  # the YAML file read, if any (for the startup log)
     kubeconfig: str | None = None  # None: the in-cluster service account
     namespace: str = DEFAULT_NAMESPACE
@@ -167,8 +172,13 @@ class AgentConfig:
             health_check_ip=str(self.health_check_ip) if self.health_check_ip else "",
         )
 
-    def driver_config(self) -> WireGuardConfig:
+    def driver_config(self, broker: Sequence[IPAddress] = ()) -> WireGuardConfig:
+        """The driver's settings; ``broker``: the store server's addresses, which no remote
+        subnet may cover either."""
+        protected = [*((n, f"the protected CIDR {n}") for n in self.protected_cidrs),
+                     *((ipaddress.ip_network(a), f"the broker's address {a}") for a in broker)]
         return WireGuardConfig(
+            protected=tuple(protected),
             device=self.device,
             port=self.port,
             keepalive=self.keepalive,
@@ -259,9 +269,11 @@ _SETTINGS = (
              driver=True),
     _Setting("--mss-clamp", "WGCABLE_MSS_CLAMP", "", "clamp TCP MSS to the tunnel's MTU",
              "yes", driver=True),
+    _Setting("--protected-cidrs", "WGCABLE_PROTECTED_CIDRS", "CIDR[,CIDR]",
+             "networks no remote cluster's subnets may overlap", "none", driver=True),
 )
 _BY_KEY = {s.key: s for s in _SETTINGS}
-_LIST_KEYS = {"cluster_cidr", "service_cidr"}
+_LIST_KEYS = {"cluster_cidr", "service_cidr", "protected_cidrs"}
 _BOOL_KEYS = {"nat", "snat_exemption", "mss_clamp"}  # flags with a --no- form
 
 
@@ -433,6 +445,8 @@ def _address(value: object) -> IPAddress:
 
 def _endpoint_address(value: object) -> IPAddress:
     """An address other gateways can aim at."""
+    if isinstance(value, str) and "%" in value:  # a zone is free text: it would be published
+        raise _Invalid(f"{value!r} has a zone ('%'); give the address alone")
     address = _address(value)
     if address.is_unspecified or address.is_multicast:
         raise _Invalid(f"{value!r} is not a unicast address")
@@ -463,6 +477,9 @@ def _cidrs(value: object) -> list[IPNetwork]:
     for item in _items(value):
         if "/" not in item:  # ip_network() would take a bare address as a /32
             problems.append(f"{item!r} is not a CIDR")
+            continue
+        if "%" in item:
+            problems.append(f"{item!r} has a zone ('%'); give the network alone")
             continue
         try:
             networks.append(ipaddress.ip_network(item))
@@ -708,6 +725,7 @@ def from_namespace(
     backend: BackendChoice = r.get("backend", _choice(_BACKENDS), "auto")
     snat_exemption = r.get("snat_exemption", _boolean, True)
     mss_clamp = r.get("mss_clamp", _boolean, True)
+    protected_cidrs: list[IPNetwork] = r.get("protected_cidrs", _cidrs, [])
 
     r.require("store", bool(store))
     if store == KUBERNETES and kubeconfig is not None and not Path(kubeconfig).is_file():
@@ -777,6 +795,7 @@ def from_namespace(
         backend=backend,
         snat_exemption=snat_exemption,
         mss_clamp=mss_clamp,
+        protected_cidrs=protected_cidrs,
         config_file=file.path,
         kubeconfig=kubeconfig,
         namespace=namespace,

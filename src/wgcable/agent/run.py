@@ -37,8 +37,10 @@ def setup_logging(level: str) -> None:
 def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     local = cfg.local_endpoint()
-    driver = new_driver(cfg.cable_driver, local, config=cfg.driver_config())
     store = open_store(cfg.store_spec())  # first: a bad kubeconfig must not touch the host
+    # The broker's address is protected: no remote subnet may route it into a tunnel.
+    driver = new_driver(cfg.cable_driver, local,
+                        config=cfg.driver_config(broker=store.server_addresses()))
     driver.init()  # adds publicKey and interface-name to the local endpoint
     health = HealthChecker(
         source_ip=str(cfg.health_check_ip) if cfg.health_check_ip else None)

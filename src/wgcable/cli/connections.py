@@ -18,6 +18,13 @@ def _rtt(c: Connection) -> str:
     return format_duration(c.latency_rtt.average) if c.latency_rtt else ""
 
 
+def _cell(text: str, limit: int = 64) -> str:
+    """A remote's text as it may reach a terminal: control characters (escape sequences,
+    newlines) escaped, long values cut. A refused endpoint is shown as it was published."""
+    safe = text if text.isprintable() else repr(text)[1:-1]
+    return safe if len(safe) <= limit else f"{safe[:limit]}...({len(text)} chars)"
+
+
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
@@ -31,17 +38,18 @@ def render(status: AgentStatus, now: float) -> str:
     for c in status.gateway.connections:
         ep = c.endpoint
         rows.append([
-            ep.hostname, ep.cluster_id, c.using_ip or ep.gateway_ip(),
-            "yes" if c.using_nat else "no", ep.backend or "", ", ".join(ep.subnets),
-            c.status.value, _rtt(c), f"{bytes_human(c.rx_bytes)} / {bytes_human(c.tx_bytes)}",
+            _cell(ep.hostname), _cell(ep.cluster_id), _cell(c.using_ip or ep.gateway_ip()),
+            "yes" if c.using_nat else "no", _cell(ep.backend or ""),
+            _cell(", ".join(ep.subnets), 200), c.status.value, _rtt(c),
+            f"{bytes_human(c.rx_bytes)} / {bytes_human(c.tx_bytes)}",
         ])
     out = [table(rows)] if len(rows) > 1 else ["no connections"]
-    problems = [f"{c.endpoint.cluster_id}: {c.status_message}"
+    problems = [f"{_cell(c.endpoint.cluster_id)}: {_cell(c.status_message, 400)}"
                 for c in status.gateway.connections if c.status.value == "error"]
     if problems:
         out.append("\nerrors:\n  " + "\n  ".join(problems))
     if status.gateway.status_failure:
-        out.append(f"\nstore problems: {status.gateway.status_failure}")
+        out.append(f"\nstore problems: {_cell(status.gateway.status_failure, 2000)}")
     age = now - status.updated
     if age > STALE_AFTER:
         out.append(f"\nwarning: this status is {age:.0f} s old; is the agent running?")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from wgcable.cable.driver import Driver
+from wgcable.cable.remote import EndpointRejectedError, health_check_target, shown
 from wgcable.cable.types import (
     Connection,
     ConnectionStatus,
@@ -58,6 +59,7 @@ class Engine:
         self._rejected: set[str] = set()
         self._retry_all = False
         self._handshaken: set[str] = set()  # clusters whose tunnel has had a handshake
+        self._health_refused: dict[str, str] = {}  # cluster -> why its health check IP is not
         self._problems: dict[str, str] = {}
         self._store_problem = ""  # why the store could not be read, while it cannot
         self._dirty = threading.Event()
@@ -143,18 +145,30 @@ class Engine:
             self._publish()
 
     def _update_health_targets(self) -> None:
-        """Ping the health check IPs of accepted clusters whose tunnel has had a handshake.
+        """Ping the health check IPs of accepted clusters whose tunnel has had a handshake,
+        and only those inside the cluster's own subnets (the ones its tunnel carries).
 
-        Not before: echoes into a tunnel that never came up wait in the daemon's queue
-        while it retries the handshake (wireguard-go held ~1 MiB per such peer)."""
+        Not before the handshake: echoes into a tunnel that never came up wait in the
+        daemon's queue while it retries the handshake (wireguard-go held ~1 MiB per peer)."""
         if self.health is None:
             return
         self._handshaken &= set(self._applied) - self._rejected
-        self.health.set_targets({
-            cid: info.endpoint.health_check_ip
-            for cid, info in self._applied.items()
-            if info.endpoint.health_check_ip and cid in self._handshaken
-        })
+        targets: dict[str, str] = {}
+        refused: dict[str, str] = {}
+        for cid, info in self._applied.items():
+            if cid in self._rejected:
+                continue
+            try:
+                ip = health_check_target(info.endpoint)
+            except EndpointRejectedError as e:
+                refused[cid] = f"{e.field}={e.value!r}: {e.reason}"
+                if self._health_refused.get(cid) != refused[cid]:
+                    log.warning("cluster %r: health check refused: %s", shown(cid), refused[cid])
+                continue
+            if ip is not None and cid in self._handshaken:
+                targets[cid] = str(ip)
+        self._health_refused = refused
+        self.health.set_targets(targets)
 
     def _batch(self) -> contextlib.AbstractContextManager[object]:
         batch = getattr(self.driver, "batch", None)
@@ -167,7 +181,7 @@ class Engine:
             try:
                 self.driver.disconnect_from_endpoint(info.endpoint)
             except Exception:
-                log.exception("disconnecting cluster %s failed", cid)
+                log.exception("disconnecting cluster %r failed", shown(cid))
 
     def _first_come(self, clusters: list[str], infos: dict[str, NATEndpointInfo]) -> list[str]:
         """Clusters whose tunnel the driver already has (adopted after a restart) before the
@@ -192,11 +206,11 @@ class Engine:
                 self._rejected.discard(cid)
             except ValueError as e:  # refused: the driver reports it as an error connection
                 self._rejected.add(cid)
-                log.debug("cluster %s refused: %s", cid, e)
+                log.debug("cluster %r refused: %s", shown(cid), e)
             except Exception:
                 # The driver could not apply it (device trouble): try again next pass.
                 del self._applied[cid]
-                log.exception("connecting cluster %s failed; will retry", cid)
+                log.exception("connecting cluster %r failed; will retry", shown(cid))
 
     def resync(self) -> None:
         """Heal drift: re-apply the device, routes and rules whatever we think they hold."""
@@ -212,6 +226,10 @@ class Engine:
     def _with_health(self, c: Connection) -> Connection:
         if self.health is None:
             return c
+        if why := self._health_refused.get(c.endpoint.cluster_id):
+            message = f"health check refused: {why}"
+            return replace(c, status_message=f"{c.status_message}; {message}"
+                           if c.status_message else message)
         result = self.health.result(c.endpoint.cluster_id)
         if result is None:
             return c

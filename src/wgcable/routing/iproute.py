@@ -48,6 +48,11 @@ class IPRoute:
         """Run many commands in one process. ``force``: go on past failures (for removal)."""
         if not commands:
             return
+        # One command per line: a newline (or other control character) inside one would
+        # make a second command out of its rest.
+        if bad := next((c for c in commands if not c.isprintable()), None):
+            raise RoutingError(f"ip -batch: refused a command with a control character: "
+                               f"{bad[:80]!r}")
         args = [*self._base(), *(["-force"] if force else []), "-batch", "-"]
         p = subprocess.run(
             args, input="\n".join(commands) + "\n", capture_output=True, text=True,

@@ -56,7 +56,9 @@ def _quoted_device(device: str) -> str:
 
 
 def _elements(nets: Iterable[IPNetwork], version: int) -> list[str]:
-    """The networks of one family, merged: an interval set refuses overlapping elements."""
+    """The networks of one family, merged: an interval set refuses overlapping elements.
+    Rebuilt from their bits: a zone (free text) never reaches nft."""
+    nets = [ipaddress.ip_network((n.network_address.packed, n.prefixlen)) for n in nets]
     mine = sorted({n for n in nets if n.version == version}, key=lambda n: (n, n.prefixlen))
     if version == 4:
         v4 = [n for n in mine if isinstance(n, ipaddress.IPv4Network)]

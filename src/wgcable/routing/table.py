@@ -20,6 +20,11 @@ class Route:
     dev: str
     src: IPAddress | None = None
 
+    def __post_init__(self) -> None:
+        # A zone is free text that str() renders into the ``ip -batch`` line: never ours.
+        if _zoned(self.dst.network_address) or (self.src is not None and _zoned(self.src)):
+            raise ValueError("a route with a zoned address is refused")
+
     def spec(self, table: int) -> str:
         s = f"{self.dst} dev {self.dev} table {table}"
         return s + (f" src {self.src}" if self.src else "")
@@ -30,6 +35,10 @@ class Route:
         dst = self.dst
         text = str(dst.network_address) if dst.prefixlen == dst.max_prefixlen else str(dst)
         return text, self.dev, str(self.src) if self.src else ""
+
+
+def _zoned(addr: IPAddress) -> bool:
+    return isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None
 
 
 class RouteTable:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from wgcable.cable.types import Endpoint, GatewayStatus
+from wgcable.wgctrl import IPAddress
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,11 @@ class EndpointStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def server_addresses(self) -> list[IPAddress]:
+        """The addresses of the server the store talks to (none for a local store): no
+        remote cluster may route them into its tunnel."""
+        ...
 
 
 def notify(changed: Callable[[], None]) -> None:

@@ -32,6 +32,7 @@ from wgcable.cable.types import API_VERSION, Endpoint, EndpointFormatError, Gate
 from wgcable.safetext import plain
 from wgcable.store import inotify
 from wgcable.store.base import Snapshot, StoreUnavailableError, notify
+from wgcable.wgctrl import IPAddress
 
 log = logging.getLogger(__name__)
 
@@ -519,6 +520,9 @@ class DirectoryStore:
             # The timeout bounds how late a stop is seen and how often a missing
             # directory is looked for again.
             pending = watcher.handle(ino.read(self.poll_interval))
+
+    def server_addresses(self) -> list[IPAddress]:
+        return []  # a local directory: no server
 
     def close(self) -> None:
         """Make running watches return (within ``poll_interval``)."""

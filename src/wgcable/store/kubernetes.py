@@ -13,11 +13,14 @@ through the status subresource.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import random
+import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +32,7 @@ from wgcable.cable.types import API_VERSION, Endpoint, EndpointFormatError, Gate
 from wgcable.safetext import oneline, plain
 from wgcable.store.base import Snapshot, StoreUnavailableError, notify
 from wgcable.store.open import DEFAULT_NAMESPACE
+from wgcable.wgctrl import IPAddress
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +144,28 @@ class KubernetesStore:
     @property
     def host(self) -> str:
         return str(getattr(self._api_client.configuration, "host", "?"))
+
+    def server_addresses(self) -> list[IPAddress]:
+        """The API server's addresses: its URL's literal IP, else what its name resolves
+        to now (once, at start-up; a name that does not resolve protects nothing)."""
+        name = urllib.parse.urlsplit(self.host).hostname or ""
+        try:
+            return [ipaddress.ip_address(name.partition("%")[0])]
+        except ValueError:
+            pass
+        try:
+            infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
+        except (OSError, UnicodeError) as e:
+            log.warning("kubernetes API %s: cannot resolve %r to protect it from remote "
+                        "subnets: %s", self.host, name, e)
+            return []
+        found: list[IPAddress] = []
+        for info in infos:
+            with contextlib.suppress(ValueError):
+                ip = ipaddress.ip_address(str(info[4][0]).partition("%")[0])
+                if ip not in found:
+                    found.append(ip)
+        return found
 
     # --- calls ----------------------------------------------------------------------------
 

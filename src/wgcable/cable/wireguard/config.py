@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from wgcable.cable.wireguard.host import Protected
 from wgcable.cable.wireguard.status import StatusThresholds
 
 DEFAULT_DEVICE = "subwg0"
@@ -34,3 +35,7 @@ class WireGuardConfig:
     snat_exemption: bool = True  # keep pod addresses: no CNI masquerade to remote clusters
     mss_clamp: bool = True  # clamp TCP MSS to the route's MTU on the device
     thresholds: StatusThresholds = field(default_factory=StatusThresholds)
+    # No remote subnet may cover these (configured CIDRs, the broker's address); the host's
+    # connected networks and nameservers are added from the host at start-up and resync.
+    protected: tuple[Protected, ...] = ()
+    resolv_conf: str = "/etc/resolv.conf"

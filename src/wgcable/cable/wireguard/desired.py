@@ -1,7 +1,8 @@
 """What the device and the routing table should hold, from the connected endpoints (pure).
 
-Validation happens here, once, for each remote endpoint: a refusal names the field and the
-value, and only that endpoint's connection is affected.
+Each remote endpoint is parsed into canonical values (``cable.remote``) and then checked
+against the local cluster and the accepted ones, here, once: a refusal names the field and
+the value, and only that endpoint's connection is affected.
 """
 
 from __future__ import annotations
@@ -11,29 +12,19 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+# Re-exported: the driver and the agent's configuration name them through this module.
+from wgcable.cable.remote import DEFAULT_PORT as DEFAULT_PORT
+from wgcable.cable.remote import INTERFACE_NAME as INTERFACE_NAME
+from wgcable.cable.remote import PUBLIC_KEY as PUBLIC_KEY
+from wgcable.cable.remote import UDP_PORT as UDP_PORT
+from wgcable.cable.remote import EndpointRejectedError as EndpointRejectedError
+from wgcable.cable.remote import RemoteEndpoint, parse_address, parse_remote, shown
+from wgcable.cable.remote import parse_port as parse_port
 from wgcable.cable.types import Endpoint, NATEndpointInfo
+from wgcable.cable.wireguard.host import Protected, covered
 from wgcable.cable.wireguard.index import PeerIndex
 from wgcable.routing.table import Route
-from wgcable.safetext import plain, safe
 from wgcable.wgctrl import IPAddress, IPNetwork, Key, Peer, UDPAddr
-
-PUBLIC_KEY = "publicKey"
-INTERFACE_NAME = "interface-name"
-UDP_PORT = "udp-port"
-DEFAULT_PORT = 5871  # the fixed port of the original 2020 driver
-
-
-class EndpointRejectedError(ValueError):
-    """A remote endpoint we refuse; ``field`` and ``value`` say what is wrong."""
-
-    def __init__(self, cluster_id: str, field: str, value: object, reason: str) -> None:
-        self.cluster_id = cluster_id
-        self.field = field
-        self.value = value
-        self.reason = reason
-        # Every part may be a remote's text: short and escaped (it is published in our status).
-        super().__init__(f"endpoint of cluster {safe(cluster_id, 64)}: {plain(field, 64)}="
-                         f"{safe(value)}: {plain(reason, 200)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,17 +39,6 @@ class RemotePeer:
     using_nat: bool
 
 
-def parse_port(value: str | None, field: str, cluster_id: str, default: int) -> int:
-    if value is None or value == "":
-        return default
-    # ASCII digits only: str.isdigit() also accepts "²" (int() fails) and "٣" (int() = 3);
-    # and int() fails on thousands of digits, hence the length check.
-    digits = value.isascii() and value.isdigit() and len(value.lstrip("0")) <= 5
-    if not digits or not 0 < int(value) < 65536:
-        raise EndpointRejectedError(cluster_id, field, value, "must be a port number 1-65535")
-    return int(value)
-
-
 # Ranges that are never a remote cluster's: this host's own (loopback, link-local) or not
 # unicast at all. A route for any part of them would take traffic that is not the tunnel's.
 NOT_REMOTE: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in (
@@ -67,24 +47,18 @@ NOT_REMOTE: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in (
 ))
 
 
-def parse_subnets(ep: Endpoint) -> tuple[IPNetwork, ...]:
-    nets: list[IPNetwork] = []
-    for s in ep.subnets:
-        try:
-            net = ipaddress.ip_network(s, strict=False)
-        except ValueError:
-            raise EndpointRejectedError(ep.cluster_id, "subnets", s, "not a CIDR") from None
+def check_subnets(cid: str, nets: tuple[IPNetwork, ...]) -> tuple[IPNetwork, ...]:
+    """Refuse what no remote cluster may route to us (``nets`` are canonical)."""
+    for net in nets:
         if net.prefixlen == 0:
-            raise EndpointRejectedError(ep.cluster_id, "subnets", s, "a default route is refused")
+            raise EndpointRejectedError(cid, "subnets", str(net), "a default route is refused")
         if special := next((n for n in NOT_REMOTE
                             if n.version == net.version and n.overlaps(net)), None):
-            raise EndpointRejectedError(ep.cluster_id, "subnets", s,
+            raise EndpointRejectedError(cid, "subnets", str(net),
                                         f"overlaps {special}, which no remote cluster owns")
-        if net not in nets:
-            nets.append(net)
     if not nets:
-        raise EndpointRejectedError(ep.cluster_id, "subnets", ep.subnets, "no subnets")
-    return tuple(nets)
+        raise EndpointRejectedError(cid, "subnets", [], "no subnets")
+    return nets
 
 
 def _overlap(a: Iterable[IPNetwork], b: Iterable[IPNetwork]) -> tuple[IPNetwork, IPNetwork] | None:
@@ -103,12 +77,15 @@ def validate_remote(
     own_public_key: Key,
     others: Mapping[str, RemotePeer] | PeerIndex,
     local_ips: Iterable[IPAddress] = (),
+    protected: Iterable[Protected] = (),
 ) -> RemotePeer:
     """The RemotePeer for ``info``, or EndpointRejectedError naming the field and value.
 
     ``others`` are the accepted peers; the remote's own entry, if there, is not a conflict.
     ``local_ips`` are this gateway's own addresses: no remote subnet may cover one (nor the
     remote gateway's own address), or the tunnel's own packets would be routed into it.
+    ``protected`` are networks of this host no remote subnet may overlap (its neighbours,
+    nameservers, the broker, configured CIDRs): rule 220 runs before the main table.
     """
     if not isinstance(others, PeerIndex):
         index = PeerIndex()
@@ -116,38 +93,28 @@ def validate_remote(
             index.add(p)
         others = index
     ep = info.endpoint
-    cid = ep.cluster_id
-    if not cid:
-        raise EndpointRejectedError(cid, "cluster_id", cid, "empty")
+    remote = parse_remote(ep)  # every value below is canonical: none is the remote's text
+    cid = remote.cluster_id
     if cid == local.cluster_id:
         raise EndpointRejectedError(cid, "cluster_id", cid, "is the local cluster's own ID")
-    raw_key = ep.backend_config.get(PUBLIC_KEY)
-    if not raw_key:
-        raise EndpointRejectedError(cid, f"backend_config.{PUBLIC_KEY}", raw_key, "missing")
-    try:
-        key = Key.from_base64(raw_key, f"backend_config.{PUBLIC_KEY}")
-    except ValueError as e:  # InvalidKeyError, or non-ASCII text (b64decode's own ValueError)
-        raise EndpointRejectedError(cid, f"backend_config.{PUBLIC_KEY}", raw_key, str(e)) \
-            from None
+    key = remote.public_key
+    shown_key = shown(ep.backend_config.get(PUBLIC_KEY))
     if key == own_public_key:
-        raise EndpointRejectedError(cid, f"backend_config.{PUBLIC_KEY}", raw_key,
+        raise EndpointRejectedError(cid, f"backend_config.{PUBLIC_KEY}", shown_key,
                                     "is this gateway's own key")
     if owner := others.key_owner(key, exclude=cid):
-        raise EndpointRejectedError(cid, f"backend_config.{PUBLIC_KEY}", raw_key,
+        raise EndpointRejectedError(cid, f"backend_config.{PUBLIC_KEY}", shown_key,
                                     f"already used by cluster {owner!r}")
-    try:
-        ip: IPAddress = ipaddress.ip_address(info.use_ip)
-    except ValueError:
-        raise EndpointRejectedError(cid, "using_ip", info.use_ip, "not an IP address") from None
+    ip = _using_ip(info, remote)
     if ip.is_unspecified or ip.is_multicast:
-        raise EndpointRejectedError(cid, "using_ip", info.use_ip, "not a unicast address")
-    port = parse_port(ep.backend_config.get(UDP_PORT), f"backend_config.{UDP_PORT}", cid,
-                      DEFAULT_PORT)
-    subnets = parse_subnets(ep)
+        raise EndpointRejectedError(cid, "using_ip", str(ip), "not a unicast address")
+    subnets = check_subnets(cid, remote.subnets)
     if hit := _overlap(subnets, local_subnets):
         raise EndpointRejectedError(cid, "subnets", str(hit[0]),
                                     f"overlaps the local cluster's {hit[1]}")
     for net in subnets:
+        if what := covered(net, protected):
+            raise EndpointRejectedError(cid, "subnets", str(net), f"covers {what}")
         for addr in local_ips:
             if addr in net:
                 raise EndpointRejectedError(cid, "subnets", str(net),
@@ -167,10 +134,20 @@ def validate_remote(
                 f"{gw[1]!r}: that cluster's tunnel would route into this one")
     if clash := others.overlap(ipaddress.ip_network(ip), exclude=cid):
         raise EndpointRejectedError(
-            cid, "using_ip", info.use_ip,
+            cid, "using_ip", str(ip),
             f"is inside {clash[0]} of cluster {clash[1]!r}: this tunnel would route into that "
             "one")
-    return RemotePeer(cid, key, UDPAddr(ip, port), subnets, info.use_ip, info.use_nat)
+    return RemotePeer(cid, key, UDPAddr(ip, remote.port), subnets, str(ip), info.use_nat)
+
+
+def _using_ip(info: NATEndpointInfo, remote: RemoteEndpoint) -> IPAddress:
+    """The canonical form of the address the engine chose: one of the endpoint's own
+    (already parsed, and named by its field when bad), else parsed here."""
+    ep = info.endpoint
+    for text, parsed in ((ep.public_ip, remote.public_ip), (ep.private_ip, remote.private_ip)):
+        if parsed is not None and info.use_ip == text:
+            return parsed
+    return parse_address(info.use_ip, "using_ip", remote.cluster_id)
 
 
 def desired_peer(peer: RemotePeer, keepalive: int, psk: Key | None) -> Peer:

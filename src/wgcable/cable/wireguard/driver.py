@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from wgcable.cable.remote import bounded, parse_address, shown
 from wgcable.cable.types import Connection, ConnectionStatus, Endpoint, NATEndpointInfo
-from wgcable.cable.wireguard import desired
+from wgcable.cable.wireguard import desired, host
 from wgcable.cable.wireguard.config import WireGuardConfig
 from wgcable.cable.wireguard.desired import EndpointRejectedError, RemotePeer
 from wgcable.cable.wireguard.device import WireGuardDevice
@@ -54,6 +55,13 @@ log = logging.getLogger(__name__)
 
 DRIVER_NAME = "wireguard"
 SUPERVISOR_RETRY = 0.5  # seconds between attempts to bring a lost device back
+
+
+def _address_or_empty(text: str) -> str:
+    try:
+        return str(parse_address(text, "using_ip", ""))
+    except EndpointRejectedError:
+        return ""
 
 
 @dataclass(slots=True)
@@ -109,6 +117,7 @@ class WireGuardDriver:
         self._underlay_mtu, self._underlay_v6 = 1500, False
         self._sources: dict[int, IPAddress] = {}
         self._local_ips: set[IPAddress] = set()  # no remote subnet may cover one of these
+        self._protected: list[host.Protected] = list(self.cfg.protected)  # nor overlap these
         self._mtu_set = 0
 
     @property
@@ -255,6 +264,14 @@ class WireGuardDriver:
                      *self.local.public_ips):
             with contextlib.suppress(ValueError):
                 self._local_ips.add(ipaddress.ip_address(text))
+        try:
+            resolv = Path(self.cfg.resolv_conf).read_text(errors="replace")
+        except OSError as e:
+            log.debug("no nameservers to protect from %s: %s", self.cfg.resolv_conf, e)
+            resolv = ""
+        self._protected = [*self.cfg.protected,
+                           *host.connected_networks(addresses, self.cfg.device),
+                           *host.nameservers(resolv)]
 
     def _mtu(self) -> int:
         if self.cfg.mtu:
@@ -401,7 +418,7 @@ class WireGuardDriver:
             try:
                 peer = desired.validate_remote(
                     info, self.local, self._local_subnets, self._key.public_key(), self._index,
-                    self._local_ips)
+                    self._local_ips, self._protected)
             except EndpointRejectedError as e:
                 log.warning("refused %s", e)
                 if old is not None and old.peer is not None:
@@ -433,13 +450,13 @@ class WireGuardDriver:
             key = endpoint.backend_config.get(desired.PUBLIC_KEY)
             if conn.peer is not None and key and key != conn.peer.public_key.base64():
                 # An out-of-order event about a key that was already replaced.
-                log.info("ignored disconnect of cluster %s with a stale key", cid)
+                log.info("ignored disconnect of cluster %r with a stale key", shown(cid))
                 return
             del self._conns[cid]
             self._index.remove(cid)
             self._dirty.add(cid)
             self._changed()
-            log.info("disconnected cluster %s", cid)
+            log.info("disconnected cluster %r", shown(cid))  # refused ones too: any text
 
     def installed(self, endpoints: list[Endpoint]) -> set[str]:
         """The cluster IDs of ``endpoints`` whose peer (by public key) is on the device now:
@@ -522,11 +539,13 @@ class WireGuardDriver:
             status, message = c.tracker.status, c.tracker.message
             if c.error:
                 message = f"{message}; latest update refused: {c.error}"
+        # A refused endpoint is reported as published, within bounds; its IP only when it is
+        # one (canonical): the rest of the text is the remote's.
         return Connection(
             status=status,
             status_message=message,
-            endpoint=c.info.endpoint,
-            using_ip=c.info.use_ip if c.peer is None else c.peer.using_ip,
+            endpoint=c.info.endpoint if c.peer is not None else bounded(c.info.endpoint),
+            using_ip=c.peer.using_ip if c.peer is not None else _address_or_empty(c.info.use_ip),
             using_nat=c.info.use_nat,
             rx_bytes=c.rx,
             tx_bytes=c.tx,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from wgcable.safetext import safe
-from wgcable.wgctrl.errors import InvalidKeyError, ProtocolError
+from wgcable.wgctrl.errors import InvalidConfigError, InvalidKeyError, ProtocolError
 from wgcable.wgctrl.key import Key
 from wgcable.wgctrl.types import BackendKind, Config, Device, IPNetwork, Peer, UDPAddr
 
@@ -30,15 +30,38 @@ class GetReply:
     boringtun: bool  # the reply came in boringtun's dialect
 
 
+def _value(key: str, value: object) -> str:
+    """``value`` as one UAPI value, or InvalidConfigError: a newline would start a line of
+    the attacker's choosing (``remove=true``), an ``=`` or NUL has no place in any value we
+    send, and a zoned address is never ours to send (its zone is free text)."""
+    if isinstance(value, ipaddress.IPv6Address | ipaddress.IPv6Network):
+        addr = value if isinstance(value, ipaddress.IPv6Address) else value.network_address
+        if addr.scope_id is not None:
+            raise InvalidConfigError(key, "<zoned address>", "an address with a zone is refused")
+    if isinstance(value, UDPAddr) and isinstance(value.ip, ipaddress.IPv6Address) \
+            and value.ip.scope_id is not None:
+        raise InvalidConfigError(key, "<zoned address>", "an address with a zone is refused")
+    text = str(value)
+    if not text or not text.isascii() or not text.isprintable() or "=" in text:
+        raise InvalidConfigError(key, repr(text[:40]),
+                                 "not a UAPI value (empty, '=', or a control character)")
+    return text
+
+
 def encode_set(config: Config, *, update_only_supported: bool = True) -> bytes:
-    """The ``set=1`` request for ``config``, ending with the blank line."""
+    """The ``set=1`` request for ``config``, ending with the blank line. Every value is
+    checked (``_value``): a request that would carry more lines than asked is never sent."""
     out = ["set=1"]
+
+    def line(key: str, value: object) -> None:
+        out.append(f"{key}={_value(key, value)}")
+
     if config.private_key is not None:
         out.append(f"private_key={config.private_key.hex()}")
     if config.listen_port is not None:
-        out.append(f"listen_port={config.listen_port}")
+        line("listen_port", config.listen_port)
     if config.fwmark is not None:
-        out.append(f"fwmark={config.fwmark}")
+        line("fwmark", config.fwmark)
     if config.replace_peers:
         out.append("replace_peers=true")
     for p in config.peers:
@@ -51,12 +74,13 @@ def encode_set(config: Config, *, update_only_supported: bool = True) -> bytes:
         if p.preshared_key is not None:
             out.append(f"preshared_key={p.preshared_key.hex()}")
         if p.endpoint is not None:
-            out.append(f"endpoint={p.endpoint}")
+            line("endpoint", p.endpoint)
         if p.persistent_keepalive is not None:
-            out.append(f"persistent_keepalive_interval={p.persistent_keepalive}")
+            line("persistent_keepalive_interval", p.persistent_keepalive)
         if p.replace_allowed_ips:
             out.append("replace_allowed_ips=true")
-        out.extend(f"allowed_ip={n}" for n in p.allowed_ips)
+        for n in p.allowed_ips:
+            line("allowed_ip", n)
     out.append("")
     out.append("")
     return "\n".join(out).encode()
