@@ -1,5 +1,5 @@
 """KubernetesStore's logic against a scripted fake of the custom-objects API (the real API
-server is exercised in tests/kubernetes): list + watch from resourceVersion, resume after a
+server is exercised in tests/broker): list + watch from resourceVersion, resume after a
 dropped stream, relist after 410 Gone, back-off while unreachable, the cache kept meanwhile,
 and error messages that never carry the bearer token."""
 
