@@ -161,7 +161,11 @@ class WireGuardDriver:
             except Exception:
                 if created:  # no half-made device (nor a wireguard-go daemon) left behind
                     log.error("setting up device %s failed; removing it", self.cfg.device)
-                    self._remove_all()
+                    try:
+                        self._remove_all()
+                    except Exception:  # the set-up failure is the one to report
+                        log.exception("removing the half-made device %s failed",
+                                      self.cfg.device)
                 raise
         self._supervisor = threading.Thread(
             target=self._supervise, name=f"supervise:{self.cfg.device}", daemon=True)
