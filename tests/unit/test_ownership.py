@@ -13,9 +13,11 @@ import pytest
 from fake_kernel import DEVICE, FakeDevice, FakeIP, FakeNft, fake_driver
 
 from wgcable.cable.types import Endpoint, NATEndpointInfo
+from wgcable.cable.wireguard.device import DeviceError
 from wgcable.cable.wireguard.driver import WireGuardDriver
 from wgcable.routing.iproute import RoutingError
-from wgcable.wgctrl import Key, Peer, UDPAddr
+from wgcable.wgctrl import Key, Peer, PeerConfig, UDPAddr
+from wgcable.wgctrl.types import Config as WGConfig
 
 ADDRESSES = [("eth0", "198.18.0.1", 24), ("cni0", "10.1.0.1", 24)]
 TABLE = "220"
@@ -258,3 +260,25 @@ def test_ipv6_a_failed_set_up_leaves_no_device_behind(
     assert DEVICE not in dev.mem.devices
     assert d.nft.exists() is False
     assert table(ip) == {}
+
+
+# --- the device ------------------------------------------------------------------------------
+
+
+def test_ownership_a_device_with_another_key_is_not_adopted(
+        tmp_path: Path, ip: FakeIP) -> None:
+    """A `subwg0` made by someone else (wg-quick, say): its key and peers stay as they are."""
+    d = fake_driver(local(), tmp_path, ADDRESSES, ip=ip)
+    dev = d.device
+    assert isinstance(dev, FakeDevice)
+    theirs, their_peer = Key.generate(), Key.generate().public_key()
+    dev.mem.add(DEVICE)
+    dev.mem.configure(DEVICE, WGConfig(private_key=theirs, peers=[
+        PeerConfig(public_key=their_peer, allowed_ips=[ipaddress.ip_network("10.9.0.0/16")])]))
+    with pytest.raises(DeviceError, match="not ours"):
+        d.init()
+    held = dev.mem.devices[DEVICE]
+    assert held.private_key == theirs.clamped()
+    assert [p.public_key for p in held.peers] == [their_peer]
+    assert table(ip) == {}
+    assert not ip.rules

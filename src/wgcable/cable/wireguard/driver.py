@@ -34,7 +34,7 @@ from wgcable.cable.types import Connection, ConnectionStatus, Endpoint, NATEndpo
 from wgcable.cable.wireguard import desired
 from wgcable.cable.wireguard.config import WireGuardConfig
 from wgcable.cable.wireguard.desired import EndpointRejectedError, RemotePeer
-from wgcable.cable.wireguard.device import WireGuardDevice
+from wgcable.cable.wireguard.device import DeviceError, WireGuardDevice
 from wgcable.cable.wireguard.index import PeerIndex
 from wgcable.cable.wireguard.status import PeerStatus
 from wgcable.routing import IPRoute, Route, RouteTable, nftables
@@ -153,6 +153,8 @@ class WireGuardDriver:
             self.local.backend_config[desired.INTERFACE_NAME] = self.cfg.device
             self.local.backend_config[desired.UDP_PORT] = str(self.port)
             created = self.device.ensure()
+            if not created:
+                self._check_ours()
             log.info("device %s %s (%s), port %d, public key %s", self.cfg.device,
                      "created" if created else "adopted", self.device.kind, self.port,
                      self.public_key.base64())
@@ -170,6 +172,20 @@ class WireGuardDriver:
         self._supervisor = threading.Thread(
             target=self._supervise, name=f"supervise:{self.cfg.device}", daemon=True)
         self._supervisor.start()
+
+    def _check_ours(self) -> None:
+        """A device that exists with another private key is not ours (wg-quick's, or an
+        agent's whose key file is elsewhere): configuring it would replace its key and,
+        once synced, remove its peers. Refused untouched; a device without a key is
+        taken."""
+        actual = self.device.client.device(self.cfg.device)
+        if actual.private_key is not None and \
+                actual.private_key.public_key() != self.public_key:
+            self.device.close()
+            raise DeviceError(
+                f"device {self.cfg.device!r} exists with another key than "
+                f"{Path(self.cfg.state_dir) / self.cfg.device}.key: not ours; remove it or "
+                "choose another --device")
 
     def _supervise(self) -> None:
         """Re-create a device that vanished (a wireguard-go daemon that died) and re-apply
