@@ -282,3 +282,16 @@ def test_ownership_a_device_with_another_key_is_not_adopted(
     assert [p.public_key for p in held.peers] == [their_peer]
     assert table(ip) == {}
     assert not ip.rules
+
+
+def test_ipv6_off_cleanup_without_init_works_ipv4_only(
+        tmp_path: Path, ip: FakeIP, drivers: list[WireGuardDriver]) -> None:
+    """`wgcable cleanup` makes a driver and cleans up without init()."""
+    d = start(drivers, tmp_path, ip)
+    d.connect_to_endpoint(remote("cluster2", ["10.2.0.0/16"], "198.18.0.2"))
+    d.close()
+    ip.ipv6 = False  # as after a reboot with ipv6.disable=1
+    fresh = fake_driver(local(), tmp_path / DEVICE, ADDRESSES, ip=ip)
+    fresh.cleanup()
+    assert table(ip) == {}
+    assert not [r for r in ip.rules if r[0] == "-4"]

@@ -38,6 +38,7 @@ from wgcable.cable.wireguard.device import DeviceError, WireGuardDevice
 from wgcable.cable.wireguard.index import PeerIndex
 from wgcable.cable.wireguard.status import PeerStatus
 from wgcable.routing import IPRoute, Route, RouteTable, nftables
+from wgcable.routing.table import FAMILIES
 from wgcable.wgctrl import (
     BackendKind,
     Device,
@@ -285,7 +286,7 @@ class WireGuardDriver:
         if v6 != ("-6" in self.table.families):
             log.info("IPv6 is %s on %s: IPv6 routes and rules %s", "on" if v6 else "off",
                      self.cfg.device, "too" if v6 else "left out")
-        self.table.families = ("-4", "-6") if v6 else ("-4",)
+        self.table.families = FAMILIES if v6 else ("-4",)
         self._local_ips = set()
         for ifname, addr, _ in addresses:
             if ifname != self.cfg.device:
@@ -607,6 +608,8 @@ class WireGuardDriver:
     def _remove_all(self) -> None:
         """Our routes and rules (only ours: the table may be shared), the device, our
         nftables table."""
+        # `wgcable cleanup` runs without init(): without IPv6, `ip -6` fails.
+        self.table.families = FAMILIES if self.ip.ipv6_enabled(self.cfg.device) else ("-4",)
         self.table.remove()
         self.device.delete()
         self.nft.remove()
