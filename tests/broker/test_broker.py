@@ -523,3 +523,57 @@ def test_store_watch_resumes_from_the_api_server_directly(broker: LocalAPIServer
         watcher.join(10)
         assert not watcher.is_alive()
         assert time.monotonic() - t < 5, "close() did not end the watch promptly"
+
+
+# --- ownership: who may change what -----------------------------------------------------------
+
+
+def _token_of(lab: Lab, cluster_id: str) -> str:
+    gw = lab.gateway(cluster_id)
+    path = api(lab).cluster_kubeconfig(cluster_id, {f"gw{gw.index}": gw.private_ip})
+    return str(yaml.safe_load(path.read_text())["users"][0]["user"]["token"])
+
+
+def test_ownership_rbac_a_gateway_changes_only_its_own_cluster_s_objects(
+    make_lab: MakeLab,
+) -> None:
+    lab = make_lab(2)
+    server = api(lab)
+    as2 = _token_of(lab, "cluster2")
+    mine, theirs = endpoint_of(lab, "cluster2"), endpoint_of(lab, "cluster1")
+    patch = {"metadata": {"annotations": {"test": "x"}}}
+    merge = "application/merge-patch+json"
+    for verb, body, kind in (("PATCH", patch, merge), ("PUT", theirs, "application/json"),
+                             ("DELETE", None, "application/json")):
+        status, reply = server.request(verb, f"{ENDPOINTS}/{theirs['metadata']['name']}",
+                                       body, content_type=kind, token=as2)
+        assert status == 403, (verb, reply)
+    status, reply = server.request("PATCH", f"{GATEWAYS}/gw1/status",
+                                   {"status": {"statusFailure": "forged"}},
+                                   content_type=merge, token=as2)
+    assert status == 403, reply
+    assert server.request("DELETE", f"{GATEWAYS}/gw1", token=as2)[0] == 403
+    # Its own objects it may change (a dry run: nothing is stored).
+    status, reply = server.request("PATCH", f"{ENDPOINTS}/{mine['metadata']['name']}"
+                                   "?dryRun=All", patch, content_type=merge, token=as2)
+    assert status == 200, reply
+    status, reply = server.request("DELETE", f"{GATEWAYS}/gw2?dryRun=All", token=as2)
+    assert status == 200, reply
+    assert lab.ping(1, 2) is not None
+
+
+def test_ownership_the_owner_restores_its_endpoint_edited_by_someone_else(
+    make_lab: MakeLab,
+) -> None:
+    lab = make_lab(2)
+    server = api(lab)
+    original = endpoint_of(lab, "cluster1")
+    name = original["metadata"]["name"]
+    edited = json.loads(json.dumps(original))
+    edited["spec"]["backend_config"]["publicKey"] = A_KEY  # traffic to someone else's key
+    edited["spec"]["private_ip"] = "198.18.0.66"
+    status, reply = server.request("PUT", f"{ENDPOINTS}/{name}", edited)
+    assert status == 200, reply
+    wait_for(lambda: endpoint_of(lab, "cluster1")["spec"] == original["spec"], 15,
+             "cluster1's agent to restore its Endpoint")
+    wait_for(lambda: lab.ping(2, 1) is not None, 15, "cluster2 to reach cluster1")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 from wgcable.cable.types import Endpoint
 from wgcable.cable.wireguard.config import WireGuardConfig
 from wgcable.cable.wireguard.driver import WireGuardDriver
+from wgcable.routing.iproute import RoutingError
 from wgcable.routing.table import RouteTable
 from wgcable.wgctrl import BackendKind, Client, IPNetwork
 from wgcable.wgctrl.memory import MemoryBackend
@@ -26,20 +28,21 @@ class FakeDevice:
 
     kind = BackendKind.USERSPACE
 
-    def __init__(self, mem: MemoryBackend) -> None:
+    def __init__(self, mem: MemoryBackend, name: str = DEVICE) -> None:
         self.mem = mem
+        self.name = name
         self.client = Client([mem])
         self.up = False
         self.mtu: int | None = None
 
     def ensure(self) -> bool:
-        if DEVICE in self.mem.devices:
+        if self.name in self.mem.devices:
             return False
-        self.mem.add(DEVICE)
+        self.mem.add(self.name)
         return True
 
     def alive(self) -> bool:
-        return DEVICE in self.mem.devices
+        return self.name in self.mem.devices
 
     def is_up(self) -> bool:
         return self.up
@@ -54,20 +57,25 @@ class FakeDevice:
         pass
 
     def delete(self) -> None:
-        self.mem.devices.pop(DEVICE, None)
+        self.mem.devices.pop(self.name, None)
 
     def close(self) -> None:
         pass
 
 
 class FakeIP:
-    """What RouteTable and the driver use of IPRoute: one namespace's routes and rules."""
+    """What RouteTable and the driver use of IPRoute: one namespace's routes and rules.
+    Routes are keyed by (table, destination) as the kernel keys them: a replace takes over
+    whoever's route holds the destination, an add fails on it, a delete matches the device
+    and protocol it names."""
 
     def __init__(self, addresses: Sequence[tuple[str, str, int]]) -> None:
         self._addresses = list(addresses)
         self.routes: dict[tuple[str, str], dict[str, Any]] = {}  # (table, dst) -> route
-        self.rules: set[tuple[str, int, str]] = set()  # (family, priority, table)
+        self.rules: set[tuple[str, int, str, str]] = set()  # (family, priority, table, proto)
         self.added: list[IPNetwork] = []  # every destination ever added or replaced
+        self.ipv6 = True  # False: as on a host booted with ipv6.disable=1
+        self.fail_rules = False  # `ip rule add` fails
 
     def addresses(self) -> list[tuple[str, str, int]]:
         return list(self._addresses)
@@ -75,8 +83,16 @@ class FakeIP:
     def link(self, name: str) -> dict[str, Any] | None:
         return {"ifname": name, "mtu": 1500}
 
+    def ipv6_enabled(self, device: str) -> bool:
+        return self.ipv6
+
+    def _family(self, fam: str) -> None:
+        if fam == "-6" and not self.ipv6:
+            raise RoutingError("ip -6: Address family not supported by protocol")
+
     def json(self, *args: str, check: bool = True) -> list[dict[str, Any]]:
         fam = args[0]
+        self._family(fam)
         if args[1:3] == ("route", "show"):
             table = args[4]
             v = 6 if fam == "-6" else 4
@@ -88,18 +104,33 @@ class FakeIP:
                     out.append({**r, "dst": shown})
             return out
         if args[1:3] == ("rule", "show"):
-            return [{"priority": p, "table": t} for f, p, t in self.rules if f == fam]
+            return [{"priority": p, "table": t, "protocol": proto}
+                    for f, p, t, proto in self.rules if f == fam]
         raise AssertionError(f"unexpected ip -j {args}")
 
     def run(self, *args: str, check: bool = True) -> str:
         fam, what, verb = args[0], args[1], args[2]
+        self._family(fam)
+        opts = dict(zip(args[3::2], args[4::2], strict=True))
+        if (what, verb) == ("route", "flush"):  # every route of the table, whoever's
+            v = 6 if fam == "-6" else 4
+            for key in [k for k in self.routes if k[0] == opts["table"]
+                        and ipaddress.ip_network(k[1]).version == v]:
+                del self.routes[key]
+            return ""
         assert what == "rule", args
-        rule = (fam, int(args[4]), args[6])
+        rule = (fam, int(opts["priority"]), opts["table"], opts.get("protocol", "boot"))
         if verb == "add":
+            if self.fail_rules:
+                raise RoutingError("ip rule add: Operation not permitted")
             self.rules.add(rule)
-        elif verb == "del":
-            self.rules.discard(rule)
-        elif verb != "flush":
+        elif verb == "del":  # without a protocol, the first rule of any protocol
+            match = [r for r in sorted(self.rules) if r[:3] == rule[:3]
+                     and ("protocol" not in opts or r[3] == rule[3])]
+            if not match:
+                raise RoutingError("ip rule del: No such file or directory")
+            self.rules.discard(match[0])
+        else:
             raise AssertionError(f"unexpected ip {args}")
         return ""
 
@@ -109,16 +140,37 @@ class FakeIP:
             assert words[0] == "route", line
             dst = str(ipaddress.ip_network(words[2]))
             spec = dict(zip(words[3::2], words[4::2], strict=True))
-            if words[1] == "replace":
+            key = (spec["table"], dst)
+            have = self.routes.get(key)
+            if words[1] in ("replace", "add"):
+                if words[1] == "add" and have is not None:
+                    if force:
+                        continue
+                    raise RoutingError(f"ip -batch: {line}: File exists")
                 self.added.append(ipaddress.ip_network(dst))
-                route: dict[str, Any] = {"dev": spec["dev"], "type": "unicast"}
+                route: dict[str, Any] = {"dev": spec["dev"], "type": "unicast",
+                                         "protocol": spec.get("proto", "boot")}
                 if "src" in spec:
                     route["prefsrc"] = spec["src"]
-                self.routes[(spec["table"], dst)] = route
+                self.routes[key] = route
             elif words[1] == "del":
-                self.routes.pop((spec["table"], dst), None)
+                if have is None or have["dev"] != spec["dev"] or \
+                        have["protocol"] != spec.get("proto", have["protocol"]):
+                    if force:
+                        continue
+                    raise RoutingError(f"ip -batch: {line}: No such process")
+                del self.routes[key]
             else:
                 raise AssertionError(f"unexpected ip {line}")
+
+
+def nft_sets(body: str) -> dict[str, set[str]]:
+    """The sets of a rendered nft table and their elements, as NftTable.sets() reads them."""
+    found: dict[str, set[str]] = {}
+    for name, inner in re.findall(r"\tset (\w+) \{\n(.*?)\n\t\}", body, re.S):
+        m = re.search(r"elements = \{ (.*) \}", inner)
+        found[name] = set(m.group(1).split(", ")) if m else set()
+    return found
 
 
 class FakeNft:
@@ -140,17 +192,22 @@ class FakeNft:
     def exists(self) -> bool:
         return self.body is not None
 
+    def sets(self) -> dict[str, set[str]] | None:
+        return None if self.body is None else nft_sets(self.body)
+
 
 def fake_driver(local: Endpoint, state_dir: Path,
-                addresses: Sequence[tuple[str, str, int]]) -> WireGuardDriver:
+                addresses: Sequence[tuple[str, str, int]], *, device: str = DEVICE,
+                ip: FakeIP | None = None) -> WireGuardDriver:
     """A real WireGuardDriver whose device, routes and nftables table are the fakes above
-    (not yet initialised)."""
+    (not yet initialised); ``ip``: a namespace shared with another driver."""
     # No nameservers of the machine running the tests: they would refuse remote subnets.
-    driver = WireGuardDriver(local, WireGuardConfig(state_dir=str(state_dir),
+    driver = WireGuardDriver(local, WireGuardConfig(state_dir=str(state_dir), device=device,
                                                     resolv_conf=os.devnull))
-    ip = FakeIP(addresses)
-    driver.device = FakeDevice(MemoryBackend())  # type: ignore[assignment]
+    ip = ip or FakeIP(addresses)
+    driver.device = FakeDevice(MemoryBackend(), device)  # type: ignore[assignment]
     driver.ip = ip  # type: ignore[assignment]
-    driver.table = RouteTable(ip, driver.cfg.table, driver.cfg.rule_priority)  # type: ignore[arg-type]
+    driver.table = RouteTable(ip, driver.cfg.table, driver.cfg.rule_priority,  # type: ignore[arg-type]
+                              device)
     driver.nft = FakeNft()  # type: ignore[assignment]
     return driver

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_kernel import nft_sets
 
 from wgcable.cable.types import Endpoint, NATEndpointInfo
 from wgcable.cable.wireguard.config import WireGuardConfig
@@ -35,11 +36,14 @@ TABLE = 220
 
 
 class FakeIP:
-    """`ip` for one namespace: table 220's routes, the rules, two addresses; counts calls."""
+    """`ip` for one namespace: table 220's routes, the rules, two addresses; counts calls.
+    Routes are keyed by destination, as the kernel keys them (a replace takes over another
+    owner's route; an add fails on any)."""
 
     def __init__(self) -> None:
-        self.routes: dict[str, dict[str, str]] = {}  # dst -> {"dst", "dev", "prefsrc"}
-        self.rules: set[tuple[str, int]] = set()
+        # dst -> {"dst", "dev", "prefsrc", "protocol"}
+        self.routes: dict[str, dict[str, str]] = {}
+        self.rules: set[tuple[str, int, str]] = set()  # (family, priority, protocol)
         self.route_reads = 0
         self.batches: list[list[str]] = []
 
@@ -51,15 +55,18 @@ class FakeIP:
             return [dict(r) for r in self.routes.values()
                     if ipaddress.ip_network(r["dst"]).version == v]
         if what == "rule":
-            return [{"priority": p, "table": str(TABLE)} for f, p in self.rules if f == fam]
+            return [{"priority": p, "table": str(TABLE), "protocol": proto}
+                    for f, p, proto in self.rules if f == fam]
         raise AssertionError(args)
 
     def run(self, *args: str, check: bool = True) -> str:
         fam, what, verb = args[0], args[1], args[2]
+        opts = dict(zip(args[3::2], args[4::2], strict=False))
+        rule = (fam, int(opts.get("priority", 0)), opts.get("protocol", "boot"))
         if what == "rule" and verb == "add":
-            self.rules.add((fam, int(args[4])))
+            self.rules.add(rule)
         elif what == "rule" and verb == "del":
-            self.rules.discard((fam, int(args[4])))
+            self.rules.discard(rule)
         elif what == "route" and verb == "flush":
             v = 6 if fam == "-6" else 4
             self.routes = {k: r for k, r in self.routes.items()
@@ -73,10 +80,16 @@ class FakeIP:
             verb, dst = words[1], str(ipaddress.ip_network(words[2]))
             opts = dict(zip(words[3::2], words[4::2], strict=True))
             assert opts["table"] == str(TABLE)
-            if verb == "replace":
-                self.routes[dst] = {"dst": dst, "dev": opts["dev"], "prefsrc": opts["src"]}
+            route = {"dst": dst, "dev": opts["dev"], "prefsrc": opts["src"],
+                     "protocol": opts["proto"]}
+            if verb == "add" and dst in self.routes:
+                raise RoutingError(f"ip -batch: {line}: File exists")
+            if verb in ("add", "replace"):
+                self.routes[dst] = route
             elif verb == "del":
-                if dst not in self.routes:
+                have = self.routes.get(dst)
+                if have is None or (have["dev"], have["protocol"]) != (opts["dev"],
+                                                                        opts["proto"]):
                     raise RoutingError(f"ip -batch: {line}: No such process")
                 del self.routes[dst]
             else:
@@ -84,6 +97,9 @@ class FakeIP:
 
     def addresses(self) -> list[tuple[str, str, int]]:
         return [("eth0", "198.18.0.1", 24), ("cni0", "10.1.0.1", 24)]
+
+    def ipv6_enabled(self, device: str) -> bool:
+        return True
 
     def link(self, name: str) -> dict[str, Any] | None:
         return {"ifname": name, "mtu": 1500}
@@ -105,6 +121,9 @@ class FakeNft:
 
     def exists(self) -> bool:
         return self.body is not None
+
+    def sets(self) -> dict[str, set[str]] | None:
+        return None if self.body is None else nft_sets(self.body)
 
 
 class CountingBackend(MemoryBackend):
@@ -163,7 +182,7 @@ class Rig:
         self.renders = renders
         d: Any = self.driver
         d.device, d.ip, d.nft = self.dev, self.ip, self.nft
-        d.table = RouteTable(self.ip, TABLE, TABLE)  # type: ignore[arg-type]
+        d.table = RouteTable(self.ip, TABLE, TABLE, DEV)  # type: ignore[arg-type]
         self.keys = [Key.generate().public_key() for _ in range(300)]
 
     def endpoint(self, i: int, ip: str = "", subnets: list[str] | None = None,
@@ -226,7 +245,7 @@ def test_after_init_and_sync_the_state_is_complete(rig: Rig) -> None:
     assert body is not None
     assert "10.10.0.0" in body
     assert mtu == 1440
-    assert ("-4", TABLE) in rig.ip.rules
+    assert ("-4", TABLE, "87") in rig.ip.rules
 
 
 def test_one_endpoint_change_sends_only_its_peer_and_reads_nothing(rig: Rig) -> None:
@@ -274,8 +293,8 @@ def test_subnet_change_sends_its_routes_and_rewrites_the_nft_table_once(rig: Rig
     assert rig.ip.route_reads == 0
     assert rig.dev.backend.reads == 0
     assert rig.ip.batches == [[
-        "route replace 10.99.0.0/16 dev subwg0 table 220 src 10.1.0.1",
-        "route del 10.110.4.0/24 dev subwg0 table 220 src 10.1.0.1",
+        "route del 10.110.4.0/24 dev subwg0 table 220 proto 87 src 10.1.0.1",
+        "route add 10.99.0.0/16 dev subwg0 table 220 proto 87 src 10.1.0.1",
     ]]
     assert rig.renders == [100]
     assert rig.nft.writes == 1
@@ -395,7 +414,7 @@ def test_drift_between_changes_is_healed_at_status_read_and_resync(rig: Rig) -> 
     assert peer is not None
     assert str(peer.endpoint) == "198.19.0.5:5871"
     assert "10.10.6.0/24" in rig.ip.routes
-    assert ("-4", TABLE) in rig.ip.rules
+    assert ("-4", TABLE, "87") in rig.ip.rules
     assert rig.nft.body == good[2]
     # A resync after all that has nothing left to do.
     rig.reset_counts()
@@ -489,10 +508,11 @@ def test_status_read_checks_routes_with_one_read_compared_as_text(rig: Rig) -> N
     rig.reset_counts()
     rig.driver.get_connections()
     assert rig.ip.route_reads == 4
-    assert rig.ip.batches == [["route replace 10.110.3.0/24 dev subwg0 table 220 src 10.1.0.1"]]
-    # An unknown route is removed too (synced), and the cache follows changes.
+    assert rig.ip.batches == [
+        ["route replace 10.110.3.0/24 dev subwg0 table 220 proto 87 src 10.1.0.1"]]
+    # An unknown route of ours is removed too (synced), and the cache follows changes.
     rig.ip.routes["10.88.0.0/16"] = {"dst": "10.88.0.0/16", "dev": "subwg0",
-                                     "prefsrc": "10.1.0.1"}
+                                     "prefsrc": "10.1.0.1", "protocol": "87"}
     rig.driver.get_connections()
     assert "10.88.0.0/16" not in rig.ip.routes
     rig.driver.connect_to_endpoint(rig.endpoint(40))

@@ -30,6 +30,11 @@ from wgcable.store.base import EndpointStore, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
+# Our endpoint edited again within RESTORE_BACKOFF_MAX of our last restore means another
+# writer keeps changing it: restores then back off (1 s, doubling, up to the maximum), so
+# that two writers never fight at full speed.
+RESTORE_BACKOFF_MAX = 60.0
+
 
 class Engine:
     def __init__(
@@ -72,6 +77,11 @@ class Engine:
         self._synced = False  # a reconcile succeeded since start: stale peers may go
         self._store_problem = ""  # why the store is unusable now ("" while it is fine)
         self._status_write_failing = False
+        self._restores = 0  # restores of our edited endpoint, each soon after the last
+        self._last_restore = -RESTORE_BACKOFF_MAX
+        self._next_restore = 0.0  # monotonic time before which we do not restore again
+        self._own_problem = ""  # for the gateway status, while our endpoint is contested
+        self.clock: Callable[[], float] = time.monotonic
 
     # --- reconcile ------------------------------------------------------------------------
 
@@ -93,7 +103,7 @@ class Engine:
         if self._store_problem:
             log.info("the store is readable again")
             self._store_problem = ""
-        self._republish_if_missing(snap.endpoints.get(self.local.object_name()))
+        self._restore_own(snap.endpoints.get(self.local.object_name()))
         p = planning.plan(self.local, snap)
         for name, problem in p.problems.items():
             if self._problems.get(name) != problem:
@@ -135,14 +145,41 @@ class Engine:
             return False
         return True
 
-    def _republish_if_missing(self, published: Endpoint | None) -> None:
-        # Deleted by someone, or the store came back without it, or the first publish
-        # failed: others would not find us. (An edited copy is left alone: two writers
-        # that each restore their own version would fight forever.)
+    def _restore_own(self, published: Endpoint | None) -> None:
+        """Keep the store's copy of our endpoint ours: publish it when missing (deleted, the
+        store came back without it, the first publish failed), restore it when someone
+        edited it (compared as JSON, so a store's round trip is no difference): an edited
+        key or address would send other clusters' traffic elsewhere.
+
+        This agent is the owner: the endpoint's name is our cluster ID and cable name. If
+        another writer keeps changing it (a second agent configured as the same cluster and
+        cable: a misconfiguration), restores back off up to RESTORE_BACKOFF_MAX and the
+        gateway status says so, instead of two writers fighting at full speed."""
+        name = self.local.object_name()
+        now = self.clock()
+        if published is not None and published.to_json() == self.local.to_json():
+            if self._own_problem and now - self._last_restore >= RESTORE_BACKOFF_MAX:
+                log.info("our endpoint %s has stayed ours", name)
+                self._own_problem = ""
+            return
+        if now < self._next_restore:
+            return
         if published is None:
-            log.warning("our endpoint %s is missing from the store; publishing it again",
-                        self.local.object_name())
-            self._publish()
+            log.warning("our endpoint %s is missing from the store; publishing it again", name)
+        else:
+            recent = now - self._last_restore < RESTORE_BACKOFF_MAX
+            self._restores = self._restores + 1 if recent else 1
+            self._last_restore = now
+            delay = 0.0 if self._restores == 1 else min(RESTORE_BACKOFF_MAX,
+                                                        2.0 ** (self._restores - 2))
+            self._next_restore = now + delay
+            log.warning("our endpoint %s was changed in the store by someone else; "
+                        "restoring it", name)
+            self._own_problem = "" if self._restores == 1 else (
+                f"our endpoint {name} was changed by someone else {self._restores} times "
+                f"in a row (another gateway with the same cluster ID and cable name?); "
+                f"next restore in {delay:.0f} s or later")
+        self._publish()
 
     def _update_health_targets(self) -> None:
         """Ping the health check IPs of accepted clusters whose tunnel has had a handshake,
@@ -262,7 +299,7 @@ class Engine:
         # A store may know it is unreachable before a read fails (its watch broke).
         store_problem = self._store_problem or (
             f"store unavailable: {p}" if (p := getattr(self.store, "problem", "")) else "")
-        failure = "; ".join([*filter(None, [store_problem]), *problems])
+        failure = "; ".join([*filter(None, [store_problem, self._own_problem]), *problems])
         status = GatewayStatus(
             version=self.version, ha_status=HAStatus.ACTIVE, local_endpoint=self.local,
             status_failure=failure, connections=conns)

@@ -32,7 +32,7 @@ from wgcable.cable.wireguard.userspace import process_running
 from wgcable.lab.netns import LabError, Namespace
 from wgcable.lab.process import stop_pid
 from wgcable.netlink.netns import call_in_netns
-from wgcable.store.crds import GATEWAY_RULES, all_crds
+from wgcable.store.crds import GATEWAY_RULES, SHARED_ROLE, all_crds, cluster_rbac
 from wgcable.store.open import DEFAULT_NAMESPACE
 
 APISERVER_VERSION = "1.20.2"
@@ -44,7 +44,7 @@ _ETCD_PEER = "http://127.0.0.1:2380"
 # Must not overlap any lab subnet (10.<i> and 10.<100+i> for clusters 1-50).
 _SERVICE_RANGE = "10.254.0.0/24"
 # comm is cut at 15 characters; "ip" until `ip netns exec` has exec'd the program.
-AGENT_USER = "wgcable-agent"  # the agents' identity: only deploy/rbac.yaml's Role
+AGENT_USER = "wgcable-agent"  # an identity with only deploy/rbac.yaml's shared Role
 _APISERVER_NAMES = ("kube-apiserver", "kube-apiserver-", "ip")
 _ETCD_NAMES = ("etcd", "ip")
 
@@ -97,8 +97,32 @@ class LocalAPIServer:
 
     @property
     def agent_kubeconfig(self) -> Path:
-        """The gateway agents': user ``wgcable-agent``, bound to the gateway Role only."""
+        """User ``wgcable-agent``, bound to the shared gateway Role only."""
         return self.dir / "agent.kubeconfig"
+
+    def cluster_kubeconfig(self, cluster_id: str, gateways: dict[str, str]) -> Path:
+        """A cluster's own identity, as a deployment gives each cluster: service account
+        ``wgcable-gateway-<cluster_id>`` bound to the shared Role and to the cluster's own
+        Role (``gateways``: host name -> private IP). Made once; the token outlives API
+        server restarts (it is signed by our own key)."""
+        path = self.dir / f"agent-{cluster_id}.kubeconfig"
+        if path.exists():
+            return path
+        sa = f"{SHARED_ROLE}-{cluster_id}"
+        self._create(f"/api/v1/namespaces/{self.namespace}/serviceaccounts", {
+            "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}})
+        rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{self.namespace}"
+        subject = {"kind": "ServiceAccount", "name": sa, "namespace": self.namespace}
+        for doc in cluster_rbac(cluster_id, gateways, self.namespace, subject):
+            self._create(f"{rbac}/{doc['kind'].lower()}s", doc)
+        status, body = self.request(
+            "POST", f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{sa}/token",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+             "spec": {"expirationSeconds": 7 * 86400}})
+        if status not in (200, 201):
+            raise LabError(f"token for service account {sa}: HTTP {status}: {body}")
+        _write_private(path, self._kubeconfig_text(body["status"]["token"], sa))
+        return path
 
     @property
     def url(self) -> str:
@@ -237,7 +261,7 @@ class LocalAPIServer:
         rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{self.namespace}"
         self._create(f"{rbac}/roles", {
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": {"name": "wgcable-gateway"}, "rules": GATEWAY_RULES})
+            "metadata": {"name": SHARED_ROLE}, "rules": GATEWAY_RULES})
         self._create(f"{rbac}/rolebindings", {
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
             "metadata": {"name": "wgcable-gateway"},
@@ -268,9 +292,11 @@ class LocalAPIServer:
         return call_in_netns(self.ns, fn)
 
     def request(self, method: str, path: str, body: Any = None, *, verify: bool = True,
-                content_type: str = "application/json") -> tuple[int, Any]:
-        """One HTTPS request as the admin; returns (status, parsed JSON or text)."""
-        token = (self.dir / "token").read_text()
+                content_type: str = "application/json",
+                token: str | None = None) -> tuple[int, Any]:
+        """One HTTPS request as the admin (or as whose ``token`` it is); returns (status,
+        parsed JSON or text)."""
+        token = token or (self.dir / "token").read_text()
 
         def go() -> tuple[int, Any]:
             if verify:

@@ -282,7 +282,9 @@ table ip wgcable_lab_snat {{
                  if s.startswith((f"10.{gw.index}.", f"fd00:{gw.index}::"))]
         services = [s for s in gw.subnets if s not in cidrs]
         if self.state.store == KUBERNETES:
-            store = ["--store", KUBERNETES, "--kubeconfig", str(self.broker().agent_kubeconfig),
+            hostname = {f"gw{gw.index}": gw.private_ip}
+            kubeconfig = self.broker().cluster_kubeconfig(gw.cluster_id, hostname)
+            store = ["--store", KUBERNETES, "--kubeconfig", str(kubeconfig),
                      "--namespace", DEFAULT_NAMESPACE]
         else:
             store = ["--store", str(self.store_dir)]

@@ -8,9 +8,12 @@ command in that namespace (`ip -n`), so nothing of ours lands in the caller's na
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Sequence
 from typing import Any
+
+from wgcable.netlink.netns import call_in_netns
 
 
 class RoutingError(RuntimeError):
@@ -33,9 +36,12 @@ class IPRoute:
         return p.stdout
 
     def json(self, *args: str, check: bool = True) -> list[dict[str, Any]]:
-        """Parsed `ip -j` output; with ``check`` False a failure reads as nothing."""
+        """Parsed `ip -j` output; with ``check`` False a failure reads as nothing. Numbers
+        stay numbers (``-N``): a route's protocol is compared as a number, whatever names
+        /etc/iproute2 gives."""
         p = subprocess.run(
-            [*self._base(), "-j", *args], capture_output=True, text=True, timeout=30, check=False
+            [*self._base(), "-j", "-N", *args], capture_output=True, text=True, timeout=30,
+            check=False,
         )
         if p.returncode != 0:
             if check:
@@ -78,3 +84,19 @@ class IPRoute:
             for a in link.get("addr_info", []):
                 out.append((str(link.get("ifname")), str(a["local"]), int(a["prefixlen"])))
         return out
+
+    def ipv6_enabled(self, device: str) -> bool:
+        """Whether IPv6 works on ``device`` here: not with IPv6 off in the kernel
+        (``ipv6.disable=1``: no /proc/sys/net/ipv6), nor with ``disable_ipv6`` set on the
+        device (the kernel refuses routes through it). A device not there yet gets the
+        namespace's default."""
+        def read() -> bool:
+            conf = "/proc/sys/net/ipv6/conf"
+            for name in (device, "default"):
+                try:
+                    with open(os.path.join(conf, name, "disable_ipv6")) as f:
+                        return f.read().strip() == "0"
+                except FileNotFoundError:
+                    continue
+            return False
+        return call_in_netns(self.netns, read)

@@ -207,6 +207,22 @@ class NftTable:
         return found
 
 
+def networks(elements: Iterable[str]) -> list[IPNetwork]:
+    """Set elements as ``sets()`` gives them (prefix, ``a-b`` range or address) as networks;
+    anything else is skipped (our sets hold only what we rendered)."""
+    out: list[IPNetwork] = []
+    for text in elements:
+        try:
+            if "-" in text:
+                low, high = (ipaddress.ip_address(t.strip()) for t in text.split("-", 1))
+                out += ipaddress.summarize_address_range(low, high)
+            else:
+                out.append(ipaddress.ip_network(text, strict=False))
+        except (ValueError, TypeError):
+            continue
+    return out
+
+
 def _element_text(elem: Any) -> str:
     """An nft JSON set element as ``addr/len`` (a prefix), ``a-b`` (a range) or ``addr``."""
     if isinstance(elem, dict) and "elem" in elem:  # an element with attributes

@@ -3,15 +3,35 @@
 The desired routes are computed by the driver; this module reads what the table holds,
 changes only the difference (so existing routes never blink), and heals routes that
 someone else removed on the next sync.
+
+Ownership: the table may be shared (220 with priority 220 is also strongSwan's default,
+and two agents with different devices share it on one host). Our routes carry a private
+route protocol number (``proto``) and our device; only routes with both are read as
+ours, diffed, replaced or deleted. A route of another owner for a destination we want is
+left alone (and ours is not installed): ``ip route replace`` would overwrite it. The rule
+is added with our protocol only when no rule for the table exists, and removed only when it
+is ours and the table is empty (another wgcable device or another owner may still use it).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from wgcable.routing.iproute import IPRoute
 from wgcable.wgctrl.types import IPAddress, IPNetwork
+
+log = logging.getLogger(__name__)
+
+# Unassigned in linux/rtnetlink.h and iproute2's rt_protos (the kernel ignores protocols
+# above RTPROT_STATIC): 87 is ASCII "W". Marks our routes and our rule.
+ROUTE_PROTOCOL = 87
+
+FAMILIES = ("-4", "-6")
+
+_Row = tuple[str, str, str, str]  # (dst, dev, src or "", protocol) as `ip -N -j` prints
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,8 +45,8 @@ class Route:
         if _zoned(self.dst.network_address) or (self.src is not None and _zoned(self.src)):
             raise ValueError("a route with a zoned address is refused")
 
-    def spec(self, table: int) -> str:
-        s = f"{self.dst} dev {self.dev} table {table}"
+    def spec(self, table: int, protocol: int) -> str:
+        s = f"{self.dst} dev {self.dev} table {table} proto {protocol}"
         return s + (f" src {self.src}" if self.src else "")
 
     def text_key(self) -> tuple[str, str, str]:
@@ -41,18 +61,27 @@ def _zoned(addr: IPAddress) -> bool:
     return isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None
 
 
-class RouteTable:
-    """One routing table of ours, plus the ``ip rule`` (per family) that consults it."""
+def _network(text: str) -> IPNetwork:
+    return ipaddress.ip_network(text, strict=False)
 
-    def __init__(self, ip: IPRoute, table: int, rule_priority: int) -> None:
+
+class RouteTable:
+    """Our routes in one routing table, plus the ``ip rule`` (per family) that consults it."""
+
+    def __init__(self, ip: IPRoute, table: int, rule_priority: int, device: str,
+                 protocol: int = ROUTE_PROTOCOL) -> None:
         self.ip = ip
         self.table = table
         self.priority = rule_priority
+        self.device = device
+        self.protocol = protocol
+        self.families: tuple[str, ...] = FAMILIES  # "-4" only where IPv6 is off
+        self._blocked: frozenset[IPNetwork] = frozenset()
 
-    def _read(self) -> list[tuple[str, str, str]]:
-        """Our unicast routes as printed: (dst, dev, src or "")."""
+    def _read_all(self) -> list[_Row]:
+        """Every unicast route in the table, whoever owns it."""
         found = []
-        for fam in ("-4", "-6"):
+        for fam in self.families:
             # A table that never held a route does not exist yet: that reads as empty.
             for r in self.ip.json(fam, "route", "show", "table", str(self.table), check=False):
                 dst = r.get("dst")
@@ -61,18 +90,28 @@ class RouteTable:
                     continue
                 if dst == "default":
                     continue
-                found.append((str(dst), str(dev), str(r.get("prefsrc") or "")))
+                found.append((str(dst), str(dev), str(r.get("prefsrc") or ""),
+                              str(r.get("protocol", ""))))
         return found
 
+    def _ours(self, row: _Row) -> bool:
+        return row[1] == self.device and row[3] == str(self.protocol)
+
+    def _read(self) -> list[tuple[str, str, str]]:
+        """Our routes as printed: (dst, dev, src or "")."""
+        return [row[:3] for row in self._read_all() if self._ours(row)]
+
+    @staticmethod
+    def _route(dst: str, dev: str, src: str) -> Route:
+        return Route(_network(dst), dev, ipaddress.ip_address(src) if src else None)
+
     def routes(self) -> set[Route]:
-        return {Route(ipaddress.ip_network(dst, strict=False), dev,
-                      ipaddress.ip_address(src) if src else None)
-                for dst, dev, src in self._read()}
+        return {self._route(*key) for key in self._read()}
 
     def holds(self, keys: frozenset[tuple[str, str, str]], exactly: bool = True) -> bool:
-        """Whether the table holds the routes of these ``Route.text_key()``s (and, with
-        ``exactly``, no other): one read, compared as text. False may also mean "printed
-        differently": then :meth:`sync` decides."""
+        """Whether the table holds our routes of these ``Route.text_key()``s (and, with
+        ``exactly``, no other of ours): one read, compared as text. False may also mean
+        "printed differently": then :meth:`sync` decides."""
         actual = self._read()
         if exactly and len(actual) != len(keys):
             return False
@@ -80,48 +119,88 @@ class RouteTable:
         return have == keys if exactly else keys <= have
 
     def sync(self, desired: set[Route], remove_unknown: bool = True) -> tuple[int, int]:
-        """Make the table hold ``desired``: add what is missing, replace what differs, and
-        (with ``remove_unknown``) remove the rest. Returns (added, removed)."""
-        actual = self.routes()
+        """Make the table hold ``desired`` of ours: add what is missing, replace what
+        differs, and (with ``remove_unknown``) remove the rest of ours. A destination that
+        another owner's route (another device) holds is not taken. Returns (added,
+        removed)."""
+        desired = self.routable(desired)
+        rows = self._read_all()
+        actual = {self._route(*row[:3]) for row in rows if self._ours(row)}
+        # A route on our own device without our protocol was written by an older version
+        # (or by hand for our tunnel): replacing it adopts it. Another device's is not ours.
+        taken = {_network(row[0]) for row in rows if row[1] != self.device}
         add = desired - actual
+        blocked = frozenset(r.dst for r in add if r.dst in taken)
+        if blocked != self._blocked:
+            if blocked:
+                log.warning("table %d: %s already routed by another owner; not replacing",
+                            self.table, ", ".join(sorted(map(str, blocked))))
+            self._blocked = blocked
+        add = {r for r in add if r.dst not in blocked}
         remove = actual - desired if remove_unknown else set()
         # A route whose destination stays (only src or dev changed) is replaced, not deleted.
         self.ip.batch(self.commands(add, remove, {r.dst for r in desired}))
         return len(add), len(remove)
 
+    def routable(self, routes: Iterable[Route]) -> set[Route]:
+        """Without IPv6 (off on this host or namespace) IPv6 routes cannot exist."""
+        v6 = "-6" in self.families
+        return {r for r in routes if v6 or r.dst.version == 4}
+
     def commands(self, add: set[Route], remove: set[Route],
-                 keep_dst: set[IPNetwork] | None = None) -> list[str]:
-        """The ``ip -batch`` lines that replace ``add`` and delete ``remove``, except
-        deletions of a destination in ``keep_dst`` (default: ``add``'s), which a replace
-        covers."""
+                 keep_dst: set[IPNetwork] | None = None, replace: bool = True) -> list[str]:
+        """The ``ip -batch`` lines that replace (or, without ``replace``, add) ``add`` and
+        delete ``remove``, except deletions of a destination in ``keep_dst`` (default:
+        ``add``'s), which a replace covers. Deletions name our device and protocol, so they
+        never hit another owner's route."""
         keep = {r.dst for r in add} if keep_dst is None else keep_dst
-        cmds = [f"route replace {r.spec(self.table)}" for r in sorted(add, key=str)]
-        cmds += [f"route del {r.spec(self.table)}" for r in sorted(remove, key=str)
+        verb = "replace" if replace else "add"
+        t, p = self.table, self.protocol
+        cmds = [f"route {verb} {r.spec(t, p)}" for r in sorted(add, key=str)]
+        cmds += [f"route del {r.spec(t, p)}" for r in sorted(remove, key=str)
                  if r.dst not in keep]
         return cmds
 
     def apply(self, add: set[Route], remove: set[Route]) -> None:
         """Apply a known difference without reading the table (one ``ip -batch``): the
-        caller trusts the table to hold what it last wrote. Fails (RoutingError) if a route
-        to delete is not there; the caller then falls back to :meth:`sync`."""
-        self.ip.batch(self.commands(add, remove))
+        caller trusts the table to hold what it last wrote. A new destination is added,
+        not replaced, so that it fails rather than overwrite another owner's route; a route
+        to delete that is not there fails too (RoutingError): the caller then falls back
+        to :meth:`sync`."""
+        add, remove = self.routable(add), self.routable(remove)
+        changed = {r.dst for r in remove} & {r.dst for r in add}
+        cmds = self.commands({r for r in add if r.dst in changed}, remove)
+        cmds += self.commands({r for r in add if r.dst not in changed}, set(), replace=False)
+        self.ip.batch(cmds)
+
+    def _rules(self, family: str) -> list[str]:
+        """The protocols of the rules that send to our table at our priority."""
+        return [str(r.get("protocol", "")) for r in self.ip.json(family, "rule", "show")
+                if r.get("priority") == self.priority and str(r.get("table")) == str(self.table)]
 
     def has_rule(self, family: str) -> bool:
-        for r in self.ip.json(family, "rule", "show"):
-            if r.get("priority") == self.priority and str(r.get("table")) == str(self.table):
-                return True
-        return False
+        return bool(self._rules(family))
+
+    def has_rules(self) -> bool:
+        return all(self.has_rule(fam) for fam in self.families)
 
     def ensure_rules(self) -> None:
-        for fam in ("-4", "-6"):
+        """A rule per family unless one for our table and priority exists (strongSwan's, or
+        another wgcable device's): ours carries our protocol, so that cleanup knows it."""
+        for fam in self.families:
             if not self.has_rule(fam):
                 self.ip.run(fam, "rule", "add", "priority", str(self.priority),
-                            "table", str(self.table))
+                            "table", str(self.table), "protocol", str(self.protocol))
 
     def remove(self) -> None:
-        """Remove our rules and every route in our table."""
-        for fam in ("-4", "-6"):
-            while self.has_rule(fam):
+        """Remove our routes, and our rules where the table is left empty."""
+        ours = self.routes()
+        self.ip.batch([f"route del {r.spec(self.table, self.protocol)}"
+                       for r in sorted(ours, key=str)], force=True)
+        left = {_network(row[0]).version for row in self._read_all()}
+        for fam in self.families:
+            if (4 if fam == "-4" else 6) in left:
+                continue  # someone else's routes still rely on a rule for this table
+            for _ in range(self._rules(fam).count(str(self.protocol))):
                 self.ip.run(fam, "rule", "del", "priority", str(self.priority),
-                            "table", str(self.table))
-            self.ip.run(fam, "route", "flush", "table", str(self.table), check=False)
+                            "table", str(self.table), "protocol", str(self.protocol))

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from wgcable.cable.types import cable_name_for
+
 GROUP = "submariner.io"
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _MAX_LIST = 256
@@ -132,15 +134,81 @@ def render() -> str:
     return header + yaml.safe_dump_all(all_crds(), sort_keys=False, explicit_start=True)
 
 
-# What the gateway agent may do in the broker namespace: the Role in deploy/rbac.yaml (a
-# test keeps them equal), and what the lab's agents run with, so a missing verb shows.
+# What every gateway agent may do in the broker namespace: the shared Role in
+# deploy/rbac.yaml (a test keeps them equal). Kubernetes RBAC cannot narrow these by object
+# name (``resourceNames`` does not apply to create, list or watch), so they stay shared:
+# every gateway reads every Endpoint, and may create Endpoints and Gateways of any name
+# that does not exist yet. Changing or deleting an existing object is per cluster:
+# ``own_rules``.
 GATEWAY_RULES: list[dict[str, list[str]]] = [
     {"apiGroups": [GROUP], "resources": ["endpoints"],
-     "verbs": ["get", "list", "watch", "create", "update", "delete"]},
-    {"apiGroups": [GROUP], "resources": ["gateways"], "verbs": ["create", "delete"]},
-    {"apiGroups": [GROUP], "resources": ["gateways/status"], "verbs": ["patch"]},
+     "verbs": ["get", "list", "watch", "create"]},
+    {"apiGroups": [GROUP], "resources": ["gateways"], "verbs": ["create"]},
 ]
+SHARED_ROLE = "wgcable-gateway"
+RBAC_API = "rbac.authorization.k8s.io/v1"
+
+
+def own_rules(endpoints: list[str], gateways: list[str]) -> list[dict[str, list[str]]]:
+    """What one cluster's gateways may do to their own objects only: update and delete
+    their Endpoints (``<cluster_id>-<cable_name>``), patch their Gateways' status and
+    delete them (named by host name)."""
+    return [
+        {"apiGroups": [GROUP], "resources": ["endpoints"], "resourceNames": sorted(endpoints),
+         "verbs": ["update", "patch", "delete"]},
+        {"apiGroups": [GROUP], "resources": ["gateways"], "resourceNames": sorted(gateways),
+         "verbs": ["delete"]},
+        {"apiGroups": [GROUP], "resources": ["gateways/status"],
+         "resourceNames": sorted(gateways), "verbs": ["patch"]},
+    ]
+
+
+def cluster_rbac(cluster_id: str, gateways: dict[str, str], namespace: str,
+                 subject: dict[str, str]) -> list[dict[str, Any]]:
+    """The per-cluster Role (its gateways' own objects; ``gateways``: host name -> private
+    IP) and the RoleBindings of ``subject`` (that cluster's identity) to it and to the
+    shared Role, in the broker ``namespace``."""
+    endpoints = [f"{cluster_id}-{cable_name_for(cluster_id, ip)}" for ip in gateways.values()]
+    role = f"{SHARED_ROLE}-{cluster_id}"
+    meta = {"namespace": namespace}
+
+    def binding(name: str, to: str) -> dict[str, Any]:
+        return {"apiVersion": RBAC_API, "kind": "RoleBinding",
+                "metadata": {"name": name, **meta},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                            "name": to},
+                "subjects": [subject]}
+
+    return [
+        {"apiVersion": RBAC_API, "kind": "Role", "metadata": {"name": role, **meta},
+         "rules": own_rules(endpoints, list(gateways))},
+        binding(role, role),
+        binding(f"{role}-shared", SHARED_ROLE),
+    ]
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m wgcable.store.crds``: the CRDs (deploy/crds.yaml); ``... cluster-rbac
+    CLUSTER_ID HOSTNAME=PRIVATE_IP... [--service-account NAMESPACE/NAME]``: a cluster's
+    Role and bindings (default subject: deploy/rbac.yaml's service account)."""
+    if not argv:
+        sys.stdout.write(render())
+        return 0
+    if argv[0] != "cluster-rbac" or len(argv) < 3:
+        sys.stderr.write(_main.__doc__ or "")
+        return 2
+    sa_ns, sa = "submariner-operator", "wgcable-gateway"
+    rest = argv[2:]
+    if "--service-account" in rest:
+        i = rest.index("--service-account")
+        sa_ns, _, sa = rest[i + 1].partition("/")
+        rest = rest[:i] + rest[i + 2:]
+    gateways = dict(g.split("=", 1) for g in rest)
+    docs = cluster_rbac(argv[1], gateways, "submariner-k8s-broker",
+                        {"kind": "ServiceAccount", "name": sa, "namespace": sa_ns})
+    sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False, explicit_start=True))
+    return 0
 
 
 if __name__ == "__main__":
-    sys.stdout.write(render())
+    sys.exit(_main(sys.argv[1:]))

@@ -7,10 +7,13 @@ from typing import Literal
 
 from wgcable.cable.wireguard.host import Protected
 from wgcable.cable.wireguard.status import StatusThresholds
+from wgcable.routing.table import ROUTE_PROTOCOL
 
 DEFAULT_DEVICE = "subwg0"
 DEFAULT_TABLE = 220  # the founding design's table and rule priority
 DEFAULT_RULE_PRIORITY = 220
+# Marks our routes and rule in a table that others may use too (routing/table.py).
+DEFAULT_ROUTE_PROTOCOL = ROUTE_PROTOCOL
 DEFAULT_KEEPALIVE = 10
 DEFAULT_STATE_DIR = "/var/lib/wgcable"
 
@@ -26,6 +29,7 @@ class WireGuardConfig:
     preshared_key_file: str | None = None
     table: int = DEFAULT_TABLE
     rule_priority: int = DEFAULT_RULE_PRIORITY
+    route_protocol: int = DEFAULT_ROUTE_PROTOCOL
     mtu: int | None = None  # None: underlay MTU minus WireGuard's overhead
     fwmark: int = 0
     backend: BackendChoice = "auto"

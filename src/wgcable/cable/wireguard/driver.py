@@ -35,16 +35,18 @@ from wgcable.cable.types import Connection, ConnectionStatus, Endpoint, NATEndpo
 from wgcable.cable.wireguard import desired, host
 from wgcable.cable.wireguard.config import WireGuardConfig
 from wgcable.cable.wireguard.desired import EndpointRejectedError, RemotePeer
-from wgcable.cable.wireguard.device import WireGuardDevice
+from wgcable.cable.wireguard.device import DeviceError, WireGuardDevice
 from wgcable.cable.wireguard.index import PeerIndex
 from wgcable.cable.wireguard.status import PeerStatus
-from wgcable.routing import IPRoute, RouteTable, nftables
+from wgcable.routing import IPRoute, Route, RouteTable, nftables
+from wgcable.routing.table import FAMILIES
 from wgcable.wgctrl import (
     BackendKind,
     Device,
     IPAddress,
     IPNetwork,
     Key,
+    UDPAddr,
     config_delta,
     read_key_file,
     tighten_private_dir,
@@ -93,11 +95,19 @@ class WireGuardDriver:
         self._psk: Key | None = None
         self.device = WireGuardDevice(self.cfg)
         self.ip = IPRoute(self.cfg.netns)
-        self.table = RouteTable(self.ip, self.cfg.table, self.cfg.rule_priority)
+        self.table = RouteTable(self.ip, self.cfg.table, self.cfg.rule_priority,
+                                self.cfg.device, self.cfg.route_protocol)
         self.nft = nftables.NftTable(self.cfg.device, self.cfg.netns)
         self._nft_applied: str | None = None  # the table text last written (None: none)
         # The remote CIDRs in the table last written: its render is skipped while they stay.
         self._nft_remote: frozenset[IPNetwork] | None = None
+        # Until synced, the remote CIDRs an earlier run left in our table stay exempt from
+        # SNAT (their peers and routes stay too); None: not read yet.
+        self._nft_kept: frozenset[IPNetwork] | None = None
+        # The endpoint we last sent per peer: the device's may differ because WireGuard
+        # roamed to where the peer's packets come from (NAT); only a new published one is
+        # sent again.
+        self._endpoints_sent: dict[Key, UDPAddr] = {}
         # What the device, table 220 and our nftables table hold, as last written by us, per
         # cluster; None: unknown (read and diff next time). ``_dirty``: clusters changed
         # since then.
@@ -158,13 +168,39 @@ class WireGuardDriver:
             self.local.backend_config[desired.INTERFACE_NAME] = self.cfg.device
             self.local.backend_config[desired.UDP_PORT] = str(self.port)
             created = self.device.ensure()
+            if not created:
+                self._check_ours()
             log.info("device %s %s (%s), port %d, public key %s", self.cfg.device,
                      "created" if created else "adopted", self.device.kind, self.port,
                      self.public_key.base64())
-            self._apply(full=True)
+            try:
+                self._apply(full=True)
+            except Exception:
+                if created:  # no half-made device (nor a wireguard-go daemon) left behind
+                    log.error("setting up device %s failed; removing it", self.cfg.device)
+                    try:
+                        self._remove_all()
+                    except Exception:  # the set-up failure is the one to report
+                        log.exception("removing the half-made device %s failed",
+                                      self.cfg.device)
+                raise
         self._supervisor = threading.Thread(
             target=self._supervise, name=f"supervise:{self.cfg.device}", daemon=True)
         self._supervisor.start()
+
+    def _check_ours(self) -> None:
+        """A device that exists with another private key is not ours (wg-quick's, or an
+        agent's whose key file is elsewhere): configuring it would replace its key and,
+        once synced, remove its peers. Refused untouched; a device without a key is
+        taken."""
+        actual = self.device.client.device(self.cfg.device)
+        if actual.private_key is not None and \
+                actual.private_key.public_key() != self.public_key:
+            self.device.close()
+            raise DeviceError(
+                f"device {self.cfg.device!r} exists with another key than "
+                f"{Path(self.cfg.state_dir) / self.cfg.device}.key: not ours; remove it or "
+                "choose another --device")
 
     def _supervise(self) -> None:
         """Re-create a device that vanished (a wireguard-go daemon that died) and re-apply
@@ -205,6 +241,7 @@ class WireGuardDriver:
         """
         with self._lock:
             self._synced = True
+            self._nft_kept = frozenset()
             self._written = None  # unknown peers and routes go now: read and diff
             self._apply()
 
@@ -232,8 +269,13 @@ class WireGuardDriver:
 
     def _desired_device(self, actual: Device) -> Device:
         assert self._key is not None
-        peers = [desired.desired_peer(p, self.cfg.keepalive, self._psk)
-                 for p in self._accepted()]
+        have = {p.public_key: p for p in actual.peers}
+        peers = []
+        for p in self._accepted():
+            peer = desired.desired_peer(p, self.cfg.keepalive, self._psk)
+            if p.public_key in have and self._endpoints_sent.get(p.public_key) == p.endpoint:
+                peer.endpoint = None  # unchanged since we sent it: keep where it roamed
+            peers.append(peer)
         if not self._synced:
             ours = {p.public_key for p in peers}
             peers += [p for p in actual.peers if p.public_key not in ours]
@@ -256,6 +298,11 @@ class WireGuardDriver:
                 self._underlay_v6 = ipaddress.ip_address(addr).version == 6
                 break
         self._sources = desired.local_sources(addresses, self._local_subnets, self.cfg.device)
+        v6 = self.ip.ipv6_enabled(self.cfg.device)
+        if v6 != ("-6" in self.table.families):
+            log.info("IPv6 is %s on %s: IPv6 routes and rules %s", "on" if v6 else "off",
+                     self.cfg.device, "too" if v6 else "left out")
+        self.table.families = FAMILIES if v6 else ("-4",)
         self._local_ips = set()
         for ifname, addr, _ in addresses:
             if ifname != self.cfg.device:
@@ -280,13 +327,26 @@ class WireGuardDriver:
         return desired.mtu_for(self._underlay_mtu, v6)
 
     def _nft_rules(self) -> nftables.Rules:
+        remote = [n for p in self._accepted() for n in p.subnets]
+        if not self._synced:
+            if self._nft_kept is None:
+                self._nft_kept = self._nft_left()
+            remote += sorted(self._nft_kept - set(remote), key=lambda n: (n.version, n))
         return nftables.Rules(
             device=self.cfg.device,
             local=self._local_subnets,
-            remote=tuple(n for p in self._accepted() for n in p.subnets),
+            remote=tuple(remote),
             snat_exemption=self.cfg.snat_exemption,
             mss_clamp=self.cfg.mss_clamp,
         )
+
+    def _nft_left(self) -> frozenset[IPNetwork]:
+        """The remote CIDRs in our table as an earlier run left it (after a restart)."""
+        sets = self.nft.sets() if self.cfg.snat_exemption else None
+        if not sets:
+            return frozenset()
+        return frozenset(nftables.networks(sets.get("remote4", set()) |
+                                           sets.get("remote6", set())))
 
     def _apply_nft(self, full: bool) -> None:
         """Our nftables table follows the accepted clusters' CIDRs. Rendered and written
@@ -339,6 +399,7 @@ class WireGuardDriver:
         if not change.is_empty():
             client.configure(self.cfg.device, change)
             log.debug("device %s: %d peer change(s)", self.cfg.device, len(change.peers))
+        self._endpoints_sent = {p.public_key: p.endpoint for p in self._accepted()}
         if full:
             self._read_host()
         mtu = self._mtu()
@@ -347,8 +408,7 @@ class WireGuardDriver:
             self._mtu_set = mtu
         # Before the routes: pod traffic must not reach a new cluster before its exemption.
         self._apply_nft(full)
-        routes = desired.desired_routes(self._accepted(), self.cfg.device, self._sources)
-        added, removed = self.table.sync(routes, remove_unknown=self._synced)
+        added, removed = self.table.sync(self._routes(), remove_unknown=self._synced)
         if added or removed:
             log.debug("table %d: %d route(s) added, %d removed", self.cfg.table, added, removed)
         if full:
@@ -374,6 +434,9 @@ class WireGuardDriver:
         if not change.is_empty():
             self.device.client.configure(self.cfg.device, change)
             log.debug("device %s: %d peer change(s)", self.cfg.device, len(change.peers))
+        for p in olds:
+            self._endpoints_sent.pop(p.public_key, None)
+        self._endpoints_sent.update((p.public_key, p.endpoint) for p in news)
         mtu = self._mtu()
         if mtu != self._mtu_set:
             self.device.set_up(mtu)
@@ -516,21 +579,24 @@ class WireGuardDriver:
             log.warning("device %s was down; setting it up", self.cfg.device)
             self.device.set_up(self._mtu())
         if self._route_keys is None or self._dirty:
-            self._route_keys = frozenset(r.text_key() for r in desired.desired_routes(
-                self._accepted(), self.cfg.device, self._sources))
+            self._route_keys = frozenset(r.text_key() for r in self._routes())
         # One read compared as text; the parse-and-diff only when something differs.
         if not self.table.holds(self._route_keys, exactly=self._synced):
-            routes = desired.desired_routes(self._accepted(), self.cfg.device, self._sources)
-            added, removed = self.table.sync(routes, remove_unknown=self._synced)
+            added, removed = self.table.sync(self._routes(), remove_unknown=self._synced)
             if added or removed:
                 log.warning("table %d: restored %d route(s), removed %d unknown",
                             self.cfg.table, added, removed)
-        if not all(self.table.has_rule(fam) for fam in ("-4", "-6")):
+        if not self.table.has_rules():
             log.warning("rule for table %d was removed; adding it again", self.cfg.table)
             self.table.ensure_rules()
         if self._nft_applied is not None and not self.nft.exists():
             log.warning("nftables table inet %s was removed; writing it again", self.nft.name)
             self._apply_nft(full=True)
+
+    def _routes(self) -> set[Route]:
+        """The accepted clusters' routes that this host can hold (no IPv6 without it)."""
+        return self.table.routable(
+            desired.desired_routes(self._accepted(), self.cfg.device, self._sources))
 
     def _connection(self, c: _Conn) -> Connection:
         if c.tracker is None or c.peer is None:
@@ -565,6 +631,18 @@ class WireGuardDriver:
 
     # --- shutdown ---------------------------------------------------------------------------
 
+    def _remove_all(self) -> None:
+        """Our routes and rules (only ours: the table may be shared), the device, our
+        nftables table."""
+        # `wgcable cleanup` runs without init(): without IPv6, `ip -6` fails.
+        self.table.families = FAMILIES if self.ip.ipv6_enabled(self.cfg.device) else ("-4",)
+        self.table.remove()
+        self.device.delete()
+        self.nft.remove()
+        self._nft_applied = self._nft_remote = self._written = self._route_keys = None
+        self._endpoints_sent.clear()
+        self._dirty.clear()
+
     def close(self) -> None:
         """Stop supervising but leave the tunnels up: a restart must not drop traffic."""
         self._stop.set()
@@ -583,11 +661,7 @@ class WireGuardDriver:
         if self._supervisor is not None:
             self._supervisor.join(5)
         with self._lock:
-            self.table.remove()
-            self.device.delete()
-            self.nft.remove()
-            self._nft_applied = self._nft_remote = self._written = self._route_keys = None
-            self._dirty.clear()
+            self._remove_all()
             self._conns.clear()
             self._index = PeerIndex()
             if remove_key:
