@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from integration.labtools import unreachable_pairs
 from wgcable.cable.types import ConnectionStatus
 from wgcable.lab.kubeapi import LocalAPIServer, unavailable_reason
 from wgcable.lab.lab import Lab
@@ -143,24 +144,6 @@ def status_failure(lab: Lab, at: int) -> str:
     return st.gateway.status_failure if st else ""
 
 
-def all_pairs_ping(lab: Lab, settle: float = 10.0) -> list[tuple[int, int]]:
-    """Pairs still unreachable after up to ``settle`` s of retries. Once in a loaded CI run
-    (and once in the directory-store lab), a pair failed one ping right after every status
-    said connected; what the gateways held then is printed, for the next one to look at."""
-    n = len(lab.state.gateways)
-    deadline = time.monotonic() + settle
-    while True:
-        bad = [(a, b) for a in range(1, n + 1) for b in range(1, n + 1)
-               if a != b and lab.ping(a, b) is None]
-        if not bad or time.monotonic() > deadline:
-            return bad
-        print(f"unreachable right after connected: {bad}")
-        for i in sorted({x for pair in bad for x in pair}):
-            for cmd in (("ip", "route", "show", "table", "220"), ("wg", "show", "subwg0")):
-                print(f"gw{i}$ {' '.join(cmd)}\n{on_gateway(lab, i, *cmd)}")
-        time.sleep(1)
-
-
 class Pinger:
     """Continuous pings pod1 -> pod2 (5 per second) in the background; counts losses."""
 
@@ -190,7 +173,7 @@ def test_agents_meet_through_the_api_server_and_pods_reach_pods(
     make_lab: MakeLab, clusters: int,
 ) -> None:
     lab = make_lab(clusters)
-    assert all_pairs_ping(lab) == []
+    assert unreachable_pairs(lab) == []
     objs = endpoints(lab)
     assert len(objs) == clusters
     for gw in lab.state.gateways:
