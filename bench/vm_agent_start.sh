@@ -7,16 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 
-kernel=${WGCABLE_VM_KERNEL:-}
-if [ -z "$kernel" ]; then
-    for image in $(ls -v /boot/vmlinuz-* 2>/dev/null); do
-        ver=${image#/boot/vmlinuz-}
-        compgen -G "/lib/modules/$ver/kernel/drivers/net/wireguard/wireguard.ko*" >/dev/null \
-            && kernel=$image
-    done
-fi
-[ -n "$kernel" ] || { echo "no /boot/vmlinuz-* with wireguard.ko: run scripts/install-vm.sh" >&2; exit 1; }
-export PATH="$PWD/.venv/bin:$PATH"  # vng runs virtme-run by name
+source bench/vm_kernel.sh
 
 work=$(mktemp -d /tmp/wgcable-vmastart-XXXXXX)
 vng_pid=
