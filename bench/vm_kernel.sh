@@ -1,4 +1,4 @@
-# Sourced by the bench/vm_*.sh scripts: sets $kernel to the newest /boot/vmlinuz-* whose
+# Sourced by the VM benchmarks (vm_boot.sh, vm_agent_start.sh): sets $kernel to the newest
 # modules include wireguard.ko (or $WGCABLE_VM_KERNEL), and puts the venv's vng on PATH.
 kernel=${WGCABLE_VM_KERNEL:-}
 if [ -z "$kernel" ]; then
