@@ -1,4 +1,4 @@
-# Sourced by the VM benchmarks (vm_boot.sh, vm_agent_start.sh): sets $kernel to the newest
+# Sourced by the VM benchmarks (vm_boot.sh, vm_agent_start.sh): sets $kernel to the newest kernel image whose
 # modules include wireguard.ko (or $WGCABLE_VM_KERNEL), and puts the venv's vng on PATH.
 kernel=${WGCABLE_VM_KERNEL:-}
 if [ -z "$kernel" ]; then
