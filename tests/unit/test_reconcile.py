@@ -1,0 +1,126 @@
+"""The rules every reconciler follows (``wgcable.reconcile``), on a resource in memory that
+counts its reads and writes: unknown kept until synced, the delta without a read once
+synced, a read after any doubt or failure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pytest
+
+from wgcable.reconcile import Reconciler, keep_unknown
+
+
+class Box:
+    """A resource: a dict on the "host"; ``fail_trusted`` makes trusted writes fail once."""
+
+    name = "box"
+
+    def __init__(self, held: dict[str, int] | None = None) -> None:
+        self.held: dict[str, int] = dict(held or {})
+        self.reads = 0
+        self.writes: list[tuple[bool, dict[str, int]]] = []
+        self.fail_trusted = False
+        self.checks = 0
+
+    def read(self) -> dict[str, int]:
+        self.reads += 1
+        return dict(self.held)
+
+    def write(self, have: Mapping[str, int], want: Mapping[str, int], *, trusted: bool) -> int:
+        if trusted and self.fail_trusted:
+            self.fail_trusted = False
+            raise RuntimeError("someone changed it meanwhile")
+        changes = {k: v for k, v in want.items() if have.get(k) != v}
+        gone = [k for k in have if k not in want]
+        if trusted and any(k not in self.held for k in gone):
+            raise RuntimeError("removing what is not there")
+        self.held.update(changes)
+        for k in gone:
+            self.held.pop(k, None)
+        self.writes.append((trusted, dict(want)))
+        return len(changes) + len(gone)
+
+    def holds(self, want: Mapping[str, int], *, exactly: bool) -> bool:
+        self.checks += 1
+        if exactly:
+            return self.held == dict(want)
+        return all(self.held.get(k) == v for k, v in want.items())
+
+
+def test_reconcile_keep_unknown_is_want_plus_the_rest() -> None:
+    assert keep_unknown({"a": 1, "b": 2}, {"b": 3, "c": 4}) == {"a": 1, "b": 3, "c": 4}
+
+
+def test_reconcile_before_sync_keeps_what_it_does_not_know_and_always_reads() -> None:
+    box = Box({"left-by-earlier-run": 7})
+    rec = Reconciler(box)
+    rec.reconcile({"a": 1}, synced=False)
+    rec.reconcile({"a": 1, "b": 2}, synced=False)
+    assert box.held == {"left-by-earlier-run": 7, "a": 1, "b": 2}
+    assert box.reads == 2  # nothing is trusted before sync: what is there is unknown
+    rec.reconcile({"a": 1, "b": 2}, synced=True, verify=True)  # the engine's mark_synced
+    assert box.held == {"a": 1, "b": 2}
+
+
+def test_reconcile_once_synced_a_change_is_written_without_a_read() -> None:
+    box = Box()
+    rec = Reconciler(box)
+    rec.reconcile({"a": 1}, synced=True)
+    assert box.reads == 1
+    assert rec.reconcile({"a": 1, "b": 2}, synced=True) == 1
+    assert rec.reconcile({"b": 3}, synced=True) == 2
+    assert box.reads == 1  # the delta against what we wrote: no read
+    assert box.held == {"b": 3}
+    assert [trusted for trusted, _ in box.writes] == [False, True, True]
+    assert rec.reconcile({"b": 3}, synced=True) == 0  # nothing changed: nothing written
+    assert len(box.writes) == 3
+
+
+def test_reconcile_a_failed_delta_falls_back_to_read_and_diff() -> None:
+    box = Box()
+    rec = Reconciler(box)
+    rec.reconcile({"a": 1, "b": 2}, synced=True)
+    del box.held["b"]  # someone removed it: our removal of it will fail
+    assert rec.reconcile({"a": 1}, synced=True) == 0
+    assert box.reads == 2
+    assert box.held == {"a": 1}
+    box.fail_trusted = True
+    rec.reconcile({"a": 5}, synced=True)
+    assert box.held == {"a": 5}
+    assert box.reads == 3
+
+
+def test_reconcile_a_failed_read_and_diff_leaves_the_state_unknown() -> None:
+    box = Box()
+    rec = Reconciler(box)
+    rec.reconcile({"a": 1}, synced=True)
+
+    def broken(*args: object, **kwargs: object) -> int:
+        raise OSError("device gone")
+
+    box.write = broken  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="device gone"):
+        rec.reconcile({"a": 2}, synced=True, verify=True)
+    assert rec.written is None  # the next pass reads again
+
+
+def test_reconcile_check_reads_only_when_the_quick_check_fails() -> None:
+    box = Box()
+    rec = Reconciler(box)
+    rec.reconcile({"a": 1}, synced=True)
+    assert rec.check({"a": 1}, synced=True) == 0
+    assert box.reads == 1
+    box.held["a"] = 9  # drift
+    box.held["x"] = 1  # and something of ours nobody wants
+    assert rec.check({"a": 1}, synced=True) == 2
+    assert box.reads == 2
+    assert box.held == {"a": 1}
+
+
+def test_reconcile_check_before_sync_tolerates_unknown_entries() -> None:
+    box = Box({"unknown": 1})
+    rec = Reconciler(box)
+    rec.reconcile({"a": 1}, synced=False)
+    assert rec.check({"a": 1}, synced=False) == 0
+    assert box.held == {"unknown": 1, "a": 1}
