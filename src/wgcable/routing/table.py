@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from wgcable.routing.iproute import IPRoute
 from wgcable.wgctrl.types import IPAddress, IPNetwork
@@ -39,11 +39,18 @@ class Route:
     dst: IPNetwork
     dev: str
     src: IPAddress | None = None
+    # Hashing an ipaddress network is slow (about 5 us): sets and dicts of thousands of
+    # routes are compared on every change, so the hash is computed once.
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
         # A zone is free text that str() renders into the ``ip -batch`` line: never ours.
         if _zoned(self.dst.network_address) or (self.src is not None and _zoned(self.src)):
             raise ValueError("a route with a zoned address is refused")
+        object.__setattr__(self, "_hash", hash((self.dst, self.dev, self.src)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def spec(self, table: int, protocol: int) -> str:
         s = f"{self.dst} dev {self.dev} table {table} proto {protocol}"
@@ -61,7 +68,7 @@ def _zoned(addr: IPAddress) -> bool:
     return isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None
 
 
-def _network(text: str) -> IPNetwork:
+def network(text: str) -> IPNetwork:
     return ipaddress.ip_network(text, strict=False)
 
 
@@ -76,9 +83,10 @@ class RouteTable:
         self.device = device
         self.protocol = protocol
         self.families: tuple[str, ...] = FAMILIES  # "-4" only where IPv6 is off
-        self._blocked: frozenset[IPNetwork] = frozenset()
+        # Destinations another owner routes in the table, as last read: ours are not added.
+        self.blocked: frozenset[IPNetwork] = frozenset()
 
-    def _read_all(self) -> list[_Row]:
+    def read_rows(self) -> list[_Row]:
         """Every unicast route in the table, whoever owns it."""
         found = []
         for fam in self.families:
@@ -94,19 +102,19 @@ class RouteTable:
                               str(r.get("protocol", ""))))
         return found
 
-    def _ours(self, row: _Row) -> bool:
+    def ours(self, row: _Row) -> bool:
         return row[1] == self.device and row[3] == str(self.protocol)
 
     def _read(self) -> list[tuple[str, str, str]]:
         """Our routes as printed: (dst, dev, src or "")."""
-        return [row[:3] for row in self._read_all() if self._ours(row)]
+        return [row[:3] for row in self.read_rows() if self.ours(row)]
 
     @staticmethod
-    def _route(dst: str, dev: str, src: str) -> Route:
-        return Route(_network(dst), dev, ipaddress.ip_address(src) if src else None)
+    def route_of(dst: str, dev: str, src: str) -> Route:
+        return Route(network(dst), dev, ipaddress.ip_address(src) if src else None)
 
     def routes(self) -> set[Route]:
-        return {self._route(*key) for key in self._read()}
+        return {self.route_of(*key) for key in self._read()}
 
     def holds(self, keys: frozenset[tuple[str, str, str]], exactly: bool = True) -> bool:
         """Whether the table holds our routes of these ``Route.text_key()``s (and, with
@@ -117,30 +125,6 @@ class RouteTable:
             return False
         have = set(actual)
         return have == keys if exactly else keys <= have
-
-    def sync(self, desired: set[Route], remove_unknown: bool = True) -> tuple[int, int]:
-        """Make the table hold ``desired`` of ours: add what is missing, replace what
-        differs, and (with ``remove_unknown``) remove the rest of ours. A destination that
-        another owner's route (another device) holds is not taken. Returns (added,
-        removed)."""
-        desired = self.routable(desired)
-        rows = self._read_all()
-        actual = {self._route(*row[:3]) for row in rows if self._ours(row)}
-        # A route on our own device without our protocol was written by an older version
-        # (or by hand for our tunnel): replacing it adopts it. Another device's is not ours.
-        taken = {_network(row[0]) for row in rows if row[1] != self.device}
-        add = desired - actual
-        blocked = frozenset(r.dst for r in add if r.dst in taken)
-        if blocked != self._blocked:
-            if blocked:
-                log.warning("table %d: %s already routed by another owner; not replacing",
-                            self.table, ", ".join(sorted(map(str, blocked))))
-            self._blocked = blocked
-        add = {r for r in add if r.dst not in blocked}
-        remove = actual - desired if remove_unknown else set()
-        # A route whose destination stays (only src or dev changed) is replaced, not deleted.
-        self.ip.batch(self.commands(add, remove, {r.dst for r in desired}))
-        return len(add), len(remove)
 
     def routable(self, routes: Iterable[Route]) -> set[Route]:
         """Without IPv6 (off on this host or namespace) IPv6 routes cannot exist."""
@@ -189,15 +173,18 @@ class RouteTable:
         another wgcable device's): ours carries our protocol, so that cleanup knows it."""
         for fam in self.families:
             if not self.has_rule(fam):
-                self.ip.run(fam, "rule", "add", "priority", str(self.priority),
-                            "table", str(self.table), "protocol", str(self.protocol))
+                self.add_rule(fam)
+
+    def add_rule(self, family: str) -> None:
+        self.ip.run(family, "rule", "add", "priority", str(self.priority),
+                    "table", str(self.table), "protocol", str(self.protocol))
 
     def remove(self) -> None:
         """Remove our routes, and our rules where the table is left empty."""
         ours = self.routes()
         self.ip.batch([f"route del {r.spec(self.table, self.protocol)}"
                        for r in sorted(ours, key=str)], force=True)
-        left = {_network(row[0]).version for row in self._read_all()}
+        left = {network(row[0]).version for row in self.read_rows()}
         for fam in self.families:
             if (4 if fam == "-4" else 6) in left:
                 continue  # someone else's routes still rely on a rule for this table
