@@ -10,6 +10,7 @@ import re
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from wgcable.cable.types import Endpoint
@@ -46,6 +47,9 @@ class FakeDevice:
 
     def is_up(self) -> bool:
         return self.up
+
+    def link(self) -> SimpleNamespace:
+        return SimpleNamespace(mtu=self.mtu or 1420, is_up=self.up)
 
     def set_up(self, mtu: int | None) -> None:
         self.up, self.mtu = True, mtu

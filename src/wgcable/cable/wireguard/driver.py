@@ -1,20 +1,17 @@
 """The ``wireguard`` cable driver: one WireGuard peer and its routes per remote cluster.
 
+The shape: the accepted endpoints (``index.py``), the driver's settings and the host's facts
+(``facts.py``) give one desired state (``state.py``, pure); one reconciler per resource
+(``wgcable.reconcile``) brings the host to it: the device's own settings and its peers
+(``resources.py``), our nftables table, our routes and the rule (``routing/resources.py``).
+The rules of when to read and what to keep until synced live in ``wgcable.reconcile``, once.
+
+A pass runs after every change (once per ``batch()``), at start-up, on ``resync`` and when
+the supervisor brings a lost device back; ``full`` passes also re-read the host's facts and
+read every resource. Status reads check each resource cheaply and heal what drifted.
+
 All public methods take one lock: the engine serialises its calls, but the supervisor
 thread that restarts a dead wireguard-go re-applies state concurrently.
-
-Two ways to apply a change:
-
-- read and diff (start-up, resync, a restored device, the engine's ``mark_synced``, a
-  status read that found a peer missing, and after any failure): read the device and table
-  220, compute the difference from the whole desired state, write it. O(N) in the number of
-  remote clusters.
-- delta (every other change, once synced): the driver trusts the device, the routes and the
-  nftables table to hold what it last wrote (``_written``), and sends only what the changed
-  clusters need: their peers, their routes, and the nftables table only if the set of remote
-  CIDRs changed. O(changed clusters). A delta that fails (a route someone deleted) falls
-  back to read and diff at once; drift that does not make it fail is healed at the next
-  status read or resync.
 """
 
 from __future__ import annotations
@@ -25,55 +22,34 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from wgcable.cable.remote import bounded, parse_address, shown
-from wgcable.cable.types import Connection, ConnectionStatus, Endpoint, NATEndpointInfo
-from wgcable.cable.wireguard import desired, host
+from wgcable.cable.remote import shown
+from wgcable.cable.types import Connection, Endpoint, NATEndpointInfo
+from wgcable.cable.wireguard import cables, desired
+from wgcable.cable.wireguard.cables import Cable
 from wgcable.cable.wireguard.config import WireGuardConfig
-from wgcable.cable.wireguard.desired import EndpointRejectedError, RemotePeer
-from wgcable.cable.wireguard.device import DeviceError, WireGuardDevice
+from wgcable.cable.wireguard.desired import EndpointRejectedError
+from wgcable.cable.wireguard.device import WireGuardDevice
+from wgcable.cable.wireguard.facts import HostFacts, read_facts
+from wgcable.cable.wireguard.identity import check_ours, load_key
 from wgcable.cable.wireguard.index import PeerIndex
+from wgcable.cable.wireguard.resources import DeviceReads, LinkResource, PeersResource
+from wgcable.cable.wireguard.state import DesiredState, Settings, StateBuilder
 from wgcable.cable.wireguard.status import PeerStatus
-from wgcable.routing import IPRoute, Route, RouteTable, nftables
+from wgcable.reconcile import Reconciler
+from wgcable.routing import IPRoute, RouteTable, nftables
+from wgcable.routing.resources import NftResource, RouteResource, RuleResource
 from wgcable.routing.table import FAMILIES
-from wgcable.wgctrl import (
-    BackendKind,
-    Device,
-    IPAddress,
-    IPNetwork,
-    Key,
-    UDPAddr,
-    config_delta,
-    read_key_file,
-    tighten_private_dir,
-    write_key_file,
-)
+from wgcable.wgctrl import Key, read_key_file
 
 log = logging.getLogger(__name__)
 
 DRIVER_NAME = "wireguard"
 SUPERVISOR_RETRY = 0.5  # seconds between attempts to bring a lost device back
-
-
-def _address_or_empty(text: str) -> str:
-    try:
-        return str(parse_address(text, "using_ip", ""))
-    except EndpointRejectedError:
-        return ""
-
-
-@dataclass(slots=True)
-class _Conn:
-    info: NATEndpointInfo
-    peer: RemotePeer | None  # None: refused, and nothing of it was ever installed
-    tracker: PeerStatus | None
-    error: str | None = None  # why the latest endpoint was refused
-    rx: int = 0
-    tx: int = 0
 
 
 class WireGuardDriver:
@@ -87,7 +63,7 @@ class WireGuardDriver:
         self.local = local_endpoint
         self._clock = clock
         self._lock = threading.RLock()
-        self._conns: dict[str, _Conn] = {}
+        self._conns: dict[str, Cable] = {}
         self._index = PeerIndex()  # the accepted peers, for cheap conflict checks at scale
         self._batch = 0  # >0: inside batch(): changes are applied once, at its end
         self._synced = False
@@ -98,37 +74,29 @@ class WireGuardDriver:
         self.table = RouteTable(self.ip, self.cfg.table, self.cfg.rule_priority,
                                 self.cfg.device, self.cfg.route_protocol)
         self.nft = nftables.NftTable(self.cfg.device, self.cfg.netns)
-        self._nft_applied: str | None = None  # the table text last written (None: none)
-        # The remote CIDRs in the table last written: its render is skipped while they stay.
-        self._nft_remote: frozenset[IPNetwork] | None = None
-        # Until synced, the remote CIDRs an earlier run left in our table stay exempt from
-        # SNAT (their peers and routes stay too); None: not read yet.
-        self._nft_kept: frozenset[IPNetwork] | None = None
-        # The endpoint we last sent per peer: the device's may differ because WireGuard
-        # roamed to where the peer's packets come from (NAT); only a new published one is
-        # sent again.
-        self._endpoints_sent: dict[Key, UDPAddr] = {}
-        # What the device, table 220 and our nftables table hold, as last written by us, per
-        # cluster; None: unknown (read and diff next time). ``_dirty``: clusters changed
-        # since then.
-        self._written: dict[str, RemotePeer] | None = None
-        self._dirty: set[str] = set()
-        # The desired routes as text, for the status read's cheap drift check (None: stale).
-        self._route_keys: frozenset[tuple[str, str, str]] | None = None
-        self._local_subnets: tuple[IPNetwork, ...] = tuple(
-            ipaddress.ip_network(s, strict=False) for s in local_endpoint.subnets
-        )
+        self._local_subnets = tuple(
+            ipaddress.ip_network(s, strict=False) for s in local_endpoint.subnets)
         port = desired.parse_port(
             local_endpoint.backend_config.get(desired.UDP_PORT), "udp-port",
             local_endpoint.cluster_id, desired.DEFAULT_PORT)
         self.port = self.cfg.port or port
+        self._facts = HostFacts(protected=tuple(self.cfg.protected))
+        self._builder = StateBuilder()
+        self._state: DesiredState | None = None  # None: recompute (the accepted set changed)
+        self._wire()
         self._stop = threading.Event()
         self._supervisor: threading.Thread | None = None
-        self._underlay_mtu, self._underlay_v6 = 1500, False
-        self._sources: dict[int, IPAddress] = {}
-        self._local_ips: set[IPAddress] = set()  # no remote subnet may cover one of these
-        self._protected: list[host.Protected] = list(self.cfg.protected)  # nor overlap these
-        self._mtu_set = 0
+
+    def _wire(self) -> None:
+        """One reconciler per resource, on the device, table and nftables table this driver
+        has (again in ``init``: tests put fakes in their place after construction)."""
+        self._reads = DeviceReads(self.device)
+        self._link = Reconciler(LinkResource(self._reads))
+        self._peers = Reconciler(PeersResource(self._reads))
+        self._nft = Reconciler(NftResource(self.nft, self.cfg.device, self._local_subnets,
+                                           self.cfg.snat_exemption, self.cfg.mss_clamp))
+        self._routes = Reconciler(RouteResource(self.table))
+        self._rules = Reconciler(RuleResource(self.table))
 
     @property
     def name(self) -> str:
@@ -142,22 +110,11 @@ class WireGuardDriver:
 
     # --- set-up -----------------------------------------------------------------------
 
-    def _load_key(self) -> Key:
-        state = Path(self.cfg.state_dir)
-        if tighten_private_dir(state):
-            log.warning("state directory %s was open to group or others; made it 0700", state)
-        path = state / f"{self.cfg.device}.key"
-        if os.path.lexists(path):  # a dangling symlink too: read_key_file refuses it by name
-            return read_key_file(path)
-        key = Key.generate()
-        write_key_file(path, key)
-        log.info("generated a new key pair in %s", path)
-        return key
-
     def init(self) -> None:
         """Load or create the key, adopt or create the device, publish the public key."""
         with self._lock:
-            self._key = self._load_key()
+            self._wire()
+            self._key = load_key(self.cfg.state_dir, self.cfg.device)
             if self.cfg.preshared_key_file:
                 # Followed: Kubernetes mounts a Secret's files through symlinks. Owner and
                 # mode are checked on the file the link leads to.
@@ -169,7 +126,7 @@ class WireGuardDriver:
             self.local.backend_config[desired.UDP_PORT] = str(self.port)
             created = self.device.ensure()
             if not created:
-                self._check_ours()
+                check_ours(self.device, self._key, self.cfg.state_dir)
             log.info("device %s %s (%s), port %d, public key %s", self.cfg.device,
                      "created" if created else "adopted", self.device.kind, self.port,
                      self.public_key.base64())
@@ -187,20 +144,6 @@ class WireGuardDriver:
         self._supervisor = threading.Thread(
             target=self._supervise, name=f"supervise:{self.cfg.device}", daemon=True)
         self._supervisor.start()
-
-    def _check_ours(self) -> None:
-        """A device that exists with another private key is not ours (wg-quick's, or an
-        agent's whose key file is elsewhere): configuring it would replace its key and,
-        once synced, remove its peers. Refused untouched; a device without a key is
-        taken."""
-        actual = self.device.client.device(self.cfg.device)
-        if actual.private_key is not None and \
-                actual.private_key.public_key() != self.public_key:
-            self.device.close()
-            raise DeviceError(
-                f"device {self.cfg.device!r} exists with another key than "
-                f"{Path(self.cfg.state_dir) / self.cfg.device}.key: not ours; remove it or "
-                "choose another --device")
 
     def _supervise(self) -> None:
         """Re-create a device that vanished (a wireguard-go daemon that died) and re-apply
@@ -241,19 +184,12 @@ class WireGuardDriver:
         """
         with self._lock:
             self._synced = True
-            self._nft_kept = frozenset()
-            self._written = None  # unknown peers and routes go now: read and diff
-            self._apply()
-
-    # --- desired state ------------------------------------------------------------------
-
-    def _accepted(self) -> list[RemotePeer]:
-        return list(self._index)
+            self._apply(verify=True)  # unknown peers, routes and CIDRs go now
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
-        """Group many connects and disconnects into one device change and one route sync
-        (the engine uses it when the store brings many endpoints at once)."""
+        """Group many connects and disconnects into one pass (the engine uses it when the
+        store brings many endpoints at once)."""
         with self._lock:
             self._batch += 1
             try:
@@ -264,201 +200,47 @@ class WireGuardDriver:
                     self._apply()
 
     def _changed(self) -> None:
+        self._state = None
         if self._batch == 0:
             self._apply()
 
-    def _desired_device(self, actual: Device) -> Device:
-        assert self._key is not None
-        have = {p.public_key: p for p in actual.peers}
-        peers = []
-        for p in self._accepted():
-            peer = desired.desired_peer(p, self.cfg.keepalive, self._psk)
-            if p.public_key in have and self._endpoints_sent.get(p.public_key) == p.endpoint:
-                peer.endpoint = None  # unchanged since we sent it: keep where it roamed
-            peers.append(peer)
-        if not self._synced:
-            ours = {p.public_key for p in peers}
-            peers += [p for p in actual.peers if p.public_key not in ours]
-        return Device(
-            name=self.cfg.device, kind=actual.kind, private_key=self._key,
-            listen_port=self.port, fwmark=self.cfg.fwmark, peers=peers,
-        )
+    # --- desired state and the reconcilers ------------------------------------------------
 
-    def _read_host(self) -> None:
-        """What the driver needs from the host's interfaces: the underlay's MTU and family,
-        and the local addresses that become the routes' sources. Read at start-up and on
-        every resync (not on every change: that would cost subprocesses per endpoint)."""
-        addresses = self.ip.addresses()
-        self._underlay_mtu, self._underlay_v6 = 1500, False
-        local_ips = {self.local.private_ip, *self.local.private_ips}
-        for ifname, addr, _ in addresses:
-            if addr in local_ips:
-                link = self.ip.link(ifname)
-                self._underlay_mtu = int(link["mtu"]) if link else 1500
-                self._underlay_v6 = ipaddress.ip_address(addr).version == 6
-                break
-        self._sources = desired.local_sources(addresses, self._local_subnets, self.cfg.device)
-        v6 = self.ip.ipv6_enabled(self.cfg.device)
-        if v6 != ("-6" in self.table.families):
-            log.info("IPv6 is %s on %s: IPv6 routes and rules %s", "on" if v6 else "off",
-                     self.cfg.device, "too" if v6 else "left out")
-        self.table.families = FAMILIES if v6 else ("-4",)
-        self._local_ips = set()
-        for ifname, addr, _ in addresses:
-            if ifname != self.cfg.device:
-                self._local_ips.add(ipaddress.ip_address(addr))
-        for text in (self.local.private_ip, self.local.public_ip, *self.local.private_ips,
-                     *self.local.public_ips):
-            with contextlib.suppress(ValueError):
-                self._local_ips.add(ipaddress.ip_address(text))
+    def _desired(self) -> DesiredState:
+        if self._state is None:
+            assert self._key is not None
+            settings = Settings(self.cfg.device, self._key, self.port, self.cfg.fwmark,
+                                self.cfg.keepalive, self._psk, self.cfg.mtu)
+            self._state = self._builder.build(list(self._index), settings, self._facts)
+        return self._state
+
+    def _read_facts(self) -> None:
+        facts = read_facts(self.ip, self.local, self._local_subnets, self.cfg.device,
+                           tuple(self.cfg.protected), self.cfg.resolv_conf)
+        if facts.ipv6 != ("-6" in self.table.families):
+            log.info("IPv6 is %s on %s: IPv6 routes and rules %s", "on" if facts.ipv6
+                     else "off", self.cfg.device, "too" if facts.ipv6 else "left out")
+        self.table.families = FAMILIES if facts.ipv6 else ("-4",)
+        if facts != self._facts:
+            self._facts, self._state = facts, None
+
+    def _apply(self, full: bool = False, verify: bool = False) -> None:
+        """One pass: every resource to the desired state, in an order that never lets pod
+        traffic reach a new cluster before its SNAT exemption (nftables before routes).
+
+        ``full`` (start-up, resync, a restored device) re-reads the host's facts first;
+        ``full`` and ``verify`` read every resource instead of trusting the last write."""
+        if full:
+            self._read_facts()
+        state, synced, verify = self._desired(), self._synced, full or verify
         try:
-            resolv = Path(self.cfg.resolv_conf).read_text(errors="replace")
-        except OSError as e:
-            log.debug("no nameservers to protect from %s: %s", self.cfg.resolv_conf, e)
-            resolv = ""
-        self._protected = [*self.cfg.protected,
-                           *host.connected_networks(addresses, self.cfg.device),
-                           *host.nameservers(resolv)]
-
-    def _mtu(self) -> int:
-        if self.cfg.mtu:
-            return self.cfg.mtu
-        v6 = self._underlay_v6 or self._index.v6_endpoints > 0
-        return desired.mtu_for(self._underlay_mtu, v6)
-
-    def _nft_rules(self) -> nftables.Rules:
-        remote = [n for p in self._accepted() for n in p.subnets]
-        if not self._synced:
-            if self._nft_kept is None:
-                self._nft_kept = self._nft_left()
-            remote += sorted(self._nft_kept - set(remote), key=lambda n: (n.version, n))
-        return nftables.Rules(
-            device=self.cfg.device,
-            local=self._local_subnets,
-            remote=tuple(remote),
-            snat_exemption=self.cfg.snat_exemption,
-            mss_clamp=self.cfg.mss_clamp,
-        )
-
-    def _nft_left(self) -> frozenset[IPNetwork]:
-        """The remote CIDRs in our table as an earlier run left it (after a restart)."""
-        sets = self.nft.sets() if self.cfg.snat_exemption else None
-        if not sets:
-            return frozenset()
-        return frozenset(nftables.networks(sets.get("remote4", set()) |
-                                           sets.get("remote6", set())))
-
-    def _apply_nft(self, full: bool) -> None:
-        """Our nftables table follows the accepted clusters' CIDRs. Rendered and written
-        only when that set changed since the last write, and on every full apply (which
-        heals a table someone else deleted or edited)."""
-        rules = self._nft_rules()
-        remote = frozenset(rules.remote)
-        if not full and remote == self._nft_remote and self._nft_applied is not None:
-            return  # the same CIDRs: the same text; skip the render
-        body = nftables.render(rules)
-        if not full and body == self._nft_applied:
-            self._nft_remote = remote
-            return
-        self._nft_remote = None  # unknown until the write succeeds
-        if body is None:
-            self.nft.remove()  # turned off: a table left by an earlier run goes
-        else:
-            self.nft.apply(body)
-            log.debug("nftables table inet %s written", self.nft.name)
-        self._nft_applied, self._nft_remote = body, remote
-
-    def _apply(self, actual: Device | None = None, full: bool = False) -> None:
-        """Bring device, nftables table and routes to the desired state.
-
-        ``full`` also re-reads the host and re-checks the link and rules (start-up, resync).
-        ``actual`` (a device just read) or ``full`` ask for read and diff; otherwise, once
-        synced and with nothing unknown, only the changed clusters' delta is sent.
-        """
-        if actual is None and not full and self._synced and self._written is not None:
-            if not self._dirty:
-                return
-            try:
-                self._apply_delta(self._written)
-                return
-            except Exception as e:
-                log.info("applying the change alone failed (%s); reading the device and "
-                         "table %d to apply the whole state", e, self.cfg.table)
-        self._apply_read_diff(actual, full)
-
-    def _apply_read_diff(self, actual: Device | None, full: bool) -> None:
-        """Read the device and table 220, and change only what differs from the whole
-        desired state. Before the engine marks the driver synced, peers and routes we do
-        not know are kept: after a restart they belong to clusters about to be re-connected.
-        """
-        self._written = self._route_keys = None  # unknown until this succeeds
-        client = self.device.client
-        if actual is None:
-            actual = client.device(self.cfg.device)
-        change = config_delta(actual, self._desired_device(actual))
-        if not change.is_empty():
-            client.configure(self.cfg.device, change)
-            log.debug("device %s: %d peer change(s)", self.cfg.device, len(change.peers))
-        self._endpoints_sent = {p.public_key: p.endpoint for p in self._accepted()}
-        if full:
-            self._read_host()
-        mtu = self._mtu()
-        if full or mtu != self._mtu_set:
-            self.device.set_up(mtu)
-            self._mtu_set = mtu
-        # Before the routes: pod traffic must not reach a new cluster before its exemption.
-        self._apply_nft(full)
-        added, removed = self.table.sync(self._routes(), remove_unknown=self._synced)
-        if added or removed:
-            log.debug("table %d: %d route(s) added, %d removed", self.cfg.table, added, removed)
-        if full:
-            self.table.ensure_rules()
-        self._dirty.clear()
-        self._written = {p.cluster_id: p for p in self._index}
-
-    def _apply_delta(self, written: dict[str, RemotePeer]) -> None:
-        """Send only what the clusters in ``_dirty`` changed, to the device, our nftables
-        table and table 220, trusting ``written`` to be what they hold for the others."""
-        dirty = sorted(self._dirty)
-        olds = [p for cid in dirty if (p := written.get(cid)) is not None]
-        news = [p for cid in dirty if (p := self._index.get(cid)) is not None]
-        keepalive, psk = self.cfg.keepalive, self._psk
-        kind = self.device.kind or BackendKind.USERSPACE
-        # The changed peers as the device holds them (what we wrote) and as they should be:
-        # config_delta gives removals, additions and update_only changes for just those.
-        have = Device(name=self.cfg.device, kind=kind, fwmark=self.cfg.fwmark,
-                      peers=[desired.desired_peer(p, keepalive, psk) for p in olds])
-        want = Device(name=self.cfg.device, kind=kind, fwmark=self.cfg.fwmark,
-                      peers=[desired.desired_peer(p, keepalive, psk) for p in news])
-        change = config_delta(have, want)
-        if not change.is_empty():
-            self.device.client.configure(self.cfg.device, change)
-            log.debug("device %s: %d peer change(s)", self.cfg.device, len(change.peers))
-        for p in olds:
-            self._endpoints_sent.pop(p.public_key, None)
-        self._endpoints_sent.update((p.public_key, p.endpoint) for p in news)
-        mtu = self._mtu()
-        if mtu != self._mtu_set:
-            self.device.set_up(mtu)
-            self._mtu_set = mtu
-        old_nets = {n for p in olds for n in p.subnets}
-        new_nets = {n for p in news for n in p.subnets}
-        if old_nets != new_nets:
-            self._apply_nft(False)  # before the routes, as in a full apply
-        old_routes = desired.desired_routes(olds, self.cfg.device, self._sources)
-        new_routes = desired.desired_routes(news, self.cfg.device, self._sources)
-        add, remove = new_routes - old_routes, old_routes - new_routes
-        if add or remove:
-            self.table.apply(add, remove)
-            log.debug("table %d: %d route(s) added, %d removed", self.cfg.table, len(add),
-                      len(remove))
-        for cid in dirty:
-            if (p := self._index.get(cid)) is not None:
-                written[cid] = p
-            else:
-                written.pop(cid, None)
-        self._dirty.clear()
-        self._route_keys = None
+            self._link.reconcile(state.link, synced=synced, verify=verify)
+            self._peers.reconcile(state.peers, synced=synced, verify=verify)
+            self._nft.reconcile(state.nft_remote, synced=synced, verify=verify)
+            self._routes.reconcile(state.routes, synced=synced, verify=verify)
+            self._rules.reconcile(state.rules, synced=synced, verify=verify)
+        finally:
+            self._reads.clear()
 
     def resync(self) -> None:
         """Re-apply everything; heals drift (peers or routes removed by someone else)."""
@@ -481,13 +263,13 @@ class WireGuardDriver:
             try:
                 peer = desired.validate_remote(
                     info, self.local, self._local_subnets, self._key.public_key(), self._index,
-                    self._local_ips, self._protected)
+                    self._facts.local_ips, self._facts.protected)
             except EndpointRejectedError as e:
                 log.warning("refused %s", e)
                 if old is not None and old.peer is not None:
                     old.error = str(e)
                 else:
-                    self._conns[cid] = _Conn(info, None, None, str(e))
+                    self._conns[cid] = Cable(info, None, None, str(e))
                 raise
             now = self._clock()
             tracker = None
@@ -495,10 +277,9 @@ class WireGuardDriver:
                 tracker = old.tracker  # same key: an in-place update keeps the session
             if old is not None and old.peer is not None and tracker is None:
                 log.info("cluster %s has a new key: replacing its peer", cid)
-            self._conns[cid] = _Conn(
+            self._conns[cid] = Cable(
                 info, peer, tracker or PeerStatus(self.cfg.thresholds, now))
             self._index.add(peer)
-            self._dirty.add(cid)
             self._changed()
             log.info("connected cluster %s at %s (nat=%s, subnets %s)", cid, peer.endpoint,
                      peer.using_nat, ", ".join(map(str, peer.subnets)))
@@ -517,7 +298,6 @@ class WireGuardDriver:
                 return
             del self._conns[cid]
             self._index.remove(cid)
-            self._dirty.add(cid)
             self._changed()
             log.info("disconnected cluster %r", shown(cid))  # refused ones too: any text
 
@@ -535,98 +315,40 @@ class WireGuardDriver:
         try:
             dev = self.device.client.device(self.cfg.device)
         except Exception as e:  # the device is gone: the supervisor re-creates it
-            for c in self._conns.values():
-                if c.tracker is not None:
-                    c.tracker.status, c.tracker.message = ConnectionStatus.ERROR, str(e)
+            cables.device_lost(self._conns, e)
             return
-        now, wall = self._clock(), datetime.now(UTC)
         on_device = {p.public_key: p for p in dev.peers}
-        missing = False
-        for cid, c in self._conns.items():
-            if c.peer is None or c.tracker is None:
-                continue
-            p = on_device.get(c.peer.public_key)
-            before = c.tracker.status
-            if p is None:
-                missing = True
-                c.tracker.status = ConnectionStatus.ERROR
-                c.tracker.message = "peer missing from the device; re-adding it"
-            else:
-                if set(p.allowed_ips) != set(c.peer.subnets):
-                    # Edited behind our back (or a write went astray): traffic for the
-                    # cluster would be dropped while handshakes still say "connected".
-                    log.warning("peer of %s has allowed IPs %s instead of %s; restoring",
-                                cid, sorted(map(str, p.allowed_ips)),
-                                sorted(map(str, c.peer.subnets)))
-                    missing = True
-                c.rx, c.tx = p.rx_bytes, p.tx_bytes
-                c.tracker.update(now, wall, p.last_handshake, p.rx_bytes, p.tx_bytes)
-            if c.tracker.status != before:
-                log.info("connection to %s: %s -> %s (%s)", cid, before.value,
-                         c.tracker.status.value, c.tracker.message)
-        if missing or (self._synced and len(on_device) != len(self._index)):
-            self._apply(dev)  # removes peers nobody owns, restores missing ones
+        missing = cables.track(self._conns, on_device, self._clock(), datetime.now(UTC))
+        state, synced = self._desired(), self._synced
+        if missing or (synced and len(on_device) != len(state.peers)):
+            # Restores missing peers, removes those nobody owns: from this read.
+            self._peers.reconcile(state.peers, synced=synced, have=on_device)
+        # Put back what someone else removed: the link's up state, our nftables table,
+        # routes, rules. A few reads and no writes when all is well, so damage lasts one
+        # status interval, not until the next resync.
+        self._heal(self._link, state.link)
+        self._heal(self._nft, state.nft_remote)
+        self._heal(self._routes, state.routes)
+        self._heal(self._rules, state.rules)
+        self._reads.clear()
+
+    def _heal(self, rec: Reconciler[Any, Any], want: Mapping[Any, Any]) -> None:
         try:
-            self._heal_routing()
+            if n := rec.check(want, synced=self._synced):
+                log.warning("%s: restored %d change(s) someone else made", rec.resource.name, n)
         except Exception as e:  # the status must still be reported; the resync retries
-            log.warning("checking the routes, rules and nftables table failed: %s", e)
-
-    def _heal_routing(self) -> None:
-        """Put back what someone else removed: the device's up state, routes, rules, our
-        nftables table. Checked on every status read (a few reads, no writes when all is
-        well), so the damage lasts one status interval, not until the next resync."""
-        if not self.device.is_up():
-            log.warning("device %s was down; setting it up", self.cfg.device)
-            self.device.set_up(self._mtu())
-        if self._route_keys is None or self._dirty:
-            self._route_keys = frozenset(r.text_key() for r in self._routes())
-        # One read compared as text; the parse-and-diff only when something differs.
-        if not self.table.holds(self._route_keys, exactly=self._synced):
-            added, removed = self.table.sync(self._routes(), remove_unknown=self._synced)
-            if added or removed:
-                log.warning("table %d: restored %d route(s), removed %d unknown",
-                            self.cfg.table, added, removed)
-        if not self.table.has_rules():
-            log.warning("rule for table %d was removed; adding it again", self.cfg.table)
-            self.table.ensure_rules()
-        if self._nft_applied is not None and not self.nft.exists():
-            log.warning("nftables table inet %s was removed; writing it again", self.nft.name)
-            self._apply_nft(full=True)
-
-    def _routes(self) -> set[Route]:
-        """The accepted clusters' routes that this host can hold (no IPv6 without it)."""
-        return self.table.routable(
-            desired.desired_routes(self._accepted(), self.cfg.device, self._sources))
-
-    def _connection(self, c: _Conn) -> Connection:
-        if c.tracker is None or c.peer is None:
-            status, message = ConnectionStatus.ERROR, c.error or "refused"
-        else:
-            status, message = c.tracker.status, c.tracker.message
-            if c.error:
-                message = f"{message}; latest update refused: {c.error}"
-        # A refused endpoint is reported as published, within bounds; its IP only when it is
-        # one (canonical): the rest of the text is the remote's.
-        return Connection(
-            status=status,
-            status_message=message,
-            endpoint=c.info.endpoint if c.peer is not None else bounded(c.info.endpoint),
-            using_ip=c.peer.using_ip if c.peer is not None else _address_or_empty(c.info.use_ip),
-            using_nat=c.info.use_nat,
-            rx_bytes=c.rx,
-            tx_bytes=c.tx,
-        )
+            log.warning("checking the %s failed: %s", rec.resource.name, e)
 
     def get_connections(self) -> list[Connection]:
         with self._lock:
             self._read_status()
-            return [self._connection(c) for _, c in sorted(self._conns.items())]
+            return [c.connection() for _, c in sorted(self._conns.items())]
 
     def get_active_connections(self) -> list[Connection]:
         """Connections whose tunnel is installed (refused endpoints have none)."""
         with self._lock:
             self._read_status()
-            return [self._connection(c) for _, c in sorted(self._conns.items())
+            return [c.connection() for _, c in sorted(self._conns.items())
                     if c.peer is not None]
 
     # --- shutdown ---------------------------------------------------------------------------
@@ -639,9 +361,8 @@ class WireGuardDriver:
         self.table.remove()
         self.device.delete()
         self.nft.remove()
-        self._nft_applied = self._nft_remote = self._written = self._route_keys = None
-        self._endpoints_sent.clear()
-        self._dirty.clear()
+        for rec in (self._link, self._peers, self._nft, self._routes, self._rules):
+            rec.forget()
 
     def close(self) -> None:
         """Stop supervising but leave the tunnels up: a restart must not drop traffic."""

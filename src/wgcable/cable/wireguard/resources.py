@@ -1,0 +1,123 @@
+"""The WireGuard device's resources for ``wgcable.reconcile``: the device's own settings
+(key, port, firewall mark, MTU, up) and its peers.
+
+Both read the device through one ``DeviceReads``, so a pass that checks both reads it once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+
+from wgcable.cable.wireguard.device import WireGuardDevice
+from wgcable.cable.wireguard.state import LINK, LinkSettings
+from wgcable.wgctrl import BackendKind, Config, Device, Key, Peer, UDPAddr, config_delta
+
+log = logging.getLogger(__name__)
+
+
+class DeviceReads:
+    """The device as read in the current pass (cleared between passes)."""
+
+    def __init__(self, device: WireGuardDevice) -> None:
+        self.device = device
+        self.current: Device | None = None
+
+    def get(self) -> Device:
+        if self.current is None:
+            self.current = self.device.client.device(self.device.name)
+        return self.current
+
+    def clear(self) -> None:
+        self.current = None
+
+
+class LinkResource:
+    """``{"link": LinkSettings}``: the device's key, port, mark, MTU, and that it is up."""
+
+    name = "link"
+
+    def __init__(self, reads: DeviceReads) -> None:
+        self.reads = reads
+        self.device = reads.device
+
+    def read(self) -> dict[str, LinkSettings]:
+        dev = self.reads.get()
+        link = self.device.link()
+        if dev.private_key is None or link is None:
+            return {}
+        # A link that is down reads as MTU 0: unequal to any desired one, so it is set up.
+        return {LINK: LinkSettings(dev.private_key, dev.listen_port, dev.fwmark,
+                                   link.mtu if link.is_up else 0)}
+
+    def write(self, have: Mapping[str, LinkSettings], want: Mapping[str, LinkSettings], *,
+              trusted: bool) -> int:
+        w, h = want[LINK], have.get(LINK)
+        n = 0
+        if h is None or h.private_key != w.private_key or h.listen_port != w.listen_port \
+                or h.fwmark != w.fwmark:
+            actual = self.reads.get() if not trusted else Device(
+                self.device.name, self.device.kind or BackendKind.USERSPACE,
+                private_key=h.private_key if h else None,
+                listen_port=h.listen_port if h else 0, fwmark=h.fwmark if h else 0)
+            change = config_delta(actual, Device(
+                self.device.name, actual.kind, private_key=w.private_key,
+                listen_port=w.listen_port, fwmark=w.fwmark, peers=actual.peers))
+            if not change.is_empty():
+                self.device.client.configure(self.device.name, change)
+                n += 1
+        if h is None or h.mtu != w.mtu:
+            self.device.set_up(w.mtu)
+            n += 1
+        return n
+
+    def holds(self, want: Mapping[str, LinkSettings], *, exactly: bool) -> bool:
+        return self.device.is_up()
+
+
+class PeersResource:
+    """``{public key: Peer}``: the device's peers."""
+
+    name = "peers"
+
+    def __init__(self, reads: DeviceReads) -> None:
+        self.reads = reads
+        self.device = reads.device
+        # The endpoint we last sent per peer: the device's may differ because WireGuard
+        # roamed to where the peer's packets come from (NAT); only a newly published one
+        # is sent again.
+        self.sent: dict[Key, UDPAddr] = {}
+
+    def read(self) -> dict[Key, Peer]:
+        return {p.public_key: p for p in self.reads.get().peers}
+
+    def write(self, have: Mapping[Key, Peer], want: Mapping[Key, Peer], *,
+              trusted: bool) -> int:
+        changed = want
+        if trusted:  # only the peers that changed since our last write: O(changed)
+            keys = [k for k, p in want.items() if have.get(k) is not p]
+            keys += [k for k in have if k not in want]
+            have = {k: have[k] for k in keys if k in have}
+            changed = {k: want[k] for k in keys if k in want}
+        wants = list(changed.values())
+        if not trusted:
+            sent = self.sent
+            wants = [dataclasses.replace(p, endpoint=None)
+                     if p.public_key in have and p.endpoint is not None
+                     and sent.get(p.public_key) == p.endpoint else p for p in wants]
+        kind = self.device.kind or BackendKind.USERSPACE
+        change: Config = config_delta(Device(self.device.name, kind, peers=list(have.values())),
+                                      Device(self.device.name, kind, peers=wants))
+        if not change.is_empty():
+            self.device.client.configure(self.device.name, change)
+            log.debug("device %s: %d peer change(s)", self.device.name, len(change.peers))
+        self.sent = {k: p.endpoint for k, p in want.items() if p.endpoint is not None}
+        return len(change.peers)
+
+    def holds(self, want: Mapping[Key, Peer], *, exactly: bool) -> bool:
+        have = self.read()
+        if exactly and len(have) != len(want):
+            return False
+        return all(k in have and set(have[k].allowed_ips) == set(p.allowed_ips)
+                   for k, p in want.items())

@@ -1,0 +1,144 @@
+"""Everything the driver wants on the host, from the accepted endpoints (pure).
+
+One function, ``desired_state``, turns the accepted remote clusters, the driver's settings
+and the host's facts into the desired state of every resource the driver owns: the device's
+own settings, its peers, the routes in our table, the rules, and the remote CIDRs of our
+nftables table. The reconcilers (``resources.py``, ``routing/resources.py``) make the host
+match it; what the host holds of ours unknown to this state (after a restart) is their
+concern, by one rule (``wgcable.reconcile``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from wgcable.cable.wireguard import desired
+from wgcable.cable.wireguard.desired import RemotePeer
+from wgcable.cable.wireguard.facts import HostFacts
+from wgcable.routing.table import Route
+from wgcable.wgctrl import IPNetwork, Key, Peer
+
+LINK = "link"  # the one key of the link resource
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    """The device's own settings: its key, port, firewall mark and MTU (and it is up)."""
+
+    private_key: Key
+    listen_port: int
+    fwmark: int
+    mtu: int
+
+    def __repr__(self) -> str:  # the key is a secret even in a debug log
+        return f"LinkSettings(port={self.listen_port}, fwmark={self.fwmark}, mtu={self.mtu})"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The driver's inputs that do not come from endpoints or the host."""
+
+    device: str
+    private_key: Key
+    port: int
+    fwmark: int = 0
+    keepalive: int = 0
+    psk: Key | None = None
+    mtu: int | None = None  # None: from the underlay
+
+    def __repr__(self) -> str:
+        return (f"Settings(device={self.device!r}, port={self.port}, fwmark={self.fwmark}, "
+                f"keepalive={self.keepalive}, psk={'set' if self.psk else 'none'}, "
+                f"mtu={self.mtu})")
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    link: Mapping[str, LinkSettings]
+    peers: Mapping[Key, Peer]
+    routes: Mapping[Route, Route]
+    rules: Mapping[str, bool]  # "-4"/"-6": a rule for our table
+    nft_remote: Mapping[IPNetwork, IPNetwork]  # exempt from SNAT, in our nftables table
+
+
+def mtu(settings: Settings, facts: HostFacts, accepted: Iterable[RemotePeer]) -> int:
+    if settings.mtu:
+        return settings.mtu
+    v6 = facts.underlay_v6 or any(p.endpoint.ip.version == 6 for p in accepted)
+    return desired.mtu_for(facts.underlay_mtu, v6)
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One cluster's share of the desired state."""
+
+    source: RemotePeer
+    peer: Peer
+    routes: tuple[Route, ...]
+
+
+def _part(p: RemotePeer, settings: Settings, facts: HostFacts) -> _Part:
+    routes = desired.desired_routes([p], settings.device, facts.sources)
+    if not facts.ipv6:  # without IPv6 on the host, IPv6 routes cannot exist
+        routes = {r for r in routes if r.dst.version == 4}
+    return _Part(p, desired.desired_peer(p, settings.keepalive, settings.psk),
+                 tuple(sorted(routes, key=str)))
+
+
+def desired_state(accepted: list[RemotePeer], settings: Settings, facts: HostFacts
+                  ) -> DesiredState:
+    """The desired state of every resource, from scratch."""
+    return StateBuilder().build(accepted, settings, facts)
+
+
+class StateBuilder:
+    """``desired_state`` for a driver that calls it after every change: the same result,
+    but only the clusters whose ``RemotePeer`` changed (by identity) are computed again,
+    and the mappings are patched, not rebuilt (hashing 2000 ipaddress networks costs 10 ms;
+    one cluster's change should not). Settings or facts that change start from scratch."""
+
+    def __init__(self) -> None:
+        self._inputs: tuple[Settings, HostFacts] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._parts: dict[str, _Part] = {}
+        self._peers: dict[Key, Peer] = {}
+        self._routes: dict[Route, Route] = {}
+        self._nets: dict[IPNetwork, IPNetwork] = {}
+
+    def build(self, accepted: list[RemotePeer], settings: Settings, facts: HostFacts
+              ) -> DesiredState:
+        if self._inputs != (settings, facts):
+            self._reset()
+            self._inputs = (settings, facts)
+        now = {p.cluster_id: p for p in accepted}
+        for cid in [c for c, part in self._parts.items() if now.get(c) is not part.source]:
+            self._drop(self._parts.pop(cid))
+        for cid, p in now.items():
+            if cid not in self._parts:
+                part = self._parts[cid] = _part(p, settings, facts)
+                self._peers[p.public_key] = part.peer
+                self._routes.update((r, r) for r in part.routes)
+                self._nets.update((n, n) for n in p.subnets)
+        return DesiredState(
+            link={LINK: LinkSettings(settings.private_key, settings.port, settings.fwmark,
+                                     mtu(settings, facts, accepted))},
+            peers=dict(self._peers),  # copies keep the stored hashes: cheap
+            routes=dict(self._routes),
+            rules=dict.fromkeys(("-4", "-6") if facts.ipv6 else ("-4",), True),
+            nft_remote=dict(self._nets),
+        )
+
+    def _drop(self, part: _Part) -> None:
+        # Only what this cluster put there: validation keeps clusters' keys and subnets
+        # apart, but a stale entry must never take another cluster's with it.
+        if self._peers.get(part.source.public_key) is part.peer:
+            del self._peers[part.source.public_key]
+        for r in part.routes:
+            if self._routes.get(r) is r:
+                del self._routes[r]
+        for n in part.source.subnets:
+            if self._nets.get(n) is n:
+                del self._nets[n]
