@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import pytest
 
+from wgcable.cable.remote import EndpointRejectedError
 from wgcable.cable.types import (
     Connection,
     ConnectionStatus,
@@ -182,9 +183,9 @@ class FakeStore:
 
 
 class FakeDriver:
-    """Records calls. Refuses (ValueError) clusters in ``refuse`` and endpoints whose subnets
-    are held by another accepted cluster; a refused update keeps the old cable, as the WireGuard
-    driver does. ``broken`` makes connect/disconnect raise RuntimeError (device trouble);
+    """Records calls. Refuses (EndpointRejectedError) clusters in ``refuse`` and endpoints whose
+    subnets are held by another accepted cluster; a refused update keeps the old cable, as the
+    WireGuard driver does. ``broken`` makes connect/disconnect raise RuntimeError (device trouble);
     ``fail_apply`` makes the end of a batch raise it."""
 
     def __init__(self) -> None:
@@ -195,6 +196,7 @@ class FakeDriver:
         self.status_override: dict[str, ConnectionStatus] = {}
         self.refuse: set[str] = set()
         self.broken = False
+        self.bug: Exception | None = None  # raised by connect: a driver bug, not a refusal
         self.fail_apply = False
         self.get_connections_error: Exception | None = None
         self._depth = 0  # inside batch(): changes are applied at its end
@@ -227,9 +229,11 @@ class FakeDriver:
             for s in info.endpoint.subnets:
                 if owner := self._owner(s, cid):
                     reason = f"subnets {s} overlaps cluster {owner!r}"
+            if self.bug is not None:
+                raise self.bug
             if reason:
                 self.errors[cid] = (info, reason)
-                raise ValueError(reason)
+                raise EndpointRejectedError(cid, "subnets", info.endpoint.subnets, reason)
             self.errors.pop(cid, None)
             self.accepted[cid] = info
             if self._depth == 0:
@@ -1154,3 +1158,23 @@ def test_status_write_failures_are_logged_once_per_outage(
     store.write_status_error = StoreUnavailableError("down again")
     engine.refresh_status()
     assert sum("writing the gateway status failed" in r.message for r in caplog.records) == 2
+
+
+def test_reconcile_a_driver_bug_is_not_read_as_a_refusal() -> None:
+    """A ValueError from a driver (a bug) is a failure to apply: the cluster is tried again
+    on the next pass. Only EndpointRejectedError is a refusal, which stands until the
+    endpoint changes."""
+    engine, driver = make_engine(FakeStore({"c2-cable": remote("c2"), "c3-cable": remote("c3")}))
+    driver.refuse = {"c3"}
+    driver.bug = ValueError("a bug in the driver")
+    engine.reconcile()
+    assert driver.accepted == {}
+    assert driver.errors == {}
+    driver.bug = None
+    engine.reconcile()  # both again: a bug is no verdict on an endpoint
+    assert set(driver.accepted) == {"c2"}
+    assert set(driver.errors) == {"c3"}
+    engine.reconcile()  # the refusal stands: c3 is not tried again unchanged
+    connects = [cid for what, cid in driver.calls if what == "connect"]
+    assert connects.count("c2") == 2
+    assert connects.count("c3") == 2

@@ -6,10 +6,16 @@ into it, so drivers need no locking of their own against the engine.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, overload, runtime_checkable
 
+from wgcable.cable.remote import EndpointRejectedError
 from wgcable.cable.types import Connection, Endpoint, NATEndpointInfo
+
+# A driver refuses an endpoint by raising this (it names the field and the value); any
+# other exception from a driver is a failure to apply, retried, never a refusal.
+EndpointRefused = EndpointRejectedError
 
 
 @runtime_checkable
@@ -43,6 +49,39 @@ class Driver(Protocol):
 
     def cleanup(self) -> None:
         """Remove everything the driver created."""
+        ...
+
+
+# Optional capabilities: the engine uses them when a driver has them (isinstance checks
+# against these, not attribute probes).
+
+
+@runtime_checkable
+class Batching(Protocol):
+    def batch(self) -> contextlib.AbstractContextManager[object]:
+        """Group connects and disconnects into one change, applied at the block's end."""
+        ...
+
+
+@runtime_checkable
+class SyncAware(Protocol):
+    def mark_synced(self) -> None:
+        """Every known endpoint has been connected: state nobody owns may go now."""
+        ...
+
+
+@runtime_checkable
+class Resyncable(Protocol):
+    def resync(self) -> None:
+        """Re-apply everything, whatever the driver thinks the host holds."""
+        ...
+
+
+@runtime_checkable
+class KnowsInstalled(Protocol):
+    def installed(self, endpoints: list[Endpoint]) -> set[str]:
+        """The cluster IDs of ``endpoints`` whose tunnel is installed now (after a
+        restart: adopted), so the engine connects them first."""
         ...
 
 

@@ -14,7 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from wgcable.cable.driver import Driver
+from wgcable.cable.driver import (
+    Batching,
+    Driver,
+    EndpointRefused,
+    KnowsInstalled,
+    Resyncable,
+    SyncAware,
+)
 from wgcable.cable.remote import EndpointRejectedError, health_check_target, shown
 from wgcable.cable.types import (
     Connection,
@@ -132,9 +139,8 @@ class Engine:
         self._update_health_targets()
         if not self._synced:
             self._synced = True
-            mark_synced = getattr(self.driver, "mark_synced", None)
-            if callable(mark_synced):
-                mark_synced()  # every known endpoint is connected: stale peers may go now
+            if isinstance(self.driver, SyncAware):
+                self.driver.mark_synced()  # all connected: stale peers may go
 
     def _publish(self) -> bool:
         try:
@@ -208,8 +214,9 @@ class Engine:
         self.health.set_targets(targets)
 
     def _batch(self) -> contextlib.AbstractContextManager[object]:
-        batch = getattr(self.driver, "batch", None)
-        return batch() if callable(batch) else contextlib.nullcontext()
+        if isinstance(self.driver, Batching):
+            return self.driver.batch()
+        return contextlib.nullcontext()
 
     def _disconnect(self, gone: list[str]) -> None:
         for cid in gone:
@@ -224,11 +231,10 @@ class Engine:
         """Clusters whose tunnel the driver already has (adopted after a restart) before the
         others: when two claim one subnet, the one that held it keeps it, whatever their
         names. Without it, a restarted agent would hand the subnet to whoever sorts first."""
-        installed = getattr(self.driver, "installed", None)
-        if len(clusters) < 2 or not callable(installed):
+        if len(clusters) < 2 or not isinstance(self.driver, KnowsInstalled):
             return clusters
         try:
-            first: set[str] = installed([infos[cid].endpoint for cid in clusters])
+            first = self.driver.installed([infos[cid].endpoint for cid in clusters])
         except Exception as e:
             log.warning("reading the installed tunnels failed: %s", e)
             return clusters
@@ -241,7 +247,7 @@ class Engine:
             try:
                 self.driver.connect_to_endpoint(info)
                 self._rejected.discard(cid)
-            except ValueError as e:  # refused: the driver reports it as an error connection
+            except EndpointRefused as e:  # the driver reports it as an error connection
                 self._rejected.add(cid)
                 log.debug("cluster %r refused: %s", shown(cid), e)
             except Exception:
@@ -251,10 +257,9 @@ class Engine:
 
     def resync(self) -> None:
         """Heal drift: re-apply the device, routes and rules whatever we think they hold."""
-        resync = getattr(self.driver, "resync", None)
-        if callable(resync):
+        if isinstance(self.driver, Resyncable):
             try:
-                resync()
+                self.driver.resync()
             except Exception:
                 log.exception("resync failed; will retry")
 
