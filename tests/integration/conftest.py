@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -102,6 +103,11 @@ def _labs(tmp_path: Path, kind: str) -> Iterator[MakeLab]:
 
     yield make
     for lab in labs:
+        # Printed always, shown by pytest only for a failed test: what the agents saw.
+        for gw in lab.state.gateways:
+            with contextlib.suppress(OSError):
+                tail = lab.log_file(gw).read_text(errors="replace").splitlines()[-40:]
+                print(f"--- {lab.log_file(gw).name} (last {len(tail)} lines)", *tail, sep="\n")
         assert lab.down() == []
         assert not [n for n in list_namespaces() if n.startswith(f"{lab.state.prefix}-")]
 
