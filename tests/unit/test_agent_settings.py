@@ -108,6 +108,15 @@ def test_settings_shown_defaults_are_the_defaults() -> None:
             assert s.shows == str(s.default), s.name
 
 
+def test_settings_default_lists_are_not_shared() -> None:
+    # AgentConfig is frozen but a list is not: one config's list must not be another's.
+    first = load_config(REQUIRED_ARGV, {})
+    second = load_config(REQUIRED_ARGV, {})
+    assert first.service_cidrs == second.service_cidrs == []
+    assert first.service_cidrs is not second.service_cidrs
+    assert first.protected_cidrs is not second.protected_cidrs
+
+
 @pytest.mark.parametrize("s", [s for s in SETTINGS if s.kind == "switch"], ids=lambda s: s.flag)
 def test_settings_every_switch_has_a_no_form(s: Setting) -> None:
     no_flag = "--no-" + s.flag.removeprefix("--")

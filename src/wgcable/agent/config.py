@@ -184,16 +184,16 @@ class _Resolver:
         return s.flag if source is None else source[0]
 
     def value(self, s: Setting) -> object:
-        """The setting's parsed value; its default (maybe REQUIRED or DETECT) when unset or
-        wrong."""
+        """The setting's parsed value; its unset value (maybe REQUIRED or DETECT) when unset
+        or wrong."""
         source = self._source(s)
         if source is None:
-            return s.default
+            return s.unset_value()
         label, raw = source
         if s.auto and isinstance(raw, str) and raw.strip().lower() == s.auto:
-            return s.default
+            return s.unset_value()
         value = self.parse(s.name, label, s.parse, raw)
-        return s.default if value is _WRONG else value
+        return s.unset_value() if value is _WRONG else value
 
     def parse(self, name: str, label: str, parse: Callable[[object], object],
               raw: object) -> object:

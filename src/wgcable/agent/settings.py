@@ -62,9 +62,15 @@ class Setting:
     metavar: str
     kind: Kind
     group: Group
-    default: object  # the value when unset: a value, REQUIRED or DETECT
+    default: object  # the value when unset (as a factory makes it), REQUIRED or DETECT
+    # Makes the value when unset afresh (a list must not be shared between configs).
+    default_factory: Callable[[], object] | None
     auto: str  # a word that means "as if unset" ("" for none)
     shows: str  # the default as --help and the tables show it
+
+    def unset_value(self) -> object:
+        """The value of this setting when it is not set: its default, REQUIRED or DETECT."""
+        return self.default if self.default_factory is None else self.default_factory()
 
 
 _METADATA = "wgcable.setting"
@@ -85,7 +91,7 @@ def setting(flag: str, env: str, parse: Callable[[object], T], help: str, *,
     elif default is not dataclasses.MISSING:
         fallback = default
     elif default_factory is not dataclasses.MISSING:
-        fallback = default_factory()
+        fallback = default_factory()  # for the tables; the loader calls the factory anew
     else:
         fallback = REQUIRED
     if shows is None:
@@ -94,7 +100,9 @@ def setting(flag: str, env: str, parse: Callable[[object], T], help: str, *,
         name="",  # the field's name: filled in by _declared()
         flag=flag, env=env, key=key or flag.removeprefix("--").replace("-", "_"),
         parse=parse, help=help, metavar=metavar, kind=kind, group=group,
-        default=fallback, auto=auto, shows=shows)
+        default=fallback, auto=auto, shows=shows,
+        default_factory=None if unset is not None or default_factory is dataclasses.MISSING
+        else default_factory)
     # A Field object stands in for the default, as dataclasses.field()'s own typing has it.
     field: T = dataclasses.field(default=default, default_factory=default_factory,
                                  metadata={_METADATA: declared})
