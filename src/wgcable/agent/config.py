@@ -66,6 +66,7 @@ from wgcable.agent.values import (
 )
 from wgcable.store.open import KUBERNETES
 
+# The docstring's table of settings comes from their declarations, so it cannot drift.
 __doc__ = f"{__doc__}{text_table()}"
 
 __all__ = [
@@ -82,7 +83,7 @@ __all__ = [
     "private_ip_from",
 ]
 
-# The names the docstring's table test reads.
+# The name tests/unit/test_agent_config.py checks the docstring's table against.
 _SETTINGS = SETTINGS
 
 
@@ -333,16 +334,17 @@ def from_namespace(
 
     # The settings left to detection (DETECT), unless their value was wrong.
     if values["hostname"] is DETECT and "hostname" not in r.failed:
-        values["hostname"] = r.parse("hostname", "--hostname (the host's name)", hostname,
-                                     socket.gethostname())
+        values["hostname"] = r.parse("hostname", f"{_flag('hostname')} (the host's name)",
+                                     hostname, socket.gethostname())
 
     if values["private_ip"] is DETECT and "private_ip" not in r.failed:
         detected = detect_ip()
         if detected is None:
+            s = _BY_NAME["private_ip"]
             r.problem("private_ip", "not set and no address could be detected; set "
-                      "--private-ip, WGCABLE_PRIVATE_IP or private_ip in the config file")
+                      f"{s.flag}, {s.env} or {s.key} in the config file")
         else:
-            values["private_ip"] = r.parse("private_ip", "--private-ip (detected)",
+            values["private_ip"] = r.parse("private_ip", f"{_flag('private_ip')} (detected)",
                                            endpoint_address, detected)
 
     if values["health_check_ip"] is DETECT:
@@ -351,12 +353,19 @@ def from_namespace(
             found = detect_health_check_ip(cluster_cidrs)
             if found is not None:
                 values["health_check_ip"] = r.parse(
-                    "health_check_ip", "--health-check-ip (detected)", endpoint_address, found)
+                    "health_check_ip", f"{_flag('health_check_ip')} (detected)",
+                    endpoint_address, found)
 
-    # (No value is left unset without a problem: the second test is a safety net.)
-    if problems or any(isinstance(x, Unset) for x in values.values()):
+    if problems:
         raise ConfigError(problems)
+    undetected = [name for name, value in values.items() if isinstance(value, Unset)]
+    if undetected:  # a setting declared DETECT that nothing above detects: our bug
+        raise RuntimeError(f"no detection for the setting(s) {', '.join(undetected)}")
     return AgentConfig(**values, config_file=file.path)
+
+
+def _flag(name: str) -> str:
+    return _BY_NAME[name].flag
 
 
 def load_config(
