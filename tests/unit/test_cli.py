@@ -338,3 +338,34 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for command in ("genkey", "genpsk", "pubkey", "show", "agent", "cleanup", "lab", "demo"):
         assert command in out
+
+
+@pytest.mark.parametrize(("argv", "prog"), [
+    (["agent", "--bogus-flag"], "wgcable agent"),
+    (["cleanup", "--bogus-flag"], "wgcable cleanup"),
+    (["show", "--bogus-flag"], "wgcable show"),
+    (["lab", "up", "--bogus-flag"], "wgcable lab up"),
+])
+def test_newcomer_bad_flag_prints_the_commands_usage(
+    capsys: pytest.CaptureFixture[str], argv: list[str], prog: str
+) -> None:
+    """A mistyped flag must show the usage of the command it was given to, not the top
+    level's (which lists no flag of the command)."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: {prog} ")
+    assert f"{prog}: error: unrecognized arguments: --bogus-flag" in err
+    assert "usage: wgcable [-h]" not in err
+
+
+def test_newcomer_bad_top_level_flag_still_prints_the_top_usage(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--bogus-flag"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: wgcable [-h]")
+    assert "wgcable: error: unrecognized arguments: --bogus-flag" in err

@@ -25,6 +25,23 @@ MODULES: dict[str, tuple[str, ...]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports unrecognised arguments with the usage of the (sub)command they were given to.
+
+    argparse hands a subcommand's leftover arguments up to the top-level parser, which then
+    prints its own usage: `wgcable agent --bogus-flag` would show `wgcable [-h] ... COMMAND`
+    instead of the agent's flags. A subcommand consumes everything after its name, so its
+    leftovers can never be its parent's: it may refuse them itself."""
+
+    def parse_known_args(  # type: ignore[override]  # typeshed overloads it on namespace
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def _modules_for(argv: Sequence[str]) -> list[str]:
     first = next((a for a in argv if not a.startswith("-")), None)
     wanted = [m for m, commands in MODULES.items() if first in commands]
@@ -32,11 +49,12 @@ def _modules_for(argv: Sequence[str]) -> list[str]:
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="wgcable",
         description="WireGuard cable driver for multi-cluster Kubernetes networking.",
     )
     parser.add_argument("--version", action="version", version=f"wgcable {__version__}")
+    # Subcommand parsers (and theirs, as lab's) are of the parser's class: _Parser.
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     names = list(MODULES) if argv is None else _modules_for(argv)
     for name in names:
