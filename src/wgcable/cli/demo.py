@@ -17,6 +17,7 @@ from typing import Any
 from wgcable.cli.lab import (
     add_root_option,
     check_can_build,
+    check_options,
     connections_table,
     ping_matrix,
     remove,
@@ -46,8 +47,9 @@ def register(sub: Any) -> None:
                    "kube-apiserver with etcd in a broker namespace, as Submariner's broker "
                    "(default: %(default)s)")
     p.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
-    p.add_argument("--timeout", type=float, default=60, metavar="S",
-                   help="how long to wait for all cables (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=60, metavar="SECONDS",
+                   help="wait this long for all cables; 0: do not wait, show what is "
+                   "connected at once (default: %(default)s)")
     add_root_option(p)
     # Namespace names are machine-wide: tests run their demo under a name of their own.
     p.add_argument("--name", default=NAME, help=argparse.SUPPRESS)
@@ -61,6 +63,7 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
 def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     try:
+        check_options(args.clusters, "--timeout", args.timeout)
         check_can_build(args.name, args.root)
     except LabError as e:
         print(f"wgcable demo: {e}", file=sys.stderr)
@@ -128,7 +131,8 @@ def _demo(args: argparse.Namespace) -> int:
                  store=args.store)
     print(f"namespaces and agents up in {time.monotonic() - t:.1f} s", file=sys.stderr,
           flush=True)
-    connected = wait_for_cables(lab, args.timeout)
+    # --timeout 0, as `lab up --wait 0`: do not wait; the table and matrix show what is up.
+    connected = wait_for_cables(lab, args.timeout) if args.timeout > 0 else lab.all_connected()
     if connected:
         _wait_for_rtts(lab)
     # Shown even when some cables are missing: the table says which, and why.

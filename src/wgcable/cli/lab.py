@@ -170,6 +170,19 @@ def leftovers(name: str) -> list[str]:
     return [n for n in list_namespaces() if is_lab_namespace(NS_PREFIX + name, n)]
 
 
+MIN_CLUSTERS, MAX_CLUSTERS = 2, 50
+
+
+def check_options(clusters: int, wait_flag: str, wait: float) -> None:
+    """The numbers given to `lab up` and `demo`, checked before anything is printed or built.
+    Both commands read a wait the same way: seconds to wait for every cable, 0 meaning do
+    not wait; a negative (or NaN) wait is refused, naming the flag and its value."""
+    if not MIN_CLUSTERS <= clusters <= MAX_CLUSTERS:
+        raise LabError(f"--clusters {clusters}: must be {MIN_CLUSTERS}-{MAX_CLUSTERS}")
+    if not wait >= 0:  # also false for NaN
+        raise LabError(f"{wait_flag} {wait:g}: must be 0 or more seconds (0: do not wait)")
+
+
 def check_can_build(name: str, root: str) -> None:
     _check_name(name)  # first: the name goes into paths below
     if os.geteuid() != 0:
@@ -330,6 +343,7 @@ def ping_matrix(lab: Lab, *, v6: bool = False, count: int = 3) -> tuple[str, boo
 
 @_guarded
 def cmd_up(args: argparse.Namespace) -> int:
+    check_options(args.clusters, "--wait", args.wait)
     check_can_build(args.name, args.root)
     hint = name_hint(args.name)
     kind = "".join(f", {k}" for k, on in (("IPv6", args.ipv6), ("NAT", args.nat),
