@@ -299,7 +299,8 @@ def test_demo_sigint_tears_down(labenv: LabEnv) -> None:
         for line in demo.stderr:
             if line.startswith("bringing up"):
                 break
-        # Ctrl-C reaches the whole foreground group; the second one lands during teardown.
+        # Ctrl-C reaches the whole foreground group; the second one lands during teardown
+        # or just after it (removal is quick), when the demo is on its way out.
         os.killpg(demo.pid, signal.SIGINT)
         time.sleep(0.1)
         os.killpg(demo.pid, signal.SIGINT)

@@ -69,13 +69,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"wgcable demo: {e}", file=sys.stderr)
         return 1
     old_term = signal.signal(signal.SIGTERM, _sigterm)
-    finished = False
+    finished = interrupted = False
     code = 1
     try:
         code = _demo(args)
         finished = True
     except LabError as e:
         print(f"wgcable demo: {e}", file=sys.stderr)
+    except (KeyboardInterrupt, SystemExit):
+        interrupted = True
+        raise
     finally:
         if finished and args.keep:
             signal.signal(signal.SIGTERM, old_term)
@@ -88,12 +91,16 @@ def run(args: argparse.Namespace) -> int:
                   f"  wgcable lab logs --name {n} 1\n"
                   f"and remove it with:\n  wgcable lab down --name {n}")
         else:
-            _teardown(args.name, args.root, old_term)
+            _teardown(args.name, args.root, old_term, restore=not interrupted)
         print(f"\ndemo took {time.monotonic() - start:.1f} s", flush=True)
     return code
 
 
-def _teardown(name: str, root: str, old_term: Any) -> None:
+def _teardown(name: str, root: str, old_term: Any, restore: bool = True) -> None:
+    """Remove the lab with SIGINT and SIGTERM ignored. Without ``restore`` (the demo was
+    interrupted and is on its way out) they stay ignored: removal takes a fraction of a
+    second, so an impatient second Ctrl-C often comes after it, and must not turn the
+    exit code 130 into a death by SIGINT."""
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
@@ -105,8 +112,9 @@ def _teardown(name: str, root: str, old_term: Any) -> None:
             print(f"wgcable demo: could not remove: {p}", file=sys.stderr)
         print(f"lab removed in {time.monotonic() - t:.1f} s", file=sys.stderr, flush=True)
     finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
+        if restore:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
 
 
 def _wait_for_rtts(lab: Lab, timeout: float = 5.0) -> None:

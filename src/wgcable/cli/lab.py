@@ -34,7 +34,7 @@ from wgcable.lab.lab import (
     end_processes_in,
     is_lab_namespace,
 )
-from wgcable.lab.netns import LabError, Namespace, list_namespaces
+from wgcable.lab.netns import LabError, delete_namespaces, list_namespaces
 from wgcable.store.open import KUBERNETES
 
 DEFAULT_NAME = "default"
@@ -223,12 +223,11 @@ def remove_all(root: str) -> tuple[list[str], list[str], list[str]]:
     for name in names:
         problems += remove(name, root)[1]
     swept = [n for n in list_namespaces() if n.startswith(SWEEP_PREFIX)]
-    for ns in swept:
-        end_processes_in(ns)
-        try:
-            Namespace(ns).delete()
-        except LabError as e:
-            problems.append(str(e))
+    end_processes_in(*swept)
+    try:
+        delete_namespaces(swept)
+    except LabError as e:
+        problems.append(str(e))
     return names, swept, problems
 
 

@@ -27,7 +27,7 @@ from wgcable.cable.types import ConnectionStatus
 from wgcable.cable.wireguard.userspace import PRIVATE_SOCKET_DIR, process_running
 from wgcable.lab.kubeapi import LocalAPIServer
 from wgcable.lab.netns import LabError, Namespace, delete_namespaces, list_namespaces
-from wgcable.lab.process import stop_pid
+from wgcable.lab.process import stop_pids
 from wgcable.lab.topology import BROKER_IP, ClusterNet, Topology
 from wgcable.store.open import DEFAULT_NAMESPACE, KUBERNETES
 
@@ -75,8 +75,8 @@ def _check_name(name: str) -> None:
         raise LabError(f"lab name {name!r}: use 1-16 lowercase letters, digits and '-'")
 
 
-def _kill(pid: int, timeout: float = 5.0, names: Sequence[str] = ()) -> None:
-    stop_pid(pid, names, timeout)
+# What a lab agent's PID runs: `nsenter` execs the Python that runs `wgcable agent`.
+_AGENT_NAMES = ("python", "python3", "wgcable", "nsenter")
 
 
 def is_lab_namespace(prefix: str, name: str) -> bool:
@@ -88,21 +88,42 @@ def is_lab_namespace(prefix: str, name: str) -> bool:
 
 def namespace_pids(ns: str) -> list[int]:
     """PIDs of the processes inside the named network namespace."""
-    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
-                         check=False, timeout=30)
-    return [int(w) for w in out.stdout.split() if w.isdigit()]
+    return pids_in_namespaces([ns]).get(ns, [])
 
 
-def end_processes_in(ns: str, rounds: int = 5) -> None:
-    """End every process inside the named namespace, by PID. Scanned again after each
-    round: a process being stopped may just have started another (an agent starting its
-    wireguard-go, in a session of its own so that it outlives the agent)."""
+def pids_in_namespaces(names: Sequence[str]) -> dict[str, list[int]]:
+    """PIDs of the processes inside each named network namespace, in one pass over /proc
+    (as `ip netns pids` finds them, but once for all names rather than a process each)."""
+    wanted: dict[tuple[int, int], str] = {}
+    for ns in names:
+        with contextlib.suppress(OSError):
+            st = os.stat(f"/run/netns/{ns}")
+            wanted[(st.st_dev, st.st_ino)] = ns
+    found: dict[str, list[int]] = {}
+    if not wanted:
+        return found
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            st = os.stat(f"/proc/{entry.name}/ns/net")
+        except OSError:  # gone meanwhile, or a kernel thread
+            continue
+        ns_name = wanted.get((st.st_dev, st.st_ino))
+        if ns_name is not None:
+            found.setdefault(ns_name, []).append(int(entry.name))
+    return found
+
+
+def end_processes_in(*names: str, rounds: int = 5) -> None:
+    """End every process inside the named namespaces, by PID, all at once. Scanned again
+    after each round: a process being stopped may just have started another (an agent
+    starting its wireguard-go, in a session of its own so that it outlives the agent)."""
     for _ in range(rounds):
-        pids = namespace_pids(ns)
+        pids = [p for ps in pids_in_namespaces(names).values() for p in ps]
         if not pids:
             return
-        for pid in pids:
-            _kill(pid)
+        stop_pids([(pid, ()) for pid in pids])
 
 
 class Lab:
@@ -375,20 +396,26 @@ table ip wgcable_lab_snat {{
         """Remove everything: agents, daemons and holders (by PID), namespaces, files.
         Goes on past failures and returns what it could not remove."""
         problems: list[str] = []
+        # Agents first, all at once: an agent still running would restart the wireguard-go
+        # that is stopped next. SIGKILL, not SIGTERM: an agent's orderly exit takes about
+        # 1 s and only keeps tunnels and endpoints that are removed just below.
+        stop_pids([(gw.agent_pid, _AGENT_NAMES) for gw in self.state.gateways],
+                  sig=signal.SIGKILL)
+        # Then the daemons and holders, together.
+        daemons: list[tuple[int, Sequence[str]]] = []
         for gw in self.state.gateways:
-            _kill(gw.agent_pid, names=("python", "python3", "wgcable", "nsenter"))
             pidfile = self.state_dir(gw) / "subwg0.wireguard-go.pid"
             with contextlib.suppress(OSError, ValueError):
-                _kill(int(pidfile.read_text()), names=("wireguard-go",))
-            _kill(gw.holder_pid, names=("sleep",))
+                daemons.append((int(pidfile.read_text()), ("wireguard-go",)))
+            daemons.append((gw.holder_pid, ("sleep",)))
+        stop_pids(daemons)
         if self.state.broker_ns:
             self.broker().stop()
         mine = [n for n in list_namespaces() if is_lab_namespace(self.state.prefix, n)]
         # Whatever still runs in our namespaces is ours too (an agent whose PID was never
-        # recorded, or whose comm `_kill` did not know, e.g. "python3.11"): end it by PID,
-        # or it would outlive the namespace's name.
-        for ns in mine:
-            end_processes_in(ns)
+        # recorded, or whose comm the names above did not know, e.g. "python3.11"): end it
+        # by PID, or it would outlive the namespace's name.
+        end_processes_in(*mine)
         try:
             delete_namespaces(mine)
         except LabError as e:
