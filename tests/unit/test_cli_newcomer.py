@@ -11,6 +11,8 @@ import pytest
 from wgcable.cli.main import main
 from wgcable.lab.lab import Lab
 from wgcable.lab.netns import LabError
+from wgcable.wgctrl.client import Client
+from wgcable.wgctrl.memory import MemoryBackend
 
 
 @pytest.fixture
@@ -78,3 +80,15 @@ def test_validation_zero_wait_accepted_by_both(
     assert code == 1
     assert "reached Lab.up" in err
     assert "must be 0 or more" not in err
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    ((), "no WireGuard devices\n"),
+    (("--json",), "[]\n"),
+])
+def test_newcomer_show_without_devices_says_so(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        argv: tuple[str, ...], expected: str) -> None:
+    monkeypatch.setattr("wgcable.cli.show.Client", lambda: Client([MemoryBackend()]))
+    monkeypatch.setattr("wgcable.cli.show.hidden_devices", lambda known: ([], {}))
+    assert _run(capsys, "show", *argv) == (0, expected, "")
