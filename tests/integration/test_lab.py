@@ -567,3 +567,28 @@ def test_snat_iperf3_large_tcp_through_tunnel(labenv: LabEnv, snat: bool, clamp:
     finally:
         lab.down()
     labenv.assert_gone()
+
+
+# --- what a new user hit (issue 21) ------------------------------------------------------
+
+@pytest.mark.netns
+def test_newcomer_lab_metrics_and_show_on_a_gateway(labenv: LabEnv) -> None:
+    n = labenv.name
+    up = labenv.cli("lab", "up", "--clusters", "2", "--name", n)
+    assert up.returncode == 0, up.stderr
+    m = labenv.cli("lab", "metrics", "--name", n, "1")
+    assert m.returncode == 0, m.stderr
+    (line,) = [x for x in m.stdout.splitlines() if x.startswith("submariner_connections{")]
+    assert 'remote_cluster="cluster2"' in line
+    assert labenv.cli("lab", "metrics", "--name", n, "3").returncode == 1
+    # `ip netns exec`, not `lab exec`: the daemon's socket is in the gateway's own mount
+    # namespace, which `show` must find by itself.
+    gw = labenv.load().gateway(1).gateway_ns
+    show = subprocess.run(Namespace(gw).cmd(sys.executable, "-m", "wgcable", "show"),
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert show.returncode == 0, show.stderr
+    assert show.stdout.startswith("interface: subwg0\n  backend: userspace\n")
+    assert show.stdout.count("\npeer: ") == 1
+    pids = _lab_pids(labenv.root, n)
+    assert labenv.cli("lab", "down", "--name", n).returncode == 0
+    labenv.assert_gone(pids)

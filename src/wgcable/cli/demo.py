@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
                   f"  wgcable lab ping --name {n}\n"
                   f"  wgcable lab exec --name {n} 1 -- wgcable show\n"
                   f"  wgcable lab exec --name {n} 1 -- wgcable show --connections\n"
+                  f"  wgcable lab metrics --name {n} 1\n"
                   f"  wgcable lab logs --name {n} 1\n"
                   f"and remove it with:\n  wgcable lab down --name {n}")
         else:

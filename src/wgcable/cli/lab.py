@@ -1,4 +1,4 @@
-"""`wgcable lab up|status|ping|down|exec|logs`: simulated clusters on this machine.
+"""`wgcable lab up|status|ping|down|exec|metrics|logs`: simulated clusters on this machine.
 
 Everything a command shows comes from the lab's ``lab.json`` and the agents' status files,
 so `lab status`, `lab ping` and `lab down` work from any shell, even after the `lab up` that
@@ -26,6 +26,7 @@ from wgcable.cli.connections import as_json, render, table
 from wgcable.cli.format import bytes_human
 from wgcable.lab.lab import (
     LAB_ROOT,
+    METRICS_PORT,
     NS_PREFIX,
     STORES,
     Lab,
@@ -103,6 +104,16 @@ def register(sub: Any) -> None:
     p.add_argument("cluster", help="cluster number or ID (1, cluster1)")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
     p.set_defaults(handler=cmd_exec)
+
+    p = cmds.add_parser(
+        "metrics", help="print a gateway agent's Prometheus metrics",
+        description=f"Print a gateway agent's Prometheus metrics. Lab agents serve them on "
+        f"http://127.0.0.1:{METRICS_PORT}/metrics inside their gateway namespace; this "
+        f"fetches them from there (as `lab exec N -- curl -s "
+        f"http://127.0.0.1:{METRICS_PORT}/metrics` would).")
+    _name_option(p)
+    p.add_argument("cluster", help="cluster number or ID (1, cluster1)")
+    p.set_defaults(handler=cmd_metrics)
 
     p = cmds.add_parser("logs", help="print a gateway agent's log")
     _name_option(p)
@@ -362,7 +373,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 130
     print(f"lab {args.name!r} is up ({lab.dir / 'lab.json'})")
     print(f"  wgcable lab status{hint}\n  wgcable lab ping{hint}\n"
-          f"  wgcable lab exec{hint} 1 -- wgcable show\n  wgcable lab down{hint}")
+          f"  wgcable lab exec{hint} 1 -- wgcable show\n  wgcable lab metrics{hint} 1\n"
+          f"  wgcable lab down{hint}")
     if not ok:
         print(f"wgcable lab: not all cables connected; see `wgcable lab status{hint}` and "
               f"`wgcable lab logs{hint} N`", file=sys.stderr)
@@ -485,6 +497,13 @@ def cmd_exec(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "wgcable", *cmd[1:]]
     env = {**os.environ, "WGCABLE_STATE_DIR": str(lab.state_dir(gw))}
     return subprocess.run(lab.gateway_cmd(gw, *cmd), env=env, check=False).returncode
+
+
+@_guarded
+def cmd_metrics(args: argparse.Namespace) -> int:
+    lab = resolve(args.name, args.root)
+    sys.stdout.write(lab.metrics(args.cluster))
+    return 0
 
 
 @_guarded

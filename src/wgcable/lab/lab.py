@@ -10,6 +10,7 @@ network and mount namespaces, so they see the gateway's WireGuard socket.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -29,11 +30,15 @@ from wgcable.lab.kubeapi import LocalAPIServer
 from wgcable.lab.netns import LabError, Namespace, delete_namespaces, list_namespaces
 from wgcable.lab.process import stop_pids
 from wgcable.lab.topology import BROKER_IP, ClusterNet, Topology
+from wgcable.netlink.netns import call_in_netns
 from wgcable.store.open import DEFAULT_NAMESPACE, KUBERNETES
 
 LAB_ROOT = "/run/wgcable-lab"
 STORES = ("directory", KUBERNETES)
 NS_PREFIX = "wgl"  # every namespace of every lab starts with this
+# Every lab agent serves Prometheus metrics on this port of its gateway namespace's
+# loopback (the agent's default address): reachable from inside the gateway only.
+METRICS_PORT = 9898
 
 
 @dataclass
@@ -319,6 +324,7 @@ table ip wgcable_lab_snat {{
             "--state-dir", str(self.state_dir(gw)),
             "--health-check-ip", gw.health_check_ip,
             "--status-interval", "1",
+            "--metrics-port", str(METRICS_PORT),
         ]
         if gw.nat:
             argv += ["--public-ip", gw.public_ip, "--nat"]
@@ -365,6 +371,31 @@ table ip wgcable_lab_snat {{
             return read_status_file(self.state_dir(self.gateway(which)))
         except (FileNotFoundError, ValueError):
             return None
+
+    def metrics(self, which: int | str, timeout: float = 5) -> str:
+        """The gateway agent's Prometheus metrics, fetched from inside its namespace (the
+        agent listens on the namespace's own 127.0.0.1)."""
+        gw = self.gateway(which)
+
+        def fetch() -> tuple[int, str]:
+            conn = http.client.HTTPConnection("127.0.0.1", METRICS_PORT, timeout=timeout)
+            try:
+                conn.request("GET", "/metrics")
+                reply = conn.getresponse()
+                return reply.status, reply.read().decode(errors="replace")
+            finally:
+                conn.close()
+
+        url = f"http://127.0.0.1:{METRICS_PORT}/metrics in {gw.gateway_ns}"
+        try:
+            status, body = call_in_netns(gw.gateway_ns, fetch)
+        except OSError as e:
+            alive = "running" if self.agent_alive(gw.index) else "not running"
+            raise LabError(f"{gw.cluster_id}: no metrics at {url} (the agent is {alive}): "
+                           f"{e}") from None
+        if status != 200:
+            raise LabError(f"{gw.cluster_id}: {url}: HTTP {status}")
+        return body
 
     def all_connected(self) -> bool:
         want = len(self.state.gateways) - 1
