@@ -592,3 +592,41 @@ def test_newcomer_lab_metrics_and_show_on_a_gateway(labenv: LabEnv) -> None:
     pids = _lab_pids(labenv.root, n)
     assert labenv.cli("lab", "down", "--name", n).returncode == 0
     labenv.assert_gone(pids)
+
+
+# `lab up` killed (as by kill -9) just after cluster 2's namespaces were made, before
+# lab.json recorded them: the point where an interrupted build leaves the most unsaid.
+_KILLED_BUILD = """
+import os, signal, sys
+from wgcable.lab.lab import Lab
+from wgcable.lab.topology import Topology
+add = Topology.add_cluster
+def add_then_die(self, index, *args, **kwargs):
+    c = add(self, index, *args, **kwargs)
+    if index == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return c
+Topology.add_cluster = add_then_die
+Lab.up(sys.argv[1], 3, root=sys.argv[2])
+"""
+
+
+@pytest.mark.netns
+def test_newcomer_status_after_an_interrupted_build(labenv: LabEnv) -> None:
+    n = labenv.name
+    up = subprocess.run([sys.executable, "-c", _KILLED_BUILD, n, str(labenv.root)],
+                        capture_output=True, text=True, timeout=60, check=False)
+    assert up.returncode == -signal.SIGKILL, up.stderr
+    prefix = NS_PREFIX + n
+    made = [f"{prefix}-{x}" for x in ("gw1", "gw2", "hub", "pod1-0", "pod2-0")]
+    st = labenv.cli("lab", "status", "--name", n)
+    assert st.returncode == 0, st.stderr
+    head, namespaces = st.stdout.splitlines()[:2]
+    assert "its build was INTERRUPTED" in head
+    assert "1 of 3 clusters recorded" in head
+    assert namespaces == f"namespaces that exist: {', '.join(made)}"
+    doc = json.loads(labenv.cli("lab", "status", "--name", n, "--json").stdout)
+    assert doc["build"] == "interrupted"
+    assert doc["namespaces"] == dict.fromkeys(made, True)
+    assert labenv.cli("lab", "down", "--name", n).returncode == 0
+    labenv.assert_gone()

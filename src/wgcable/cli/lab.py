@@ -398,8 +398,10 @@ def status_json(lab: Lab) -> dict[str, Any]:
         })
     names = [*lab.state.extra_namespaces,
              *(n for g in lab.state.gateways for n in (g.gateway_ns, *g.pod_ns))]
+    names += [n for n in lab.namespaces_present() if n not in names]  # made, not recorded
     return {
         "name": lab.state.name, "root": lab.state.root, "created": lab.state.created,
+        "build": lab.build_state(), "clustersWanted": lab.state.clusters or len(clusters),
         "ipv6": lab.state.ipv6, "nat": lab.state.nat, "snat": lab.state.snat,
         "store": lab.state.store,
         "namespaces": {n: n in present for n in names},
@@ -413,8 +415,19 @@ def status_text(lab: Lab) -> str:
     opts = [k for k, on in (("IPv6", s.ipv6), ("NAT", s.nat), ("SNAT", s.snat),
                             ("Kubernetes broker", s.store == KUBERNETES)) if on]
     age = format_duration(round(now - s.created))
+    build = lab.build_state()
     lines = [f"lab {s.name}: {len(s.gateways)} clusters{', ' + ', '.join(opts) if opts else ''};"
              f" up {age} ({lab.dir / 'lab.json'})", ""]
+    if build != "built":
+        # Half a lab: say so first, with every namespace it has, recorded or not.
+        wanted = f"{len(s.gateways)} of {s.clusters} clusters recorded"
+        if build == "building":
+            head = f"lab {s.name}: being built by `lab up` (pid {s.builder_pid}): {wanted}"
+        else:
+            head = (f"lab {s.name}: its build was INTERRUPTED (`lab up`, pid {s.builder_pid}, "
+                    f"is gone): {wanted}; remove it with `wgcable lab down{name_hint(s.name)}`")
+        existing = lab.namespaces_present()
+        lines = [head, f"namespaces that exist: {', '.join(existing) or '-'}", ""]
     rows = [["CLUSTER", "GATEWAY NS", "POD NS", "PRIVATE IP", "PUBLIC IP", "POD IP", "AGENT"]]
     for gw in s.gateways:
         alive = lab.agent_alive(gw.index)

@@ -73,6 +73,12 @@ class LabState:
     broker_ns: str = ""
     etcd_pid: int = 0
     apiserver_pid: int = 0
+    # While `lab up` builds: the clusters it was asked for and its PID. ``built`` turns true
+    # at the end, so that a build killed half-way is told from a lab that is up. (A lab.json
+    # written before these fields existed was complete.)
+    clusters: int = 0
+    builder_pid: int = 0
+    built: bool = True
 
 
 def _check_name(name: str) -> None:
@@ -212,14 +218,29 @@ class Lab:
         if (Path(root) / name / "lab.json").exists():
             raise LabError(f"lab {name!r} is already up; `wgcable lab down --name {name}` first")
         prefix = f"{NS_PREFIX}{name}"
-        lab = cls(LabState(name, prefix, root, ipv6, nat, snat, time.time(), store=store))
+        lab = cls(LabState(name, prefix, root, ipv6, nat, snat, time.time(), store=store,
+                           clusters=clusters, builder_pid=os.getpid(), built=False))
         lab.save()  # recorded first, so that `lab down` can clean up a half-built lab
         try:
             lab._build(clusters, agent_args)
         except BaseException:
             lab.down()
             raise
+        lab.state.built, lab.state.builder_pid = True, 0
+        lab.save()
         return lab
+
+    def build_state(self) -> str:
+        """"built", "building" (its `lab up` still runs) or "interrupted" (it does not)."""
+        if self.state.built:
+            return "built"
+        alive = self.state.builder_pid and process_running(self.state.builder_pid)
+        return "building" if alive else "interrupted"
+
+    def namespaces_present(self) -> list[str]:
+        """Every namespace of this lab that exists, recorded in lab.json or not (a build
+        killed half-way made some it never recorded)."""
+        return sorted(n for n in list_namespaces() if is_lab_namespace(self.state.prefix, n))
 
     def _build(self, clusters: int, agent_args: Sequence[str]) -> None:
         topo = Topology(self.state.prefix, ipv6=self.state.ipv6)
