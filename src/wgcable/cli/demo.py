@@ -48,8 +48,9 @@ def register(sub: Any) -> None:
                    "(default: %(default)s)")
     p.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
     p.add_argument("--timeout", type=float, default=60, metavar="SECONDS",
-                   help="wait this long for all cables; 0: do not wait, show what is "
-                   "connected at once (default: %(default)s)")
+                   help="wait this long for all cables; 0: do not wait, show and ping "
+                   "at once, as `lab up --wait 0` (cables take a few seconds: expect "
+                   "FAILED) (default: %(default)s)")
     add_root_option(p)
     # Namespace names are machine-wide: tests run their demo under a name of their own.
     p.add_argument("--name", default=NAME, help=argparse.SUPPRESS)
