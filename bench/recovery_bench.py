@@ -2,7 +2,7 @@
 
 Run as root from the repository root::
 
-    .venv/bin/python bench/recovery_bench.py [--repeat 10]
+    .venv/bin/python -m bench.recovery_bench [--repeat 10]
 
 A 2-cluster lab (`wgcable.lab`, real agents, wireguard-go devices). Cluster 1's pod pings
 cluster 2's pod every 10 ms all along (ping -D stamps every reply). Each round SIGKILLs
@@ -38,6 +38,7 @@ from datetime import datetime
 from types import FrameType
 from typing import Any
 
+from bench.common import row
 from wgcable.cable.wireguard.userspace import process_running
 from wgcable.lab.lab import Lab
 from wgcable.lab.netns import Namespace
@@ -166,22 +167,37 @@ def run(repeat: int, timeout: float = 30.0) -> dict[str, float]:
                     s, t = _one_kill(lab, pinger, timeout)
                     state.append(s)
                     traffic.append(t)
+                    # Progress on stderr: stdout is for the table `python -m bench` prints.
                     print(f"  kill {len(state)}: state back {s * 1000:6.0f} ms, "
-                          f"first reply {t * 1000:6.0f} ms", flush=True)
+                          f"first reply {t * 1000:6.0f} ms", file=sys.stderr, flush=True)
             finally:
                 pinger.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return {
-        "repeat": float(repeat),
+    return result_of(state, traffic)
+
+
+def result_of(state: list[float], traffic: list[float]) -> dict[str, Any]:
+    """The section's figures (seconds, for the plot and results.json) and its table rows,
+    named as a reader would name them (not by their keys), in ms as the other sections."""
+    result: dict[str, Any] = {
+        "repeat": float(len(state)),
         "state_median_s": statistics.median(state),
         "state_max_s": max(state),
         "traffic_median_s": statistics.median(traffic),
         "traffic_max_s": max(traffic),
     }
+    result["rows"] = [
+        row(what, "wgcable agent (lab)", None, result[f"{key}_median_s"] * 1000, "ms",
+            note=f"max {result[f'{key}_max_s'] * 1000:.0f} ms over {len(state)} kills")
+        for what, key in (
+            ("wireguard-go SIGKILLed -> device, peers, routes, rules back", "state"),
+            ("wireguard-go SIGKILLed -> first ping reply", "traffic"))
+    ]
+    return result
 
 
-def plot(result: dict[str, float], ax: Any) -> None:
+def plot(result: dict[str, Any], ax: Any) -> None:
     """The figure's panel: median and max, in ms, of state and traffic back."""
     labels = ["device, peers, routes\nback (median)", "(max)",
               "first ping reply\n(median)", "(max)"]

@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench",
                                  description="wgcable benchmarks: table, results.json, plot")
     ap.add_argument("--quick", action="store_true",
-                    help="small N, few repeats, short samples: a smoke check (~1-2 min)")
+                    help="small N, few repeats, short samples: a smoke check (~80 s)")
     ap.add_argument("--only", help=f"comma-separated sections ({', '.join(names)})")
     ap.add_argument("--skip", help="comma-separated sections to leave out")
     ap.add_argument("--repeat", type=int, help="override every section's repeat count")

@@ -299,7 +299,8 @@ def test_demo_sigint_tears_down(labenv: LabEnv) -> None:
         for line in demo.stderr:
             if line.startswith("bringing up"):
                 break
-        # Ctrl-C reaches the whole foreground group; the second one lands during teardown.
+        # Ctrl-C reaches the whole foreground group; the second one lands during teardown
+        # or just after it (removal is quick), when the demo is on its way out.
         os.killpg(demo.pid, signal.SIGINT)
         time.sleep(0.1)
         os.killpg(demo.pid, signal.SIGINT)
@@ -565,4 +566,67 @@ def test_snat_iperf3_large_tcp_through_tunnel(labenv: LabEnv, snat: bool, clamp:
         assert server["start"]["connected"][0]["remote_host"] == "10.1.0.2"
     finally:
         lab.down()
+    labenv.assert_gone()
+
+
+# --- what a new user hit (issue 21) ------------------------------------------------------
+
+@pytest.mark.netns
+def test_newcomer_lab_metrics_and_show_on_a_gateway(labenv: LabEnv) -> None:
+    n = labenv.name
+    up = labenv.cli("lab", "up", "--clusters", "2", "--name", n)
+    assert up.returncode == 0, up.stderr
+    m = labenv.cli("lab", "metrics", "--name", n, "1")
+    assert m.returncode == 0, m.stderr
+    (line,) = [x for x in m.stdout.splitlines() if x.startswith("submariner_connections{")]
+    assert 'remote_cluster="cluster2"' in line
+    assert labenv.cli("lab", "metrics", "--name", n, "3").returncode == 1
+    # `ip netns exec`, not `lab exec`: the daemon's socket is in the gateway's own mount
+    # namespace, which `show` must find by itself.
+    gw = labenv.load().gateway(1).gateway_ns
+    show = subprocess.run(Namespace(gw).cmd(sys.executable, "-m", "wgcable", "show"),
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert show.returncode == 0, show.stderr
+    assert show.stdout.startswith("interface: subwg0\n  backend: userspace\n")
+    assert show.stdout.count("\npeer: ") == 1
+    pids = _lab_pids(labenv.root, n)
+    assert labenv.cli("lab", "down", "--name", n).returncode == 0
+    labenv.assert_gone(pids)
+
+
+# `lab up` killed (as by kill -9) just after cluster 2's namespaces were made, before
+# lab.json recorded them: the point where an interrupted build leaves the most unsaid.
+_KILLED_BUILD = """
+import os, signal, sys
+from wgcable.lab.lab import Lab
+from wgcable.lab.topology import Topology
+add = Topology.add_cluster
+def add_then_die(self, index, *args, **kwargs):
+    c = add(self, index, *args, **kwargs)
+    if index == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return c
+Topology.add_cluster = add_then_die
+Lab.up(sys.argv[1], 3, root=sys.argv[2])
+"""
+
+
+@pytest.mark.netns
+def test_newcomer_status_after_an_interrupted_build(labenv: LabEnv) -> None:
+    n = labenv.name
+    up = subprocess.run([sys.executable, "-c", _KILLED_BUILD, n, str(labenv.root)],
+                        capture_output=True, text=True, timeout=60, check=False)
+    assert up.returncode == -signal.SIGKILL, up.stderr
+    prefix = NS_PREFIX + n
+    made = [f"{prefix}-{x}" for x in ("gw1", "gw2", "hub", "pod1-0", "pod2-0")]
+    st = labenv.cli("lab", "status", "--name", n)
+    assert st.returncode == 0, st.stderr
+    head, namespaces = st.stdout.splitlines()[:2]
+    assert "its build was INTERRUPTED" in head
+    assert "1 of 3 clusters recorded" in head
+    assert namespaces == f"namespaces that exist: {', '.join(made)}"
+    doc = json.loads(labenv.cli("lab", "status", "--name", n, "--json").stdout)
+    assert doc["build"] == "interrupted"
+    assert doc["namespaces"] == dict.fromkeys(made, True)
+    assert labenv.cli("lab", "down", "--name", n).returncode == 0
     labenv.assert_gone()

@@ -138,6 +138,8 @@ def memory(monkeypatch: pytest.MonkeyPatch) -> MemoryBackend:
     a.rx_bytes, a.tx_bytes = 1536, 5 * 1024**3
     mem.add("wg1")
     monkeypatch.setattr("wgcable.cli.show.Client", lambda: Client([mem]))
+    # Only the memory backend's devices: not whatever links this machine has.
+    monkeypatch.setattr("wgcable.cli.show.hidden_devices", lambda known: ([], {}))
     return mem
 
 

@@ -235,6 +235,15 @@ def test_refuses_invalid_public_key(text: str) -> None:
     assert_names(err, PK, text)  # a public key is public: echoing it is fine
 
 
+@pytest.mark.parametrize("text", ["not-a-key", "!" * 43 + "=", SHORT_KEY, "é" * 43 + "="])
+def test_validation_invalid_public_key_names_the_field_once(text: str) -> None:
+    """Issue 21: "backend_config.publicKey='not-a-key': backend_config.publicKey: invalid
+    key..." named the field twice."""
+    msg = str(refusal(remote(backend_config={"publicKey": text})))
+    assert msg.count(PK) == 1
+    assert f"{PK}={shown(text)!r}: invalid key: " in msg
+
+
 def test_refuses_own_public_key() -> None:
     own = OWN_PUBLIC.base64()
     err = refusal(remote(backend_config={"publicKey": own}))

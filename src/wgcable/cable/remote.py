@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from wgcable.cable.types import Endpoint
 from wgcable.wgctrl import IPAddress, IPNetwork, Key
+from wgcable.wgctrl.errors import InvalidKeyError
 
 PUBLIC_KEY = "publicKey"
 INTERFACE_NAME = "interface-name"
@@ -171,8 +172,11 @@ def parse_remote(ep: Endpoint) -> RemoteEndpoint:
         raise EndpointRejectedError(cid, field, raw_key, "missing")
     try:
         key = Key.from_base64(raw_key, field)
-    except ValueError as e:  # InvalidKeyError, or non-ASCII text (b64decode's own ValueError)
-        raise EndpointRejectedError(cid, field, raw_key, str(e)) from None
+    except InvalidKeyError as e:
+        # The refusal names the field already: the key error's own "field: " would repeat it.
+        raise EndpointRejectedError(cid, field, raw_key, f"invalid key: {e.reason}") from None
+    except ValueError as e:  # non-ASCII text (b64decode's own ValueError)
+        raise EndpointRejectedError(cid, field, raw_key, f"invalid key: {e}") from None
     port = parse_port(ep.backend_config.get(UDP_PORT), f"backend_config.{UDP_PORT}", cid,
                       DEFAULT_PORT)
     if len(ep.subnets) > MAX_LIST:

@@ -17,6 +17,7 @@ from typing import Any
 from wgcable.cli.lab import (
     add_root_option,
     check_can_build,
+    check_options,
     connections_table,
     ping_matrix,
     remove,
@@ -46,8 +47,10 @@ def register(sub: Any) -> None:
                    "kube-apiserver with etcd in a broker namespace, as Submariner's broker "
                    "(default: %(default)s)")
     p.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
-    p.add_argument("--timeout", type=float, default=60, metavar="S",
-                   help="how long to wait for all cables (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=60, metavar="SECONDS",
+                   help="wait this long for all cables; 0: do not wait, show and ping "
+                   "at once, as `lab up --wait 0` (cables take a few seconds: expect "
+                   "FAILED) (default: %(default)s)")
     add_root_option(p)
     # Namespace names are machine-wide: tests run their demo under a name of their own.
     p.add_argument("--name", default=NAME, help=argparse.SUPPRESS)
@@ -61,18 +64,22 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
 def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     try:
+        check_options(args.clusters, "--timeout", args.timeout)
         check_can_build(args.name, args.root)
     except LabError as e:
         print(f"wgcable demo: {e}", file=sys.stderr)
         return 1
     old_term = signal.signal(signal.SIGTERM, _sigterm)
-    finished = False
+    finished = interrupted = False
     code = 1
     try:
         code = _demo(args)
         finished = True
     except LabError as e:
         print(f"wgcable demo: {e}", file=sys.stderr)
+    except (KeyboardInterrupt, SystemExit):
+        interrupted = True
+        raise
     finally:
         if finished and args.keep:
             signal.signal(signal.SIGTERM, old_term)
@@ -82,15 +89,20 @@ def run(args: argparse.Namespace) -> int:
                   f"  wgcable lab ping --name {n}\n"
                   f"  wgcable lab exec --name {n} 1 -- wgcable show\n"
                   f"  wgcable lab exec --name {n} 1 -- wgcable show --connections\n"
+                  f"  wgcable lab metrics --name {n} 1\n"
                   f"  wgcable lab logs --name {n} 1\n"
                   f"and remove it with:\n  wgcable lab down --name {n}")
         else:
-            _teardown(args.name, args.root, old_term)
+            _teardown(args.name, args.root, old_term, restore=not interrupted)
         print(f"\ndemo took {time.monotonic() - start:.1f} s", flush=True)
     return code
 
 
-def _teardown(name: str, root: str, old_term: Any) -> None:
+def _teardown(name: str, root: str, old_term: Any, restore: bool = True) -> None:
+    """Remove the lab with SIGINT and SIGTERM ignored. Without ``restore`` (the demo was
+    interrupted and is on its way out) they stay ignored: removal takes a fraction of a
+    second, so an impatient second Ctrl-C often comes after it, and must not turn the
+    exit code 130 into a death by SIGINT."""
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
@@ -102,8 +114,9 @@ def _teardown(name: str, root: str, old_term: Any) -> None:
             print(f"wgcable demo: could not remove: {p}", file=sys.stderr)
         print(f"lab removed in {time.monotonic() - t:.1f} s", file=sys.stderr, flush=True)
     finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
+        if restore:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
 
 
 def _wait_for_rtts(lab: Lab, timeout: float = 5.0) -> None:
@@ -128,7 +141,8 @@ def _demo(args: argparse.Namespace) -> int:
                  store=args.store)
     print(f"namespaces and agents up in {time.monotonic() - t:.1f} s", file=sys.stderr,
           flush=True)
-    connected = wait_for_cables(lab, args.timeout)
+    # --timeout 0, as `lab up --wait 0`: do not wait; the table and matrix show what is up.
+    connected = wait_for_cables(lab, args.timeout) if args.timeout > 0 else lab.all_connected()
     if connected:
         _wait_for_rtts(lab)
     # Shown even when some cables are missing: the table says which, and why.

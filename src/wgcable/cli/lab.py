@@ -1,4 +1,4 @@
-"""`wgcable lab up|status|ping|down|exec|logs`: simulated clusters on this machine.
+"""`wgcable lab up|status|ping|down|exec|metrics|logs`: simulated clusters on this machine.
 
 Everything a command shows comes from the lab's ``lab.json`` and the agents' status files,
 so `lab status`, `lab ping` and `lab down` work from any shell, even after the `lab up` that
@@ -26,6 +26,7 @@ from wgcable.cli.connections import as_json, render, table
 from wgcable.cli.format import bytes_human
 from wgcable.lab.lab import (
     LAB_ROOT,
+    METRICS_PORT,
     NS_PREFIX,
     STORES,
     Lab,
@@ -34,7 +35,7 @@ from wgcable.lab.lab import (
     end_processes_in,
     is_lab_namespace,
 )
-from wgcable.lab.netns import LabError, Namespace, list_namespaces
+from wgcable.lab.netns import LabError, delete_namespaces, list_namespaces
 from wgcable.store.open import KUBERNETES
 
 DEFAULT_NAME = "default"
@@ -104,6 +105,16 @@ def register(sub: Any) -> None:
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
     p.set_defaults(handler=cmd_exec)
 
+    p = cmds.add_parser(
+        "metrics", help="print a gateway agent's Prometheus metrics",
+        description=f"Print a gateway agent's Prometheus metrics. Lab agents serve them on "
+        f"http://127.0.0.1:{METRICS_PORT}/metrics inside their gateway namespace; this "
+        f"fetches them from there (as `lab exec N -- curl -s "
+        f"http://127.0.0.1:{METRICS_PORT}/metrics` would).")
+    _name_option(p)
+    p.add_argument("cluster", help="cluster number or ID (1, cluster1)")
+    p.set_defaults(handler=cmd_metrics)
+
     p = cmds.add_parser("logs", help="print a gateway agent's log")
     _name_option(p)
     p.add_argument("cluster", help="cluster number or ID (1, cluster1)")
@@ -170,6 +181,19 @@ def leftovers(name: str) -> list[str]:
     return [n for n in list_namespaces() if is_lab_namespace(NS_PREFIX + name, n)]
 
 
+MIN_CLUSTERS, MAX_CLUSTERS = 2, 50
+
+
+def check_options(clusters: int, wait_flag: str, wait: float) -> None:
+    """The numbers given to `lab up` and `demo`, checked before anything is printed or built.
+    Both commands read a wait the same way: seconds to wait for every cable, 0 meaning do
+    not wait; a negative (or NaN) wait is refused, naming the flag and its value."""
+    if not MIN_CLUSTERS <= clusters <= MAX_CLUSTERS:
+        raise LabError(f"--clusters {clusters}: must be {MIN_CLUSTERS}-{MAX_CLUSTERS}")
+    if not wait >= 0:  # also false for NaN
+        raise LabError(f"{wait_flag} {wait:g}: must be 0 or more seconds (0: do not wait)")
+
+
 def check_can_build(name: str, root: str) -> None:
     _check_name(name)  # first: the name goes into paths below
     if os.geteuid() != 0:
@@ -210,12 +234,11 @@ def remove_all(root: str) -> tuple[list[str], list[str], list[str]]:
     for name in names:
         problems += remove(name, root)[1]
     swept = [n for n in list_namespaces() if n.startswith(SWEEP_PREFIX)]
-    for ns in swept:
-        end_processes_in(ns)
-        try:
-            Namespace(ns).delete()
-        except LabError as e:
-            problems.append(str(e))
+    end_processes_in(*swept)
+    try:
+        delete_namespaces(swept)
+    except LabError as e:
+        problems.append(str(e))
     return names, swept, problems
 
 
@@ -330,6 +353,7 @@ def ping_matrix(lab: Lab, *, v6: bool = False, count: int = 3) -> tuple[str, boo
 
 @_guarded
 def cmd_up(args: argparse.Namespace) -> int:
+    check_options(args.clusters, "--wait", args.wait)
     check_can_build(args.name, args.root)
     hint = name_hint(args.name)
     kind = "".join(f", {k}" for k, on in (("IPv6", args.ipv6), ("NAT", args.nat),
@@ -349,7 +373,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 130
     print(f"lab {args.name!r} is up ({lab.dir / 'lab.json'})")
     print(f"  wgcable lab status{hint}\n  wgcable lab ping{hint}\n"
-          f"  wgcable lab exec{hint} 1 -- wgcable show\n  wgcable lab down{hint}")
+          f"  wgcable lab exec{hint} 1 -- wgcable show\n  wgcable lab metrics{hint} 1\n"
+          f"  wgcable lab down{hint}")
     if not ok:
         print(f"wgcable lab: not all cables connected; see `wgcable lab status{hint}` and "
               f"`wgcable lab logs{hint} N`", file=sys.stderr)
@@ -373,8 +398,10 @@ def status_json(lab: Lab) -> dict[str, Any]:
         })
     names = [*lab.state.extra_namespaces,
              *(n for g in lab.state.gateways for n in (g.gateway_ns, *g.pod_ns))]
+    names += [n for n in lab.namespaces_present() if n not in names]  # made, not recorded
     return {
         "name": lab.state.name, "root": lab.state.root, "created": lab.state.created,
+        "build": lab.build_state(), "clustersWanted": lab.state.clusters or len(clusters),
         "ipv6": lab.state.ipv6, "nat": lab.state.nat, "snat": lab.state.snat,
         "store": lab.state.store,
         "namespaces": {n: n in present for n in names},
@@ -388,8 +415,19 @@ def status_text(lab: Lab) -> str:
     opts = [k for k, on in (("IPv6", s.ipv6), ("NAT", s.nat), ("SNAT", s.snat),
                             ("Kubernetes broker", s.store == KUBERNETES)) if on]
     age = format_duration(round(now - s.created))
+    build = lab.build_state()
     lines = [f"lab {s.name}: {len(s.gateways)} clusters{', ' + ', '.join(opts) if opts else ''};"
              f" up {age} ({lab.dir / 'lab.json'})", ""]
+    if build != "built":
+        # Half a lab: say so first, with every namespace it has, recorded or not.
+        wanted = f"{len(s.gateways)} of {s.clusters} clusters recorded"
+        if build == "building":
+            head = f"lab {s.name}: being built by `lab up` (pid {s.builder_pid}): {wanted}"
+        else:
+            head = (f"lab {s.name}: its build was INTERRUPTED (`lab up`, pid {s.builder_pid}, "
+                    f"is gone): {wanted}; remove it with `wgcable lab down{name_hint(s.name)}`")
+        existing = lab.namespaces_present()
+        lines = [head, f"namespaces that exist: {', '.join(existing) or '-'}", ""]
     rows = [["CLUSTER", "GATEWAY NS", "POD NS", "PRIVATE IP", "PUBLIC IP", "POD IP", "AGENT"]]
     for gw in s.gateways:
         alive = lab.agent_alive(gw.index)
@@ -472,6 +510,13 @@ def cmd_exec(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "wgcable", *cmd[1:]]
     env = {**os.environ, "WGCABLE_STATE_DIR": str(lab.state_dir(gw))}
     return subprocess.run(lab.gateway_cmd(gw, *cmd), env=env, check=False).returncode
+
+
+@_guarded
+def cmd_metrics(args: argparse.Namespace) -> int:
+    lab = resolve(args.name, args.root)
+    sys.stdout.write(lab.metrics(args.cluster))
+    return 0
 
 
 @_guarded

@@ -10,6 +10,7 @@ network and mount namespaces, so they see the gateway's WireGuard socket.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -27,13 +28,17 @@ from wgcable.cable.types import ConnectionStatus
 from wgcable.cable.wireguard.userspace import PRIVATE_SOCKET_DIR, process_running
 from wgcable.lab.kubeapi import LocalAPIServer
 from wgcable.lab.netns import LabError, Namespace, delete_namespaces, list_namespaces
-from wgcable.lab.process import stop_pid
+from wgcable.lab.process import stop_pids
 from wgcable.lab.topology import BROKER_IP, ClusterNet, Topology
+from wgcable.netlink.netns import call_in_netns
 from wgcable.store.open import DEFAULT_NAMESPACE, KUBERNETES
 
 LAB_ROOT = "/run/wgcable-lab"
 STORES = ("directory", KUBERNETES)
 NS_PREFIX = "wgl"  # every namespace of every lab starts with this
+# Every lab agent serves Prometheus metrics on this port of its gateway namespace's
+# loopback (the agent's default address): reachable from inside the gateway only.
+METRICS_PORT = 9898
 
 
 @dataclass
@@ -68,6 +73,12 @@ class LabState:
     broker_ns: str = ""
     etcd_pid: int = 0
     apiserver_pid: int = 0
+    # While `lab up` builds: the clusters it was asked for and its PID. ``built`` turns true
+    # at the end, so that a build killed half-way is told from a lab that is up. (A lab.json
+    # written before these fields existed was complete.)
+    clusters: int = 0
+    builder_pid: int = 0
+    built: bool = True
 
 
 def _check_name(name: str) -> None:
@@ -75,8 +86,8 @@ def _check_name(name: str) -> None:
         raise LabError(f"lab name {name!r}: use 1-16 lowercase letters, digits and '-'")
 
 
-def _kill(pid: int, timeout: float = 5.0, names: Sequence[str] = ()) -> None:
-    stop_pid(pid, names, timeout)
+# What a lab agent's PID runs: `nsenter` execs the Python that runs `wgcable agent`.
+_AGENT_NAMES = ("python", "python3", "wgcable", "nsenter")
 
 
 def is_lab_namespace(prefix: str, name: str) -> bool:
@@ -88,21 +99,42 @@ def is_lab_namespace(prefix: str, name: str) -> bool:
 
 def namespace_pids(ns: str) -> list[int]:
     """PIDs of the processes inside the named network namespace."""
-    out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
-                         check=False, timeout=30)
-    return [int(w) for w in out.stdout.split() if w.isdigit()]
+    return pids_in_namespaces([ns]).get(ns, [])
 
 
-def end_processes_in(ns: str, rounds: int = 5) -> None:
-    """End every process inside the named namespace, by PID. Scanned again after each
-    round: a process being stopped may just have started another (an agent starting its
-    wireguard-go, in a session of its own so that it outlives the agent)."""
+def pids_in_namespaces(names: Sequence[str]) -> dict[str, list[int]]:
+    """PIDs of the processes inside each named network namespace, in one pass over /proc
+    (as `ip netns pids` finds them, but once for all names rather than a process each)."""
+    wanted: dict[tuple[int, int], str] = {}
+    for ns in names:
+        with contextlib.suppress(OSError):
+            st = os.stat(f"/run/netns/{ns}")
+            wanted[(st.st_dev, st.st_ino)] = ns
+    found: dict[str, list[int]] = {}
+    if not wanted:
+        return found
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            st = os.stat(f"/proc/{entry.name}/ns/net")
+        except OSError:  # gone meanwhile, or a kernel thread
+            continue
+        ns_name = wanted.get((st.st_dev, st.st_ino))
+        if ns_name is not None:
+            found.setdefault(ns_name, []).append(int(entry.name))
+    return found
+
+
+def end_processes_in(*names: str, rounds: int = 5) -> None:
+    """End every process inside the named namespaces, by PID, all at once. Scanned again
+    after each round: a process being stopped may just have started another (an agent
+    starting its wireguard-go, in a session of its own so that it outlives the agent)."""
     for _ in range(rounds):
-        pids = namespace_pids(ns)
+        pids = [p for ps in pids_in_namespaces(names).values() for p in ps]
         if not pids:
             return
-        for pid in pids:
-            _kill(pid)
+        stop_pids([(pid, ()) for pid in pids])
 
 
 class Lab:
@@ -186,14 +218,29 @@ class Lab:
         if (Path(root) / name / "lab.json").exists():
             raise LabError(f"lab {name!r} is already up; `wgcable lab down --name {name}` first")
         prefix = f"{NS_PREFIX}{name}"
-        lab = cls(LabState(name, prefix, root, ipv6, nat, snat, time.time(), store=store))
+        lab = cls(LabState(name, prefix, root, ipv6, nat, snat, time.time(), store=store,
+                           clusters=clusters, builder_pid=os.getpid(), built=False))
         lab.save()  # recorded first, so that `lab down` can clean up a half-built lab
         try:
             lab._build(clusters, agent_args)
         except BaseException:
             lab.down()
             raise
+        lab.state.built, lab.state.builder_pid = True, 0
+        lab.save()
         return lab
+
+    def build_state(self) -> str:
+        """"built", "building" (its `lab up` still runs) or "interrupted" (it does not)."""
+        if self.state.built:
+            return "built"
+        alive = self.state.builder_pid and process_running(self.state.builder_pid)
+        return "building" if alive else "interrupted"
+
+    def namespaces_present(self) -> list[str]:
+        """Every namespace of this lab that exists, recorded in lab.json or not (a build
+        killed half-way made some it never recorded)."""
+        return sorted(n for n in list_namespaces() if is_lab_namespace(self.state.prefix, n))
 
     def _build(self, clusters: int, agent_args: Sequence[str]) -> None:
         topo = Topology(self.state.prefix, ipv6=self.state.ipv6)
@@ -298,6 +345,7 @@ table ip wgcable_lab_snat {{
             "--state-dir", str(self.state_dir(gw)),
             "--health-check-ip", gw.health_check_ip,
             "--status-interval", "1",
+            "--metrics-port", str(METRICS_PORT),
         ]
         if gw.nat:
             argv += ["--public-ip", gw.public_ip, "--nat"]
@@ -345,6 +393,31 @@ table ip wgcable_lab_snat {{
         except (FileNotFoundError, ValueError):
             return None
 
+    def metrics(self, which: int | str, timeout: float = 5) -> str:
+        """The gateway agent's Prometheus metrics, fetched from inside its namespace (the
+        agent listens on the namespace's own 127.0.0.1)."""
+        gw = self.gateway(which)
+
+        def fetch() -> tuple[int, str]:
+            conn = http.client.HTTPConnection("127.0.0.1", METRICS_PORT, timeout=timeout)
+            try:
+                conn.request("GET", "/metrics")
+                reply = conn.getresponse()
+                return reply.status, reply.read().decode(errors="replace")
+            finally:
+                conn.close()
+
+        url = f"http://127.0.0.1:{METRICS_PORT}/metrics in {gw.gateway_ns}"
+        try:
+            status, body = call_in_netns(gw.gateway_ns, fetch)
+        except OSError as e:
+            alive = "running" if self.agent_alive(gw.index) else "not running"
+            raise LabError(f"{gw.cluster_id}: no metrics at {url} (the agent is {alive}): "
+                           f"{e}") from None
+        if status != 200:
+            raise LabError(f"{gw.cluster_id}: {url}: HTTP {status}")
+        return body
+
     def all_connected(self) -> bool:
         want = len(self.state.gateways) - 1
         for gw in self.state.gateways:
@@ -375,20 +448,26 @@ table ip wgcable_lab_snat {{
         """Remove everything: agents, daemons and holders (by PID), namespaces, files.
         Goes on past failures and returns what it could not remove."""
         problems: list[str] = []
+        # Agents first, all at once: an agent still running would restart the wireguard-go
+        # that is stopped next. SIGKILL, not SIGTERM: an agent's orderly exit takes about
+        # 1 s and only keeps tunnels and endpoints that are removed just below.
+        stop_pids([(gw.agent_pid, _AGENT_NAMES) for gw in self.state.gateways],
+                  sig=signal.SIGKILL)
+        # Then the daemons and holders, together.
+        daemons: list[tuple[int, Sequence[str]]] = []
         for gw in self.state.gateways:
-            _kill(gw.agent_pid, names=("python", "python3", "wgcable", "nsenter"))
             pidfile = self.state_dir(gw) / "subwg0.wireguard-go.pid"
             with contextlib.suppress(OSError, ValueError):
-                _kill(int(pidfile.read_text()), names=("wireguard-go",))
-            _kill(gw.holder_pid, names=("sleep",))
+                daemons.append((int(pidfile.read_text()), ("wireguard-go",)))
+            daemons.append((gw.holder_pid, ("sleep",)))
+        stop_pids(daemons)
         if self.state.broker_ns:
             self.broker().stop()
         mine = [n for n in list_namespaces() if is_lab_namespace(self.state.prefix, n)]
         # Whatever still runs in our namespaces is ours too (an agent whose PID was never
-        # recorded, or whose comm `_kill` did not know, e.g. "python3.11"): end it by PID,
-        # or it would outlive the namespace's name.
-        for ns in mine:
-            end_processes_in(ns)
+        # recorded, or whose comm the names above did not know, e.g. "python3.11"): end it
+        # by PID, or it would outlive the namespace's name.
+        end_processes_in(*mine)
         try:
             delete_namespaces(mine)
         except LabError as e:

@@ -17,6 +17,7 @@ class InvalidKeyError(WgError, ValueError):
 
     def __init__(self, field: str, reason: str) -> None:
         self.field = field
+        self.reason = reason  # without the field, for messages that name it themselves
         super().__init__(f"{field}: invalid key: {reason}")
 
 
