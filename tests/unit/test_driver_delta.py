@@ -531,6 +531,6 @@ def test_status_read_checks_routes_with_one_read_compared_as_text(rig: Rig) -> N
 def test_route_text_key_is_how_ip_prints_it() -> None:
     from wgcable.routing.table import Route
     host = Route(ipaddress.ip_network("10.9.9.9/32"), DEV, ipaddress.ip_address("10.1.0.1"))
-    assert host.text_key() == ("10.9.9.9", DEV, "10.1.0.1")
+    assert host.text_key() == ("10.9.9.9", DEV, "10.1.0.1", "")
     v6 = Route(ipaddress.ip_network("fd00:2::/48"), DEV, None)
-    assert v6.text_key() == ("fd00:2::/48", DEV, "")
+    assert v6.text_key() == ("fd00:2::/48", DEV, "", "")

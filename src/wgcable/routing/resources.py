@@ -26,14 +26,15 @@ class RouteResource:
         self.table = table
         self._taken: frozenset[IPNetwork] = frozenset()  # others' destinations, last read
         self._keys_for: Mapping[Route, Route] | None = None
-        self._keys: frozenset[tuple[str, str, str]] = frozenset()
+        self._keys: frozenset[tuple[str, str, str, str]] = frozenset()
 
     def read(self) -> dict[Route, Route]:
         rows = self.table.read_rows()
         # A route on our own device without our protocol was written by an older version
         # (or by hand for our tunnel): replacing it adopts it. Another device's is not ours.
         self._taken = frozenset(network(row[0]) for row in rows if row[1] != self.table.device)
-        ours = {RouteTable.route_of(*row[:3]) for row in rows if self.table.ours(row)}
+        ours = {RouteTable.route_of(row[0], row[1], row[2], row[4]) for row in rows
+                if self.table.ours(row)}
         return {r: r for r in ours}
 
     def _blocked(self, add: set[Route]) -> set[Route]:

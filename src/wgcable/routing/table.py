@@ -31,7 +31,9 @@ ROUTE_PROTOCOL = 87
 
 FAMILIES = ("-4", "-6")
 
-_Row = tuple[str, str, str, str]  # (dst, dev, src or "", protocol) as `ip -N -j` prints
+# (dst, dev, src or "", protocol, gateway or "") as `ip -N -j` prints them
+_Row = tuple[str, str, str, str, str]
+_Key = tuple[str, str, str, str]  # (dst, dev, src or "", gateway or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,29 +41,37 @@ class Route:
     dst: IPNetwork
     dev: str
     src: IPAddress | None = None
+    # A next hop on the device (the route agent's gateway VTEP), reached ``onlink``; an
+    # IPv6 route may have an IPv4 one (``via inet``).
+    via: IPAddress | None = None
     # Hashing an ipaddress network is slow (about 5 us): sets and dicts of thousands of
     # routes are compared on every change, so the hash is computed once.
     _hash: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
         # A zone is free text that str() renders into the ``ip -batch`` line: never ours.
-        if _zoned(self.dst.network_address) or (self.src is not None and _zoned(self.src)):
+        if any(a is not None and _zoned(a) for a in (self.dst.network_address, self.src,
+                                                       self.via)):
             raise ValueError("a route with a zoned address is refused")
-        object.__setattr__(self, "_hash", hash((self.dst, self.dev, self.src)))
+        object.__setattr__(self, "_hash", hash((self.dst, self.dev, self.src, self.via)))
 
     def __hash__(self) -> int:
         return self._hash
 
     def spec(self, table: int, protocol: int) -> str:
         s = f"{self.dst} dev {self.dev} table {table} proto {protocol}"
+        if self.via is not None:
+            family = "inet " if self.via.version != self.dst.version else ""
+            s += f" via {family}{self.via} onlink"
         return s + (f" src {self.src}" if self.src else "")
 
-    def text_key(self) -> tuple[str, str, str]:
+    def text_key(self) -> _Key:
         """(dst, dev, src) as ``ip -j route show`` prints them (a host route without its
         /32 or /128; no source: ""), to compare with a read without parsing it."""
         dst = self.dst
         text = str(dst.network_address) if dst.prefixlen == dst.max_prefixlen else str(dst)
-        return text, self.dev, str(self.src) if self.src else ""
+        return (text, self.dev, str(self.src) if self.src else "",
+                str(self.via) if self.via else "")
 
 
 def _zoned(addr: IPAddress) -> bool:
@@ -98,25 +108,29 @@ class RouteTable:
                     continue
                 if dst == "default":
                     continue
+                via = r.get("gateway") or ""
+                if not via and isinstance(r.get("via"), dict):  # an IPv4 next hop of IPv6
+                    via = r["via"].get("host", "")
                 found.append((str(dst), str(dev), str(r.get("prefsrc") or ""),
-                              str(r.get("protocol", ""))))
+                              str(r.get("protocol", "")), str(via)))
         return found
 
     def ours(self, row: _Row) -> bool:
         return row[1] == self.device and row[3] == str(self.protocol)
 
-    def _read(self) -> list[tuple[str, str, str]]:
-        """Our routes as printed: (dst, dev, src or "")."""
-        return [row[:3] for row in self.read_rows() if self.ours(row)]
+    def _read(self) -> list[_Key]:
+        """Our routes as printed: (dst, dev, src or "", gateway or "")."""
+        return [(row[0], row[1], row[2], row[4]) for row in self.read_rows() if self.ours(row)]
 
     @staticmethod
-    def route_of(dst: str, dev: str, src: str) -> Route:
-        return Route(network(dst), dev, ipaddress.ip_address(src) if src else None)
+    def route_of(dst: str, dev: str, src: str, via: str = "") -> Route:
+        return Route(network(dst), dev, ipaddress.ip_address(src) if src else None,
+                     ipaddress.ip_address(via) if via else None)
 
     def routes(self) -> set[Route]:
         return {self.route_of(*key) for key in self._read()}
 
-    def holds(self, keys: frozenset[tuple[str, str, str]], exactly: bool = True) -> bool:
+    def holds(self, keys: frozenset[_Key], exactly: bool = True) -> bool:
         """Whether the table holds our routes of these ``Route.text_key()``s (and, with
         ``exactly``, no other of ours): one read, compared as text. False may also mean
         "printed differently": then :meth:`sync` decides."""
