@@ -84,11 +84,14 @@ class Pinger:
     waits for a number of them instead of sleeping for a time (under emulation, fewer
     echoes go out per second)."""
 
-    def __init__(self, lab: Lab, src: int, dst: int, interval: float = 0.1) -> None:
-        target = lab.gateway(dst).pod_ips[0]
+    def __init__(self, lab: Lab | None, src: int | str, dst: int | str,
+                 interval: float = 0.1) -> None:
+        """From cluster ``src``'s first pod to cluster ``dst``'s; without a lab, ``src`` is
+        a namespace and ``dst`` an address."""
+        if lab is not None:
+            src, dst = lab.gateway(src).pod_ns[0], lab.gateway(dst).pod_ips[0]
         self._proc = subprocess.Popen(
-            Namespace(lab.gateway(src).pod_ns[0]).cmd(
-                "ping", "-n", "-i", str(interval), "-W", "1", target),
+            Namespace(str(src)).cmd("ping", "-n", "-i", str(interval), "-W", "1", str(dst)),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self._lines: list[str] = []
         self._answered: set[int] = set()

@@ -20,6 +20,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "keys": ("genkey", "genpsk", "pubkey"),
     "show": ("show",),
     "agent": ("agent", "cleanup"),
+    "routeagent": ("route-agent",),
     "lab": ("lab",),
     "demo": ("demo",),
 }
@@ -78,3 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+if __name__ == "__main__":  # `python -m wgcable.cli.main` as well as `python -m wgcable`
+    raise SystemExit(main())

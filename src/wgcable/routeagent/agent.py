@@ -1,0 +1,249 @@
+"""The route agent's life: read the store, find the cluster's active gateway, validate the
+remote clusters, bring the node to its desired state; again on every store change, and a
+full check (every resource read) at every resync.
+
+It publishes nothing: it only reads the Endpoints the gateway agents publish. The active
+gateway is the local cluster's Endpoint that the remote clusters connect to (the same
+choice: the first by object name), its node the Endpoint's ``private_ip``.
+
+Hostile or broken input changes nothing it should not: a remote Endpoint that fails
+validation is refused by name (the others are routed); a local Endpoint that is unusable, or
+none at all, keeps the node as it is (traffic is never sent unencrypted past a gateway that
+is gone: the routes stay until a gateway is known again).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wgcable.cable.remote import EndpointRejectedError, parse_remote, shown
+from wgcable.cable.wireguard import desired, host
+from wgcable.cable.wireguard.index import PeerIndex
+from wgcable.engine.plan import plan
+from wgcable.reconcile import Reconciler
+from wgcable.routeagent.resources import (
+    FdbResource,
+    NeighResource,
+    RpFilterResource,
+    VxlanResource,
+)
+from wgcable.routeagent.state import NodeFacts, NodeState, Settings, node_state
+from wgcable.routing import IPRoute, RouteTable, nftables
+from wgcable.routing.resources import NftResource, RouteResource
+from wgcable.store.base import EndpointStore
+from wgcable.store.directory import atomic_write
+from wgcable.wgctrl import IPAddress, IPNetwork, Key
+
+log = logging.getLogger(__name__)
+
+# Our routes' protocol: unassigned in linux/rtnetlink.h and iproute2's rt_protos; ASCII "X".
+ROUTE_PROTOCOL = 88
+MAIN_TABLE = 254
+STATUS_FILE = "route-agent.json"
+RP_FILTER_RECORD = "route-agent-rp_filter.json"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAgentConfig:
+    cluster_id: str
+    node_ip: IPAddress
+    hostname: str
+    state_dir: str
+    settings: Settings = field(default_factory=Settings)
+    resync_interval: float = 30.0
+    resolv_conf: str = "/etc/resolv.conf"
+
+
+@dataclass(slots=True)
+class Status:
+    gateway: dict[str, Any] | None = None  # the active gateway as last found
+    routes: int = 0
+    refused: dict[str, str] = field(default_factory=dict)  # cluster or entry -> why
+    problem: str = ""  # why the node was left as it is, if it was
+
+
+class RouteAgent:
+    def __init__(self, cfg: RouteAgentConfig, store: EndpointStore,
+                 ip: IPRoute | None = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.ip = ip or IPRoute()
+        dev = cfg.settings.device
+        self.vxlan = VxlanResource(self.ip, dev)
+        self.rp = RpFilterResource(Path(cfg.state_dir) / RP_FILTER_RECORD)
+        self.nft_table = nftables.NftTable(dev)
+        self.table = RouteTable(self.ip, MAIN_TABLE, 0, dev, ROUTE_PROTOCOL)
+        self._vxlan = Reconciler(self.vxlan)
+        self._rp = Reconciler(self.rp)
+        self._fdb = Reconciler(FdbResource(dev))
+        self._neigh = Reconciler(NeighResource(self.ip, dev))
+        self._routes = Reconciler(RouteResource(self.table))
+        self._nft: Reconciler[IPNetwork, IPNetwork] | None = None  # once the CIDRs are known
+        self.synced = False
+        self.status = Status()
+        self._lock = threading.Lock()
+        self._dirty = threading.Event()
+
+    # --- one pass ---------------------------------------------------------------------------
+
+    def _facts(self, local_subnets: tuple[IPNetwork, ...]) -> NodeFacts:
+        addresses = self.ip.addresses()
+        underlay, mtu = "", 1500
+        for ifname, addr, _ in addresses:
+            if ipaddress.ip_address(addr) == self.cfg.node_ip:
+                underlay = ifname
+                link = self.ip.link(ifname)
+                mtu = int(link["mtu"]) if link else 1500
+                break
+        if not underlay:
+            raise RuntimeError(f"node IP {self.cfg.node_ip} is on no interface of this node")
+        ipv6 = self.ip.ipv6_enabled(self.cfg.settings.device)
+        self.table.families = ("-4", "-6") if ipv6 else ("-4",)
+        return NodeFacts(self.cfg.node_ip, underlay, mtu,
+                         desired.local_sources(addresses, local_subnets,
+                                               self.cfg.settings.device), ipv6)
+
+    def _protected(self) -> tuple[list[host.Protected], set[IPAddress]]:
+        addresses = self.ip.addresses()
+        try:
+            resolv = Path(self.cfg.resolv_conf).read_text(errors="replace")
+        except OSError:
+            resolv = ""
+        prot = [*host.connected_networks(addresses, self.cfg.settings.device),
+                *host.nameservers(resolv),
+                *((ipaddress.ip_network(a), f"the broker's address {a}")
+                  for a in self.store.server_addresses())]
+        mine = {ipaddress.ip_address(a) for ifname, a, _ in addresses
+                if ifname != self.cfg.settings.device}
+        return prot, mine
+
+    def desired(self) -> NodeState | None:
+        """The node's desired state from the store now, or None: leave the node as it is
+        (``status.problem`` says why)."""
+        snap = self.store.snapshot()
+        status = Status(refused=dict(snap.errors))
+        local = sorted((name, ep) for name, ep in snap.endpoints.items()
+                       if ep.cluster_id == self.cfg.cluster_id)
+        if not local:
+            status.problem = (f"no Endpoint of cluster {self.cfg.cluster_id} in the store: "
+                              "the node is left as it is until a gateway publishes one")
+            self.status = status
+            return None
+        name, gw = local[0]
+        try:
+            parsed = parse_remote(gw)
+            if not isinstance(parsed.private_ip, ipaddress.IPv4Address):
+                raise EndpointRejectedError(parsed.cluster_id, "private_ip", gw.private_ip,
+                                            "the VXLAN to the gateway needs its IPv4 address")
+            gw_ip: IPAddress = parsed.private_ip
+        except EndpointRejectedError as e:
+            status.problem = f"the cluster's gateway Endpoint {shown(name)} is refused: {e}"
+            self.status = status
+            return None
+        status.gateway = {"endpoint": name, "hostname": shown(gw.hostname),
+                          "ip": str(gw_ip), "this_node": gw_ip == self.cfg.node_ip}
+        local_subnets = parsed.subnets
+        protected, mine = self._protected()
+        index = PeerIndex()
+        for cid, info in sorted(plan(gw, snap).connect.items()):
+            try:
+                peer = desired.validate_remote(info, gw, local_subnets, Key.zero(), index,
+                                               mine, protected)
+            except EndpointRejectedError as e:
+                status.refused[cid] = str(e)
+                continue
+            index.add(peer)
+        nets = [n for p in index for n in p.subnets]
+        state = node_state(self.cfg.settings, self._facts(local_subnets), gw_ip, nets)
+        if self._nft is None:
+            self._nft = Reconciler(NftResource(self.nft_table, self.cfg.settings.device,
+                                               local_subnets, True, True))
+        status.routes = len(state.routes)
+        self.status = status
+        return state
+
+    def reconcile(self, verify: bool = False) -> None:
+        with self._lock:
+            state = self.desired()
+            if state is None:
+                log.warning("%s", self.status.problem)
+                self._write_status()
+                return
+            synced = self.synced
+            self._vxlan.reconcile(state.link, synced=True, verify=verify)
+            self._rp.reconcile(state.rp_filter, synced=True, verify=verify)
+            assert self._nft is not None
+            self._nft.reconcile(state.nft_remote, synced=synced, verify=verify)
+            # The new gateway's entries before the routes move to it, the old one's after:
+            # no packet meets a route to a VTEP the device cannot reach.
+            self._fdb.reconcile(state.fdb, synced=False)
+            self._neigh.reconcile(state.neigh, synced=False)
+            self._routes.reconcile(state.routes, synced=synced, verify=verify)
+            self._fdb.reconcile(state.fdb, synced=synced, verify=not synced)
+            self._neigh.reconcile(state.neigh, synced=synced, verify=not synced)
+            if not synced:
+                # Every Endpoint has been seen once: what is ours and unknown goes now.
+                self.synced = True
+                self._routes.reconcile(state.routes, synced=True, verify=True)
+                self._nft.reconcile(state.nft_remote, synced=True, verify=True)
+            self._write_status()
+        gw = self.status.gateway or {}
+        log.info("gateway %s (%s)%s; %d route(s), %d refused", gw.get("ip"),
+                 gw.get("endpoint"), ", this node" if gw.get("this_node") else "",
+                 self.status.routes, len(self.status.refused))
+
+    def _write_status(self) -> None:
+        doc = {"updated": time.time(), "pid": os.getpid(), "cluster": self.cfg.cluster_id,
+               "node_ip": str(self.cfg.node_ip), "device": self.cfg.settings.device,
+               "gateway": self.status.gateway, "routes": self.status.routes,
+               "refused": self.status.refused, "problem": self.status.problem}
+        atomic_write(Path(self.cfg.state_dir), STATUS_FILE,
+                     json.dumps(doc, indent=1).encode())
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        watcher = threading.Thread(target=self._watch, args=(stop,), name="store-watch",
+                                   daemon=True)
+        watcher.start()
+        next_resync = 0.0
+        while not stop.is_set():
+            verify = time.monotonic() >= next_resync
+            self._dirty.clear()
+            try:
+                self.reconcile(verify=verify)
+                if verify:
+                    next_resync = time.monotonic() + self.cfg.resync_interval
+            except Exception as e:
+                log.warning("reconcile failed (will retry): %s", e)
+                self._dirty.set()
+                stop.wait(1.0)
+                continue
+            self._dirty.wait(max(0.0, next_resync - time.monotonic()))
+
+    def _watch(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.store.watch(self._dirty.set, stop)
+            except Exception as e:
+                log.warning("watching the store failed (will retry): %s", e)
+            self._dirty.set()
+            stop.wait(1.0)
+
+    def cleanup(self) -> None:
+        """Remove what the route agent made: its device (with its FDB, neighbour entries
+        and routes), its nftables table, the rp_filter it loosened, its status file."""
+        if self.vxlan.remove():
+            log.info("removed device %s and its routes", self.cfg.settings.device)
+        self.nft_table.remove()
+        self.rp.restore()
+        (Path(self.cfg.state_dir) / STATUS_FILE).unlink(missing_ok=True)
+
