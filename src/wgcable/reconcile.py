@@ -21,12 +21,13 @@ to keep live here, once:
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping
+from collections.abc import Collection, Hashable, Mapping
 from typing import Generic, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
+_NONE = object()
 V = TypeVar("V")
 
 
@@ -42,12 +43,15 @@ class Resource(Protocol[K, V]):
         """What the host holds of ours now."""
         ...
 
-    def write(self, have: Mapping[K, V], want: Mapping[K, V], *, trusted: bool) -> int:
+    def write(self, have: Mapping[K, V], want: Mapping[K, V], *, trusted: bool,
+              changed: Collection[K] | None = None) -> int:
         """Change the host from ``have`` to ``want``; the number of changes made.
 
         ``trusted``: ``have`` is what we last wrote, not a read, so a change that meets
         something else (a route someone added meanwhile) must fail rather than overwrite it;
-        the reconciler then reads and tries again.
+        the reconciler then reads and tries again. ``changed``: when known, the only keys
+        whose values may differ (the rest are the same objects): a resource may look at
+        just those.
         """
         ...
 
@@ -55,6 +59,36 @@ class Resource(Protocol[K, V]):
         """A cheap check that the host still holds ``want`` (and, with ``exactly``, nothing
         else of ours); False may be a false alarm: then a read decides."""
         ...
+
+
+class Tracked(dict[K, V]):
+    """A desired state's mapping that knows which keys changed since the mapping it was
+    derived from (``parent``). Never changed once made: a reconciler keeps a reference to
+    the one it wrote, and the difference to a newer one costs O(changed), not O(N)."""
+
+    __slots__ = ("parent", "touched")
+
+    def __init__(self, items: Mapping[K, V], parent: Tracked[K, V] | None = None,
+                 touched: frozenset[K] = frozenset()) -> None:
+        super().__init__(items)
+        self.parent = parent
+        self.touched = touched
+
+
+def changed_since(want: Mapping[K, V], written: Mapping[K, V], depth: int = 64
+                  ) -> set[K] | None:
+    """The keys that may differ between ``written`` and ``want``, from ``want``'s lineage;
+    None when ``want`` does not descend from ``written``."""
+    keys: set[K] = set()
+    m: Mapping[K, V] | None = want
+    for _ in range(depth):
+        if m is written:
+            return keys
+        if not isinstance(m, Tracked):
+            return None
+        keys |= m.touched
+        m = m.parent
+    return None
 
 
 def keep_unknown(have: Mapping[K, V], want: Mapping[K, V]) -> dict[K, V]:
@@ -70,12 +104,17 @@ class Reconciler(Generic[K, V]):
     def __init__(self, resource: Resource[K, V]) -> None:
         self.resource = resource
         # What the resource holds as we last wrote it; None: unknown (read next time).
-        self.written: dict[K, V] | None = None
+        self.written: Mapping[K, V] | None = None
 
     def forget(self) -> None:
         """Distrust the last write: the next reconcile reads (someone else may have changed
         the resource, or it was re-created)."""
         self.written = None
+
+    @staticmethod
+    def _keep(want: Mapping[K, V]) -> Mapping[K, V]:
+        # A Tracked mapping is never changed: kept by reference, its lineage intact.
+        return want if isinstance(want, Tracked) else dict(want)
 
     def reconcile(self, want: Mapping[K, V], *, synced: bool, verify: bool = False,
                   have: Mapping[K, V] | None = None) -> int:
@@ -84,23 +123,26 @@ class Reconciler(Generic[K, V]):
         Returns the number of changes made."""
         written = self.written
         if synced and not verify and have is None and written is not None:
-            if want == written:  # values are shared between passes: mostly identity checks
+            changed = changed_since(want, written)
+            if changed is not None:  # touched is not changed: a value may be put back equal
+                changed = {k for k in changed if want.get(k, _NONE) != written.get(k, _NONE)}
+            if (changed is not None and not changed) or (changed is None and want == written):
                 return 0
             try:
-                n = self.resource.write(written, want, trusted=True)
+                n = self.resource.write(written, want, trusted=True, changed=changed)
             except Exception as e:
                 log.info("%s: applying the change alone failed (%s); reading it to apply the "
                          "whole state", self.resource.name, e)
             else:
-                self.written = dict(want)
+                self.written = self._keep(want)
                 return n
         self.written = None  # unknown until the write below succeeds
         if have is None:
             have = self.resource.read()
-        target = dict(want) if synced else keep_unknown(have, want)
+        target = want if synced else keep_unknown(have, want)
         n = self.resource.write(have, target, trusted=False)
         # Before sync the host may hold unknown things we kept: not a state to trust.
-        self.written = target if synced else None
+        self.written = self._keep(target) if synced else None
         return n
 
     def check(self, want: Mapping[K, V], *, synced: bool) -> int:

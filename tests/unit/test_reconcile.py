@@ -4,11 +4,11 @@ synced, a read after any doubt or failure."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import pytest
 
-from wgcable.reconcile import Reconciler, keep_unknown
+from wgcable.reconcile import Reconciler, Tracked, changed_since, keep_unknown
 
 
 class Box:
@@ -22,12 +22,15 @@ class Box:
         self.writes: list[tuple[bool, dict[str, int]]] = []
         self.fail_trusted = False
         self.checks = 0
+        self.hints: list[set[str] | None] = []
 
     def read(self) -> dict[str, int]:
         self.reads += 1
         return dict(self.held)
 
-    def write(self, have: Mapping[str, int], want: Mapping[str, int], *, trusted: bool) -> int:
+    def write(self, have: Mapping[str, int], want: Mapping[str, int], *, trusted: bool,
+              changed: Collection[str] | None = None) -> int:
+        self.hints.append(None if changed is None else set(changed))
         if trusted and self.fail_trusted:
             self.fail_trusted = False
             raise RuntimeError("someone changed it meanwhile")
@@ -124,3 +127,22 @@ def test_reconcile_check_before_sync_tolerates_unknown_entries() -> None:
     rec.reconcile({"a": 1}, synced=False)
     assert rec.check({"a": 1}, synced=False) == 0
     assert box.held == {"unknown": 1, "a": 1}
+
+
+def test_reconcile_tracked_lineage_limits_the_write_to_what_changed() -> None:
+    box = Box()
+    rec = Reconciler(box)
+    a = Tracked({"x": 1, "y": 2})
+    rec.reconcile(a, synced=True)
+    b = Tracked({"x": 1, "y": 3, "z": 4}, a, frozenset({"y", "z"}))
+    c = Tracked({"x": 1, "y": 3, "z": 4}, b, frozenset({"x"}))  # touched, put back equal
+    assert changed_since(c, a) == {"x", "y", "z"}
+    assert changed_since(a, c) is None  # not a descendant: unknown
+    assert rec.reconcile(c, synced=True) == 2
+    assert box.hints[-1] == {"y", "z"}  # "x" was touched but is equal: not a change
+    assert box.held == {"x": 1, "y": 3, "z": 4}
+    d = Tracked({"x": 1, "y": 3, "z": 4}, c, frozenset({"z"}))
+    writes = len(box.writes)
+    assert rec.reconcile(d, synced=True) == 0  # nothing differs: nothing written
+    assert len(box.writes) == writes
+    assert box.reads == 1

@@ -16,7 +16,7 @@ import ipaddress
 import json
 import logging
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from wgcable.routeagent.state import LINK, VxlanLink
@@ -90,7 +90,7 @@ class VxlanResource:
             mac=str(link.get("address", "")), vtep=v4, vtep6=v6)}
 
     def write(self, have: Mapping[str, VxlanLink], want: Mapping[str, VxlanLink], *,
-              trusted: bool) -> int:
+              trusted: bool, changed: Collection[str] | None = None) -> int:
         w, h = want[LINK], have.get(LINK)
         dev = self.device
         cmds: list[str] = []
@@ -145,7 +145,7 @@ class FdbResource:
                 if isinstance(e, dict) and e.get("dst") and e.get("state") == "permanent"}
 
     def write(self, have: Mapping[str, IPAddress], want: Mapping[str, IPAddress], *,
-              trusted: bool) -> int:
+              trusted: bool, changed: Collection[str] | None = None) -> int:
         n = 0
         for mac, dst in want.items():
             if have.get(mac) != dst:
@@ -187,7 +187,7 @@ class NeighResource:
         return out
 
     def write(self, have: Mapping[IPAddress, str], want: Mapping[IPAddress, str], *,
-              trusted: bool) -> int:
+              trusted: bool, changed: Collection[IPAddress] | None = None) -> int:
         cmds = [f"neigh replace {a} lladdr {mac} dev {self.device} nud permanent"
                 for a, mac in want.items() if have.get(a) != mac]
         cmds += [f"neigh del {a} dev {self.device}" for a in have if a not in want]
@@ -224,7 +224,7 @@ class RpFilterResource:
         return {}  # reads per interface happen in write: only the wanted ones matter
 
     def write(self, have: Mapping[str, int], want: Mapping[str, int], *,
-              trusted: bool) -> int:
+              trusted: bool, changed: Collection[str] | None = None) -> int:
         n = 0
         for ifname, value in want.items():
             if self._get(ifname) == 1 and value == 2:

@@ -8,7 +8,7 @@ rule, our own nftables table (``nftables.py``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from wgcable.routing import nftables
 from wgcable.routing.table import Route, RouteTable, network
@@ -48,9 +48,11 @@ class RouteResource:
         return blocked
 
     def write(self, have: Mapping[Route, Route], want: Mapping[Route, Route], *,
-              trusted: bool) -> int:
-        add = {r for r in want if r not in have}
-        remove = {r for r in have if r not in want}
+              trusted: bool, changed: Collection[Route] | None = None) -> int:
+        look = want.keys() if changed is None else changed
+        add = {r for r in look if r in want and r not in have}
+        look = have.keys() if changed is None else changed
+        remove = {r for r in look if r in have and r not in want}
         if not add and not remove:
             return 0
         if trusted:
@@ -89,7 +91,7 @@ class RuleResource:
         return {fam: True for fam in self.table.families if self.table.has_rule(fam)}
 
     def write(self, have: Mapping[str, bool], want: Mapping[str, bool], *,
-              trusted: bool) -> int:
+              trusted: bool, changed: Collection[str] | None = None) -> int:
         missing = [fam for fam in want if fam not in have]
         for fam in missing:
             self.table.add_rule(fam)
@@ -120,7 +122,7 @@ class NftResource:
         return {n: n for n in nets}
 
     def write(self, have: Mapping[IPNetwork, IPNetwork], want: Mapping[IPNetwork, IPNetwork],
-              *, trusted: bool) -> int:
+              *, trusted: bool, changed: Collection[IPNetwork] | None = None) -> int:
         remote = tuple(sorted(want, key=lambda n: (n.version, n)))
         body = nftables.render(nftables.Rules(
             device=self.rules.device, local=self.rules.local, remote=remote,

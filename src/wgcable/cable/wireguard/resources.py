@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from wgcable.cable.wireguard.device import WireGuardDevice
 from wgcable.cable.wireguard.state import LINK, LinkSettings
@@ -52,7 +52,7 @@ class LinkResource:
                                    link.mtu if link.is_up else 0)}
 
     def write(self, have: Mapping[str, LinkSettings], want: Mapping[str, LinkSettings], *,
-              trusted: bool) -> int:
+              trusted: bool, changed: Collection[str] | None = None) -> int:
         w, h = want[LINK], have.get(LINK)
         n = 0
         if h is None or h.private_key != w.private_key or h.listen_port != w.listen_port \
@@ -93,26 +93,32 @@ class PeersResource:
         return {p.public_key: p for p in self.reads.get().peers}
 
     def write(self, have: Mapping[Key, Peer], want: Mapping[Key, Peer], *,
-              trusted: bool) -> int:
-        changed = want
-        if trusted:  # only the peers that changed since our last write: O(changed)
-            keys = [k for k, p in want.items() if have.get(k) is not p]
-            keys += [k for k in have if k not in want]
-            have = {k: have[k] for k in keys if k in have}
-            changed = {k: want[k] for k in keys if k in want}
-        wants = list(changed.values())
-        if not trusted:
+              trusted: bool, changed: Collection[Key] | None = None) -> int:
+        if trusted:  # only the peers that changed since our last write
+            keys = list(changed) if changed is not None else (
+                [k for k, p in want.items() if have.get(k) is not p]
+                + [k for k in have if k not in want])
+            have_now = {k: have[k] for k in keys if k in have}
+            wants = [want[k] for k in keys if k in want]
+        else:
+            have_now = dict(have)
             sent = self.sent
             wants = [dataclasses.replace(p, endpoint=None)
                      if p.public_key in have and p.endpoint is not None
-                     and sent.get(p.public_key) == p.endpoint else p for p in wants]
+                     and sent.get(p.public_key) == p.endpoint else p for p in want.values()]
         kind = self.device.kind or BackendKind.USERSPACE
-        change: Config = config_delta(Device(self.device.name, kind, peers=list(have.values())),
-                                      Device(self.device.name, kind, peers=wants))
+        change: Config = config_delta(
+            Device(self.device.name, kind, peers=list(have_now.values())),
+            Device(self.device.name, kind, peers=wants))
         if not change.is_empty():
             self.device.client.configure(self.device.name, change)
             log.debug("device %s: %d peer change(s)", self.device.name, len(change.peers))
-        self.sent = {k: p.endpoint for k, p in want.items() if p.endpoint is not None}
+        if trusted:
+            for k in have_now:
+                self.sent.pop(k, None)
+            self.sent.update((p.public_key, p.endpoint) for p in wants if p.endpoint)
+        else:
+            self.sent = {k: p.endpoint for k, p in want.items() if p.endpoint is not None}
         return len(change.peers)
 
     def holds(self, want: Mapping[Key, Peer], *, exactly: bool) -> bool:
