@@ -13,6 +13,8 @@ flag                environment variable      YAML key         default
 --store             WGCABLE_STORE             store            required
 --kubeconfig        KUBECONFIG                kubeconfig       in-cluster service account
 --namespace         BROKER_K8S_REMOTENAMESPACE namespace       submariner-k8s-broker
+--store-timeout     WGCABLE_STORE_TIMEOUT     store_timeout    10 (seconds)
+--create-store      WGCABLE_CREATE_STORE      create_store     false
 --cluster-id        SUBMARINER_CLUSTERID      cluster_id       required
 --cluster-cidr      SUBMARINER_CLUSTERCIDR    cluster_cidr     required (one or more)
 --service-cidr      SUBMARINER_SERVICECIDR    service_cidr     none
@@ -44,7 +46,11 @@ flag                environment variable      YAML key         default
 The store is a directory shared by the gateways of one machine, or ``kubernetes``: the
 ``submariner.io/v1`` Endpoints and Gateways in ``--namespace`` of the API server that
 ``--kubeconfig`` names (the pod's service account without one). Both are ignored for a
-directory store.
+directory store. A store request that takes longer than ``--store-timeout`` is given up
+and reported in the gateway status. A directory store that does not exist is created only
+with ``--create-store``, or when it is an absolute path under /var/lib/wgcable or
+/run/wgcable; otherwise the agent refuses to start (a mistyped ``kubernetes`` would
+quietly become a directory).
 
 Values: CIDR lists are comma-separated (flags may also repeat; YAML may give a list);
 booleans are true/false, yes/no or 1/0 in any case, and their flags have a ``--no-`` form
@@ -91,7 +97,7 @@ from wgcable.cable.wireguard.config import (
 )
 from wgcable.cable.wireguard.desired import DEFAULT_PORT, UDP_PORT
 from wgcable.cable.wireguard.status import StatusThresholds
-from wgcable.store.open import DEFAULT_NAMESPACE, KUBERNETES, StoreSpec
+from wgcable.store.open import DEFAULT_NAMESPACE, DEFAULT_STORE_TIMEOUT, KUBERNETES, StoreSpec
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -152,9 +158,12 @@ class AgentConfig:
     config_file: str | None = None  # the YAML file read, if any (for the startup log)
     kubeconfig: str | None = None  # None: the in-cluster service account
     namespace: str = DEFAULT_NAMESPACE
+    store_timeout: float = DEFAULT_STORE_TIMEOUT
+    create_store: bool = False
 
     def store_spec(self) -> StoreSpec:
-        return StoreSpec(self.store, kubeconfig=self.kubeconfig, namespace=self.namespace)
+        return StoreSpec(self.store, kubeconfig=self.kubeconfig, namespace=self.namespace,
+                         timeout=self.store_timeout, create=self.create_store)
 
     def local_endpoint(self) -> Endpoint:
         """The Endpoint this gateway publishes (a new object each call: drivers add to it)."""
@@ -222,6 +231,11 @@ _SETTINGS = (
     _Setting("--namespace", "BROKER_K8S_REMOTENAMESPACE", "NS",
              "broker namespace of Endpoints and Gateways (kubernetes store)",
              DEFAULT_NAMESPACE),
+    _Setting("--store-timeout", "WGCABLE_STORE_TIMEOUT", "S",
+             "seconds a store request may take before it counts as failed",
+             f"{DEFAULT_STORE_TIMEOUT:g}"),
+    _Setting("--create-store", "WGCABLE_CREATE_STORE", "",
+             "create a directory store that does not exist", "no"),
     _Setting("--cluster-id", "SUBMARINER_CLUSTERID", "ID", "this cluster's ID, a DNS label",
              None),
     _Setting("--cluster-cidr", "SUBMARINER_CLUSTERCIDR", "CIDR[,CIDR]", "pod CIDRs",
@@ -274,7 +288,7 @@ _SETTINGS = (
 )
 _BY_KEY = {s.key: s for s in _SETTINGS}
 _LIST_KEYS = {"cluster_cidr", "service_cidr", "protected_cidrs"}
-_BOOL_KEYS = {"nat", "snat_exemption", "mss_clamp"}  # flags with a --no- form
+_BOOL_KEYS = {"nat", "snat_exemption", "mss_clamp", "create_store"}  # flags with a --no- form
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -699,6 +713,8 @@ def from_namespace(
     store = r.get("store", _text, "")
     kubeconfig = r.get("kubeconfig", _text, None)
     namespace = r.get("namespace", _namespace, DEFAULT_NAMESPACE)
+    store_timeout = r.get("store_timeout", _seconds, DEFAULT_STORE_TIMEOUT)
+    create_store = r.get("create_store", _boolean, False)
     cluster_id = r.get("cluster_id", _cluster_id, "")
     cluster_cidrs: list[IPNetwork] = r.get("cluster_cidr", _cidrs, [])
     service_cidrs: list[IPNetwork] = r.get("service_cidr", _cidrs, [])
@@ -799,6 +815,8 @@ def from_namespace(
         config_file=file.path,
         kubeconfig=kubeconfig,
         namespace=namespace,
+        store_timeout=store_timeout,
+        create_store=create_store,
     )
 
 

@@ -33,6 +33,7 @@ from wgcable.engine import plan as planning
 from wgcable.engine.health import HealthChecker
 from wgcable.engine.storecalls import StoreCalls
 from wgcable.store.base import EndpointStore, Snapshot, StoreUnavailableError
+from wgcable.store.open import DEFAULT_STORE_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ log = logging.getLogger(__name__)
 # writer keeps changing it: restores then back off (1 s, doubling, up to the maximum), so
 # that two writers never fight at full speed.
 RESTORE_BACKOFF_MAX = 60.0
-DEFAULT_STORE_TIMEOUT = 10.0  # as the Kubernetes store's request timeout
 
 
 class Engine:
