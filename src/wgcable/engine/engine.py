@@ -227,7 +227,10 @@ class Engine:
             return self._store_problem
         if store_problem:
             return f"store unavailable: {store_problem}"
-        if stalled is not None and stalled[1] > self.store_timeout:
+        # A little grace past the timeout: a store that times out by itself (Kubernetes)
+        # then names its own error first, with its server in it.
+        grace = min(1.0, self.store_timeout / 2)
+        if stalled is not None and stalled[1] > self.store_timeout + grace:
             return (f"store unavailable: {stalled[0]} has not returned after "
                     f"{stalled[1]:.0f} s (store timeout {self.store_timeout:g} s)")
         return f"store unavailable: {calls[0]}" if calls else ""
