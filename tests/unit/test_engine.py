@@ -1262,3 +1262,18 @@ def test_hung_store_at_start_holds_up_neither_start_nor_the_first_status(
     wait_for(lambda: engine.status.status_failure == "", interval + timeout + 2,
              "the failure to clear")
     assert [e.cluster_id for e in store.published] == [LOCAL_ID]
+
+
+def test_a_failed_publish_is_reported_until_our_endpoint_is_in_the_store() -> None:
+    store = FakeStore({"c2-cable": remote("c2")})
+    engine, _ = make_engine(store)
+    store.publish_error = OSError("read-only file system")
+    engine.reconcile()
+    failure = engine.refresh_status().status_failure
+    assert "store unavailable: publishing our endpoint failed: read-only file system" in failure
+    # Put back by other means (a restored directory): nothing left to report.
+    store.publish_error = None
+    store.put(engine.local.object_name(), engine.local, notify=False)
+    engine.reconcile()
+    assert engine.refresh_status().status_failure == ""
+    assert store.published == []

@@ -248,6 +248,8 @@ class Engine:
         name = self.local.object_name()
         now = self.clock()
         if published is not None and published.to_json() == self.local.to_json():
+            with self._lock:  # there as it should be: an earlier failed publish is moot
+                self._call_problems.pop("publish", None)
             if self._own_problem and now - self._last_restore >= RESTORE_BACKOFF_MAX:
                 log.info("our endpoint %s has stayed ours", name)
                 self._own_problem = ""
