@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,10 +48,12 @@ def kube_available() -> None:
 def make_lab(tmp_path: Path, kube_available: None) -> Iterator[MakeLab]:
     labs: list[Lab] = []
 
-    def make(clusters: int, *, wait: bool = True, **kw: object) -> Lab:
+    def make(clusters: int, *, wait: bool = True, agent_args: tuple[str, ...] = (),
+             **kw: object) -> Lab:
         name = f"k{os.getpid() % 10000}{len(labs)}"
         lab = Lab.up(name, clusters, root=str(tmp_path / "labs"), store="kubernetes",
-                     agent_args=["--backend", "userspace"], **kw)  # type: ignore[arg-type]
+                     agent_args=["--backend", "userspace", *agent_args],
+                     **kw)  # type: ignore[arg-type]
         labs.append(lab)
         if wait:
             wait_for(lab.all_connected, 60, "all cables connected")
@@ -340,6 +344,82 @@ def test_api_server_outage_keeps_tunnels_and_the_agents_catch_up(make_lab: MakeL
         wait_for(lambda: "store" not in status_failure(lab, 1), 15, "the store problem to clear")
     finally:
         sent, received = pinger.stop()
+    assert sent > 30
+    assert sent - received <= 1, f"lost {sent - received} of {sent} pings"  # 1: the last one
+
+
+class StatusSampler:
+    """Reads each agent's status.json every 0.1 s in the background and keeps every
+    distinct ``updated`` time (epoch seconds, written by the agent)."""
+
+    def __init__(self, lab: Lab, gateways: tuple[int, ...]) -> None:
+        self.lab = lab
+        self.updated: dict[int, set[float]] = {i: set() for i in gateways}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            for i, seen in self.updated.items():
+                st = self.lab.status(i)
+                if st is not None:
+                    seen.add(st.updated)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def max_gap(self, i: int, start: float, end: float) -> float:
+        """The longest time in [start, end] that agent ``i``'s status went unrefreshed."""
+        times = sorted(t for t in self.updated[i] if start <= t <= end)
+        points = [start, *times, end]
+        return max(b - a for a, b in itertools.pairwise(points))
+
+
+def test_hung_api_server_never_freezes_the_status_and_is_named(make_lab: MakeLab) -> None:
+    # A SIGSTOPped API server accepts connections (the kernel does) and never answers:
+    # the agents' requests hang until their timeout. The status must keep its interval.
+    interval, timeout = 1.0, 4.0  # the lab's --status-interval; our --store-timeout
+    lab = make_lab(2, agent_args=("--store-timeout", f"{timeout:g}"))
+    server = api(lab)
+    pinger = Pinger(lab, 1, 2)
+    sampler = StatusSampler(lab, (1, 2))
+    stopped_at = 0.0
+    try:
+        wait_for(lambda: all(status_failure(lab, i) == "" for i in (1, 2)), 15, "a clean start")
+        os.kill(server.apiserver_pid, signal.SIGSTOP)
+        stopped_at = time.time()
+        # Named within one status interval plus the request timeout (and slack).
+        wait_for(lambda: all("store unavailable" in status_failure(lab, i) for i in (1, 2)),
+                 2 * (interval + timeout), "every agent to name the hung store")
+        named_after = time.time() - stopped_at
+        failure = status_failure(lab, 1)
+        assert "kubernetes API" in failure, failure
+        show = subprocess.run(
+            [sys.executable, "-m", "wgcable", "show", "--connections", "--state-dir",
+             str(lab.state_dir(lab.gateway(1)))], capture_output=True, text=True, check=True)
+        assert "store problems: store unavailable: kubernetes API" in show.stdout, show.stdout
+        assert "cluster2" in show.stdout
+        # Held long enough for several requests to time out, one after another.
+        time.sleep(max(0.0, stopped_at + 3 * timeout - time.time()))
+        assert all(lab.agent_alive(i) for i in (1, 2))
+        assert lab.ping(1, 2) is not None
+        assert lab.ping(2, 1) is not None
+        hung_until = time.time()
+        gaps = {i: sampler.max_gap(i, stopped_at, hung_until) for i in (1, 2)}
+        # Before, a status waited for each hung request: gaps of a whole timeout or more.
+        assert all(gap < timeout for gap in gaps.values()), gaps
+        print(f"hung API server: failure named after {named_after:.1f} s; longest "
+              f"status.json gap {max(gaps.values()):.1f} s (interval {interval:g} s, "
+              f"store timeout {timeout:g} s)")
+    finally:
+        if stopped_at:
+            os.kill(server.apiserver_pid, signal.SIGCONT)
+        sampler.stop()
+        sent, received = pinger.stop()
+    wait_for(lambda: all(status_failure(lab, i) == "" for i in (1, 2)),
+             2 * (interval + timeout), "the store problem to clear")
     assert sent > 30
     assert sent - received <= 1, f"lost {sent - received} of {sent} pings"  # 1: the last one
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import logging
 import socket
 import threading
@@ -986,7 +987,8 @@ def test_start_publishes_reconciles_then_marks_synced(engines: list[Engine]) -> 
     assert driver.calls == [("batch", ""), ("connect", "c2"), ("connect", "c3"), ("synced", "")]
     assert health.started == 1
     assert health.targets == {"c2": "10.2.0.1"}
-    assert store.status_count() == 1  # a status right away, not after the first interval
+    # A status right away, not after the first interval (written on the store thread).
+    wait_for(lambda: store.status_count() == 1, 2, "the first status in the store")
     assert [c.endpoint.cluster_id for c in engine.status.connections] == ["c2", "c3"]
 
 
@@ -1009,7 +1011,7 @@ def test_the_loop_resyncs_on_its_interval(engines: list[Engine]) -> None:
     start(engines, engine)
     wait_for(lambda: driver.resyncs >= 3, 2, "three resyncs")
     # A resync also re-reads the store (a missed notice is caught up), without re-sending.
-    assert store.snapshots >= 4
+    wait_for(lambda: store.snapshots >= 4, 2, "a read per resync")
     assert driver.connected() == ["c2"]
 
 
@@ -1178,3 +1180,124 @@ def test_reconcile_a_driver_bug_is_not_read_as_a_refusal() -> None:
     connects = [cid for what, cid in driver.calls if what == "connect"]
     assert connects.count("c2") == 2
     assert connects.count("c3") == 2
+
+
+# --- a hung store ---------------------------------------------------------------------------
+
+
+class HungStore(FakeStore):
+    """A FakeStore whose calls block while ``hung`` (a broker that stopped answering, as a
+    SIGSTOPped API server does: the connection opens, no reply comes)."""
+
+    def __init__(self, endpoints: dict[str, Endpoint] | None = None) -> None:
+        super().__init__(endpoints)
+        self.answering = threading.Event()
+        self.answering.set()
+        self.blocked = 0  # calls that had to wait
+
+    def hang(self) -> None:
+        self.answering.clear()
+
+    def answer(self) -> None:
+        self.answering.set()
+
+    def _wait(self) -> None:
+        if not self.answering.is_set():
+            with self._lock:
+                self.blocked += 1
+            self.answering.wait()
+
+    def publish(self, endpoint: Endpoint) -> None:
+        self._wait()
+        super().publish(endpoint)
+
+    def snapshot(self) -> Snapshot:
+        self._wait()
+        return super().snapshot()
+
+    def write_status(self, hostname: str, status: GatewayStatus) -> None:
+        self._wait()
+        super().write_status(hostname, status)
+
+
+def _gaps(times: list[float]) -> float:
+    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
+def test_hung_store_never_freezes_the_status_and_is_named(engines: list[Engine]) -> None:
+    interval, timeout = 0.05, 0.25
+    hang = 6 * timeout
+    store = HungStore({"c2-cable": remote("c2")})
+    times: list[float] = []
+    seen: list[GatewayStatus] = []
+
+    def on_status(st: GatewayStatus) -> None:
+        times.append(time.monotonic())
+        seen.append(st)
+
+    engine, driver = make_engine(store, resync_interval=SLOW, status_interval=interval,
+                                 store_timeout=timeout, on_status=on_status)
+    start(engines, engine)
+    wait_for(lambda: store.status_count() >= 2, 2, "statuses in the store")
+    store.hang()
+    hung_at = time.monotonic()
+    n = len(times)
+    took = wait_for(lambda: "has not returned" in engine.status.status_failure,
+                    interval + timeout + 2, "the hung store to be named")
+    assert "writing the gateway status has not returned" in engine.status.status_failure
+    # Named within one status interval plus the store timeout (the rest is slack for a
+    # loaded machine); the status meanwhile kept its interval.
+    assert took < hang
+    time.sleep(max(0.0, hung_at + hang - time.monotonic()))
+    during = times[n - 1:]
+    assert store.blocked >= 1
+    assert len(during) >= 3
+    assert _gaps(during) < hang / 2  # the old engine waited the whole hang once
+    assert [c.endpoint.cluster_id for c in seen[-1].connections] == ["c2"]  # tunnels kept
+    assert driver.connected() == ["c2"]
+    store.answer()
+    wait_for(lambda: engine.status.status_failure == "", interval + timeout + 2,
+             "the failure to clear")
+    wait_for(lambda: store.statuses[-1][1].status_failure == "", 2,
+             "a clean status in the store")
+
+
+def test_hung_store_at_start_holds_up_neither_start_nor_the_first_status(
+    engines: list[Engine],
+) -> None:
+    interval, timeout = 0.2, 0.3
+    store = HungStore({"c2-cable": remote("c2")})
+    store.hang()
+    seen: list[GatewayStatus] = []
+    engine, driver = make_engine(store, resync_interval=SLOW, status_interval=interval,
+                                 store_timeout=timeout, on_status=seen.append)
+    t0 = time.monotonic()
+    hang = 10 * (interval + timeout)
+    threading.Timer(hang, store.answer).start()  # never left hanging, whatever happens
+    start(engines, engine)
+    assert time.monotonic() - t0 < hang / 2  # the read was waited for one interval only
+    assert len(seen) == 1
+    assert driver.synced == 0  # nothing read yet: nothing removed either
+    wait_for(lambda: "has not returned" in engine.status.status_failure,
+             2 * interval + timeout + 2, "the hung store to be named")
+    store.answer()
+    wait_for(lambda: driver.connected() == ["c2"] and driver.synced == 1, 2,
+             "the read applied when it came")
+    wait_for(lambda: engine.status.status_failure == "", interval + timeout + 2,
+             "the failure to clear")
+    assert [e.cluster_id for e in store.published] == [LOCAL_ID]
+
+
+def test_a_failed_publish_is_reported_until_our_endpoint_is_in_the_store() -> None:
+    store = FakeStore({"c2-cable": remote("c2")})
+    engine, _ = make_engine(store)
+    store.publish_error = OSError("read-only file system")
+    engine.reconcile()
+    failure = engine.refresh_status().status_failure
+    assert "store unavailable: publishing our endpoint failed: read-only file system" in failure
+    # Put back by other means (a restored directory): nothing left to report.
+    store.publish_error = None
+    store.put(engine.local.object_name(), engine.local, notify=False)
+    engine.reconcile()
+    assert engine.refresh_status().status_failure == ""
+    assert store.published == []

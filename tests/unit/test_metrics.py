@@ -122,10 +122,13 @@ def test_exactly_submariners_metrics_and_labels(state: State) -> None:
         "submariner_connections_short",
         "submariner_connection_established_timestamp",
         "submariner_connection_latency_seconds",
+        "wgcable_store_available",  # ours, the only one: Submariner has none for the broker
     }
     for name, samples in s.items():
         for labels, _ in samples:
-            if name == "submariner_connections_short":
+            if name == "wgcable_store_available":
+                assert set(labels) == {"local_cluster", "local_hostname"}
+            elif name == "submariner_connections_short":
                 assert set(labels) == {"cable_driver", "status"}
             elif name == "submariner_connections":
                 assert set(labels) == {*CABLE_LABELS, "status"}
@@ -166,7 +169,7 @@ def test_nothing_to_report(state: State) -> None:
     assert _scrape(make_registry(state)) == {}
     state.active = True
     state.connections = []
-    assert _scrape(make_registry(state)) == {}
+    assert set(_scrape(make_registry(state))) == {"wgcable_store_available"}
 
 
 def test_registering_does_not_call_the_provider(state: State) -> None:
@@ -204,3 +207,13 @@ def test_http_server_answers_and_stops(state: State) -> None:
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=2)
     server.stop()  # stopping twice is harmless
+
+
+def test_hung_store_shows_in_the_store_gauge() -> None:
+    labels = {"local_cluster": "cluster1", "local_hostname": "gw1"}
+    fine = GatewayMetricsState.for_local(LOCAL, "wireguard")
+    assert _scrape(make_registry(lambda: fine))["wgcable_store_available"] == [(labels, 1.0)]
+    hung = GatewayMetricsState.for_local(
+        LOCAL, "wireguard", store_problem="store unavailable: writing the gateway status has "
+        "not returned after 12 s")
+    assert _scrape(make_registry(lambda: hung))["wgcable_store_available"] == [(labels, 0.0)]

@@ -9,7 +9,11 @@ unchanged; the others are ``WGCABLE_<NAME>``. An empty environment variable coun
 The store is a directory shared by the gateways of one machine, or ``kubernetes``: the
 ``submariner.io/v1`` Endpoints and Gateways in ``--namespace`` of the API server that
 ``--kubeconfig`` names (the pod's service account without one). Both are ignored for a
-directory store.
+directory store. A store request that takes longer than ``--store-timeout`` is given up
+and reported in the gateway status. A directory store that does not exist is created only
+with ``--create-store``, or when it is an absolute path under /var/lib/wgcable or
+/run/wgcable; otherwise the agent refuses to start (a mistyped ``kubernetes`` would
+quietly become a directory).
 
 Values: CIDR lists are comma-separated (flags may also repeat; YAML may give a list);
 booleans are true/false, yes/no or 1/0 in any case, and their flags have a ``--no-`` form

@@ -51,7 +51,7 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
     engine = Engine(
         local, driver, store, hostname=cfg.hostname, health=health,
         resync_interval=cfg.resync_interval, status_interval=cfg.status_interval,
-        on_status=on_status, version=__version__,
+        on_status=on_status, version=__version__, store_timeout=cfg.store_timeout,
     )
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -66,7 +66,8 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
     if cfg.metrics_port:
         def state() -> GatewayMetricsState:
             return GatewayMetricsState.for_local(
-                local, driver.name, engine.status.connections, dict(engine.established))
+                local, driver.name, engine.status.connections, dict(engine.established),
+                store_problem=engine.store_problem)
         metrics = serve_metrics(state, str(cfg.metrics_address), cfg.metrics_port)
         log.info("metrics on http://%s:%d/metrics", cfg.metrics_address, metrics.port)
 
@@ -91,13 +92,15 @@ def cleanup(cfg: AgentConfig, remove_key: bool) -> int:
     """Remove everything the agent made: device, peers, routes, rules, daemon, our endpoint
     and status; and the key pair when asked."""
     local = cfg.local_endpoint()
-    driver = new_driver(cfg.cable_driver, local, config=cfg.driver_config())
-    if remove_key and isinstance(driver, WireGuardDriver):
-        driver.cleanup(remove_key=True)
-    else:
-        driver.cleanup()
-    store = open_store(cfg.store_spec())
+    # The store first: a mistyped one is refused before anything is removed; and cleanup
+    # creates no store.
+    store = open_store(cfg.store_spec(), create=False)
     try:
+        driver = new_driver(cfg.cable_driver, local, config=cfg.driver_config())
+        if remove_key and isinstance(driver, WireGuardDriver):
+            driver.cleanup(remove_key=True)
+        else:
+            driver.cleanup()
         store.withdraw(local)
         remove_status = getattr(store, "remove_status", None)
         if callable(remove_status):

@@ -34,7 +34,7 @@ from wgcable.cable.wireguard.config import (
 )
 from wgcable.cable.wireguard.desired import DEFAULT_PORT, UDP_PORT
 from wgcable.cable.wireguard.status import StatusThresholds
-from wgcable.store.open import DEFAULT_NAMESPACE, StoreSpec
+from wgcable.store.open import DEFAULT_NAMESPACE, DEFAULT_STORE_TIMEOUT, StoreSpec
 
 T = TypeVar("T")
 
@@ -149,6 +149,13 @@ class AgentConfig:
         "--namespace", "BROKER_K8S_REMOTENAMESPACE", v.namespace,
         "broker namespace of Endpoints and Gateways (kubernetes store)",
         metavar="NS", default=DEFAULT_NAMESPACE)
+    store_timeout: float = setting(
+        "--store-timeout", "WGCABLE_STORE_TIMEOUT", v.seconds,
+        "seconds a store request may take before it counts as failed", metavar="S",
+        default=DEFAULT_STORE_TIMEOUT)
+    create_store: bool = setting(
+        "--create-store", "WGCABLE_CREATE_STORE", v.boolean,
+        "create a directory store that does not exist", kind="switch", default=False)
     cluster_id: str = setting(
         "--cluster-id", "SUBMARINER_CLUSTERID", v.cluster_id,
         "this cluster's ID, a DNS label", metavar="ID")
@@ -237,7 +244,8 @@ class AgentConfig:
     config_file: str | None = dataclasses.field(default=None)
 
     def store_spec(self) -> StoreSpec:
-        return StoreSpec(self.store, kubeconfig=self.kubeconfig, namespace=self.namespace)
+        return StoreSpec(self.store, kubeconfig=self.kubeconfig, namespace=self.namespace,
+                         timeout=self.store_timeout, create=self.create_store)
 
     def local_endpoint(self) -> Endpoint:
         """The Endpoint this gateway publishes (a new object each call: drivers add to it)."""

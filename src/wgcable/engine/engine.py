@@ -3,6 +3,11 @@
 One thread does all driver calls (the driver contract wants them serialised): it wakes on
 a store change, on the periodic resync and on the status timer. Everything else (the HTTP
 metrics server, `wgcable show`) reads the last status it published.
+
+It never waits on the store: reads, our endpoint's publishing and the status writes run on
+the store-calls thread (engine/storecalls.py), so a hung broker cannot freeze the status,
+the health checks or the metrics. A call that has not returned within the store timeout
+is reported in the status as a store problem.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ from wgcable.cable.types import (
 )
 from wgcable.engine import plan as planning
 from wgcable.engine.health import HealthChecker
-from wgcable.store.base import EndpointStore, StoreUnavailableError
+from wgcable.engine.storecalls import StoreCalls
+from wgcable.store.base import EndpointStore, Snapshot, StoreUnavailableError
+from wgcable.store.open import DEFAULT_STORE_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +63,7 @@ class Engine:
         status_interval: float = 5.0,
         on_status: Callable[[GatewayStatus], None] | None = None,
         version: str = "",
+        store_timeout: float = DEFAULT_STORE_TIMEOUT,
     ) -> None:
         self.local = local
         self.driver = driver
@@ -66,6 +74,7 @@ class Engine:
         self.status_interval = status_interval
         self.on_status = on_status
         self.version = version
+        self.store_timeout = store_timeout  # a store call running longer is a store problem
         self.watch_retry_interval = 1.0
         self._applied: dict[str, NATEndpointInfo] = {}  # what the driver was told, by cluster
         self._rejected: set[str] = set()
@@ -73,8 +82,14 @@ class Engine:
         self._handshaken: set[str] = set()  # clusters whose tunnel has had a handshake
         self._health_refused: dict[str, str] = {}  # cluster -> why its health check IP is not
         self._problems: dict[str, str] = {}
-        self._store_problem = ""  # why the store could not be read, while it cannot
-        self._dirty = threading.Event()
+        self._dirty = threading.Event()  # the store changed: read it again
+        self._wake = threading.Event()  # the loop has something to do before its timer
+        self._status_now = threading.Event()  # the store's health changed: report it now
+        self._calls = StoreCalls()
+        self._pending: Snapshot | Exception | None = None  # a read the loop has not applied
+        self._publishing = False  # a publish of our endpoint is queued or under way
+        self._call_problems: dict[str, str] = {}  # store call -> why it failed last time
+        self._reported_store_problem = ""  # the store problem in the last status
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -96,17 +111,46 @@ class Engine:
         """Read the whole store, connect what is new or changed, disconnect what is gone.
 
         A store that cannot be read changes nothing (the tunnels stay as they are): the
-        error is raised, and reported in the gateway status until a read succeeds."""
+        error is raised, and reported in the gateway status until a read succeeds.
+        The store is read on the calling thread: the loop reads it on the store-calls
+        thread instead, and applies the result with ``_reconcile_pending``."""
+        self._reconcile_with(self._read())
+
+    def _read(self) -> Snapshot | Exception:
         try:
-            snap = self.store.snapshot()
+            return self.store.snapshot()
         except Exception as e:
-            problem = f"store unavailable: {e}"
+            return e
+
+    def _request_read(self) -> None:
+        """Read the store on the store-calls thread; the loop applies the result."""
+        def read() -> None:
+            result = self._read()
+            with self._lock:
+                self._pending = result
+            self._wake.set()
+
+        self._calls.submit("snapshot", "reading the store", read)
+
+    def _take_pending(self) -> Snapshot | Exception | None:
+        with self._lock:
+            result, self._pending = self._pending, None
+        return result
+
+    def _reconcile_pending(self) -> None:
+        result = self._take_pending()
+        if result is not None:
+            self._reconcile_with(result)
+
+    def _reconcile_with(self, snap: Snapshot | Exception) -> None:
+        if isinstance(snap, Exception):
+            problem = f"store unavailable: {snap}"
             if problem != self._store_problem:
                 log.warning("%s; the tunnels stay as they are", problem)
             self._store_problem = problem
-            if isinstance(e, StoreUnavailableError):
-                raise
-            raise StoreUnavailableError(problem) from e
+            if isinstance(snap, StoreUnavailableError):
+                raise snap
+            raise StoreUnavailableError(problem) from snap
         if self._store_problem:
             log.info("the store is readable again")
             self._store_problem = ""
@@ -142,14 +186,60 @@ class Engine:
             if isinstance(self.driver, SyncAware):
                 self.driver.mark_synced()  # all connected: stale peers may go
 
-    def _publish(self) -> bool:
-        try:
-            self.store.publish(self.local)
-        except Exception as exc:
-            log.warning("publishing our endpoint %s failed (will retry): %s",
-                        self.local.object_name(), exc)
-            return False
-        return True
+    def _publish(self) -> None:
+        """Publish our endpoint on the store-calls thread (inline before start)."""
+        with self._lock:
+            if self._publishing:
+                return  # a restore already on its way: a read meanwhile is no new edit
+            self._publishing = True
+
+        def publish() -> None:
+            try:
+                self.store.publish(self.local)
+            except Exception as exc:
+                log.warning("publishing our endpoint %s failed (will retry): %s",
+                            self.local.object_name(), exc)
+                self._call_done("publish", f"publishing our endpoint failed: {exc}")
+            else:
+                self._call_done("publish", "")
+            finally:
+                with self._lock:
+                    self._publishing = False
+
+        self._calls.submit("publish", "publishing our endpoint", publish)
+
+    def _call_done(self, key: str, problem: str) -> None:
+        """Record how a store call ended; wake the loop to report a change of the store's
+        health now rather than at the next status interval."""
+        with self._lock:
+            if problem:
+                self._call_problems[key] = problem
+            else:
+                self._call_problems.pop(key, None)
+        if self._current_store_problem() != self._reported_store_problem:
+            self._status_now.set()
+            self._wake.set()
+
+    def _current_store_problem(self) -> str:
+        """Why the store is unusable now, in one line; "" while it is fine. The first that
+        applies of: a failed read, the store's own word (a Kubernetes store knows when its
+        API server stopped answering), a call that has run past the store timeout, a
+        failed write."""
+        store_problem = getattr(self.store, "problem", "")
+        stalled = self._calls.stalled()
+        with self._lock:
+            calls = [p for _, p in sorted(self._call_problems.items())]
+        if self._store_problem:
+            return self._store_problem
+        if store_problem:
+            return f"store unavailable: {store_problem}"
+        # A little grace past the timeout: a store that times out by itself (Kubernetes)
+        # then names its own error first, with its server in it.
+        grace = min(1.0, self.store_timeout / 2)
+        if stalled is not None and stalled[1] > self.store_timeout + grace:
+            return (f"store unavailable: {stalled[0]} has not returned after "
+                    f"{stalled[1]:.0f} s (store timeout {self.store_timeout:g} s)")
+        return f"store unavailable: {calls[0]}" if calls else ""
 
     def _restore_own(self, published: Endpoint | None) -> None:
         """Keep the store's copy of our endpoint ours: publish it when missing (deleted, the
@@ -164,12 +254,14 @@ class Engine:
         name = self.local.object_name()
         now = self.clock()
         if published is not None and published.to_json() == self.local.to_json():
+            with self._lock:  # there as it should be: an earlier failed publish is moot
+                self._call_problems.pop("publish", None)
             if self._own_problem and now - self._last_restore >= RESTORE_BACKOFF_MAX:
                 log.info("our endpoint %s has stayed ours", name)
                 self._own_problem = ""
             return
-        if now < self._next_restore:
-            return
+        if now < self._next_restore or self._publishing:
+            return  # (publishing: a read made before our publish landed is no new edit)
         if published is None:
             log.warning("our endpoint %s is missing from the store; publishing it again", name)
         else:
@@ -301,15 +393,23 @@ class Engine:
             if cid not in {c.endpoint.cluster_id for c in conns}:
                 del self.established[cid]
         problems = [f"{k}: {v}" for k, v in sorted(self._problems.items())]
-        # A store may know it is unreachable before a read fails (its watch broke).
-        store_problem = self._store_problem or (
-            f"store unavailable: {p}" if (p := getattr(self.store, "problem", "")) else "")
+        store_problem = self._current_store_problem()
+        self._reported_store_problem = store_problem
         failure = "; ".join([*filter(None, [store_problem, self._own_problem]), *problems])
         status = GatewayStatus(
             version=self.version, ha_status=HAStatus.ACTIVE, local_endpoint=self.local,
             status_failure=failure, connections=conns)
         with self._lock:
             self._status = status
+        # The local status first, then the store's copy on the store-calls thread: a
+        # store that hangs must not hold up the status file or the metrics.
+        if self.on_status is not None:
+            self.on_status(status)
+        self._calls.submit("status", "writing the gateway status",
+                           lambda: self._write_status(status))
+        return status
+
+    def _write_status(self, status: GatewayStatus) -> None:
         try:
             self.store.write_status(self.hostname, status)
         except Exception as exc:
@@ -317,11 +417,15 @@ class Engine:
             if not self._status_write_failing:
                 log.warning("writing the gateway status failed (will retry): %s", exc)
             self._status_write_failing = True
+            self._call_done("status", f"writing the gateway status failed: {exc}")
         else:
             self._status_write_failing = False
-        if self.on_status is not None:
-            self.on_status(status)
-        return status
+            self._call_done("status", "")
+
+    @property
+    def store_problem(self) -> str:
+        """The store problem of the last status ("" when there was none)."""
+        return self._reported_store_problem
 
     @property
     def status(self) -> GatewayStatus:
@@ -331,11 +435,21 @@ class Engine:
     # --- the loop -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Publish our endpoint, connect everything known, then run in the background."""
+        """Publish our endpoint, connect everything known, then run in the background.
+
+        The first read of the store is waited for one status interval at most: a store
+        that hangs then delays neither the first status nor the loop (the loop applies
+        the read when it comes)."""
         # Neither step is fatal: with the store unreachable, the adopted tunnels stay as
         # they are (no stale-peer removal before a reconcile succeeded) until it is back.
+        self._calls.start()
         self._publish()
-        self._guard(self.reconcile)
+        self._request_read()
+        deadline = time.monotonic() + self.status_interval
+        while (self._pending is None and not self._stop.is_set()
+               and self._wake.wait(max(0.0, deadline - time.monotonic()))):
+            self._wake.clear()
+        self._guard(self._reconcile_pending)
         if self.health is not None:
             self.health.start()
         self.refresh_status()
@@ -345,17 +459,21 @@ class Engine:
         for t in self._threads:
             t.start()
 
+    def _changed(self) -> None:
+        self._dirty.set()
+        self._wake.set()
+
     def _watch(self) -> None:
         # A watch that fails (a lost store connection) is started again: without it, changes
         # would only be seen at the periodic resync.
         while True:
             try:
-                self.store.watch(self._dirty.set, self._stop)
+                self.store.watch(self._changed, self._stop)
                 return
             except Exception:
                 log.exception("watching the store failed; watching again in %.1f s",
                               self.watch_retry_interval)
-            self._dirty.set()  # changes may have been missed meanwhile
+            self._changed()  # changes may have been missed meanwhile
             if self._stop.wait(self.watch_retry_interval):
                 return
 
@@ -364,17 +482,21 @@ class Engine:
         next_status = time.monotonic() + self.status_interval
         while not self._stop.is_set():
             timeout = max(0.0, min(next_resync, next_status) - time.monotonic())
-            if self._dirty.wait(timeout):
+            self._wake.wait(timeout)
+            self._wake.clear()  # before the flags are read: a later wake is not lost
+            if self._stop.is_set():
+                break
+            if self._dirty.is_set():
                 self._dirty.clear()
-                if self._stop.is_set():
-                    break
-                self._guard(self.reconcile)
+                self._request_read()
+            self._guard(self._reconcile_pending)
             now = time.monotonic()
             if now >= next_resync:
-                self._guard(self.reconcile)
+                self._request_read()
                 self.resync()
                 next_resync = now + self.resync_interval
-            if now >= next_status:
+            if now >= next_status or self._status_now.is_set():
+                self._status_now.clear()
                 self._guard(self.refresh_status)
                 next_status = now + self.status_interval
 
@@ -392,8 +514,10 @@ class Engine:
     def stop(self) -> None:
         """Stop the loop; tunnels stay up (a restart must not drop traffic)."""
         self._stop.set()
-        self._dirty.set()
+        self._wake.set()
         for t in self._threads:
             t.join(5)
+        # Not waiting out a hung store call: its thread is a daemon and does no harm.
+        self._calls.stop(wait=1.0)
         if self.health is not None:
             self.health.stop()

@@ -38,6 +38,9 @@ CONNECTIONS = "submariner_connections"
 CONNECTIONS_SHORT = "submariner_connections_short"
 ESTABLISHED = "submariner_connection_established_timestamp"
 LATENCY = "submariner_connection_latency_seconds"
+# Ours: Submariner has no gauge for the broker, and an alert on a hung one needs it.
+STORE_AVAILABLE = "wgcable_store_available"
+STORE_LABELS = ("local_cluster", "local_hostname")
 
 # Help texts as Submariner has them, so dashboards and docs read the same.
 _HELP = {
@@ -47,6 +50,8 @@ _HELP = {
     CONNECTIONS_SHORT: "Summary of connections and corresponding status without cable information",
     ESTABLISHED: "Timestamp of last successful connection established (by cable driver and cable)",
     LATENCY: "Connection latency in seconds (last RTT, by cable driver and cable)",
+    STORE_AVAILABLE: "1 while the endpoint store answers, 0 while the gateway status "
+                     "reports a store problem (its statusFailure says which)",
 }
 
 
@@ -61,6 +66,7 @@ class GatewayMetricsState:
     connections: Sequence[Connection] = ()
     # Remote cluster ID -> epoch seconds the connection was established (connected ones only).
     established: Mapping[str, float] = field(default_factory=dict)
+    store_problem: str = ""  # why the store is unusable, as in the last status; "" if fine
 
     @classmethod
     def for_local(
@@ -71,6 +77,7 @@ class GatewayMetricsState:
         established: Mapping[str, float] | None = None,
         *,
         endpoint_ip: str | None = None,
+        store_problem: str = "",
     ) -> GatewayMetricsState:
         """From the local Endpoint; the IP defaults to its public IP, else its private IP
         (Submariner labels with the public IP)."""
@@ -81,6 +88,7 @@ class GatewayMetricsState:
             local_endpoint_ip=endpoint_ip if endpoint_ip is not None else local.gateway_ip(),
             connections=connections,
             established=established or {},
+            store_problem=store_problem,
         )
 
 
@@ -108,7 +116,9 @@ class GatewayCollector(Collector):
         if state is None:
             return []
         families = self._families()
-        rx, tx, conns, short, established, latency = families
+        rx, tx, conns, short, established, latency, store = families
+        store.add_metric([state.local_cluster, state.local_hostname],
+                         0.0 if state.store_problem else 1.0)
         counts: collections.Counter[str] = collections.Counter()
         seen: set[str] = set()
         for c in state.connections:
@@ -151,6 +161,7 @@ class GatewayCollector(Collector):
             gauge(CONNECTIONS_SHORT, SHORT_LABELS),
             gauge(ESTABLISHED),
             gauge(LATENCY),
+            gauge(STORE_AVAILABLE, STORE_LABELS),
         ]
 
 
