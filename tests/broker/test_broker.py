@@ -521,6 +521,7 @@ def test_schema_valid_but_unusable_endpoints_are_reported_and_change_nothing(
 def test_deploy_manifests_are_accepted_by_the_api_server(broker: LocalAPIServer) -> None:
     server = broker
     docs = [d for d in yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text()) if d]
+    docs += [d for d in yaml.safe_load_all((DEPLOY / "route-agent.yaml").read_text()) if d]
     daemonset = yaml.safe_load((DEPLOY / "daemonset.yaml").read_text())
     paths = {
         "Namespace": "/api/v1/namespaces",

@@ -109,5 +109,10 @@ def cleanup(cfg: AgentConfig, remove_key: bool) -> int:
         store.close()
     status = Path(cfg.state_dir) / STATUS_FILE
     status.unlink(missing_ok=True)
+    # A route agent on this node (the default device, the same state directory) too.
+    from wgcable.routeagent.agent import remove as remove_route_agent
+    from wgcable.routeagent.vtep import DEFAULT_DEVICE as ROUTE_AGENT_DEVICE
+
+    remove_route_agent(ROUTE_AGENT_DEVICE, cfg.state_dir)
     log.info("removed the device, routes, rules and endpoint of cluster %s", cfg.cluster_id)
     return 0

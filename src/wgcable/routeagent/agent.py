@@ -18,6 +18,7 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -239,11 +240,17 @@ class RouteAgent:
             stop.wait(1.0)
 
     def cleanup(self) -> None:
-        """Remove what the route agent made: its device (with its FDB, neighbour entries
-        and routes), its nftables table, the rp_filter it loosened, its status file."""
-        if self.vxlan.remove():
-            log.info("removed device %s and its routes", self.cfg.settings.device)
-        self.nft_table.remove()
-        self.rp.restore()
-        (Path(self.cfg.state_dir) / STATUS_FILE).unlink(missing_ok=True)
+        remove(self.cfg.settings.device, self.cfg.state_dir, self.ip)
 
+
+def remove(device: str, state_dir: str, ip: IPRoute | None = None) -> None:
+    """Remove what a route agent made on this node: its device (with its FDB, neighbour
+    entries and routes), its nftables table, the rp_filter it loosened, its status file.
+    (Also run by `wgcable cleanup`, with the default device.)"""
+    if VxlanResource(ip or IPRoute(), device).remove():
+        log.info("removed device %s and its routes", device)
+    table = nftables.NftTable(device)
+    if shutil.which("nft") and table.exists():  # on a node without one, nothing is written
+        table.remove()
+    RpFilterResource(Path(state_dir) / RP_FILTER_RECORD).restore()
+    (Path(state_dir) / STATUS_FILE).unlink(missing_ok=True)
