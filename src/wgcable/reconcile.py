@@ -127,6 +127,7 @@ class Reconciler(Generic[K, V]):
             if changed is not None:  # touched is not changed: a value may be put back equal
                 changed = {k for k in changed if want.get(k, _NONE) != written.get(k, _NONE)}
             if (changed is not None and not changed) or (changed is None and want == written):
+                self.written = self._keep(want)  # equal: it anchors the next diff's lineage
                 return 0
             try:
                 n = self.resource.write(written, want, trusted=True, changed=changed)

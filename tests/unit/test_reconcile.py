@@ -146,3 +146,15 @@ def test_reconcile_tracked_lineage_limits_the_write_to_what_changed() -> None:
     assert rec.reconcile(d, synced=True) == 0  # nothing differs: nothing written
     assert len(box.writes) == writes
     assert box.reads == 1
+
+
+def test_reconcile_an_equal_state_anchors_the_lineage_of_the_next_diff() -> None:
+    """A state equal to what was written (a new lineage, or nothing changed) becomes the
+    reference: later states descend from it, and their diff stays O(changed)."""
+    box = Box()
+    rec = Reconciler(box)
+    rec.reconcile(Tracked({"x": 1, "y": 2}), synced=True)
+    fresh = Tracked({"x": 1, "y": 2})  # equal, but not a descendant of what was written
+    assert rec.reconcile(fresh, synced=True) == 0
+    rec.reconcile(Tracked({"x": 5, "y": 2}, fresh, frozenset({"x"})), synced=True)
+    assert box.hints[-1] == {"x"}  # known from the lineage, not found by comparing all

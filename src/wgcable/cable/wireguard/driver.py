@@ -83,6 +83,7 @@ class WireGuardDriver:
         self._facts = HostFacts(protected=tuple(self.cfg.protected))
         self._builder = StateBuilder()
         self._state: DesiredState | None = None  # None: recompute (the accepted set changed)
+        self._touched: set[str] = set()  # clusters connected or disconnected since then
         self._wire()
         self._stop = threading.Event()
         self._supervisor: threading.Thread | None = None
@@ -199,8 +200,9 @@ class WireGuardDriver:
                 if self._batch == 0:
                     self._apply()
 
-    def _changed(self) -> None:
+    def _changed(self, cid: str) -> None:
         self._state = None
+        self._touched.add(cid)
         if self._batch == 0:
             self._apply()
 
@@ -211,7 +213,10 @@ class WireGuardDriver:
             assert self._key is not None
             settings = Settings(self.cfg.device, self._key, self.port, self.cfg.fwmark,
                                 self.cfg.keepalive, self._psk, self.cfg.mtu)
-            self._state = self._builder.build(list(self._index), settings, self._facts)
+            # Only the clusters touched since the last build are looked at again.
+            self._state = self._builder.build(self._index, settings, self._facts,
+                                              changed=self._touched, lookup=self._index.get)
+            self._touched = set()
         return self._state
 
     def _read_facts(self) -> None:
@@ -280,7 +285,7 @@ class WireGuardDriver:
             self._conns[cid] = Cable(
                 info, peer, tracker or PeerStatus(self.cfg.thresholds, now))
             self._index.add(peer)
-            self._changed()
+            self._changed(cid)
             log.info("connected cluster %s at %s (nat=%s, subnets %s)", cid, peer.endpoint,
                      peer.using_nat, ", ".join(map(str, peer.subnets)))
             return peer.using_ip
@@ -298,7 +303,7 @@ class WireGuardDriver:
                 return
             del self._conns[cid]
             self._index.remove(cid)
-            self._changed()
+            self._changed(cid)
             log.info("disconnected cluster %r", shown(cid))  # refused ones too: any text
 
     def installed(self, endpoints: list[Endpoint]) -> set[str]:
@@ -363,6 +368,7 @@ class WireGuardDriver:
         self.nft.remove()
         for rec in (self._link, self._peers, self._nft, self._routes, self._rules):
             rec.forget()
+        self._builder, self._state = StateBuilder(), None
 
     def close(self) -> None:
         """Stop supervising but leave the tunnels up: a restart must not drop traffic."""

@@ -10,7 +10,7 @@ concern, by one rule (``wgcable.reconcile``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -24,6 +24,7 @@ from wgcable.wgctrl import IPNetwork, Key, Peer
 LINK = "link"  # the one key of the link resource
 _K = TypeVar("_K")
 _V = TypeVar("_V")
+_NONE = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +67,10 @@ class DesiredState:
     nft_remote: Mapping[IPNetwork, IPNetwork]  # exempt from SNAT, in our nftables table
 
 
-def mtu(settings: Settings, facts: HostFacts, accepted: Iterable[RemotePeer]) -> int:
+def mtu(settings: Settings, facts: HostFacts, v6_endpoints: bool) -> int:
     if settings.mtu:
         return settings.mtu
-    v6 = facts.underlay_v6 or any(p.endpoint.ip.version == 6 for p in accepted)
-    return desired.mtu_for(facts.underlay_mtu, v6)
+    return desired.mtu_for(facts.underlay_mtu, facts.underlay_v6 or v6_endpoints)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,32 +117,41 @@ class StateBuilder:
         self._nets: dict[IPNetwork, IPNetwork] = {}
         self._last: DesiredState | None = None
         self._depth = 0
+        self._v6 = 0  # accepted peers with an IPv6 endpoint: 20 more bytes of header
         self._touched: tuple[set[Key], set[Route], set[IPNetwork]] = (set(), set(), set())
 
-    def build(self, accepted: list[RemotePeer], settings: Settings, facts: HostFacts
-              ) -> DesiredState:
+    def build(self, accepted: Iterable[RemotePeer], settings: Settings, facts: HostFacts,
+              *, changed: Collection[str] | None = None,
+              lookup: Callable[[str], RemotePeer | None] | None = None) -> DesiredState:
+        """``changed`` and ``lookup``: the cluster IDs that may have changed since the last
+        build, and how to find each one's accepted peer now; without them, ``accepted`` is
+        scanned whole."""
+        self._touched = (set(), set(), set())
         if self._inputs != (settings, facts):
             self._reset()
             self._inputs = (settings, facts)
-        tp, tr, tn = self._touched = (set(), set(), set())
-        now = {p.cluster_id: p for p in accepted}
-        for cid in [c for c, part in self._parts.items() if now.get(c) is not part.source]:
-            self._drop(self._parts.pop(cid))
-        for cid, p in now.items():
-            if cid not in self._parts:
-                part = self._parts[cid] = _part(p, settings, facts)
-                self._peers[p.public_key] = part.peer
-                self._routes.update((r, r) for r in part.routes)
-                self._nets.update((n, n) for n in p.subnets)
-                tp.add(p.public_key)
-                tr.update(part.routes)
-                tn.update(p.subnets)
+            changed = None
+        if changed is not None and lookup is not None and self._last is not None:
+            for cid in changed:
+                p, part = lookup(cid), self._parts.get(cid)
+                if part is not None and part.source is not p:
+                    self._drop(self._parts.pop(cid))
+                if p is not None and cid not in self._parts:
+                    self._add(p, settings, facts)
+        else:
+            now = {p.cluster_id: p for p in accepted}
+            for cid in [c for c, part in self._parts.items() if now.get(c) is not part.source]:
+                self._drop(self._parts.pop(cid))
+            for cid, p in now.items():
+                if cid not in self._parts:
+                    self._add(p, settings, facts)
+        tp, tr, tn = self._touched
         last = self._last
         self._depth = 0 if last is None or self._depth >= self.LINEAGE else self._depth + 1
         fresh = self._depth == 0
         self._last = DesiredState(
             link={LINK: LinkSettings(settings.private_key, settings.port, settings.fwmark,
-                                     mtu(settings, facts, accepted))},
+                                     mtu(settings, facts, self._v6 > 0))},
             peers=_next(self._peers, None if fresh or last is None else last.peers, tp),
             routes=_next(self._routes, None if fresh or last is None else last.routes, tr),
             rules=dict.fromkeys(("-4", "-6") if facts.ipv6 else ("-4",), True),
@@ -151,10 +160,22 @@ class StateBuilder:
         )
         return self._last
 
+    def _add(self, p: RemotePeer, settings: Settings, facts: HostFacts) -> None:
+        tp, tr, tn = self._touched
+        part = self._parts[p.cluster_id] = _part(p, settings, facts)
+        self._peers[p.public_key] = part.peer
+        self._routes.update((r, r) for r in part.routes)
+        self._nets.update((n, n) for n in p.subnets)
+        self._v6 += p.endpoint.ip.version == 6
+        tp.add(p.public_key)
+        tr.update(part.routes)
+        tn.update(p.subnets)
+
     def _drop(self, part: _Part) -> None:
         # Only what this cluster put there: validation keeps clusters' keys and subnets
         # apart, but a stale entry must never take another cluster's with it.
         tp, tr, tn = self._touched
+        self._v6 -= part.source.endpoint.ip.version == 6
         if self._peers.get(part.source.public_key) is part.peer:
             del self._peers[part.source.public_key]
             tp.add(part.source.public_key)
@@ -174,7 +195,9 @@ def _next(current: dict[_K, _V], parent: Mapping[_K, _V] | None, touched: set[_K
     the reconcilers), else a copy of ``current`` that knows its parent and what changed.
     (A copy of a dict keeps its stored hashes: cheap.)"""
     if isinstance(parent, Tracked):
-        if not touched:
+        # Dropped and put back equal (a new endpoint keeps the routes): not a change.
+        changed = frozenset(k for k in touched if parent.get(k, _NONE) != current.get(k, _NONE))
+        if not changed:
             return parent
-        return Tracked(current, parent, frozenset(touched))
+        return Tracked(current, parent, changed)
     return Tracked(current)
