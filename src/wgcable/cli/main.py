@@ -78,3 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+if __name__ == "__main__":  # `python -m wgcable.cli.main`, as the lab runs route agents
+    raise SystemExit(main())
