@@ -471,7 +471,9 @@ def status_text(lab: Lab) -> str:
                             ("Kubernetes broker", s.store == KUBERNETES)) if on]
     age = format_duration(round(now - s.created))
     build = lab.build_state()
-    lines = [f"lab {s.name}: {len(s.gateways)} clusters{', ' + ', '.join(opts) if opts else ''};"
+    nodes = f" of {s.nodes_per_cluster} nodes" if s.nodes_per_cluster > 1 else ""
+    lines = [f"lab {s.name}: {len(s.gateways)} clusters{nodes}"
+             f"{', ' + ', '.join(opts) if opts else ''};"
              f" up {age} ({lab.dir / 'lab.json'})", ""]
     if build != "built":
         # Half a lab: say so first, with every namespace it has, recorded or not.

@@ -12,12 +12,13 @@ A cluster behind NAT (--nat) has its nodes on the router's inside bridge instead
 gateway 198.19.<i>.2/24, worker j 198.19.<i>.<10+j>/24, router 198.19.<i>.1.
 
 Cluster i owns 10.<i>.0.0/16 (pods) and 10.<100+i>.0.0/16 (services); node j owns the pod
-CIDR 10.<i>.<j>.0/24. The nodes route each other's pod CIDRs via their node IPs (a
-host-gw CNI); nothing routes a worker's pods to other clusters: that is the route agent's
-job. With IPv6 a cluster also owns fd00:<i>::/48 and fd00:<100+i>::/48, node j fd00:<i>:<j>::/64;
-nodes are fdce:18::<i> (gateway) and fdce:18::<i>:<j> (workers) on the fdce:18::/64
-underlay, or fdce:19:<i>::2 and fdce:19:<i>::<10+j> behind NAT. Every namespace carries
-the lab's prefix, so a teardown (or a later `lab down`) finds them all.
+CIDR 10.<i>.<j>.0/24. The nodes route each other's pod CIDRs via their node IPs (a host-gw
+CNI); nothing routes a worker's pods to other clusters: that is the route agent's job. With
+IPv6 a cluster also owns fd00:<i>::/48 and fd00:<100+i>::/48, and node j fd00:<i>:0:<j>::/64
+(node 0: fd00:<i>::/64); the nodes are fdce:18::<i> (gateway) and fdce:18::<i>:<j> (workers)
+on the fdce:18::/64 underlay, or fdce:19:<i>::2 and fdce:19:<i>::<10+j> behind NAT. Every
+node filters reverse paths strictly (rp_filter=1). Every namespace carries the lab's prefix,
+so a teardown (or a later `lab down`) finds them all.
 """
 
 from __future__ import annotations
@@ -115,8 +116,9 @@ class ClusterNet:
         return f"{self._v6_net(node)}1"
 
     def _v6_net(self, node: int) -> str:
-        # Node 0 keeps the historical spelling fd00:<i>::, which is fd00:<i>:0::.
-        return f"fd00:{self.index}::" if node == 0 else f"fd00:{self.index}:{node}::"
+        # Inside the cluster's fd00:<i>::/48, the node is the 4th group: fd00:<i>:0:<j>::/64
+        # (fd00:<i>:<j>:: would be outside it). Node 0 keeps the spelling fd00:<i>::.
+        return f"fd00:{self.index}::" if node == 0 else f"fd00:{self.index}:0:{node}::"
 
     @property
     def subnets(self) -> list[str]:
