@@ -22,6 +22,7 @@ import pytest
 
 import wgcable.lab.lab as lab_mod
 from wgcable.cli.lab import remove
+from wgcable.cli.main import main as cli_main
 from wgcable.lab.lab import NS_PREFIX, Lab, NodeState
 from wgcable.lab.netns import LabError, Namespace
 
@@ -115,6 +116,11 @@ def test_multinode_cli_up_status_ping_down(menv: LabEnv) -> None:
     assert all(doc["namespaces"].values())
     assert len(doc["namespaces"]) == 1 + 2 * 3 * 2  # hub, and per node: itself and a pod
 
+    ex = menv.cli("lab", "exec", "--name", n, "--node", "1", "2", "--", "ip", "-br", "addr",
+                  "show", "eth0")
+    assert ex.returncode == 0, ex.stderr
+    assert "198.18.2.11/16" in ex.stdout
+
     ping = menv.cli("lab", "ping", "--name", n, "--count", "1")
     lines = ping.stdout.splitlines()
     labels = [f"cluster{c}/{'gw' if j == 0 else f'node{j}'}" for c in (1, 2) for j in range(3)]
@@ -171,7 +177,8 @@ _FAKE_ROUTE_AGENT = "import time; print('fake route agent up', flush=True); time
 
 
 def test_multinode_route_agent_processes_by_pid(
-        menv: LabEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+        menv: LabEnv, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """Whatever the route agent is, the lab runs one per node inside the node's namespace,
     logs it, stops and restarts it by PID, and removes it with the lab. A stand-in that
     only sleeps plays it here, so this runs before the real one exists."""
@@ -190,6 +197,10 @@ def test_multinode_route_agent_processes_by_pid(
                      10, f"route agent of {node.namespace} in its namespace")
             wait_for(lambda node=node: "fake route agent up" in  # type: ignore[misc]
                      lab.route_agent_log(node).read_text(), 10, "its log")
+        capsys.readouterr()
+        assert cli_main(["lab", "logs", "--root", str(menv.root), "--name", menv.name, "2",
+                         "--node", "1"]) == 0
+        assert capsys.readouterr().out == "fake route agent up\n"
         old = lab.node(1, 1).route_agent_pid
         lab.stop_route_agent(1, 1, signal.SIGKILL)
         assert not _alive(old)

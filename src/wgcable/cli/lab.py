@@ -36,7 +36,7 @@ from wgcable.lab.lab import (
     end_processes_in,
     is_lab_namespace,
 )
-from wgcable.lab.netns import LabError, delete_namespaces, list_namespaces
+from wgcable.lab.netns import LabError, Namespace, delete_namespaces, list_namespaces
 from wgcable.lab.topology import MAX_NODES
 from wgcable.store.open import KUBERNETES
 
@@ -105,9 +105,12 @@ def register(sub: Any) -> None:
         "exec", help="run a command on a gateway (e.g. `lab exec 1 -- wgcable show`)",
         description="Run a command in a gateway's network and mount namespaces. `wgcable` "
         "there is this wgcable, and WGCABLE_STATE_DIR points to the gateway's agent, so "
-        "`wgcable show --connections` works.")
+        "`wgcable show --connections` works. With --node J (1 or more), in worker node J's "
+        "network namespace instead (options go before the cluster: "
+        "`lab exec --node 1 2 -- ip route`).")
     _name_option(p)
     p.add_argument("cluster", help="cluster number or ID (1, cluster1)")
+    _node_option(p)
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
     p.set_defaults(handler=cmd_exec)
 
@@ -121,9 +124,10 @@ def register(sub: Any) -> None:
     p.add_argument("cluster", help="cluster number or ID (1, cluster1)")
     p.set_defaults(handler=cmd_metrics)
 
-    p = cmds.add_parser("logs", help="print a gateway agent's log")
+    p = cmds.add_parser("logs", help="print a gateway agent's log (--node J: a route agent's)")
     _name_option(p)
     p.add_argument("cluster", help="cluster number or ID (1, cluster1)")
+    _node_option(p)
     p.set_defaults(handler=cmd_logs)
 
     for p in (lab, *cmds.choices.values()):
@@ -135,6 +139,11 @@ def add_nodes_option(p: argparse.ArgumentParser) -> None:
                    help=f"nodes per cluster, {MIN_NODES}-{MAX_NODES}: the gateway node and "
                    "M-1 workers, each with a pod; a route agent runs on every node "
                    "(default: %(default)s)")
+
+
+def _node_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node", type=int, metavar="J",
+                   help="node J of the cluster (0: the gateway node)")
 
 
 def _name_option(p: argparse.ArgumentParser) -> None:
@@ -566,6 +575,11 @@ def cmd_exec(args: argparse.Namespace) -> int:
     gw = lab.gateway(args.cluster)
     if cmd[0] == "wgcable":  # this wgcable, wherever it is installed
         cmd = [sys.executable, "-m", "wgcable", *cmd[1:]]
+    if args.node:  # a worker: its network namespace is all there is to it
+        node = lab.node(gw.index, args.node)
+        env = {**os.environ, "WGCABLE_STATE_DIR": str(lab.node_dir(node))}
+        return subprocess.run(Namespace(node.namespace).cmd(*cmd), env=env,
+                              check=False).returncode
     env = {**os.environ, "WGCABLE_STATE_DIR": str(lab.state_dir(gw))}
     return subprocess.run(lab.gateway_cmd(gw, *cmd), env=env, check=False).returncode
 
@@ -580,7 +594,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 @_guarded
 def cmd_logs(args: argparse.Namespace) -> int:
     lab = resolve(args.name, args.root)
-    log = lab.log_file(lab.gateway(args.cluster))
+    gw = lab.gateway(args.cluster)
+    log = lab.log_file(gw) if args.node is None else \
+        lab.route_agent_log(lab.node(gw.index, args.node))
     try:
         data = log.read_bytes()
     except FileNotFoundError:

@@ -5,6 +5,10 @@ a later command (`wgcable lab status`, `lab down`) finds it even after the CLI t
 it crashed. Every gateway has a long-lived holder process whose mount namespace carries a
 private /run/wireguard; the agent and anything run "on the gateway" enter the holder's
 network and mount namespaces, so they see the gateway's WireGuard socket.
+
+A cluster may have several nodes (``nodes``): node 0 is the gateway node (the gateway's
+namespace), the others are workers. Every node runs a `wgcable route-agent` in its network
+namespace (no holder: it needs no WireGuard socket), once this wgcable has one.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ class NodeState:
     pod_ns: list[str]
     pod_ips: list[str]
     pod_ips6: list[str]
-    pod_cidrs: list[str]  # 10.<i>.<j>.0/24 (and fd00:<i>:<j>::/64)
+    pod_cidrs: list[str]  # 10.<i>.<j>.0/24 (and fd00:<i>:0:<j>::/64)
     route_agent_pid: int = 0
 
 
