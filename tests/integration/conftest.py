@@ -104,10 +104,12 @@ def _labs(tmp_path: Path, kind: str) -> Iterator[MakeLab]:
     yield make
     for lab in labs:
         # Printed always, shown by pytest only for a failed test: what the agents saw.
-        for gw in lab.state.gateways:
+        logs = [lab.log_file(gw) for gw in lab.state.gateways]
+        logs += [lab.route_agent_log(n) for n in lab.state.nodes]
+        for log in logs:
             with contextlib.suppress(OSError):
-                tail = lab.log_file(gw).read_text(errors="replace").splitlines()[-40:]
-                print(f"--- {lab.log_file(gw).name} (last {len(tail)} lines)", *tail, sep="\n")
+                tail = log.read_text(errors="replace").splitlines()[-40:]
+                print(f"--- {log.name} (last {len(tail)} lines)", *tail, sep="\n")
         assert lab.down() == []
         assert not [n for n in list_namespaces() if n.startswith(f"{lab.state.prefix}-")]
 

@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -82,14 +83,17 @@ class Pinger:
     """``ping -i 0.1`` from ``src``'s first pod to ``dst``'s, until ``stop()``: how many
     echoes went out and how many came back. Replies are counted as they arrive, so a test
     waits for a number of them instead of sleeping for a time (under emulation, fewer
-    echoes go out per second)."""
+    echoes go out per second). ``src_node`` and ``dst_node``: the pods of those nodes
+    (0, the gateway node's, by default); ``v6``: over IPv6."""
 
     def __init__(self, lab: Lab | None, src: int | str, dst: int | str,
-                 interval: float = 0.1) -> None:
-        """From cluster ``src``'s first pod to cluster ``dst``'s; without a lab, ``src`` is
-        a namespace and ``dst`` an address."""
+                 interval: float = 0.1, *, src_node: int = 0, dst_node: int = 0,
+                 v6: bool = False) -> None:
+        """Without a lab, ``src`` is a namespace and ``dst`` an address."""
         if lab is not None:
-            src, dst = lab.gateway(src).pod_ns[0], lab.gateway(dst).pod_ips[0]
+            d = lab.node(int(dst), dst_node)
+            src = lab.node(int(src), src_node).pod_ns[0]
+            dst = (d.pod_ips6 if v6 else d.pod_ips)[0]
         self._proc = subprocess.Popen(
             Namespace(str(src)).cmd("ping", "-n", "-i", str(interval), "-W", "1", str(dst)),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -162,3 +166,20 @@ def unreachable_pairs(lab: Lab, settle: float = 10.0) -> list[tuple[int, int]]:
                                       capture_output=True, text=True, check=False)
                 print(f"gw{i}$ {' '.join(cmd)}\n{done.stdout}{done.stderr}")
         time.sleep(0.5)
+
+
+def unreachable_pod_pairs(lab: Lab, settle: float = 10.0, v6: bool = False) -> list[str]:
+    """Like ``unreachable_pairs``, over every pod of every node: the pairs (by label, as
+    "cluster1/node1 -> cluster2/gw") still unreachable after up to ``settle`` s of retries.
+    Pings go out in parallel: a lab of 2 clusters of 3 nodes has 30 pairs."""
+    pods = lab.pods()
+    pairs = [(a, b) for a in pods for b in pods if a is not b]
+    deadline = time.monotonic() + scaled(settle)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        while True:
+            answers = pool.map(lambda ab: lab.ping_between(*ab, v6=v6, timeout=1), pairs)
+            bad = [f"{a.label} -> {b.label}" for (a, b), rtt in zip(pairs, answers, strict=True)
+                   if rtt is None]
+            if not bad or time.monotonic() > deadline:
+                return bad
+            time.sleep(0.2)

@@ -130,7 +130,8 @@ def test_is_lab_namespace(name: str, mine: bool) -> None:
 @pytest.mark.netns
 def test_cli_up_status_ping_kill_down(labenv: LabEnv) -> None:
     n = labenv.name
-    up = labenv.cli("lab", "up", "--clusters", "2", "--name", n, "--wait", "60")
+    # One node per cluster: the gateway's pods alone (--nodes has tests of its own).
+    up = labenv.cli("lab", "up", "--clusters", "2", "--nodes", "1", "--name", n, "--wait", "60")
     assert up.returncode == 0, up.stderr
     assert "all 2 cables connected" in up.stderr
     pids = _lab_pids(labenv.root, n)
@@ -207,7 +208,7 @@ def test_cli_status_after_up_crashed(labenv: LabEnv) -> None:
 @pytest.mark.netns
 def test_cli_nat_three_clusters(labenv: LabEnv) -> None:
     n = labenv.name
-    up = labenv.cli("lab", "up", "--clusters", "3", "--nat", "--name", n)
+    up = labenv.cli("lab", "up", "--clusters", "3", "--nodes", "1", "--nat", "--name", n)
     assert up.returncode == 0, up.stderr
     doc = json.loads(labenv.cli("lab", "status", "--name", n, "--json").stdout)
     assert doc["allConnected"] is True
@@ -252,7 +253,7 @@ def test_cli_errors_are_clear(labenv: LabEnv) -> None:
 
 @pytest.mark.netns
 def test_demo(labenv: LabEnv) -> None:
-    r = labenv.cli("demo", "--clusters", "3", "--name", labenv.name)
+    r = labenv.cli("demo", "--clusters", "3", "--nodes", "1", "--name", labenv.name)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     start = lines.index("pod-to-pod over IPv4 (RTT in ms, each row pings each column):")

@@ -31,11 +31,13 @@ from wgcable.lab.lab import (
     STORES,
     Lab,
     LabState,
+    Pod,
     _check_name,
     end_processes_in,
     is_lab_namespace,
 )
-from wgcable.lab.netns import LabError, delete_namespaces, list_namespaces
+from wgcable.lab.netns import LabError, Namespace, delete_namespaces, list_namespaces
+from wgcable.lab.topology import MAX_NODES
 from wgcable.store.open import KUBERNETES
 
 DEFAULT_NAME = "default"
@@ -63,6 +65,7 @@ def register(sub: Any) -> None:
     p = cmds.add_parser("up", help="build the clusters and start an agent on each gateway")
     p.add_argument("--clusters", type=int, default=3, metavar="N",
                    help="how many clusters, 2-50 (default: %(default)s)")
+    add_nodes_option(p)
     p.add_argument("--ipv6", action="store_true", help="also give pods IPv6 addresses")
     p.add_argument("--nat", action="store_true",
                    help="put every second gateway behind a NAT router")
@@ -82,7 +85,10 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_status)
 
-    p = cmds.add_parser("ping", help="all-pairs pod-to-pod reachability, with RTTs")
+    p = cmds.add_parser(
+        "ping", help="all-pairs pod-to-pod reachability, with RTTs",
+        description="Ping between every two pods of the lab, on every node of every "
+        "cluster. Exit code 0 only when every pair is reachable.")
     _name_option(p)
     p.add_argument("--v6", action="store_true", help="ping over IPv6 instead of IPv4")
     p.add_argument("--count", type=int, default=3, metavar="N",
@@ -99,9 +105,12 @@ def register(sub: Any) -> None:
         "exec", help="run a command on a gateway (e.g. `lab exec 1 -- wgcable show`)",
         description="Run a command in a gateway's network and mount namespaces. `wgcable` "
         "there is this wgcable, and WGCABLE_STATE_DIR points to the gateway's agent, so "
-        "`wgcable show --connections` works.")
+        "`wgcable show --connections` works. With --node J (1 or more), in worker node J's "
+        "network namespace instead (options go before the cluster: "
+        "`lab exec --node 1 2 -- ip route`).")
     _name_option(p)
     p.add_argument("cluster", help="cluster number or ID (1, cluster1)")
+    _node_option(p)
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
     p.set_defaults(handler=cmd_exec)
 
@@ -115,13 +124,26 @@ def register(sub: Any) -> None:
     p.add_argument("cluster", help="cluster number or ID (1, cluster1)")
     p.set_defaults(handler=cmd_metrics)
 
-    p = cmds.add_parser("logs", help="print a gateway agent's log")
+    p = cmds.add_parser("logs", help="print a gateway agent's log (--node J: a route agent's)")
     _name_option(p)
     p.add_argument("cluster", help="cluster number or ID (1, cluster1)")
+    _node_option(p)
     p.set_defaults(handler=cmd_logs)
 
     for p in (lab, *cmds.choices.values()):
         add_root_option(p)
+
+
+def add_nodes_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nodes", type=int, default=DEFAULT_NODES, metavar="M",
+                   help=f"nodes per cluster, {MIN_NODES}-{MAX_NODES}: the gateway node and "
+                   "M-1 workers, each with a pod; a route agent runs on every node "
+                   "(default: %(default)s)")
+
+
+def _node_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node", type=int, metavar="J",
+                   help="node J of the cluster (0: the gateway node)")
 
 
 def _name_option(p: argparse.ArgumentParser) -> None:
@@ -182,14 +204,17 @@ def leftovers(name: str) -> list[str]:
 
 
 MIN_CLUSTERS, MAX_CLUSTERS = 2, 50
+MIN_NODES, DEFAULT_NODES = 1, 2
 
 
-def check_options(clusters: int, wait_flag: str, wait: float) -> None:
+def check_options(clusters: int, wait_flag: str, wait: float, nodes: int = 1) -> None:
     """The numbers given to `lab up` and `demo`, checked before anything is printed or built.
     Both commands read a wait the same way: seconds to wait for every cable, 0 meaning do
     not wait; a negative (or NaN) wait is refused, naming the flag and its value."""
     if not MIN_CLUSTERS <= clusters <= MAX_CLUSTERS:
         raise LabError(f"--clusters {clusters}: must be {MIN_CLUSTERS}-{MAX_CLUSTERS}")
+    if not MIN_NODES <= nodes <= MAX_NODES:
+        raise LabError(f"--nodes {nodes}: must be {MIN_NODES}-{MAX_NODES}")
     if not wait >= 0:  # also false for NaN
         raise LabError(f"{wait_flag} {wait:g}: must be 0 or more seconds (0: do not wait)")
 
@@ -325,44 +350,54 @@ def connections_table(lab: Lab) -> str:
 
 
 def ping_matrix(lab: Lab, *, v6: bool = False, count: int = 3) -> tuple[str, bool]:
-    """Ping from every cluster's pod to every other's (in parallel). Returns the matrix
-    (rows ping columns, RTT in ms) and whether every pair answered."""
-    gws = lab.state.gateways
-    pairs = [(a.index, b.index) for a in gws for b in gws if a is not b]
+    """Ping from every pod to every other (in parallel): across clusters, and between the
+    nodes of one cluster. Returns the matrix (rows ping columns, RTT in ms) and whether
+    every pair answered. A pod is named by its cluster when every cluster has one node (as
+    before nodes), else by cluster and node (``cluster1/gw``, ``cluster1/node2``), and a
+    legend says where each one is."""
+    pods = lab.pods()
+    one_node = len({p.cluster for p in pods}) == len(pods)
+
+    def name(p: Pod) -> str:
+        return p.cluster_id if one_node else p.label
+
+    pairs = [(a, b) for a in pods for b in pods if a is not b]
     with ThreadPoolExecutor(max_workers=min(16, len(pairs) or 1)) as pool:
-        rtts = dict(zip(pairs, pool.map(lambda p: lab.ping(*p, count=count, v6=v6), pairs),
-                        strict=True))
-    rows = [["FROM \\ TO", *(g.cluster_id for g in gws)]]
-    for a in gws:
-        row = [a.cluster_id]
-        for b in gws:
-            rtt = rtts.get((a.index, b.index))
+        rtts = dict(zip(pairs, pool.map(
+            lambda ab: lab.ping_between(*ab, count=count, v6=v6), pairs), strict=True))
+    rows = [["FROM \\ TO", *(name(p) for p in pods)]]
+    for a in pods:
+        row = [name(a)]
+        for b in pods:
+            rtt = rtts.get((a, b))
             row.append("-" if a is b else "FAIL" if rtt is None else f"{rtt:.2f}")
         rows.append(row)
-    failed = [f"{lab.gateway(a).cluster_id} -> {lab.gateway(b).cluster_id}"
-              for (a, b), rtt in rtts.items() if rtt is None]
+    failed = [f"{name(a)} -> {name(b)}" for (a, b), rtt in rtts.items() if rtt is None]
     head = f"pod-to-pod over IPv{'6' if v6 else '4'} (RTT in ms, each row pings each column):"
+    legend = "" if one_node else "pods:\n" + "".join(
+        f"  {p.label}: {p.ip6 if v6 else p.ip} on node {p.node_ns}"
+        f"{' (the gateway)' if p.node == 0 else ''}\n" for p in pods)
     if failed:
         tail = f"{len(failed)} of {len(pairs)} pairs unreachable: {', '.join(failed)}"
     else:
         tail = f"all {len(pairs)} pairs reachable"
-    return f"{head}\n{table(rows)}\n{tail}", not failed
+    return f"{head}\n{table(rows)}\n{legend}{tail}", not failed
 
 
 # --- commands ----------------------------------------------------------------------------
 
 @_guarded
 def cmd_up(args: argparse.Namespace) -> int:
-    check_options(args.clusters, "--wait", args.wait)
+    check_options(args.clusters, "--wait", args.wait, args.nodes)
     check_can_build(args.name, args.root)
     hint = name_hint(args.name)
     kind = "".join(f", {k}" for k, on in (("IPv6", args.ipv6), ("NAT", args.nat),
                                           ("SNAT", args.snat),
                                           ("Kubernetes broker", args.store == KUBERNETES)) if on)
-    print(f"building lab {args.name!r}: {args.clusters} clusters{kind}...", file=sys.stderr,
-          flush=True)
+    print(f"building lab {args.name!r}: {args.clusters} clusters of {args.nodes} "
+          f"node{'s' if args.nodes > 1 else ''}{kind}...", file=sys.stderr, flush=True)
     lab = Lab.up(args.name, args.clusters, ipv6=args.ipv6, nat=args.nat, snat=args.snat,
-                 root=args.root, store=args.store)
+                 root=args.root, store=args.store, nodes=args.nodes)
     ok = True
     if args.wait > 0:
         try:
@@ -396,18 +431,47 @@ def status_json(lab: Lab) -> dict[str, Any]:
             "agentAlive": lab.agent_alive(gw.index),
             "status": as_json(st, now) if st else None,
         })
-    names = [*lab.state.extra_namespaces,
-             *(n for g in lab.state.gateways for n in (g.gateway_ns, *g.pod_ns))]
+    names = _recorded_namespaces(lab)
     names += [n for n in lab.namespaces_present() if n not in names]  # made, not recorded
     return {
         "name": lab.state.name, "root": lab.state.root, "created": lab.state.created,
         "build": lab.build_state(), "clustersWanted": lab.state.clusters or len(clusters),
         "ipv6": lab.state.ipv6, "nat": lab.state.nat, "snat": lab.state.snat,
-        "store": lab.state.store,
+        "store": lab.state.store, "nodesPerCluster": lab.state.nodes_per_cluster,
         "namespaces": {n: n in present for n in names},
         "allConnected": lab.all_connected(),
         "clusters": clusters,
+        "nodes": [{
+            "cluster": n.cluster, "index": n.index, "gateway": n.index == 0,
+            "namespace": n.namespace, "hostname": n.hostname, "nodeIP": n.node_ip,
+            "nodeIP6": n.node_ip6, "podNamespaces": n.pod_ns, "podIPs": n.pod_ips,
+            "podIPs6": n.pod_ips6, "podCIDRs": n.pod_cidrs,
+            "routeAgentPID": n.route_agent_pid,
+            "routeAgentAlive": lab.route_agent_alive(n.cluster, n.index),
+        } for n in lab.nodes()],
     }
+
+
+def _recorded_namespaces(lab: Lab) -> list[str]:
+    s = lab.state
+    names = [*s.extra_namespaces, *(n for g in s.gateways for n in (g.gateway_ns, *g.pod_ns))]
+    return names + [x for n in lab.nodes() for x in (n.namespace, *n.pod_ns) if x not in names]
+
+
+def nodes_table(lab: Lab) -> str:
+    """A row per node: where it is, its pods, and its route agent."""
+    rows = [["CLUSTER", "NODE", "NAMESPACE", "NODE IP", "POD CIDR", "POD IP", "ROUTE AGENT"]]
+    for n in lab.nodes():
+        pid = n.route_agent_pid
+        if pid:
+            agent = f"pid {pid} {'up' if lab.route_agent_alive(n.cluster, n.index) else 'DEAD'}"
+        else:
+            agent = "not started"
+        rows.append([lab.gateway(n.cluster).cluster_id,
+                     f"{n.index} (gateway)" if n.index == 0 else str(n.index), n.namespace,
+                     ", ".join(filter(None, (n.node_ip, n.node_ip6))),
+                     ", ".join(n.pod_cidrs) or "-", ", ".join(n.pod_ips + n.pod_ips6), agent])
+    return table(rows)
 
 
 def status_text(lab: Lab) -> str:
@@ -416,7 +480,9 @@ def status_text(lab: Lab) -> str:
                             ("Kubernetes broker", s.store == KUBERNETES)) if on]
     age = format_duration(round(now - s.created))
     build = lab.build_state()
-    lines = [f"lab {s.name}: {len(s.gateways)} clusters{', ' + ', '.join(opts) if opts else ''};"
+    nodes = f" of {s.nodes_per_cluster} nodes" if s.nodes_per_cluster > 1 else ""
+    lines = [f"lab {s.name}: {len(s.gateways)} clusters{nodes}"
+             f"{', ' + ', '.join(opts) if opts else ''};"
              f" up {age} ({lab.dir / 'lab.json'})", ""]
     if build != "built":
         # Half a lab: say so first, with every namespace it has, recorded or not.
@@ -436,8 +502,9 @@ def status_text(lab: Lab) -> str:
         rows.append([gw.cluster_id, gw.gateway_ns, ", ".join(gw.pod_ns), gw.private_ip,
                      gw.public_ip or "-", ", ".join(gw.pod_ips + gw.pod_ips6), agent])
     lines.append(table(rows))
-    names = [*s.extra_namespaces, *(n for g in s.gateways for n in (g.gateway_ns, *g.pod_ns))]
-    missing = [n for n in names if n not in present]
+    lines.append(f"\nnodes ({s.nodes_per_cluster} per cluster):")
+    lines.append(nodes_table(lab))
+    missing = [n for n in _recorded_namespaces(lab) if n not in present]
     lines.append(f"\nother namespaces: {', '.join(s.extra_namespaces) or '-'}")
     if missing:
         lines.append(f"MISSING namespaces: {', '.join(missing)}")
@@ -508,6 +575,11 @@ def cmd_exec(args: argparse.Namespace) -> int:
     gw = lab.gateway(args.cluster)
     if cmd[0] == "wgcable":  # this wgcable, wherever it is installed
         cmd = [sys.executable, "-m", "wgcable", *cmd[1:]]
+    if args.node:  # a worker: its network namespace is all there is to it
+        node = lab.node(gw.index, args.node)
+        env = {**os.environ, "WGCABLE_STATE_DIR": str(lab.node_dir(node))}
+        return subprocess.run(Namespace(node.namespace).cmd(*cmd), env=env,
+                              check=False).returncode
     env = {**os.environ, "WGCABLE_STATE_DIR": str(lab.state_dir(gw))}
     return subprocess.run(lab.gateway_cmd(gw, *cmd), env=env, check=False).returncode
 
@@ -522,7 +594,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 @_guarded
 def cmd_logs(args: argparse.Namespace) -> int:
     lab = resolve(args.name, args.root)
-    log = lab.log_file(lab.gateway(args.cluster))
+    gw = lab.gateway(args.cluster)
+    log = lab.log_file(gw) if args.node is None else \
+        lab.route_agent_log(lab.node(gw.index, args.node))
     try:
         data = log.read_bytes()
     except FileNotFoundError:

@@ -5,13 +5,19 @@ a later command (`wgcable lab status`, `lab down`) finds it even after the CLI t
 it crashed. Every gateway has a long-lived holder process whose mount namespace carries a
 private /run/wireguard; the agent and anything run "on the gateway" enter the holder's
 network and mount namespaces, so they see the gateway's WireGuard socket.
+
+A cluster may have several nodes (``nodes``): node 0 is the gateway node (the gateway's
+namespace), the others are workers. Every node runs a `wgcable route-agent` in its network
+namespace (no holder: it needs no WireGuard socket), once this wgcable has one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
@@ -29,7 +35,7 @@ from wgcable.cable.wireguard.userspace import PRIVATE_SOCKET_DIR, process_runnin
 from wgcable.lab.kubeapi import LocalAPIServer
 from wgcable.lab.netns import LabError, Namespace, delete_namespaces, list_namespaces
 from wgcable.lab.process import stop_pids
-from wgcable.lab.topology import BROKER_IP, ClusterNet, Topology
+from wgcable.lab.topology import BROKER_IP, MAX_NODES, ClusterNet, Topology
 from wgcable.netlink.netns import call_in_netns
 from wgcable.store.open import DEFAULT_NAMESPACE, KUBERNETES
 
@@ -39,6 +45,9 @@ NS_PREFIX = "wgl"  # every namespace of every lab starts with this
 # Every lab agent serves Prometheus metrics on this port of its gateway namespace's
 # loopback (the agent's default address): reachable from inside the gateway only.
 METRICS_PORT = 9898
+ROUTE_AGENT_MODULE = "wgcable.routeagent"  # route agents start only when this exists
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,6 +65,42 @@ class GatewayState:
     health_check_ip: str
     holder_pid: int = 0
     agent_pid: int = 0
+
+
+@dataclass
+class NodeState:
+    """Node ``index`` of cluster ``cluster`` (0: the gateway node, whose namespace is the
+    gateway's). Its pods sit behind its cni0, in its own pod CIDRs."""
+
+    cluster: int
+    index: int
+    namespace: str
+    hostname: str  # what its route agent is told (node 0: the gateway agent's hostname)
+    node_ip: str
+    node_ip6: str  # "" without IPv6
+    pod_ns: list[str]
+    pod_ips: list[str]
+    pod_ips6: list[str]
+    pod_cidrs: list[str]  # 10.<i>.<j>.0/24 (and fd00:<i>:0:<j>::/64)
+    route_agent_pid: int = 0
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A pod of the lab, with where it runs."""
+
+    cluster: int
+    cluster_id: str
+    node: int
+    node_ns: str
+    namespace: str
+    ip: str
+    ip6: str
+
+    @property
+    def label(self) -> str:
+        """``cluster1/gw`` for the gateway node's pod, ``cluster1/node2`` for a worker's."""
+        return f"{self.cluster_id}/{'gw' if self.node == 0 else f'node{self.node}'}"
 
 
 @dataclass
@@ -79,6 +124,10 @@ class LabState:
     clusters: int = 0
     builder_pid: int = 0
     built: bool = True
+    # Nodes per cluster, and every node (node 0 of each cluster included). A lab.json from
+    # before nodes has neither: each cluster then had its gateway node alone.
+    nodes_per_cluster: int = 1
+    nodes: list[NodeState] = field(default_factory=list)
 
 
 def _check_name(name: str) -> None:
@@ -88,13 +137,16 @@ def _check_name(name: str) -> None:
 
 # What a lab agent's PID runs: `nsenter` execs the Python that runs `wgcable agent`.
 _AGENT_NAMES = ("python", "python3", "wgcable", "nsenter")
+# A route agent's: `ip netns exec` execs the Python that runs `wgcable route-agent`.
+_ROUTE_AGENT_NAMES = ("python", "python3", "python3.11", "wgcable", "ip")
 
 
 def is_lab_namespace(prefix: str, name: str) -> bool:
     """Whether ``name`` is one of the lab's namespaces. Exact suffixes, not a bare prefix
     match: lab "a"'s prefix "wgla-" would otherwise also match lab "a-1"'s "wgla-1-hub"."""
     rest = name.removeprefix(f"{prefix}-")
-    return rest != name and re.fullmatch(r"hub|broker|gw\d+|nat\d+|pod\d+-\d+", rest) is not None
+    return rest != name and re.fullmatch(
+        r"hub|broker|gw\d+|nat\d+|node\d+-\d+|pod\d+-\d+|pod\d+-\d+-\d+", rest) is not None
 
 
 def namespace_pids(ns: str) -> list[int]:
@@ -135,6 +187,17 @@ def end_processes_in(*names: str, rounds: int = 5) -> None:
         if not pids:
             return
         stop_pids([(pid, ()) for pid in pids])
+
+
+def _ping(namespace: str, target: str, count: int, timeout: float) -> float | None:
+    """RTT in ms of ``count`` pings from ``namespace`` to ``target``, or None."""
+    out = subprocess.run(
+        Namespace(namespace).cmd("ping", "-n", "-c", str(count), "-i", "0.2",
+                                 "-W", str(timeout), target),
+        capture_output=True, text=True, check=False, timeout=count * (timeout + 1) + 5,
+    )
+    m = re.search(r"= [\d.]+/([\d.]+)/", out.stdout)
+    return float(m.group(1)) if out.returncode == 0 and m else None
 
 
 class Lab:
@@ -191,7 +254,39 @@ class Lab:
         except FileNotFoundError:
             raise LabError(f"no lab {name!r} (nothing at {path})") from None
         gws = [GatewayState(**g) for g in doc.pop("gateways")]
-        return cls(LabState(**doc, gateways=gws))
+        nodes = [NodeState(**n) for n in doc.pop("nodes", [])]
+        return cls(LabState(**doc, gateways=gws, nodes=nodes))
+
+    # --- nodes and pods ---------------------------------------------------------------------
+
+    def nodes(self, cluster: int | str | None = None) -> list[NodeState]:
+        """The nodes of a cluster (or of all), node 0 first. A lab recorded before nodes
+        existed has its gateway nodes only, which are made up from its gateways."""
+        if self.state.nodes:
+            nodes = self.state.nodes
+        else:
+            nodes = [NodeState(g.index, 0, g.gateway_ns, f"gw{g.index}", g.private_ip, "",
+                               g.pod_ns, g.pod_ips, g.pod_ips6, []) for g in self.state.gateways]
+        if cluster is None:
+            return nodes
+        index = self.gateway(cluster).index
+        return [n for n in nodes if n.cluster == index]
+
+    def node(self, cluster: int | str, node: int) -> NodeState:
+        for n in self.nodes(cluster):
+            if n.index == node:
+                return n
+        raise LabError(f"no node {node} in cluster {cluster!r} of lab {self.state.name!r}")
+
+    def pods(self) -> list[Pod]:
+        """Every pod of every node of every cluster, in that order."""
+        out = []
+        for n in self.nodes():
+            cid = self.gateway(n.cluster).cluster_id
+            for k, ns in enumerate(n.pod_ns):
+                ip6 = n.pod_ips6[k] if k < len(n.pod_ips6) else ""
+                out.append(Pod(n.cluster, cid, n.index, n.namespace, ns, n.pod_ips[k], ip6))
+        return out
 
     # --- building ---------------------------------------------------------------------------
 
@@ -207,19 +302,24 @@ class Lab:
         root: str = LAB_ROOT,
         agent_args: Sequence[str] = (),
         store: str = "directory",
+        nodes: int = 1,
     ) -> Lab:
-        """Build the namespaces and start an agent per gateway. On any failure, everything
-        made so far is removed before the error is raised."""
+        """Build the namespaces, start an agent per gateway, then a route agent per node
+        (when this wgcable has one). ``nodes`` per cluster: 1 is the gateway node alone.
+        On any failure, everything made so far is removed before the error is raised."""
         _check_name(name)
         if not 2 <= clusters <= 50:
             raise LabError(f"--clusters {clusters}: must be 2-50")
+        if not 1 <= nodes <= MAX_NODES:
+            raise LabError(f"--nodes {nodes}: must be 1-{MAX_NODES}")
         if store not in STORES:
             raise LabError(f"--store {store!r}: must be one of {', '.join(STORES)}")
         if (Path(root) / name / "lab.json").exists():
             raise LabError(f"lab {name!r} is already up; `wgcable lab down --name {name}` first")
         prefix = f"{NS_PREFIX}{name}"
         lab = cls(LabState(name, prefix, root, ipv6, nat, snat, time.time(), store=store,
-                           clusters=clusters, builder_pid=os.getpid(), built=False))
+                           clusters=clusters, builder_pid=os.getpid(), built=False,
+                           nodes_per_cluster=nodes))
         lab.save()  # recorded first, so that `lab down` can clean up a half-built lab
         try:
             lab._build(clusters, agent_args)
@@ -256,13 +356,25 @@ class Lab:
             self.state.gateways.append(gw)
             broker = [topo.broker] if topo.broker else []
             self.state.extra_namespaces = [n.name for n in [topo.hub, *broker, *topo.routers]]
+            self.state.nodes.append(self._node_state(c, 0))
             self.save()
+            for j in range(1, self.state.nodes_per_cluster):
+                topo.add_node(c, j)
+                self.state.nodes.append(self._node_state(c, j))
+                self.save()
+            topo.route_nodes(c)
             if self.state.snat:
-                self._snat(gw)
+                for node in self.nodes(i):
+                    self._snat(gw, node.namespace)
             gw.holder_pid = self._start_holder(gw)
             self.save()
         for gw in self.state.gateways:
             self.start_agent(gw, agent_args)
+        if importlib.util.find_spec(ROUTE_AGENT_MODULE) is None:
+            log.warning("route agents not started: this wgcable has no %s", ROUTE_AGENT_MODULE)
+            return
+        for node in self.state.nodes:
+            self.start_route_agent(node.cluster, node.index)
 
     def _start_broker(self, topo: Topology) -> None:
         broker = topo.add_broker()
@@ -286,8 +398,23 @@ class Lab:
             health_check_ip=c.gateway_pod_ip,
         )
 
-    def _snat(self, gw: GatewayState) -> None:
-        """Masquerade everything the pods send off-cluster, as some CNIs do."""
+    @staticmethod
+    def _node_state(c: ClusterNet, j: int) -> NodeState:
+        pods = c.nodes[j].pods
+        cidrs = [c.pod_cidr(j), *([c.pod_cidr6(j)] if c.ipv6 else [])]
+        return NodeState(
+            cluster=c.index, index=j, namespace=c.nodes[j].ns.name,
+            # Node 0's route agent must know itself as the gateway agent's host.
+            hostname=f"gw{c.index}" if j == 0 else c.nodes[j].ns.name,
+            node_ip=c.node_ip(j), node_ip6=c.node_ip6(j) if c.ipv6 else "",
+            pod_ns=[p.name for p in pods], pod_ips=[c.pod_ip(n, j) for n in range(len(pods))],
+            pod_ips6=[c.pod_ip6(n, j) for n in range(len(pods))] if c.ipv6 else [],
+            pod_cidrs=cidrs,
+        )
+
+    def _snat(self, gw: GatewayState, namespace: str) -> None:
+        """Masquerade everything the pods send off-cluster, as some CNIs do, on every
+        node."""
         pods = ", ".join(s for s in gw.subnets if ":" not in s)
         rules = f"""
 table ip wgcable_lab_snat {{
@@ -297,7 +424,7 @@ table ip wgcable_lab_snat {{
     }}
 }}
 """
-        Namespace(gw.gateway_ns).run("nft", "-f", "-", input=rules)
+        Namespace(namespace).run("nft", "-f", "-", input=rules)
 
     def _start_holder(self, gw: GatewayState) -> int:
         script = f"{PRIVATE_SOCKET_DIR} && exec sleep infinity"
@@ -323,20 +450,22 @@ table ip wgcable_lab_snat {{
             raise LabError(f"gateway {gw.cluster_id}: its namespace holder is gone")
         return ["nsenter", "-t", str(gw.holder_pid), "-m", "-n", "--", *args]
 
+    def store_args(self, gw: GatewayState) -> list[str]:
+        """The store options of a cluster's agents: gateway and route agents alike."""
+        if self.state.store == KUBERNETES:
+            hostname = {f"gw{gw.index}": gw.private_ip}
+            kubeconfig = self.broker().cluster_kubeconfig(gw.cluster_id, hostname)
+            return ["--store", KUBERNETES, "--kubeconfig", str(kubeconfig),
+                    "--namespace", DEFAULT_NAMESPACE]
+        return ["--store", str(self.store_dir)]
+
     def agent_argv(self, gw: GatewayState, extra: Sequence[str] = ()) -> list[str]:
         # Pod CIDRs are 10.<i>.0.0/16 and fd00:<i>::/48 (prefix tests: IPv6 has no dots).
         cidrs = [s for s in gw.subnets
                  if s.startswith((f"10.{gw.index}.", f"fd00:{gw.index}::"))]
         services = [s for s in gw.subnets if s not in cidrs]
-        if self.state.store == KUBERNETES:
-            hostname = {f"gw{gw.index}": gw.private_ip}
-            kubeconfig = self.broker().cluster_kubeconfig(gw.cluster_id, hostname)
-            store = ["--store", KUBERNETES, "--kubeconfig", str(kubeconfig),
-                     "--namespace", DEFAULT_NAMESPACE]
-        else:
-            store = ["--store", str(self.store_dir)]
         argv = [
-            sys.executable, "-m", "wgcable", "agent", *store,
+            sys.executable, "-m", "wgcable", "agent", *self.store_args(gw),
             "--cluster-id", gw.cluster_id,
             "--cluster-cidr", ",".join(cidrs),
             "--service-cidr", ",".join(services),
@@ -382,6 +511,59 @@ table ip wgcable_lab_snat {{
                 time.sleep(0.02)
         gw.agent_pid = 0
         self.save()
+
+    # --- route agents, one per node --------------------------------------------------------
+
+    def node_dir(self, node: NodeState) -> Path:
+        return self.dir / f"node{node.cluster}-{node.index}"
+
+    def route_agent_log(self, node: NodeState) -> Path:
+        return self.dir / f"node{node.cluster}-{node.index}.route-agent.log"
+
+    def route_agent_argv(self, node: NodeState) -> list[str]:
+        gw = self.gateway(node.cluster)
+        return [
+            sys.executable, "-m", "wgcable.cli.main", "route-agent", *self.store_args(gw),
+            "--cluster-id", gw.cluster_id,
+            "--node-ip", node.node_ip,
+            "--hostname", node.hostname,
+            "--state-dir", str(self.node_dir(node)),
+            "--log-level", "debug",
+        ]
+
+    def start_route_agent(self, cluster: int | str, node: int) -> int:
+        """Start node ``node``'s route agent in the node's network namespace; its PID is
+        recorded at once, so that `lab down` finds it whatever fails next."""
+        n = self.node(cluster, node)
+        if n.route_agent_pid and process_running(n.route_agent_pid):
+            raise LabError(f"node {n.namespace}: route agent already running "
+                           f"(pid {n.route_agent_pid})")
+        self.node_dir(n).mkdir(parents=True, exist_ok=True, mode=0o700)
+        log = open(self.route_agent_log(n), "ab")  # noqa: SIM115 - handed to the child
+        try:
+            p = subprocess.Popen(
+                Namespace(n.namespace).cmd(*self.route_agent_argv(n)),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        finally:
+            log.close()
+        n.route_agent_pid = p.pid
+        self.save()
+        return p.pid
+
+    def stop_route_agent(self, cluster: int | str, node: int, sig: int = signal.SIGTERM,
+                         timeout: float = 10) -> None:
+        """Stop node ``node``'s route agent by its PID (SIGKILL: a crash)."""
+        n = self.node(cluster, node)
+        if n.route_agent_pid:
+            stop_pids([(n.route_agent_pid, _ROUTE_AGENT_NAMES)], timeout, sig=sig)
+        n.route_agent_pid = 0
+        self.save()
+
+    def route_agent_alive(self, cluster: int | str, node: int) -> bool:
+        pid = self.node(cluster, node).route_agent_pid
+        return bool(pid) and process_running(pid)
 
     def agent_alive(self, which: int | str) -> bool:
         gw = self.gateway(which)
@@ -431,16 +613,24 @@ table ip wgcable_lab_snat {{
 
     def ping(self, src: int | str, dst: int | str, *, count: int = 1, v6: bool = False,
              timeout: float = 2) -> float | None:
-        """RTT in ms of a ping from ``src``'s first pod to ``dst``'s, or None if unanswered."""
+        """RTT in ms of a ping from ``src``'s first pod to ``dst``'s (the gateway nodes'),
+        or None if unanswered."""
         s, d = self.gateway(src), self.gateway(dst)
         target = (d.pod_ips6 if v6 else d.pod_ips)[0]
-        out = subprocess.run(
-            Namespace(s.pod_ns[0]).cmd("ping", "-n", "-c", str(count), "-i", "0.2",
-                                      "-W", str(timeout), target),
-            capture_output=True, text=True, check=False, timeout=count * (timeout + 1) + 5,
-        )
-        m = re.search(r"= [\d.]+/([\d.]+)/", out.stdout)
-        return float(m.group(1)) if out.returncode == 0 and m else None
+        return _ping(s.pod_ns[0], target, count, timeout)
+
+    def ping_pod(self, src_cluster: int | str, src_node: int, dst_cluster: int | str,
+                 dst_node: int, *, v6: bool = False, count: int = 1,
+                 timeout: float = 2) -> float | None:
+        """RTT in ms of a ping from the first pod of one node to the first pod of another,
+        or None if unanswered."""
+        s, d = self.node(src_cluster, src_node), self.node(dst_cluster, dst_node)
+        return _ping(s.pod_ns[0], (d.pod_ips6 if v6 else d.pod_ips)[0], count, timeout)
+
+    def ping_between(self, src: Pod, dst: Pod, *, v6: bool = False, count: int = 1,
+                     timeout: float = 2) -> float | None:
+        """RTT in ms of a ping from pod ``src`` to pod ``dst``, or None if unanswered."""
+        return _ping(src.namespace, dst.ip6 if v6 else dst.ip, count, timeout)
 
     # --- teardown ---------------------------------------------------------------------------
 
@@ -451,7 +641,9 @@ table ip wgcable_lab_snat {{
         # Agents first, all at once: an agent still running would restart the wireguard-go
         # that is stopped next. SIGKILL, not SIGTERM: an agent's orderly exit takes about
         # 1 s and only keeps tunnels and endpoints that are removed just below.
-        stop_pids([(gw.agent_pid, _AGENT_NAMES) for gw in self.state.gateways],
+        # Route agents with them: one left running could re-add what is being removed.
+        stop_pids([*((gw.agent_pid, _AGENT_NAMES) for gw in self.state.gateways),
+                   *((n.route_agent_pid, _ROUTE_AGENT_NAMES) for n in self.state.nodes)],
                   sig=signal.SIGKILL)
         # Then the daemons and holders, together.
         daemons: list[tuple[int, Sequence[str]]] = []
