@@ -151,3 +151,12 @@ class Reconciler(Generic[K, V]):
         if self.resource.holds(want, exactly=synced):
             return 0
         return self.reconcile(want, synced=synced, verify=True)
+
+    def heal(self, want: Mapping[K, V], *, synced: bool) -> None:
+        """``check``, logged, for a periodic drift check that must go on whatever fails."""
+        try:
+            if n := self.check(want, synced=synced):
+                log.warning("%s: restored %d change(s) someone else made", self.resource.name,
+                            n)
+        except Exception as e:  # the caller's next full pass reads everything anyway
+            log.warning("checking the %s failed: %s", self.resource.name, e)

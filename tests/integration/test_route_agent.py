@@ -234,3 +234,21 @@ def test_route_agent_leaves_a_device_it_does_not_own_alone(nodes: Nodes) -> None
     info = json.loads(n.ns("worker").run("ip", "-j", "-d", "link", "show", DEVICE))[0]
     assert info["linkinfo"]["info_data"]["id"] == 7
     assert n.routes("worker") == []
+
+
+def test_route_agent_puts_back_what_someone_else_removed(nodes: Nodes) -> None:
+    """Drift is healed by the periodic check (every 5 s), not only at the 30 s resync:
+    a deleted route, neighbour entry or even the whole device comes back."""
+    n = nodes
+    for node in ("gw1", "worker"):
+        n.start(node)
+    wait_for(lambda: via(n, "worker") == {"240.18.200.1"}, 15, "the worker's route to gw1")
+    worker = n.ns("worker")
+    worker.run("ip", "route", "del", "10.2.0.0/16", "proto", "88")
+    worker.run("ip", "neigh", "del", "240.18.200.1", "dev", DEVICE)
+    wait_for(lambda: via(n, "worker") == {"240.18.200.1"} and "240.18.200.1" in
+             worker.run("ip", "neigh", "show", "dev", DEVICE), 12,
+             "the route and the neighbour entry to come back")
+    worker.run("ip", "link", "del", DEVICE)
+    wait_for(lambda: via(n, "worker") == {"240.18.200.1"}, 12, "the device and route back")
+    assert pod_ping(n)

@@ -60,6 +60,7 @@ class RouteAgentConfig:
     state_dir: str
     settings: Settings = field(default_factory=Settings)
     resync_interval: float = 30.0
+    check_interval: float = 5.0  # the cheap drift check, as the gateway's status read
     resolv_conf: str = "/etc/resolv.conf"
 
 
@@ -89,6 +90,7 @@ class RouteAgent:
         self._routes = Reconciler(RouteResource(self.table))
         self._nft: Reconciler[IPNetwork, IPNetwork] | None = None  # once the CIDRs are known
         self.synced = False
+        self._state: NodeState | None = None  # as last applied
         self.status = Status()
         self._lock = threading.Lock()
         self._dirty = threading.Event()
@@ -195,6 +197,7 @@ class RouteAgent:
                 self.synced = True
                 self._routes.reconcile(state.routes, synced=True, verify=True)
                 self._nft.reconcile(state.nft_remote, synced=True, verify=True)
+            self._state = state
             self._write_status()
         gw = self.status.gateway or {}
         log.info("gateway %s (%s)%s; %d route(s), %d refused", gw.get("ip"),
@@ -211,24 +214,45 @@ class RouteAgent:
 
     # --- the loop ---------------------------------------------------------------------------
 
+    def check(self) -> None:
+        """Put back what someone else removed (the device, an FDB or neighbour entry, a
+        route, our nftables table, a tightened rp_filter): a cheap check per resource, a
+        read only where it fails. So damage lasts one check interval, not a resync."""
+        with self._lock:
+            state = self._state
+            if state is None or not self.synced or self._nft is None:
+                return
+            self._vxlan.heal(state.link, synced=True)
+            self._rp.heal(state.rp_filter, synced=True)
+            self._nft.heal(state.nft_remote, synced=True)
+            self._fdb.heal(state.fdb, synced=True)
+            self._neigh.heal(state.neigh, synced=True)
+            self._routes.heal(state.routes, synced=True)
+
     def run(self, stop: threading.Event) -> None:
         watcher = threading.Thread(target=self._watch, args=(stop,), name="store-watch",
                                    daemon=True)
         watcher.start()
-        next_resync = 0.0
+        next_resync = next_check = 0.0
         while not stop.is_set():
-            verify = time.monotonic() >= next_resync
-            self._dirty.clear()
-            try:
-                self.reconcile(verify=verify)
-                if verify:
-                    next_resync = time.monotonic() + self.cfg.resync_interval
-            except Exception as e:
-                log.warning("reconcile failed (will retry): %s", e)
-                self._dirty.set()
-                stop.wait(1.0)
-                continue
-            self._dirty.wait(max(0.0, next_resync - time.monotonic()))
+            now = time.monotonic()
+            if self._dirty.is_set() or now >= next_resync:
+                verify = now >= next_resync
+                self._dirty.clear()
+                try:
+                    self.reconcile(verify=verify)
+                    if verify:
+                        next_resync = time.monotonic() + self.cfg.resync_interval
+                except Exception as e:
+                    log.warning("reconcile failed (will retry): %s", e)
+                    self._dirty.set()
+                    stop.wait(1.0)
+                    continue
+                next_check = time.monotonic() + self.cfg.check_interval
+            elif now >= next_check:
+                self.check()
+                next_check = time.monotonic() + self.cfg.check_interval
+            self._dirty.wait(max(0.0, min(next_resync, next_check) - time.monotonic()))
 
     def _watch(self, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -22,10 +22,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from wgcable.cable.remote import shown
 from wgcable.cable.types import Connection, Endpoint, NATEndpointInfo
@@ -331,18 +330,11 @@ class WireGuardDriver:
         # Put back what someone else removed: the link's up state, our nftables table,
         # routes, rules. A few reads and no writes when all is well, so damage lasts one
         # status interval, not until the next resync.
-        self._heal(self._link, state.link)
-        self._heal(self._nft, state.nft_remote)
-        self._heal(self._routes, state.routes)
-        self._heal(self._rules, state.rules)
+        self._link.heal(state.link, synced=synced)
+        self._nft.heal(state.nft_remote, synced=synced)
+        self._routes.heal(state.routes, synced=synced)
+        self._rules.heal(state.rules, synced=synced)
         self._reads.clear()
-
-    def _heal(self, rec: Reconciler[Any, Any], want: Mapping[Any, Any]) -> None:
-        try:
-            if n := rec.check(want, synced=self._synced):
-                log.warning("%s: restored %d change(s) someone else made", rec.resource.name, n)
-        except Exception as e:  # the status must still be reported; the resync retries
-            log.warning("checking the %s failed: %s", rec.resource.name, e)
 
     def get_connections(self) -> list[Connection]:
         with self._lock:
