@@ -1,17 +1,16 @@
 """The route agent in the lab (issue 13): pods on every node reach every other cluster.
 
-A lab of 2 clusters of 3 nodes, with a real `wgcable agent` on each gateway and a
-`wgcable route-agent` on every node. These run once `wgcable.routeagent` exists; until
-then they are skipped, with the reason.
+Labs of several nodes per cluster, with a real `wgcable agent` on each gateway and a
+`wgcable route-agent` on every node.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,15 +22,6 @@ from .labtools import MakeLab, Pinger, unreachable_pod_pairs, wait_for
 pytestmark = pytest.mark.netns
 
 
-def importable(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
-needs_route_agent = pytest.mark.skipif(not importable("wgcable.routeagent"),
-                                       reason="route agent not built yet")
-
-
-@needs_route_agent
 @pytest.mark.parametrize(("snat", "ipv6"), [(False, False), (True, False), (False, True)],
                          ids=["plain", "snat", "ipv6"])
 def test_multinode_route_agent_every_pod_reaches_every_pod(
@@ -45,7 +35,6 @@ def test_multinode_route_agent_every_pod_reaches_every_pod(
         assert unreachable_pod_pairs(lab, settle=30, v6=True) == []
 
 
-@needs_route_agent
 def test_multinode_route_agent_sigkill_loses_no_ping(make_userspace_lab: MakeLab) -> None:
     """A worker's route agent killed mid-traffic (5 pings a second, worker to worker across
     clusters): its routes stay, no ping is lost; a new one takes over."""
@@ -67,7 +56,6 @@ def test_multinode_route_agent_sigkill_loses_no_ping(make_userspace_lab: MakeLab
     assert unreachable_pod_pairs(lab, settle=10) == []
 
 
-@needs_route_agent
 def test_multinode_route_agent_demo_by_default(tmp_path: Path) -> None:
     """`wgcable demo` as a newcomer runs it: nodes by default, every pod pair reachable,
     each pod's node named."""
@@ -84,3 +72,24 @@ def test_multinode_route_agent_demo_by_default(tmp_path: Path) -> None:
     assert "2 clusters of 2 nodes" in r.stderr
     assert "cluster2/node1: 10.2.1.2 on node" in r.stdout
     assert "all 12 pairs reachable" in r.stdout
+
+
+def test_multinode_route_agent_follows_a_gateway_moved_by_hand(
+        make_userspace_lab: MakeLab) -> None:
+    """Cluster 1's gateway moves from node 0 to node 1 (agent stopped, `wgcable cleanup`,
+    an agent started on node 1 with its address): every node's route agent follows the new
+    Endpoint, and every pod pair is reachable again. The time is printed."""
+    lab = make_userspace_lab(2, nodes=2)
+    assert unreachable_pod_pairs(lab, settle=30) == []
+    moved = lab.move_gateway(1, 1)
+    t0 = time.monotonic()
+    wait_for(lambda: lab.ping_pod(2, 1, 1, 0, timeout=0.5) is not None, 30,
+             "cluster 2's worker to reach the old gateway node's pod through the new one")
+    print(f"gateway moved in {moved:.1f} s (stop, cleanup, start); pings resumed "
+          f"{time.monotonic() - t0:.1f} s after the new agent was started")
+    new_gw = lab.node(1, 1)
+    assert lab.gateway(1).private_ip == new_gw.node_ip
+    dump = subprocess.run(lab.gateway_cmd(lab.gateway(2), "wg", "show", "subwg0", "endpoints"),
+                          capture_output=True, text=True, check=True).stdout
+    assert f"{new_gw.node_ip}:" in dump  # cluster 2 connects to the new gateway node
+    assert unreachable_pod_pairs(lab, settle=30) == []

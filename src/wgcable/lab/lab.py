@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import importlib.util
 import json
 import logging
 import os
@@ -45,7 +44,6 @@ NS_PREFIX = "wgl"  # every namespace of every lab starts with this
 # Every lab agent serves Prometheus metrics on this port of its gateway namespace's
 # loopback (the agent's default address): reachable from inside the gateway only.
 METRICS_PORT = 9898
-ROUTE_AGENT_MODULE = "wgcable.routeagent"  # route agents start only when this exists
 
 log = logging.getLogger(__name__)
 
@@ -370,9 +368,6 @@ class Lab:
             self.save()
         for gw in self.state.gateways:
             self.start_agent(gw, agent_args)
-        if importlib.util.find_spec(ROUTE_AGENT_MODULE) is None:
-            log.warning("route agents not started: this wgcable has no %s", ROUTE_AGENT_MODULE)
-            return
         for node in self.state.nodes:
             self.start_route_agent(node.cluster, node.index)
 
@@ -511,6 +506,32 @@ table ip wgcable_lab_snat {{
                 time.sleep(0.02)
         gw.agent_pid = 0
         self.save()
+
+    def move_gateway(self, which: int | str, node: int) -> float:
+        """Make node ``node`` the cluster's gateway by hand, as an operator would: stop the
+        gateway agent, `wgcable cleanup` on the old node (device, routes, Endpoint), start
+        the agent on the new node with its address. The key (the lab's state directory of
+        the cluster) goes with it. Returns the seconds the move took until the new agent
+        was started. Directory stores only (a broker's RBAC names the gateway's IP)."""
+        if self.state.store == KUBERNETES:
+            raise LabError("moving a gateway needs the directory store")
+        gw = self.gateway(which)
+        target = self.node(gw.index, node)
+        t0 = time.monotonic()
+        self.stop_agent(gw.index)
+        done = subprocess.run(
+            self.gateway_cmd(gw, *[a if a != "agent" else "cleanup" for a in
+                                   self.agent_argv(gw)]),
+            capture_output=True, text=True, timeout=60, check=False)
+        if done.returncode != 0:
+            raise LabError(f"cleanup on {gw.gateway_ns}: {done.stderr.strip()}")
+        stop_pids([(gw.holder_pid, ("sleep",))])
+        gw.gateway_ns, gw.private_ip = target.namespace, target.node_ip
+        gw.health_check_ip = target.pod_cidrs[0].rsplit(".", 1)[0] + ".1"  # its cni0
+        gw.holder_pid = self._start_holder(gw)
+        self.save()
+        self.start_agent(gw)
+        return time.monotonic() - t0
 
     # --- route agents, one per node --------------------------------------------------------
 

@@ -214,6 +214,13 @@ class RouteAgent:
 
     # --- the loop ---------------------------------------------------------------------------
 
+    def _forget(self) -> None:
+        """After a failure nothing written is trusted: the next pass reads every resource
+        (a device someone deleted makes every route write fail until it is back)."""
+        for rec in (self._vxlan, self._rp, self._fdb, self._neigh, self._routes, self._nft):
+            if rec is not None:
+                rec.forget()
+
     def check(self) -> None:
         """Put back what someone else removed (the device, an FDB or neighbour entry, a
         route, our nftables table, a tightened rp_filter): a cheap check per resource, a
@@ -244,7 +251,8 @@ class RouteAgent:
                     if verify:
                         next_resync = time.monotonic() + self.cfg.resync_interval
                 except Exception as e:
-                    log.warning("reconcile failed (will retry): %s", e)
+                    log.warning("reconcile failed (will retry, reading everything): %s", e)
+                    self._forget()
                     self._dirty.set()
                     stop.wait(1.0)
                     continue
