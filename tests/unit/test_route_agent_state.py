@@ -58,3 +58,27 @@ def test_route_agent_route_spec_names_its_next_hop_onlink() -> None:
     assert r.spec(254, 88) == ("10.2.0.0/16 dev vx-submariner table 254 proto 88 via "
                                "240.18.0.1 onlink")
     assert r.text_key() == ("10.2.0.0/16", "vx-submariner", "", "240.18.0.1")
+
+
+def test_route_agent_rp_filter_request_is_the_kernels_nested_devconf() -> None:
+    """rp_filter goes through rtnetlink (a container's /proc/sys is read-only):
+    IFLA_AF_SPEC { AF_INET { IFLA_INET_CONF { RP_FILTER(8): u32 } } } on the named link."""
+    from wgcable.netlink import attrs, rtnl
+
+    sent: list[tuple[int, bytes]] = []
+
+    class Sock:
+        def request(self, msg_type: int, payload: bytes) -> None:
+            sent.append((msg_type, payload))
+
+    rtnl.set_ipv4_conf("eth0", rtnl.IPV4_DEVCONF_RP_FILTER, 2, Sock())  # type: ignore[arg-type]
+    [(msg_type, payload)] = sent
+    assert msg_type == rtnl.RTM_NEWLINK
+    found = attrs.by_type(attrs.parse(payload[16:]))
+    assert found[rtnl.IFLA_IFNAME].payload.rstrip(b"\0") == b"eth0"
+    [inet] = found[rtnl.IFLA_AF_SPEC].nested()
+    assert inet.type == rtnl.AF_INET
+    [conf] = inet.nested()
+    assert conf.type == rtnl.IFLA_INET_CONF
+    [value] = conf.nested()
+    assert (value.type, value.payload) == (8, (2).to_bytes(4, "little"))

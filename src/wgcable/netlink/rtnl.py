@@ -159,3 +159,19 @@ def set_mtu(name: str, mtu: int, sock: NetlinkSocket | None = None) -> None:
         raise ValueError(f"mtu {mtu} out of range")
     with _route_socket(sock) as s:
         s.request(RTM_NEWLINK, encode_by_name(name, attrs.u32(IFLA_MTU, mtu)))
+
+
+IFLA_AF_SPEC = 26
+IFLA_INET_CONF = 1
+AF_INET = 2
+IPV4_DEVCONF_RP_FILTER = 8  # include/uapi/linux/ip.h: the devconf index (1-based)
+
+
+def set_ipv4_conf(name: str, index: int, value: int, sock: NetlinkSocket | None = None) -> None:
+    """Set one IPv4 per-device setting (``net.ipv4.conf.<name>.*``) through rtnetlink: it
+    needs CAP_NET_ADMIN only, where /proc/sys is read-only (a container's, unless it is
+    privileged)."""
+    conf = attrs.nested(IFLA_INET_CONF, [attrs.u32(index, value)])
+    spec = attrs.nested(IFLA_AF_SPEC, [attrs.nested(AF_INET, [conf])])
+    with _route_socket(sock) as s:
+        s.request(RTM_NEWLINK, encode_by_name(name, spec))

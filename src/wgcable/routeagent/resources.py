@@ -6,7 +6,7 @@ Ownership: the device carries the alias ``ALIAS``; a device of that name without
 example Submariner's own ``vx-submariner``) is never changed or removed. FDB and neighbour
 entries are ours when they are permanent entries on our device. rp_filter is only ever
 loosened (strict -> loose), and the value found is recorded in the state directory, so
-that cleanup puts it back.
+that cleanup puts it back; it is written through rtnetlink (CAP_NET_ADMIN), not /proc/sys.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import subprocess
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
+from wgcable.netlink import rtnl
+from wgcable.netlink.message import NetlinkError
 from wgcable.routeagent.state import LINK, VxlanLink
 from wgcable.routeagent.vtep import VTEP6_NET, VTEP_PREFIX
 from wgcable.routing.iproute import IPRoute, RoutingError
@@ -214,6 +216,12 @@ class RpFilterResource:
     def _path(ifname: str) -> Path:
         return Path("/proc/sys/net/ipv4/conf") / ifname / "rp_filter"
 
+    @staticmethod
+    def _set(ifname: str, value: int) -> None:
+        # Through rtnetlink, not /proc/sys: that is read-only in a container that is not
+        # privileged, and CAP_NET_ADMIN is all this takes.
+        rtnl.set_ipv4_conf(ifname, rtnl.IPV4_DEVCONF_RP_FILTER, value)
+
     def _get(self, ifname: str) -> int | None:
         try:
             return int(self._path(ifname).read_text().strip())
@@ -229,7 +237,7 @@ class RpFilterResource:
         for ifname, value in want.items():
             if self._get(ifname) == 1 and value == 2:
                 self._remember(ifname, 1)
-                self._path(ifname).write_text("2\n")
+                self._set(ifname, 2)
                 log.info("rp_filter on %s: strict -> loose (replies come back on another "
                          "interface than the routes name)", ifname)
                 n += 1
@@ -257,6 +265,6 @@ class RpFilterResource:
         """Put back what we loosened (cleanup)."""
         for ifname, value in self.restore_values().items():
             if self._get(ifname) == 2:
-                with contextlib.suppress(OSError):
-                    self._path(ifname).write_text(f"{value}\n")
+                with contextlib.suppress(OSError, NetlinkError):
+                    self._set(ifname, value)
         self.record.unlink(missing_ok=True)
