@@ -63,6 +63,8 @@ SECTIONS: list[Section] = [
             what="wireguard-go SIGKILLed -> device, peers, routes and pings back"),
     Section("broker", "bench.broker_bench", repeat=10, quick_repeat=2,
             what="Kubernetes broker: lab start, Endpoint created via the API -> first reply"),
+    Section("multinode", "bench.multinode_bench", repeat=5, quick_repeat=1,
+            what="2 nodes per cluster: route agents repointed, gateway moved, worker TCP"),
 ]
 
 TOOLS = ("ip", "nsenter", "wg", "wireguard-go", "ping", "iperf3", "nft")

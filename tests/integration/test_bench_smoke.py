@@ -1,4 +1,5 @@
-"""The benchmark runner still runs: ``python -m bench --quick`` on its two cheapest sections.
+"""The benchmark runner still runs: ``python -m bench --quick`` on its two cheapest sections,
+and the multinode section on its own.
 
 It checks the shape of what is written (keys, positive figures, a PNG), never a timing.
 """
@@ -47,3 +48,33 @@ def test_quick_bench_writes_table_json_and_plot(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Everything it made is gone again.
     assert not [n for n in set(list_namespaces()) - before if n.startswith("wgbc-")]
+
+
+def test_quick_multinode_bench_rows(tmp_path: Path) -> None:
+    """The multinode section in quick mode: a 2x2 lab, throughput both ways, route agent
+    reaction and a gateway move; rows there with sane figures (no timing asserted)."""
+    before = set(list_namespaces())
+    p = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "multinode", "--out",
+         str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    sec = json.loads((tmp_path / "results.json").read_text())["sections"]["multinode"]
+    assert "error" not in sec, sec.get("error")
+    rows = {(r["metric"], r["impl"]): r for r in sec["rows"]}
+    assert len(rows) == len(sec["rows"]) == 8
+    for r in rows.values():
+        assert r["value"] > 0, r
+        assert r["unit"] in ("Mbit/s", "ms"), r
+    result = sec["result"]
+    assert set(result["tcp"]) == {"workers", "gateways"}
+    assert result["ratio"] > 0
+    assert len(result["reaction"]["edit"]["samples"]) == 2
+    assert len(result["reaction"]["restore"]["samples"]) == 2
+    assert len(result["move"]["move"]["samples"]) == 1
+    assert result["reaction"]["all"]["min"] > 0
+    assert all(result["move"][k]["min"] > 0 for k in ("move", "routes", "ping", "published"))
+    assert "| multinode | iperf3 TCP pod to pod across clusters" in p.stdout
+    # Everything it made is gone again.
+    assert not [n for n in set(list_namespaces()) - before if n.startswith("wglmb")]
