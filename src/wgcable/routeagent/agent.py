@@ -241,6 +241,7 @@ class RouteAgent:
                                    daemon=True)
         watcher.start()
         next_resync = next_check = 0.0
+        failures = 0
         while not stop.is_set():
             now = time.monotonic()
             if self._dirty.is_set() or now >= next_resync:
@@ -254,8 +255,13 @@ class RouteAgent:
                     log.warning("reconcile failed (will retry, reading everything): %s", e)
                     self._forget()
                     self._dirty.set()
-                    stop.wait(1.0)
+                    failures += 1
+                    # The first retry at once: a read usually mends it (a device someone
+                    # deleted is made again); then no faster than once a second.
+                    if failures > 1:
+                        stop.wait(1.0)
                     continue
+                failures = 0
                 next_check = time.monotonic() + self.cfg.check_interval
             elif now >= next_check:
                 self.check()
