@@ -8,7 +8,6 @@ Whether pods on workers reach other clusters is the route agent's: see test_mult
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
@@ -20,18 +19,16 @@ from pathlib import Path
 
 import pytest
 
-import wgcable.lab.lab as lab_mod
 from wgcable.cli.lab import remove
 from wgcable.cli.main import main as cli_main
 from wgcable.lab.lab import NS_PREFIX, Lab, NodeState
 from wgcable.lab.netns import LabError, Namespace
 
-from .labtools import wait_for
+from .labtools import unreachable_pairs, wait_for
 from .test_lab import LabEnv, _alive, _wait_connected
 
 pytestmark = pytest.mark.netns
 _seq = itertools.count()
-ROUTE_AGENT_BUILT = importlib.util.find_spec("wgcable.routeagent") is not None
 
 
 @pytest.fixture
@@ -106,7 +103,7 @@ def test_multinode_cli_up_status_ping_down(menv: LabEnv) -> None:
         (row,) = [x for x in st.stdout.splitlines()
                   if f" {node.namespace} " in x and ", ".join(node.pod_cidrs) in x]
         assert f" {node.node_ip}, {node.node_ip6} " in row
-        assert row.endswith("not started" if not ROUTE_AGENT_BUILT else " up")
+        assert row.endswith(" up")
     assert "MISSING" not in st.stdout
     doc = json.loads(menv.cli("lab", "status", "--name", n, "--json").stdout)
     assert doc["nodesPerCluster"] == 3
@@ -131,19 +128,14 @@ def test_multinode_cli_up_status_ping_down(menv: LabEnv) -> None:
                 if lab_.split("/")[0] == cells[0].split("/")[0] and lab_ != cells[0]]
         assert all(float(c) > 0 for c in same), row
     failed = lines[-1].partition(": ")[2].split(", ") if "unreachable" in lines[-1] else []
-    # Only pairs across clusters with a worker at one end may fail: those are routed by
-    # the route agent, which may not be built yet.
+    # Only pairs across clusters may fail (one ping each, right after "connected": issue 16).
     for pair in failed:
         a, _, b = pair.partition(" -> ")
         assert a.split("/")[0] != b.split("/")[0], pair
-        assert "node" in a or "node" in b, pair
     assert (ping.returncode == 0) == (failed == []), ping.stdout
-    if not ROUTE_AGENT_BUILT:
-        assert ping.returncode == 1
-        assert len(failed) == 16  # 30 pairs, of which 14 are in a cluster or gw to gw
 
     pids = _all_pids(lab)
-    assert len(pids) == 6 + (6 if ROUTE_AGENT_BUILT else 0)
+    assert len(pids) == 12  # per node a route agent; per gateway an agent, daemon, holder
     down = menv.cli("lab", "down", "--name", n)
     assert down.returncode == 0, down.stderr
     menv.assert_gone(pids)
@@ -165,8 +157,8 @@ def test_multinode_nat_snat_nodes(menv: LabEnv) -> None:
                                                   "wgcable_lab_snat")
             cidrs = f"{{ 10.{node.cluster}.0.0/16, 10.{100 + node.cluster}.0.0/16 }}"
             assert f"ip saddr {cidrs} ip daddr != {cidrs} masquerade" in rules
-        for src, dst in ((1, 2), (2, 1)):
-            assert lab.ping(src, dst) is not None
+        # With retries: a single ping right after "connected" fails now and then (issue 16).
+        assert unreachable_pairs(lab, settle=10) == []
         pids = _all_pids(lab)
     finally:
         assert lab.down() == []
@@ -181,8 +173,7 @@ def test_multinode_route_agent_processes_by_pid(
         capsys: pytest.CaptureFixture[str]) -> None:
     """Whatever the route agent is, the lab runs one per node inside the node's namespace,
     logs it, stops and restarts it by PID, and removes it with the lab. A stand-in that
-    only sleeps plays it here, so this runs before the real one exists."""
-    monkeypatch.setattr(lab_mod, "ROUTE_AGENT_MODULE", "wgcable.lab")  # any that exists
+    only sleeps plays it here: this is about the lab's handling of the processes."""
     monkeypatch.setattr(Lab, "route_agent_argv",
                         lambda self, node: [sys.executable, "-c", _FAKE_ROUTE_AGENT])
     lab = Lab.up(menv.name, 2, nodes=2, root=str(menv.root))
@@ -226,8 +217,6 @@ def test_multinode_node_state_round_trips(menv: LabEnv) -> None:
         assert all(isinstance(x, NodeState) for x in loaded.state.nodes)
         assert [p.label for p in loaded.pods()] == [
             "cluster1/gw", "cluster1/node1", "cluster2/gw", "cluster2/node1"]
-        if not ROUTE_AGENT_BUILT:
-            assert [x.route_agent_pid for x in loaded.state.nodes] == [0] * 4
         # A worker's pod has its own node's cni0 as the way out.
         routes = subprocess.run(Namespace(lab.node(2, 1).pod_ns[0]).cmd("ip", "route"),
                                 capture_output=True, text=True, check=True).stdout

@@ -42,6 +42,7 @@ def test_route_agent_worker_routes_every_remote_cidr_via_the_gateway_vtep() -> N
 def test_route_agent_on_the_gateway_node_only_receives() -> None:
     s = node_state(Settings(device="vx0"), FACTS, NODE, REMOTE)
     assert (dict(s.fdb), dict(s.neigh), dict(s.routes)) == ({}, {}, {})
+    assert dict(s.nft_remote) == {}  # the driver's --snat-exemption rules the gateway
     assert s.rp_filter == {"vx0": LOOSE}
 
 

@@ -12,7 +12,9 @@ On a worker (a node that is not the cluster's active gateway):
 
 On the active gateway: the device (it receives the workers' traffic), rp_filter loose on
 it (that traffic's sources are routed back through the CNI), and nothing else: the cable
-driver's table 220 takes the traffic into the tunnel.
+driver's table 220 takes the traffic into the tunnel, and its own nftables table decides
+whether the gateway's pods are exempt from SNAT. (A worker's pods always are: masqueraded
+to the worker's address, their packets would be outside every allowed IP of the remote.)
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ def node_state(settings: Settings, facts: NodeFacts, gateway_ip: IPAddress,
                      vtep.vtep_ip6(facts.node_ip) if facts.ipv6 else None)
     nets = {n: n for n in remote if facts.ipv6 or n.version == 4}
     if gateway_ip == facts.node_ip:
-        return NodeState({LINK: link}, {}, {}, {}, nets, {settings.device: LOOSE})
+        # The cable driver's own table decides the exemption here (--snat-exemption).
+        return NodeState({LINK: link}, {}, {}, {}, {}, {settings.device: LOOSE})
     gw_mac = vtep.vtep_mac(gateway_ip)
     via: dict[int, IPAddress] = {4: vtep.vtep_ip(gateway_ip)}
     if facts.ipv6:
