@@ -140,14 +140,20 @@ def _lab_with_nodes(tmp_path: Path, nodes: int = 2) -> Lab:
     return lab
 
 
-def test_multinode_route_agent_command_line(tmp_path: Path) -> None:
+def test_multinode_route_agent_command_line(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     lab = _lab_with_nodes(tmp_path)
+    monkeypatch.delenv("WGCABLE_SLOWNESS", raising=False)
     argv = lab.route_agent_argv(lab.node(2, 1))
     assert argv[1:] == [
         "-m", "wgcable.cli.main", "route-agent", "--store", str(tmp_path / "x" / "store"),
         "--cluster-id", "cluster2", "--node-ip", "198.18.2.11",
         "--hostname", "wglx-node2-1", "--state-dir", str(tmp_path / "x" / "node2-1"),
-        "--log-level", "debug"]
+        "--log-level", "debug", "--check-interval", "5"]
+    # Under the test VM's measured slowness, the drift check is as much rarer.
+    monkeypatch.setenv("WGCABLE_SLOWNESS", "20")
+    argv = lab.route_agent_argv(lab.node(2, 1))
+    assert argv[argv.index("--check-interval") + 1] == "100"
     # On the gateway node, the host name is the gateway agent's own.
     gw_argv = lab.route_agent_argv(lab.node(1, 0))
     assert gw_argv[gw_argv.index("--hostname") + 1] == "gw1"

@@ -137,7 +137,7 @@ def register(sub: Any) -> None:
 def add_nodes_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=int, default=DEFAULT_NODES, metavar="M",
                    help=f"nodes per cluster, {MIN_NODES}-{MAX_NODES}: the gateway node and "
-                   "M-1 workers, each with a pod; a route agent runs on every node "
+                   "M-1 workers, each with a pod; with workers, a route agent runs on every node "
                    "(default: %(default)s)")
 
 
@@ -465,8 +465,8 @@ def nodes_table(lab: Lab) -> str:
         pid = n.route_agent_pid
         if pid:
             agent = f"pid {pid} {'up' if lab.route_agent_alive(n.cluster, n.index) else 'DEAD'}"
-        else:
-            agent = "not started"
+        else:  # a cluster of one node needs none
+            agent = "none (one node)" if lab.state.nodes_per_cluster == 1 else "not started"
         rows.append([lab.gateway(n.cluster).cluster_id,
                      f"{n.index} (gateway)" if n.index == 0 else str(n.index), n.namespace,
                      ", ".join(filter(None, (n.node_ip, n.node_ip6))),

@@ -87,6 +87,8 @@ FLAGS: tuple[Flag, ...] = (
          "status file and the rp_filter values it changed"),
     Flag("--resync-interval", "WGCABLE_RESYNC_INTERVAL", _seconds, "30",
          "seconds between full checks of everything it owns"),
+    Flag("--check-interval", "WGCABLE_CHECK_INTERVAL", _seconds, "5",
+         "seconds between cheap checks that put back what someone else removed"),
     Flag("--log-level", "WGCABLE_LOG_LEVEL", str.lower, "info", "debug, info, warning, error"),
 )
 
@@ -135,6 +137,7 @@ def load(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[RouteAgentCo
         state_dir=values["state_dir"],
         settings=Settings(values["device"], values["vni"], values["vxlan_port"]),
         resync_interval=values["resync_interval"],
+        check_interval=values["check_interval"],
     )
     spec = StoreSpec(values["store"], values["kubeconfig"] or None, values["namespace"])
     return cfg, spec, values["log_level"]
