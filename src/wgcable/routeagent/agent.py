@@ -97,8 +97,8 @@ class RouteAgent:
 
     # --- one pass ---------------------------------------------------------------------------
 
-    def _facts(self, local_subnets: tuple[IPNetwork, ...]) -> NodeFacts:
-        addresses = self.ip.addresses()
+    def _facts(self, addresses: list[tuple[str, str, int]],
+               local_subnets: tuple[IPNetwork, ...]) -> NodeFacts:
         underlay, mtu = "", 1500
         for ifname, addr, _ in addresses:
             if ipaddress.ip_address(addr) == self.cfg.node_ip:
@@ -114,8 +114,8 @@ class RouteAgent:
                          desired.local_sources(addresses, local_subnets,
                                                self.cfg.settings.device), ipv6)
 
-    def _protected(self) -> tuple[list[host.Protected], set[IPAddress]]:
-        addresses = self.ip.addresses()
+    def _protected(self, addresses: list[tuple[str, str, int]]
+                   ) -> tuple[list[host.Protected], set[IPAddress]]:
         try:
             resolv = Path(self.cfg.resolv_conf).read_text(errors="replace")
         except OSError:
@@ -154,7 +154,8 @@ class RouteAgent:
         status.gateway = {"endpoint": name, "hostname": shown(gw.hostname),
                           "ip": str(gw_ip), "this_node": gw_ip == self.cfg.node_ip}
         local_subnets = parsed.subnets
-        protected, mine = self._protected()
+        addresses = self.ip.addresses()  # one read serves the checks and the facts
+        protected, mine = self._protected(addresses)
         index = PeerIndex()
         for cid, info in sorted(plan(gw, snap).connect.items()):
             try:
@@ -165,7 +166,8 @@ class RouteAgent:
                 continue
             index.add(peer)
         nets = [n for p in index for n in p.subnets]
-        state = node_state(self.cfg.settings, self._facts(local_subnets), gw_ip, nets)
+        state = node_state(self.cfg.settings, self._facts(addresses, local_subnets), gw_ip,
+                           nets)
         if self._nft is None:
             self._nft = Reconciler(NftResource(self.nft_table, self.cfg.settings.device,
                                                local_subnets, True, True))

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from wgcable.agent import values as v
 from wgcable.agent.config import detect_private_ip
 from wgcable.cable.remote import parse_cluster_id
 from wgcable.cable.wireguard.config import DEFAULT_STATE_DIR
@@ -25,31 +26,17 @@ class ConfigError(ValueError):
     pass
 
 
-def _port(text: str) -> int:
-    n = int(text)
-    if not 0 < n < 65536:
-        raise ValueError("must be 1-65535")
-    return n
-
-
-def _vni(text: str) -> int:
-    n = int(text)
-    if not 0 < n < 1 << 24:
-        raise ValueError("must be 1-16777215")
-    return n
-
-
 def _device(text: str) -> str:
     if not 0 < len(text) < 16 or not all(c.isalnum() or c in "-_." for c in text):
         raise ValueError("must be 1-15 letters, digits, '-', '_' or '.'")
     return text
 
 
-def _seconds(text: str) -> float:
-    n = float(text)
-    if not 0 < n < 86400:
-        raise ValueError("must be more than 0 and less than a day")
-    return n
+def _seconds(value: object) -> float:
+    number = v.seconds(value)
+    if number >= 86400:
+        raise v.Invalid(f"{value!r} is a day or more")
+    return number
 
 
 def _ipv4(text: str) -> str:
@@ -62,7 +49,7 @@ def _ipv4(text: str) -> str:
 class Flag:
     flag: str
     env: str
-    parse: Callable[[str], object]
+    parse: Callable[[Any], object]
     default: str | None  # None: required; "": detected (``shows`` says how)
     help: str
     shows: str = ""
@@ -81,8 +68,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--hostname", "WGCABLE_HOSTNAME", str, "", "this node's name", "the host's name"),
     Flag("--device", "WGCABLE_VXLAN_DEVICE", _device, vtep.DEFAULT_DEVICE,
          "the VXLAN device"),
-    Flag("--vni", "WGCABLE_VXLAN_VNI", _vni, str(vtep.DEFAULT_VNI), "VXLAN network identifier"),
-    Flag("--vxlan-port", "WGCABLE_VXLAN_PORT", _port, str(vtep.DEFAULT_PORT), "VXLAN UDP port"),
+    Flag("--vni", "WGCABLE_VXLAN_VNI", v.integer(1, (1 << 24) - 1), str(vtep.DEFAULT_VNI),
+         "VXLAN network identifier"),
+    Flag("--vxlan-port", "WGCABLE_VXLAN_PORT", v.port, str(vtep.DEFAULT_PORT), "VXLAN UDP port"),
     Flag("--state-dir", "WGCABLE_STATE_DIR", str, DEFAULT_STATE_DIR,
          "status file and the rp_filter values it changed"),
     Flag("--resync-interval", "WGCABLE_RESYNC_INTERVAL", _seconds, "30",
