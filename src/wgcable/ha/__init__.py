@@ -1,0 +1,1 @@
+"""Gateway high availability: a lease per cluster, one active gateway, warm standbys."""
