@@ -104,7 +104,7 @@ def _labs(tmp_path: Path, kind: str) -> Iterator[MakeLab]:
     yield make
     for lab in labs:
         # Printed always, shown by pytest only for a failed test: what the agents saw.
-        logs = [lab.log_file(gw) for gw in lab.state.gateways]
+        logs = [lab.log_file(gw) for gw in lab.candidates()]
         logs += [lab.route_agent_log(n) for n in lab.state.nodes]
         for log in logs:
             with contextlib.suppress(OSError):

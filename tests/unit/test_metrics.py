@@ -122,11 +122,13 @@ def test_exactly_submariners_metrics_and_labels(state: State) -> None:
         "submariner_connections_short",
         "submariner_connection_established_timestamp",
         "submariner_connection_latency_seconds",
-        "wgcable_store_available",  # ours, the only one: Submariner has none for the broker
+        # Ours: Submariner has none for the broker, nor haStatus outside the Gateway object.
+        "wgcable_store_available",
+        "wgcable_gateway_active",
     }
     for name, samples in s.items():
         for labels, _ in samples:
-            if name == "wgcable_store_available":
+            if name in ("wgcable_store_available", "wgcable_gateway_active"):
                 assert set(labels) == {"local_cluster", "local_hostname"}
             elif name == "submariner_connections_short":
                 assert set(labels) == {"cable_driver", "status"}
@@ -169,7 +171,8 @@ def test_nothing_to_report(state: State) -> None:
     assert _scrape(make_registry(state)) == {}
     state.active = True
     state.connections = []
-    assert set(_scrape(make_registry(state))) == {"wgcable_store_available"}
+    assert set(_scrape(make_registry(state))) == {"wgcable_store_available",
+                                                  "wgcable_gateway_active"}
 
 
 def test_registering_does_not_call_the_provider(state: State) -> None:
@@ -217,3 +220,11 @@ def test_hung_store_shows_in_the_store_gauge() -> None:
         LOCAL, "wireguard", store_problem="store unavailable: writing the gateway status has "
         "not returned after 12 s")
     assert _scrape(make_registry(lambda: hung))["wgcable_store_available"] == [(labels, 0.0)]
+
+
+def test_failover_passive_gateway_says_so_in_the_active_gauge() -> None:
+    labels = {"local_cluster": "cluster1", "local_hostname": "gw1"}
+    active = GatewayMetricsState.for_local(LOCAL, "wireguard")
+    assert _scrape(make_registry(lambda: active))["wgcable_gateway_active"] == [(labels, 1.0)]
+    passive = GatewayMetricsState.for_local(LOCAL, "wireguard", active=False)
+    assert _scrape(make_registry(lambda: passive))["wgcable_gateway_active"] == [(labels, 0.0)]

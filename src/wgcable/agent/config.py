@@ -68,6 +68,7 @@ from wgcable.agent.values import (
     endpoint_address,
     hostname,
 )
+from wgcable.ha.lease import LeaseTiming
 from wgcable.store.open import KUBERNETES
 
 # The docstring's table of settings comes from their declarations, so it cannot drift.
@@ -331,6 +332,15 @@ def from_namespace(
             if c.overlaps(s):
                 r.problem("cluster_cidrs",
                           f"'{c}' overlaps '{s}' of {r.label('service_cidrs')}")
+    try:
+        LeaseTiming(values["lease_duration"], values["lease_renew_deadline"],
+                    values["lease_retry"])
+    except (ValueError, TypeError) as e:
+        if not {"lease_duration", "lease_renew_deadline", "lease_retry"} & r.failed:
+            r.problem("lease_renew_deadline", str(e))
+    lease_kubeconfig = values["lease_kubeconfig"]
+    if lease_kubeconfig is not None and not Path(lease_kubeconfig).is_file():
+        r.problem("lease_kubeconfig", f"{lease_kubeconfig!r} is not a file")
     psk_file = values["psk_file"]
     if psk_file is not None and not Path(psk_file).is_file():
         missing = not Path(psk_file).exists()

@@ -1,7 +1,9 @@
 """The gateway agent's life: start the driver, publish, reconcile, report; stop cleanly.
 
 SIGTERM and SIGINT stop the agent but leave the device, peers and routes in place, and our
-endpoint published: a restarted agent adopts them, so a restart drops no traffic.
+endpoint published: a restarted agent adopts them, so a restart drops no traffic. An active
+gateway keeps its lease too: restarted within the lease's duration, it is still the active
+one (no failover). SIGUSR1 hands the lease over to another candidate (`wgcable handover`).
 `wgcable cleanup` is the way to remove everything.
 """
 
@@ -22,6 +24,8 @@ from wgcable.cable.wireguard import WireGuardDriver
 from wgcable.engine.engine import Engine
 from wgcable.engine.health import HealthChecker
 from wgcable.engine.metrics import GatewayMetricsState, serve_metrics
+from wgcable.ha.elector import Elector, Role
+from wgcable.ha.open import open_lease
 from wgcable.store.open import open_store
 
 log = logging.getLogger("wgcable.agent")
@@ -42,6 +46,14 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
     driver = new_driver(cfg.cable_driver, local,
                         config=cfg.driver_config(broker=store.server_addresses()))
     driver.init()  # adds publicKey and interface-name to the local endpoint
+    elector = None
+    if cfg.ha == "lease":
+        lease = open_lease(cfg.store_spec(), cfg.cluster_id, name=cfg.lease_name,
+                           kubeconfig=cfg.lease_kubeconfig, namespace=cfg.lease_namespace)
+        elector = Elector(lease, cfg.lease_holder(), cfg.lease_timing())
+        # Before the engine starts: a restarted active gateway is active at once.
+        elector.step()
+        log.info("gateway lease %s: %s", lease.describe(), elector.role)
     health = HealthChecker(
         source_ip=str(cfg.health_check_ip) if cfg.health_check_ip else None)
 
@@ -49,7 +61,7 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
         write_status_file(cfg.state_dir, status)
 
     engine = Engine(
-        local, driver, store, hostname=cfg.hostname, health=health,
+        local, driver, store, hostname=cfg.gateway_name(), health=health, elector=elector,
         resync_interval=cfg.resync_interval, status_interval=cfg.status_interval,
         on_status=on_status, version=__version__, store_timeout=cfg.store_timeout,
     )
@@ -58,26 +70,41 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
         log.info("received %s: stopping, tunnels stay up", signal.Signals(signum).name)
         stop.set()
 
+    def on_handover(_signum: int, _frame: FrameType | None) -> None:
+        if elector is None or elector.role is not Role.ACTIVE:
+            log.info("SIGUSR1: not the active gateway, nothing to hand over")
+            return
+        # Not in the handler itself: it may write to an API server.
+        threading.Thread(target=elector.hand_over, name="handover", daemon=True).start()
+
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGUSR1, on_handover)
 
     metrics = None
     if cfg.metrics_port:
         def state() -> GatewayMetricsState:
             return GatewayMetricsState.for_local(
                 local, driver.name, engine.status.connections, dict(engine.established),
-                store_problem=engine.store_problem)
+                store_problem=engine.store_problem, active=engine.role is Role.ACTIVE)
         metrics = serve_metrics(state, str(cfg.metrics_address), cfg.metrics_port)
         log.info("metrics on http://%s:%d/metrics", cfg.metrics_address, metrics.port)
 
     engine.start()
+    if elector is not None:
+        elector.on_change = lambda _role: engine.role_changed()
+        elector.start(stop)
+        if elector.role is not engine.role:  # changed before the callback was set
+            engine.role_changed()
     log.info("agent for cluster %s running on the %s: endpoint %s, %d remote(s) connected",
              cfg.cluster_id, cfg.store_spec().describe(), local.object_name(),
              len(engine.status.connections))
     try:
         stop.wait()
     finally:
+        if elector is not None:
+            elector.wake()  # its loop ends; the lease is kept (a restart is no failover)
         store.close()  # first: it ends a watch blocked on the API server's stream at once
         engine.stop()
         close = getattr(driver, "close", None)
@@ -104,7 +131,7 @@ def cleanup(cfg: AgentConfig, remove_key: bool) -> int:
         store.withdraw(local)
         remove_status = getattr(store, "remove_status", None)
         if callable(remove_status):
-            remove_status(cfg.hostname)
+            remove_status(cfg.gateway_name())
     finally:
         store.close()
     status = Path(cfg.state_dir) / STATUS_FILE

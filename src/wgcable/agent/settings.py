@@ -22,7 +22,7 @@ from typing import Any, Literal, NamedTuple, TypeVar, dataclass_transform
 
 from wgcable.agent import values as v
 from wgcable.agent.values import DETECT, REQUIRED, IPAddress, IPNetwork, LogLevel, Unset
-from wgcable.cable.types import Endpoint, cable_name_for
+from wgcable.cable.types import Endpoint, cable_name_for, gateway_object_name
 from wgcable.cable.wireguard.config import (
     DEFAULT_DEVICE,
     DEFAULT_KEEPALIVE,
@@ -34,6 +34,7 @@ from wgcable.cable.wireguard.config import (
 )
 from wgcable.cable.wireguard.desired import DEFAULT_PORT, UDP_PORT
 from wgcable.cable.wireguard.status import StatusThresholds
+from wgcable.ha.lease import LeaseTiming
 from wgcable.store.open import DEFAULT_NAMESPACE, DEFAULT_STORE_TIMEOUT, StoreSpec
 
 T = TypeVar("T")
@@ -45,8 +46,8 @@ BACKENDS: tuple[BackendChoice, ...] = ("auto", "kernel", "userspace")
 # How a setting takes its value on the command line: "value" (--flag X), "switch" (--flag and
 # --no-flag) or "list" (comma-separated, and the flag may repeat).
 Kind = Literal["value", "switch", "list"]
-Group = Literal["gateway", "cable driver"]  # the --help section, in this order
-GROUPS: tuple[Group, ...] = ("gateway", "cable driver")
+Group = Literal["gateway", "high availability", "cable driver"]  # the --help section, in this order
+GROUPS: tuple[Group, ...] = ("gateway", "high availability", "cable driver")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,6 +202,39 @@ class AgentConfig:
         "seconds between status updates", metavar="S",
         default=5.0)  # Submariner refreshes gateway status every 5 s
 
+    ha: str = setting(
+        "--ha", "WGCABLE_HA", v.choice(("lease", "off")),
+        "lease: elect one active gateway per cluster; off: every agent is active",
+        metavar="MODE", group="high availability", default="lease")
+    lease_kubeconfig: str | None = setting(
+        "--lease-kubeconfig", "WGCABLE_LEASE_KUBECONFIG", v.text,
+        "kubeconfig of the API server holding the lease (kubernetes store)",
+        metavar="FILE", group="high availability", default=None,
+        shows="the in-cluster service account")
+    lease_namespace: str = setting(
+        "--lease-namespace", "WGCABLE_LEASE_NAMESPACE", v.namespace,
+        "namespace of the lease (kubernetes store)", metavar="NS",
+        group="high availability", default="submariner-operator")
+    lease_name: str = setting(
+        "--lease-name", "WGCABLE_LEASE_NAME", v.text,
+        "the lease's name", metavar="NAME", group="high availability", default=None,
+        shows="submariner-gateway-lock; the cluster ID in a directory store")
+    # Measured (docs/benchmarks.md, "ha"): a renew takes ~1 ms on a file and a few ms on
+    # an idle API server, 100s of ms on a loaded one; 4 s leaves room for several retries
+    # of a slow one, and 6 s of lease makes a failover take about 7 s (Submariner's: 15+).
+    lease_duration: float = setting(
+        "--lease-duration", "LEADERSHIP_LEASEDURATION", v.seconds,
+        "seconds a lease lasts unrenewed before another gateway may take it", metavar="S",
+        group="high availability", default=6.0)
+    lease_renew_deadline: float = setting(
+        "--lease-renew-deadline", "LEADERSHIP_RENEWDEADLINE", v.seconds,
+        "seconds after which an active gateway that could not renew stops acting",
+        metavar="S", group="high availability", default=4.0)
+    lease_retry: float = setting(
+        "--lease-retry", "LEADERSHIP_RETRYPERIOD", v.seconds,
+        "seconds between tries to renew or take the lease", metavar="S",
+        group="high availability", default=1.0)
+
     cable_driver: str = setting(
         "--cable-driver", "SUBMARINER_CABLEDRIVER", v.cable_driver, "cable driver",
         metavar="NAME", group="cable driver", default="wireguard")
@@ -262,6 +296,18 @@ class AgentConfig:
             backend_config={UDP_PORT: str(self.port)},
             health_check_ip=str(self.health_check_ip) if self.health_check_ip else "",
         )
+
+    def lease_timing(self) -> LeaseTiming:
+        return LeaseTiming(self.lease_duration, self.lease_renew_deadline, self.lease_retry)
+
+    def lease_holder(self) -> str:
+        """This candidate's identity in the lease (Submariner's form)."""
+        return f"{self.hostname}-submariner-gateway"
+
+    def gateway_name(self) -> str:
+        """The Gateway object's name: the cluster's ID and the host's name, so that
+        clusters whose nodes share a host name do not write each other's."""
+        return gateway_object_name(self.cluster_id, self.hostname)
 
     def driver_config(self, broker: Sequence[IPAddress] = ()) -> WireGuardConfig:
         """The driver's settings; ``broker``: the store server's addresses, which no remote

@@ -115,6 +115,12 @@ def cable_name_for(cluster_id: str, private_ip: str) -> str:
     return f"submariner-cable-{cluster_id}-{private_ip.replace('.', '-').replace(':', '-')}"
 
 
+def gateway_object_name(cluster_id: str, hostname: str) -> str:
+    """A Gateway object's name on the broker: ``<cluster>-<host>`` (a host name alone would
+    collide across clusters whose nodes share it)."""
+    return f"{cluster_id}-{hostname}"
+
+
 @dataclass(slots=True, kw_only=True)
 class Endpoint:
     """EndpointSpec: what a gateway publishes so that other clusters can reach it."""

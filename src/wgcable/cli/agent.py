@@ -1,4 +1,5 @@
-"""`wgcable agent` (the gateway agent) and `wgcable cleanup` (remove everything it made)."""
+"""`wgcable agent` (the gateway agent), `wgcable cleanup` (remove everything it made) and
+`wgcable handover` (make the active gateway hand its lease to a standby)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from typing import Any
 
 from wgcable.agent.config import AgentConfig, ConfigError, add_arguments, from_namespace
+from wgcable.cable.wireguard.config import DEFAULT_STATE_DIR
 from wgcable.store.base import StoreUnavailableError
 
 # What can go wrong before the agent runs, each with a message that says what failed.
@@ -28,6 +30,14 @@ def register(sub: Any) -> None:
     p.add_argument("--remove-key", action="store_true",
                    help="also delete the key pair (the next start publishes a new key)")
     p.set_defaults(handler=run_cleanup_cmd)
+    p = sub.add_parser(
+        "handover", help="make this node's active gateway hand its lease to a standby",
+        description="Ask the gateway agent running with this state directory to release its "
+        "lease now (SIGUSR1), e.g. before draining the node. It keeps its tunnels until a "
+        "standby holds the lease, then becomes passive.")
+    p.add_argument("--state-dir", default=os.environ.get("WGCABLE_STATE_DIR", DEFAULT_STATE_DIR),
+                   help="the agent's state directory (default: %(default)s)")
+    p.set_defaults(handler=run_handover_cmd)
 
 
 def _config(args: argparse.Namespace) -> AgentConfig | None:
@@ -67,3 +77,27 @@ def run_cleanup_cmd(args: argparse.Namespace) -> int:
     except STARTUP_ERRORS as e:
         print(f"wgcable cleanup: {e}", file=sys.stderr)
         return 1
+
+
+def run_handover_cmd(args: argparse.Namespace) -> int:
+    import signal
+
+    from wgcable.agent.statusfile import read_status_file
+    from wgcable.cable.wireguard.userspace import process_running
+
+    try:
+        st = read_status_file(args.state_dir)
+    except (OSError, ValueError) as e:
+        print(f"wgcable handover: no agent status in {args.state_dir}: {e}", file=sys.stderr)
+        return 1
+    if not (st.pid > 0 and process_running(st.pid)):
+        print(f"wgcable handover: the agent of {args.state_dir} (pid {st.pid}) is not running",
+              file=sys.stderr)
+        return 1
+    if st.gateway.ha_status != "active":
+        print(f"wgcable handover: this gateway is {st.gateway.ha_status}, not active: "
+              "nothing to hand over", file=sys.stderr)
+        return 1
+    os.kill(st.pid, signal.SIGUSR1)
+    print(f"asked the active gateway (pid {st.pid}) to hand its lease over")
+    return 0

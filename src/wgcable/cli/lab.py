@@ -26,9 +26,11 @@ from wgcable.cli.connections import as_json, render, table
 from wgcable.cli.format import bytes_human
 from wgcable.lab.lab import (
     LAB_ROOT,
+    MAX_GATEWAYS,
     METRICS_PORT,
     NS_PREFIX,
     STORES,
+    GatewayState,
     Lab,
     LabState,
     Pod,
@@ -66,6 +68,10 @@ def register(sub: Any) -> None:
     p.add_argument("--clusters", type=int, default=3, metavar="N",
                    help="how many clusters, 2-50 (default: %(default)s)")
     add_nodes_option(p)
+    p.add_argument("--gateways", type=int, default=1, metavar="G",
+                   help=f"gateway candidates per cluster, 1-{MAX_GATEWAYS}, on nodes 0 to "
+                   "G-1 (so at least G nodes); a lease elects the active one "
+                   "(default: %(default)s)")
     p.add_argument("--ipv6", action="store_true", help="also give pods IPv6 addresses")
     p.add_argument("--nat", action="store_true",
                    help="put every second gateway behind a NAT router")
@@ -123,6 +129,15 @@ def register(sub: Any) -> None:
     _name_option(p)
     p.add_argument("cluster", help="cluster number or ID (1, cluster1)")
     p.set_defaults(handler=cmd_metrics)
+
+    p = cmds.add_parser(
+        "handover", help="make a cluster's active gateway hand its lease to a standby",
+        description="Send the cluster's active gateway agent SIGUSR1 (as `wgcable handover` "
+        "does): it releases its lease at once and keeps its tunnels until a standby holds "
+        "it. Needs `lab up --gateways 2` or more.")
+    _name_option(p)
+    p.add_argument("cluster", help="cluster number or ID (1, cluster1)")
+    p.set_defaults(handler=cmd_handover)
 
     p = cmds.add_parser("logs", help="print a gateway agent's log (--node J: a route agent's)")
     _name_option(p)
@@ -274,10 +289,12 @@ def progress(lab: Lab) -> tuple[int, int, list[str]]:
     gws = lab.state.gateways
     connected, dead, now = 0, [], time.time()
     for gw in gws:
-        if not lab.agent_alive(gw.index):
+        if not any(lab.agent_alive(g) for g in lab.candidates(gw.index)):
             dead.append(gw.cluster_id)
             continue
-        st = lab.status(gw.index)
+        # With several candidates, the active one's cables (none while none is active).
+        active = lab.active(gw.index) if lab.state.standbys else gw
+        st = lab.status(active) if active is not None else None
         if st is None or now - st.updated > FRESH:
             continue
         connected += sum(c.status == ConnectionStatus.CONNECTED for c in st.gateway.connections)
@@ -330,10 +347,10 @@ def connections_table(lab: Lab) -> str:
     now = time.time()
     rows = [["FROM", "TO", "REMOTE IP", "NAT", "STATUS", "RTT avg.", "TRANSFER (rx/tx)"]]
     notes = []
-    for gw in lab.state.gateways:
-        st = lab.status(gw.index)
+    for gw in lab.candidates():
+        st = lab.status(gw)
         if st is None:
-            notes.append(f"{gw.cluster_id}: no status yet")
+            notes.append(f"{gw.label}: no status yet")
             continue
         if now - st.updated > FRESH:
             notes.append(f"{gw.cluster_id}: status is {now - st.updated:.0f} s old")
@@ -397,7 +414,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"building lab {args.name!r}: {args.clusters} clusters of {args.nodes} "
           f"node{'s' if args.nodes > 1 else ''}{kind}...", file=sys.stderr, flush=True)
     lab = Lab.up(args.name, args.clusters, ipv6=args.ipv6, nat=args.nat, snat=args.snat,
-                 root=args.root, store=args.store, nodes=args.nodes)
+                 root=args.root, store=args.store, nodes=args.nodes, gateways=args.gateways)
     ok = True
     if args.wait > 0:
         try:
@@ -430,6 +447,11 @@ def status_json(lab: Lab) -> dict[str, Any]:
             "podIPs6": gw.pod_ips6, "agentPID": gw.agent_pid,
             "agentAlive": lab.agent_alive(gw.index),
             "status": as_json(st, now) if st else None,
+            "gateways": [{
+                "node": g.node, "hostname": g.hostname, "namespace": g.gateway_ns,
+                "privateIP": g.private_ip, "agentPID": g.agent_pid,
+                "agentAlive": lab.agent_alive(g), "haStatus": ha_status(lab, g, now),
+            } for g in lab.candidates(gw.index)],
         })
     names = _recorded_namespaces(lab)
     names += [n for n in lab.namespaces_present() if n not in names]  # made, not recorded
@@ -450,6 +472,17 @@ def status_json(lab: Lab) -> dict[str, Any]:
             "routeAgentAlive": lab.route_agent_alive(n.cluster, n.index),
         } for n in lab.nodes()],
     }
+
+
+def ha_status(lab: Lab, gw: GatewayState, now: float) -> str:
+    """"active" or "passive" as the candidate's running agent last said; "down" when its
+    agent is not running, "unknown" without a fresh status."""
+    if not lab.agent_alive(gw):
+        return "down"
+    st = lab.status(gw)
+    if st is None or now - st.updated > FRESH:
+        return "unknown"
+    return str(st.gateway.ha_status)
 
 
 def _recorded_namespaces(lab: Lab) -> list[str]:
@@ -494,13 +527,15 @@ def status_text(lab: Lab) -> str:
                     f"is gone): {wanted}; remove it with `wgcable lab down{name_hint(s.name)}`")
         existing = lab.namespaces_present()
         lines = [head, f"namespaces that exist: {', '.join(existing) or '-'}", ""]
-    rows = [["CLUSTER", "GATEWAY NS", "POD NS", "PRIVATE IP", "PUBLIC IP", "POD IP", "AGENT"]]
-    for gw in s.gateways:
-        alive = lab.agent_alive(gw.index)
+    rows = [["CLUSTER", "GATEWAY NS", "POD NS", "PRIVATE IP", "PUBLIC IP", "POD IP", "AGENT",
+             "HA"]]
+    for gw in lab.candidates():
+        alive = lab.agent_alive(gw)
         agent = f"pid {gw.agent_pid} {'running' if alive else 'DEAD'}" if gw.agent_pid \
             else "not started"
-        rows.append([gw.cluster_id, gw.gateway_ns, ", ".join(gw.pod_ns), gw.private_ip,
-                     gw.public_ip or "-", ", ".join(gw.pod_ips + gw.pod_ips6), agent])
+        rows.append([gw.label, gw.gateway_ns, ", ".join(gw.pod_ns), gw.private_ip,
+                     gw.public_ip or "-", ", ".join(gw.pod_ips + gw.pod_ips6), agent,
+                     ha_status(lab, gw, now)])
     lines.append(table(rows))
     lines.append(f"\nnodes ({s.nodes_per_cluster} per cluster):")
     lines.append(nodes_table(lab))
@@ -508,16 +543,24 @@ def status_text(lab: Lab) -> str:
     lines.append(f"\nother namespaces: {', '.join(s.extra_namespaces) or '-'}")
     if missing:
         lines.append(f"MISSING namespaces: {', '.join(missing)}")
-    for gw in s.gateways:
-        lines.append(f"\n== {gw.cluster_id} (gateway {gw.gateway_ns})")
-        st = lab.status(gw.index)
+    for gw in lab.candidates():
+        lines.append(f"\n== {gw.label} (gateway {gw.gateway_ns})")
+        st = lab.status(gw)
         if st is None:
             lines.append("no status yet: the agent has not written one")
             continue
-        if not lab.agent_alive(gw.index):
+        if not lab.agent_alive(gw):
             lines.append(f"the agent is not running; this status is {now - st.updated:.0f} s old")
         lines.append(render(st, now))
     return "\n".join(lines)
+
+
+@_guarded
+def cmd_handover(args: argparse.Namespace) -> int:
+    lab = resolve(args.name, args.root)
+    gw = lab.handover(args.cluster)
+    print(f"{gw.label}: asked to hand over its lease (agent pid {gw.agent_pid})")
+    return 0
 
 
 @_guarded

@@ -8,6 +8,12 @@ It never waits on the store: reads, our endpoint's publishing and the status wri
 the store-calls thread (engine/storecalls.py), so a hung broker cannot freeze the status,
 the health checks or the metrics. A call that has not returned within the store timeout
 is reported in the status as a store problem.
+
+With an elector (wgcable.ha), only the active gateway of a cluster acts: it publishes its
+Endpoint, removes those of former gateways of its cluster, and connects the remotes. A
+passive one keeps its device and key (warm) but no peers or routes, and withdraws its
+Endpoint. A gateway that does not know (lease unreadable, fenced, handing over) changes
+nothing: its tunnels stay as they are, as in a store outage.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from wgcable.cable.types import (
 from wgcable.engine import plan as planning
 from wgcable.engine.health import HealthChecker
 from wgcable.engine.storecalls import StoreCalls
+from wgcable.ha.elector import Elector, Role
 from wgcable.store.base import EndpointStore, Snapshot, StoreUnavailableError
 from wgcable.store.open import DEFAULT_STORE_TIMEOUT
 
@@ -64,6 +71,7 @@ class Engine:
         on_status: Callable[[GatewayStatus], None] | None = None,
         version: str = "",
         store_timeout: float = DEFAULT_STORE_TIMEOUT,
+        elector: Elector | None = None,
     ) -> None:
         self.local = local
         self.driver = driver
@@ -75,6 +83,9 @@ class Engine:
         self.on_status = on_status
         self.version = version
         self.store_timeout = store_timeout  # a store call running longer is a store problem
+        self.elector = elector  # None: no election, always active
+        self._acting_as: Role | None = None  # the role the last reconcile acted on
+        self._withdrawn: set[str] = set()  # endpoints of our cluster we asked the store to drop
         self.watch_retry_interval = 1.0
         self._applied: dict[str, NATEndpointInfo] = {}  # what the driver was told, by cluster
         self._rejected: set[str] = set()
@@ -93,8 +104,9 @@ class Engine:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._status = GatewayStatus(version=version, ha_status=HAStatus.ACTIVE,
-                                     local_endpoint=local)
+        self._status = GatewayStatus(
+            version=version, local_endpoint=local,
+            ha_status=HAStatus.ACTIVE if self.role is Role.ACTIVE else HAStatus.PASSIVE)
         self.established: dict[str, float] = {}  # cluster -> epoch when it became connected
         self._synced = False  # a reconcile succeeded since start: stale peers may go
         self._store_problem = ""  # why the store is unusable now ("" while it is fine)
@@ -154,7 +166,16 @@ class Engine:
         if self._store_problem:
             log.info("the store is readable again")
             self._store_problem = ""
-        self._restore_own(snap.endpoints.get(self.local.object_name()))
+        role = self.role
+        if role is not self._acting_as:
+            log.info("acting as %s gateway", role)
+            self._acting_as = role
+        if role is Role.UNKNOWN:
+            return  # fenced, handing over, or the lease never read: change nothing
+        store = snap
+        if role is Role.PASSIVE:
+            self._withdraw_others(snap, keep=None)  # our own too: remotes must not use it
+            snap = Snapshot(errors=snap.errors)  # a passive gateway connects nothing
         p = planning.plan(self.local, snap)
         for name, problem in p.problems.items():
             if self._problems.get(name) != problem:
@@ -176,15 +197,60 @@ class Engine:
                         self._connect(sorted(self._rejected & set(p.connect)), p.connect)
             except Exception:
                 # Applying the batch failed (device trouble): the next pass tells the
-                # driver everything again (connecting is idempotent).
+                # driver everything again (connecting is idempotent). Our Endpoint is kept
+                # published all the same (the tunnels already up still work).
                 self._retry_all = True
+                self._own_endpoint(role, store)
                 raise
             self._retry_all = False
+        self._own_endpoint(role, store)
         self._update_health_targets()
         if not self._synced:
             self._synced = True
             if isinstance(self.driver, SyncAware):
                 self.driver.mark_synced()  # all connected: stale peers may go
+
+    def _own_endpoint(self, role: Role, snap: Snapshot) -> None:
+        """An active gateway keeps its Endpoint published, and its cluster's others gone.
+        Called after the tunnels are in place: remotes that follow a new active gateway's
+        Endpoint find peers and routes here, not a handshake into nothing."""
+        if role is Role.ACTIVE:
+            self._restore_own(snap.endpoints.get(self.local.object_name()))
+            self._withdraw_others(snap, keep=self.local.object_name())
+
+    @property
+    def role(self) -> Role:
+        return Role.ACTIVE if self.elector is None else self.elector.role
+
+    def role_changed(self) -> None:
+        """The elector's role changed (called on its thread): read the store and act now."""
+        self._status_now.set()
+        self._changed()
+
+    def _withdraw_others(self, snap: Snapshot, keep: str | None) -> None:
+        """Remove our cluster's Endpoints but ``keep``: an active gateway removes those of
+        former active ones (a dead node's stays otherwise), a passive one its own. Remote
+        clusters, and Submariner's gateways, then see one Endpoint per cluster."""
+        ours = {name for name, ep in snap.endpoints.items()
+                if ep.cluster_id == self.local.cluster_id and name != keep}
+        with self._lock:
+            self._withdrawn &= ours
+            new = sorted(ours - self._withdrawn)
+            self._withdrawn.update(new)
+        for name in new:
+            ep = snap.endpoints[name]
+            log.info("removing %s Endpoint %s", "our" if name == self.local.object_name()
+                     else "a former gateway's", name)
+
+            def withdraw(ep: Endpoint = ep, name: str = name) -> None:
+                try:
+                    self.store.withdraw(ep)
+                except Exception as exc:
+                    log.warning("removing Endpoint %s failed (will retry): %s", name, exc)
+                    with self._lock:
+                        self._withdrawn.discard(name)
+
+            self._calls.submit(f"withdraw {name}", f"removing Endpoint {name}", withdraw)
 
     def _publish(self) -> None:
         """Publish our endpoint on the store-calls thread (inline before start)."""
@@ -395,9 +461,16 @@ class Engine:
         problems = [f"{k}: {v}" for k, v in sorted(self._problems.items())]
         store_problem = self._current_store_problem()
         self._reported_store_problem = store_problem
-        failure = "; ".join([*filter(None, [store_problem, self._own_problem]), *problems])
+        role = self.role
+        ha_problem = ""
+        if self.elector is not None and role is not Role.PASSIVE and self.elector.problem:
+            ha_problem = f"gateway lease: {self.elector.problem}"
+        failure = "; ".join([*filter(None, [store_problem, ha_problem, self._own_problem]),
+                             *problems])
         status = GatewayStatus(
-            version=self.version, ha_status=HAStatus.ACTIVE, local_endpoint=self.local,
+            version=self.version,
+            ha_status=HAStatus.ACTIVE if role is Role.ACTIVE else HAStatus.PASSIVE,
+            local_endpoint=self.local,
             status_failure=failure, connections=conns)
         with self._lock:
             self._status = status
@@ -443,7 +516,8 @@ class Engine:
         # Neither step is fatal: with the store unreachable, the adopted tunnels stay as
         # they are (no stale-peer removal before a reconcile succeeded) until it is back.
         self._calls.start()
-        self._publish()
+        if self.role is Role.ACTIVE:
+            self._publish()
         self._request_read()
         deadline = time.monotonic() + self.status_interval
         while (self._pending is None and not self._stop.is_set()

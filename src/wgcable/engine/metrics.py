@@ -41,6 +41,9 @@ LATENCY = "submariner_connection_latency_seconds"
 # Ours: Submariner has no gauge for the broker, and an alert on a hung one needs it.
 STORE_AVAILABLE = "wgcable_store_available"
 STORE_LABELS = ("local_cluster", "local_hostname")
+# Ours too: Submariner says haStatus in the Gateway object only; "no active gateway in a
+# cluster" is an alert on sum by (local_cluster) of it.
+GATEWAY_ACTIVE = "wgcable_gateway_active"
 
 # Help texts as Submariner has them, so dashboards and docs read the same.
 _HELP = {
@@ -52,6 +55,8 @@ _HELP = {
     LATENCY: "Connection latency in seconds (last RTT, by cable driver and cable)",
     STORE_AVAILABLE: "1 while the endpoint store answers, 0 while the gateway status "
                      "reports a store problem (its statusFailure says which)",
+    GATEWAY_ACTIVE: "1 while this gateway is its cluster's active one (Gateway haStatus "
+                    "active), 0 while it is passive",
 }
 
 
@@ -67,6 +72,7 @@ class GatewayMetricsState:
     # Remote cluster ID -> epoch seconds the connection was established (connected ones only).
     established: Mapping[str, float] = field(default_factory=dict)
     store_problem: str = ""  # why the store is unusable, as in the last status; "" if fine
+    active: bool = True  # haStatus: active (a passive candidate has no connections)
 
     @classmethod
     def for_local(
@@ -78,6 +84,7 @@ class GatewayMetricsState:
         *,
         endpoint_ip: str | None = None,
         store_problem: str = "",
+        active: bool = True,
     ) -> GatewayMetricsState:
         """From the local Endpoint; the IP defaults to its public IP, else its private IP
         (Submariner labels with the public IP)."""
@@ -89,6 +96,7 @@ class GatewayMetricsState:
             connections=connections,
             established=established or {},
             store_problem=store_problem,
+            active=active,
         )
 
 
@@ -116,9 +124,11 @@ class GatewayCollector(Collector):
         if state is None:
             return []
         families = self._families()
-        rx, tx, conns, short, established, latency, store = families
+        rx, tx, conns, short, established, latency, store, active = families
         store.add_metric([state.local_cluster, state.local_hostname],
                          0.0 if state.store_problem else 1.0)
+        active.add_metric([state.local_cluster, state.local_hostname],
+                          1.0 if state.active else 0.0)
         counts: collections.Counter[str] = collections.Counter()
         seen: set[str] = set()
         for c in state.connections:
@@ -162,6 +172,7 @@ class GatewayCollector(Collector):
             gauge(ESTABLISHED),
             gauge(LATENCY),
             gauge(STORE_AVAILABLE, STORE_LABELS),
+            gauge(GATEWAY_ACTIVE, STORE_LABELS),
         ]
 
 

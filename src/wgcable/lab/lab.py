@@ -9,6 +9,11 @@ network and mount namespaces, so they see the gateway's WireGuard socket.
 A cluster may have several nodes (``nodes``): node 0 is the gateway node (the gateway's
 namespace), the others are workers. Every node runs a `wgcable route-agent` in its network
 namespace (no holder: it needs no WireGuard socket), once this wgcable has one.
+
+A cluster may have several gateway candidates (``gateways``): nodes 0 to G-1 each run a
+gateway agent, and a lease elects the active one. ``state.gateways`` holds node 0's, one per
+cluster; ``state.standbys`` the others. Their leases are short (LAB_LEASE), so that a lab's
+failover takes seconds.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ NS_PREFIX = "wgl"  # every namespace of every lab starts with this
 # Every lab agent serves Prometheus metrics on this port of its gateway namespace's
 # loopback (the agent's default address): reachable from inside the gateway only.
 METRICS_PORT = 9898
+# The lease timings of a lab with several gateways per cluster (duration, renew deadline,
+# retry), stretched by the test VM's slowness: a failover in about 2 s.
+LAB_LEASE = (1.5, 1.0, 0.2)
+MAX_GATEWAYS = 3
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +72,16 @@ class GatewayState:
     health_check_ip: str
     holder_pid: int = 0
     agent_pid: int = 0
+    node: int = 0  # the cluster's node it runs on (a candidate on a worker: >= 1)
+
+    @property
+    def hostname(self) -> str:
+        return f"gw{self.index}" if self.node == 0 else f"gw{self.index}-{self.node}"
+
+    @property
+    def label(self) -> str:
+        """``cluster1`` for node 0's gateway, ``cluster1/node1`` for a standby's."""
+        return self.cluster_id if self.node == 0 else f"{self.cluster_id}/node{self.node}"
 
 
 @dataclass
@@ -126,6 +145,9 @@ class LabState:
     # before nodes has neither: each cluster then had its gateway node alone.
     nodes_per_cluster: int = 1
     nodes: list[NodeState] = field(default_factory=list)
+    # Gateway candidates per cluster; the candidates on nodes 1.. (node 0's are `gateways`).
+    gateways_per_cluster: int = 1
+    standbys: list[GatewayState] = field(default_factory=list)
 
 
 def _check_name(name: str) -> None:
@@ -187,13 +209,28 @@ def end_processes_in(*names: str, rounds: int = 5) -> None:
         stop_pids([(pid, ()) for pid in pids])
 
 
+def _slowness() -> float:
+    """How many times slower than the host this machine runs (the test VM's measured
+    factor, tests/slowness.py); 1 elsewhere."""
+    try:
+        return max(1.0, float(os.environ.get("WGCABLE_SLOWNESS", 1)))
+    except ValueError:
+        return 1.0
+
+
 def _ping(namespace: str, target: str, count: int, timeout: float) -> float | None:
-    """RTT in ms of ``count`` pings from ``namespace`` to ``target``, or None."""
-    out = subprocess.run(
-        Namespace(namespace).cmd("ping", "-n", "-c", str(count), "-i", "0.2",
-                                 "-W", str(timeout), target),
-        capture_output=True, text=True, check=False, timeout=count * (timeout + 1) + 5,
-    )
+    """RTT in ms of ``count`` pings from ``namespace`` to ``target``, or None. A ping
+    process that does not even end in time (starting one is slow under emulation) is an
+    unanswered ping too."""
+    try:
+        out = subprocess.run(
+            Namespace(namespace).cmd("ping", "-n", "-c", str(count), "-i", "0.2",
+                                     "-W", str(timeout), target),
+            capture_output=True, text=True, check=False,
+            timeout=(count * (timeout + 1) + 5) * _slowness(),
+        )
+    except subprocess.TimeoutExpired:
+        return None
     m = re.search(r"= [\d.]+/([\d.]+)/", out.stdout)
     return float(m.group(1)) if out.returncode == 0 and m else None
 
@@ -227,16 +264,48 @@ class Lab:
         self.save()
 
     def state_dir(self, gw: GatewayState) -> Path:
-        return self.dir / f"gw{gw.index}"
+        return self.dir / gw.hostname
 
     def log_file(self, gw: GatewayState) -> Path:
-        return self.dir / f"gw{gw.index}.log"
+        return self.dir / f"{gw.hostname}.log"
 
-    def gateway(self, which: int | str) -> GatewayState:
+    def gateway(self, which: int | str | GatewayState) -> GatewayState:
+        """A cluster's gateway on node 0 (by index or ID), or the candidate given."""
+        if isinstance(which, GatewayState):
+            return which
         for g in self.state.gateways:
             if which in (g.index, g.cluster_id, str(g.index)):
                 return g
         raise LabError(f"no cluster {which!r} in lab {self.state.name!r}")
+
+    def candidates(self, which: int | str | None = None) -> list[GatewayState]:
+        """A cluster's gateway candidates (or every cluster's), node 0's first."""
+        if which is None:
+            return sorted([*self.state.gateways, *self.state.standbys],
+                          key=lambda g: (g.index, g.node))
+        index = self.gateway(which).index
+        return [self.gateway(index), *(g for g in self.state.standbys if g.index == index)]
+
+    def candidate(self, which: int | str, node: int) -> GatewayState:
+        for g in self.candidates(which):
+            if g.node == node:
+                return g
+        raise LabError(f"no gateway candidate on node {node} of cluster {which!r}")
+
+    def actives(self, which: int | str, fresh: float = 5.0) -> list[GatewayState]:
+        """The candidates of a cluster whose running agent's fresh status says active."""
+        now, out = time.time(), []
+        for g in self.candidates(which):
+            st = self.status(g)
+            if (st is not None and now - st.updated <= fresh and self.agent_alive(g)
+                    and st.gateway.ha_status == "active"):
+                out.append(g)
+        return out
+
+    def active(self, which: int | str) -> GatewayState | None:
+        """The cluster's active gateway; None if none (or, wrongly, several) say so."""
+        found = self.actives(which)
+        return found[0] if len(found) == 1 else None
 
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -252,8 +321,9 @@ class Lab:
         except FileNotFoundError:
             raise LabError(f"no lab {name!r} (nothing at {path})") from None
         gws = [GatewayState(**g) for g in doc.pop("gateways")]
+        standbys = [GatewayState(**g) for g in doc.pop("standbys", [])]
         nodes = [NodeState(**n) for n in doc.pop("nodes", [])]
-        return cls(LabState(**doc, gateways=gws, nodes=nodes))
+        return cls(LabState(**doc, gateways=gws, standbys=standbys, nodes=nodes))
 
     # --- nodes and pods ---------------------------------------------------------------------
 
@@ -301,9 +371,12 @@ class Lab:
         agent_args: Sequence[str] = (),
         store: str = "directory",
         nodes: int = 1,
+        gateways: int = 1,
     ) -> Lab:
         """Build the namespaces, start an agent per gateway, then a route agent per node
         (when this wgcable has one). ``nodes`` per cluster: 1 is the gateway node alone.
+        ``gateways`` per cluster: gateway candidates on nodes 0 to ``gateways`` - 1 (there
+        are at least as many nodes).
         On any failure, everything made so far is removed before the error is raised."""
         _check_name(name)
         if not 2 <= clusters <= 50:
@@ -312,12 +385,19 @@ class Lab:
             raise LabError(f"--nodes {nodes}: must be 1-{MAX_NODES}")
         if store not in STORES:
             raise LabError(f"--store {store!r}: must be one of {', '.join(STORES)}")
+        if not 1 <= gateways <= MAX_GATEWAYS:
+            raise LabError(f"--gateways {gateways}: must be 1-{MAX_GATEWAYS}")
+        if gateways > 1 and nat:
+            # The NAT router forwards the tunnel port to one node; a failover would need it
+            # re-pointed. Not simulated yet.
+            raise LabError("--gateways above 1 does not work with --nat yet")
+        nodes = max(nodes, gateways)
         if (Path(root) / name / "lab.json").exists():
             raise LabError(f"lab {name!r} is already up; `wgcable lab down --name {name}` first")
         prefix = f"{NS_PREFIX}{name}"
         lab = cls(LabState(name, prefix, root, ipv6, nat, snat, time.time(), store=store,
                            clusters=clusters, builder_pid=os.getpid(), built=False,
-                           nodes_per_cluster=nodes))
+                           nodes_per_cluster=nodes, gateways_per_cluster=gateways))
         lab.save()  # recorded first, so that `lab down` can clean up a half-built lab
         try:
             lab._build(clusters, agent_args)
@@ -366,7 +446,14 @@ class Lab:
                     self._snat(gw, node.namespace)
             gw.holder_pid = self._start_holder(gw)
             self.save()
+            for j in range(1, self.state.gateways_per_cluster):
+                standby = self._standby_state(gw, self.node(i, j))
+                self.state.standbys.append(standby)
+                standby.holder_pid = self._start_holder(standby)
+                self.save()
         for gw in self.state.gateways:
+            self.start_agent(gw, agent_args)
+        for gw in self.state.standbys:
             self.start_agent(gw, agent_args)
         # A cluster of one node has no worker to route for: no route agent (under the test
         # VM's emulation each Python process costs seconds).
@@ -395,6 +482,16 @@ class Lab:
             pod_ips6=[c.pod_ip6(n) for n in range(len(c.pods))] if c.ipv6 else [],
             health_check_ip=c.gateway_pod_ip,
         )
+
+    @staticmethod
+    def _standby_state(gw: GatewayState, node: NodeState) -> GatewayState:
+        """A gateway candidate on worker ``node``: its address, pods and cni0."""
+        return GatewayState(
+            index=gw.index, cluster_id=gw.cluster_id, gateway_ns=node.namespace,
+            pod_ns=list(node.pod_ns), private_ip=node.node_ip, public_ip="", nat=False,
+            subnets=list(gw.subnets), pod_ips=list(node.pod_ips),
+            pod_ips6=list(node.pod_ips6),
+            health_check_ip=node.pod_cidrs[0].rsplit(".", 1)[0] + ".1", node=node.index)
 
     @staticmethod
     def _node_state(c: ClusterNet, j: int) -> NodeState:
@@ -468,7 +565,7 @@ table ip wgcable_lab_snat {{
             "--cluster-cidr", ",".join(cidrs),
             "--service-cidr", ",".join(services),
             "--private-ip", gw.private_ip,
-            "--hostname", f"gw{gw.index}",
+            "--hostname", gw.hostname,
             "--state-dir", str(self.state_dir(gw)),
             "--health-check-ip", gw.health_check_ip,
             "--status-interval", "1",
@@ -476,6 +573,10 @@ table ip wgcable_lab_snat {{
         ]
         if gw.nat:
             argv += ["--public-ip", gw.public_ip, "--nat"]
+        if self.state.gateways_per_cluster > 1:
+            duration, deadline, retry = (t * _slowness() for t in LAB_LEASE)
+            argv += ["--lease-duration", f"{duration:g}", "--lease-renew-deadline",
+                     f"{deadline:g}", "--lease-retry", f"{retry:g}"]
         return [*argv, *extra]
 
     def start_agent(self, which: int | str | GatewayState, extra: Sequence[str] = ()) -> int:
@@ -496,7 +597,8 @@ table ip wgcable_lab_snat {{
         self.save()
         return p.pid
 
-    def stop_agent(self, which: int | str, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    def stop_agent(self, which: int | str | GatewayState, sig: int = signal.SIGTERM,
+                   timeout: float = 10) -> None:
         """Stop the agent by its PID (SIGTERM leaves the tunnels up; SIGKILL is a crash)."""
         gw = self.gateway(which)
         pid = gw.agent_pid
@@ -536,6 +638,37 @@ table ip wgcable_lab_snat {{
         self.start_agent(gw)
         return time.monotonic() - t0
 
+    # --- gateway candidates ------------------------------------------------------------------
+
+    def handover(self, which: int | str) -> GatewayState:
+        """Ask the cluster's active gateway to hand its lease over (SIGUSR1, as `wgcable
+        handover` does). Returns the gateway asked."""
+        active = self.active(which)
+        if active is None:
+            raise LabError(f"cluster {which!r} has no single active gateway to hand over")
+        os.kill(active.agent_pid, signal.SIGUSR1)
+        return active
+
+    def kill_node(self, which: int | str, node: int) -> None:
+        """Node ``node`` of a cluster dies: every process of it SIGKILLed by PID (a gateway
+        agent and its wireguard-go, the route agent), and its links down. Its namespace
+        stays (for the teardown), cut off from everything."""
+        pids: list[tuple[int, Sequence[str]]] = []
+        for gw in self.candidates(which):
+            if gw.node != node:
+                continue
+            pids.append((gw.agent_pid, _AGENT_NAMES))
+            pidfile = self.state_dir(gw) / "subwg0.wireguard-go.pid"
+            with contextlib.suppress(OSError, ValueError):
+                pids.append((int(pidfile.read_text()), ("wireguard-go",)))
+            gw.agent_pid = 0
+        n = self.node(which, node)
+        pids.append((n.route_agent_pid, _ROUTE_AGENT_NAMES))
+        n.route_agent_pid = 0
+        stop_pids(pids, sig=signal.SIGKILL)
+        Namespace(n.namespace).ip("link set eth0 down", "link set cni0 down")
+        self.save()
+
     # --- route agents, one per node --------------------------------------------------------
 
     def node_dir(self, node: NodeState) -> Path:
@@ -555,7 +688,7 @@ table ip wgcable_lab_snat {{
             "--log-level", "debug",
             # Its drift check starts a few processes: under the test VM's emulation, where
             # each costs seconds, as often in work, not in time (WGCABLE_SLOWNESS).
-            "--check-interval", f"{5 * max(1.0, float(os.environ.get('WGCABLE_SLOWNESS', 1))):g}",
+            "--check-interval", f"{5 * _slowness():g}",
         ]
 
     def start_route_agent(self, cluster: int | str, node: int) -> int:
@@ -592,17 +725,17 @@ table ip wgcable_lab_snat {{
         pid = self.node(cluster, node).route_agent_pid
         return bool(pid) and process_running(pid)
 
-    def agent_alive(self, which: int | str) -> bool:
+    def agent_alive(self, which: int | str | GatewayState) -> bool:
         gw = self.gateway(which)
         return bool(gw.agent_pid) and process_running(gw.agent_pid)
 
-    def status(self, which: int | str) -> AgentStatus | None:
+    def status(self, which: int | str | GatewayState) -> AgentStatus | None:
         try:
             return read_status_file(self.state_dir(self.gateway(which)))
         except (FileNotFoundError, ValueError):
             return None
 
-    def metrics(self, which: int | str, timeout: float = 5) -> str:
+    def metrics(self, which: int | str | GatewayState, timeout: float = 5) -> str:
         """The gateway agent's Prometheus metrics, fetched from inside its namespace (the
         agent listens on the namespace's own 127.0.0.1)."""
         gw = self.gateway(which)
@@ -620,7 +753,7 @@ table ip wgcable_lab_snat {{
         try:
             status, body = call_in_netns(gw.gateway_ns, fetch)
         except OSError as e:
-            alive = "running" if self.agent_alive(gw.index) else "not running"
+            alive = "running" if self.agent_alive(gw) else "not running"
             raise LabError(f"{gw.cluster_id}: no metrics at {url} (the agent is {alive}): "
                            f"{e}") from None
         if status != 200:
@@ -628,9 +761,16 @@ table ip wgcable_lab_snat {{
         return body
 
     def all_connected(self) -> bool:
+        """Every cluster's active gateway (the only one, with several candidates) reports
+        every remote cluster connected."""
         want = len(self.state.gateways) - 1
         for gw in self.state.gateways:
-            st = self.status(gw.index)
+            if self.state.standbys:
+                active = self.active(gw.index)
+                if active is None:
+                    return False
+                gw = active
+            st = self.status(gw)
             if st is None or time.time() - st.updated > 5:
                 return False
             ok = [c for c in st.gateway.connections if c.status == ConnectionStatus.CONNECTED]
@@ -669,12 +809,12 @@ table ip wgcable_lab_snat {{
         # that is stopped next. SIGKILL, not SIGTERM: an agent's orderly exit takes about
         # 1 s and only keeps tunnels and endpoints that are removed just below.
         # Route agents with them: one left running could re-add what is being removed.
-        stop_pids([*((gw.agent_pid, _AGENT_NAMES) for gw in self.state.gateways),
+        stop_pids([*((gw.agent_pid, _AGENT_NAMES) for gw in self.candidates()),
                    *((n.route_agent_pid, _ROUTE_AGENT_NAMES) for n in self.state.nodes)],
                   sig=signal.SIGKILL)
         # Then the daemons and holders, together.
         daemons: list[tuple[int, Sequence[str]]] = []
-        for gw in self.state.gateways:
+        for gw in self.candidates():
             pidfile = self.state_dir(gw) / "subwg0.wireguard-go.pid"
             with contextlib.suppress(OSError, ValueError):
                 daemons.append((int(pidfile.read_text()), ("wireguard-go",)))

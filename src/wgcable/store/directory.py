@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_FILE_SIZE = 1024 * 1024  # a real endpoint is ~1 KiB; anything this big is not one
 MAX_NAME_LENGTH = 253  # a Kubernetes object name (DNS subdomain)
+_RESCANS = 4  # listings of one snapshot, at most, while files vanish under it
 _NAME_MAX = 255  # bytes in one file name on Linux file systems
 _MAX_MESSAGE = 300  # cap on an error message (a bad value's repr may be huge)
 # First wins when one name has several files: JSON is what we write.
@@ -249,8 +250,21 @@ class _ParsedDir(Generic[T]):
     def scan(self) -> dict[str, T | _Bad]:
         """Every entry by file stem. A missing directory is empty only if ``missing_ok``;
         listing errors raise (an unreadable store must not look like one whose endpoints
-        all went away)."""
+        all went away).
+
+        A file listed but gone when read means a writer is at work: the listing is taken
+        again (a few times at most). Without it, a gateway that publishes its Endpoint and
+        then removes its predecessor's could be read as neither, and a remote cluster would
+        drop its tunnel for a moment."""
+        for _ in range(_RESCANS):
+            out, vanished = self._scan()
+            if not vanished:
+                break
+        return out
+
+    def _scan(self) -> tuple[dict[str, T | _Bad], bool]:
         out: dict[str, T | _Bad] = {}
+        vanished = False
         ranks: dict[str, int] = {}
         with self._lock:
             fresh: dict[str, tuple[_Key | None, T | _Bad]] = {}
@@ -259,7 +273,7 @@ class _ParsedDir(Generic[T]):
             except FileNotFoundError:
                 self._cache = {}
                 if self._missing_ok:
-                    return out
+                    return out, False
                 raise StoreUnavailableError(f"{self.directory} is missing") from None
             with entries:
                 for entry in entries:
@@ -274,6 +288,7 @@ class _ParsedDir(Generic[T]):
                         continue
                     result = self._entry(entry)
                     if result is None:
+                        vanished = True
                         continue
                     fresh[entry.name] = result
                     # Several files for one stem: the first suffix in _SUFFIXES wins.
@@ -282,7 +297,7 @@ class _ParsedDir(Generic[T]):
                         ranks[stem] = rank
                         out[stem] = result[1]
             self._cache = fresh
-        return out
+        return out, vanished
 
     def _entry(self, entry: os.DirEntry[str]) -> tuple[_Key | None, T | _Bad] | None:
         try:

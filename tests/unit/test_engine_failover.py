@@ -1,0 +1,108 @@
+"""The engine under an elector: what an active, a passive and an undecided gateway do with
+the same store (fake store and driver; the elector is a role the test sets)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+from test_engine import LOCAL_ID, FakeStore, local_ep, make_engine, remote
+
+from wgcable.cable.types import Endpoint, HAStatus
+from wgcable.ha.elector import Elector, Role
+
+OWN = local_ep().object_name()
+
+
+@dataclass
+class FakeElector:
+    role: Role = Role.ACTIVE
+    problem: str = ""
+
+
+def store_with(*extra: tuple[str, Endpoint]) -> FakeStore:
+    return FakeStore({"c2": remote("c2"), "c3": remote("c3"), **dict(extra)})
+
+
+def former() -> tuple[str, Endpoint]:
+    """Another gateway of our own cluster: a former active one (another node's address)."""
+    ep = local_ep(cable="cable-of-the-former-active")
+    ep.private_ip = "198.18.0.9"
+    return ep.object_name(), ep
+
+
+def test_failover_active_connects_all_and_removes_a_former_gateways_endpoint() -> None:
+    name, ep = former()
+    store = store_with((name, ep))
+    elector = FakeElector(Role.ACTIVE)
+    engine, driver = make_engine(store, elector=cast(Elector, elector))
+    engine.reconcile()
+    assert sorted(driver.accepted) == ["c2", "c3"]
+    assert [e.object_name() for e in store.withdrawn] == [name]
+    assert [e.object_name() for e in store.published] == [OWN]  # ours: it was missing
+    engine.reconcile()  # asked once, not at every pass while the store catches up
+    assert len(store.withdrawn) == 1
+
+
+def test_failover_passive_connects_nothing_and_withdraws_its_own_endpoint() -> None:
+    store = store_with((OWN, local_ep()))
+    elector = FakeElector(Role.ACTIVE)
+    engine, driver = make_engine(store, elector=cast(Elector, elector))
+    engine.reconcile()
+    assert sorted(driver.accepted) == ["c2", "c3"]
+    elector.role = Role.PASSIVE  # another gateway took the lease
+    engine.reconcile()
+    assert driver.accepted == {}  # peers and routes gone; the device and key stay
+    assert [e.object_name() for e in store.withdrawn] == [OWN]
+    status = engine.refresh_status()
+    assert status.ha_status == HAStatus.PASSIVE
+    assert status.connections == []
+
+
+def test_failover_passive_never_publishes_nor_restores_its_endpoint() -> None:
+    store = store_with()
+    engine, _ = make_engine(store, elector=cast(Elector, FakeElector(Role.PASSIVE)))
+    engine.reconcile()
+    engine.reconcile()
+    assert store.published == []
+
+
+def test_failover_undecided_gateway_changes_nothing() -> None:
+    """Fenced (no renewal within the deadline), handing over, or the lease never read: the
+    tunnels stay as they are and nothing is published or removed, as in a store outage."""
+    name, ep = former()
+    store = store_with((name, ep))
+    elector = FakeElector(Role.ACTIVE)
+    engine, driver = make_engine(store, elector=cast(Elector, elector))
+    engine.reconcile()
+    published, withdrawn = len(store.published), len(store.withdrawn)
+    elector.role, elector.problem = Role.UNKNOWN, "lease unreachable"
+    store.delete("c3")
+    store.put(name, ep)
+    engine.reconcile()
+    assert sorted(driver.accepted) == ["c2", "c3"]  # c3's tunnel kept: no decision now
+    assert (len(store.published), len(store.withdrawn)) == (published, withdrawn)
+    status = engine.refresh_status()
+    assert status.ha_status == HAStatus.PASSIVE
+    assert "gateway lease: lease unreachable" in status.status_failure
+
+
+def test_failover_passive_then_active_again_reconnects_everyone() -> None:
+    store = store_with()
+    elector = FakeElector(Role.PASSIVE)
+    engine, driver = make_engine(store, elector=cast(Elector, elector))
+    engine.reconcile()
+    assert driver.accepted == {}
+    elector.role = Role.ACTIVE
+    engine.reconcile()
+    assert sorted(driver.accepted) == ["c2", "c3"]
+    assert [e.object_name() for e in store.published] == [OWN]
+    assert engine.refresh_status().ha_status == HAStatus.ACTIVE
+
+
+def test_failover_without_an_elector_is_always_active() -> None:
+    engine, driver = make_engine(store_with())
+    engine.reconcile()
+    assert sorted(driver.accepted) == ["c2", "c3"]
+    assert engine.refresh_status().ha_status == HAStatus.ACTIVE
+    assert LOCAL_ID == engine.local.cluster_id
