@@ -145,8 +145,11 @@ class KubeLease:
         if not isinstance(rv, str) or not rv:
             raise LeaseUnavailableError(f"{self.describe()}: {what}: the server's answer has "
                                         "no metadata.resourceVersion")
-        return LeaseRecord(record.holder, record.duration, record.acquire_time,
-                           record.renew_time, record.transitions, rv)
+        try:  # as the server stored it (whole seconds of duration)
+            return record_from_spec(written.get("spec"), rv)
+        except (ValueError, TypeError, OverflowError, RecursionError):
+            return LeaseRecord(record.holder, record.duration, record.acquire_time,
+                               record.renew_time, record.transitions, rv)
 
     def close(self) -> None:
         """The API client is the caller's (it may serve the store too): left open."""
