@@ -193,9 +193,11 @@ def test_lease_two_racing_creates_exactly_one_wins(
         won = [i for i, r in results.items() if isinstance(r, LeaseRecord)]
         lost = [r for r in results.values() if not isinstance(r, LeaseRecord)]
         assert len(won) == 1, results
-        assert len(lost) == 1 and isinstance(lost[0], LeaseConflictError), results
+        assert len(lost) == 1, results
+        assert isinstance(lost[0], LeaseConflictError), results
         stored = sides[0].read()
-        assert stored is not None and stored.holder == f"gw{won[0]}"
+        assert stored is not None
+        assert stored.holder == f"gw{won[0]}"
         assert server.request("DELETE", f"{LEASES}/{lease_name}")[0] == 200
 
 
@@ -257,7 +259,8 @@ def test_lease_two_electors_one_active_failover_and_handover(
     assert took > TIMING.duration > TIMING.renew_deadline
     assert took < TIMING.duration + 4 * TIMING.retry + 0.5
     record_now = sides[0].read()
-    assert record_now is not None and record_now.holder == standby.identity
+    assert record_now is not None
+    assert record_now.holder == standby.identity
 
     # The old active comes back: it follows the new holder.
     stepped = [active, standby]
@@ -275,7 +278,8 @@ def test_lease_two_electors_one_active_failover_and_handover(
     tick()
     assert (active.role, standby.role) == (Role.ACTIVE, Role.PASSIVE)
     final = sides[1].read()
-    assert final is not None and final.holder == active.identity
+    assert final is not None
+    assert final.holder == active.identity
     assert final.transitions == 3  # gw -> standby -> (released) -> active
 
 
@@ -302,13 +306,15 @@ def test_lease_hostile_holder_is_free_and_never_echoed(
     warnings = [r.getMessage() for r in caplog.records if "taken as free" in r.getMessage()]
     assert len(warnings) == 1, warnings  # logged once, not at every read
     assert "holderIdentity" in warnings[0]
-    assert "forged" not in warnings[0] and "ggggg" not in warnings[0]
+    assert "forged" not in warnings[0]
+    assert "ggggg" not in warnings[0]
     assert all(ch.isprintable() for ch in warnings[0])
     # Free means free: an elector takes it over at once, replacing it by its version.
     e = Elector(side.lease, "gw2", TIMING)
     assert server.call(e.step) == Role.ACTIVE
     stored = side.read()
-    assert stored is not None and stored.holder == "gw2"
+    assert stored is not None
+    assert stored.holder == "gw2"
 
 
 @pytest.mark.parametrize(("field", "value"), [
