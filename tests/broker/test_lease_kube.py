@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -374,3 +375,31 @@ def test_lease_unreachable_api_server_is_named_and_fences_the_active(
     # Back: it renews its own lease and is active again.
     wait_for(lambda: server.call(e.step) == Role.ACTIVE, 10, "active again")
     assert e.problem == ""
+
+
+def test_lease_hung_api_server_fences_the_active_by_the_renew_deadline(
+    server: LocalAPIServer, gateway_kubeconfig: Path, lease_name: str,
+) -> None:
+    """The API server stops answering (SIGSTOP: connections are accepted, nothing comes
+    back): each call hangs for its timeout, the client's retries included, longer than the
+    renew deadline. The elector must never report ACTIVE past its renew deadline."""
+    side = Side(server, gateway_kubeconfig, lease_name, timeout=0.4)
+    e = Elector(side.lease, "gw1", TIMING)
+    assert server.call(e.step) == Role.ACTIVE
+    pid = server.apiserver_pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        while True:
+            role = server.call(e.step)
+            since = time.monotonic() - e._last_renew
+            if role != Role.ACTIVE:
+                break
+            assert since <= TIMING.renew_deadline, f"still active {since:.2f} s after renewing"
+            assert time.monotonic() - t0 < 30, "never fenced"
+        assert role == Role.UNKNOWN
+        assert "timed out" in e.problem.lower() or "timeout" in e.problem.lower(), e.problem
+        assert server.url in e.problem
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: server.call(e.step) == Role.ACTIVE, 15, "active again")
