@@ -23,7 +23,7 @@ from wgcable.cable.types import ConnectionStatus
 from wgcable.lab.kubeapi import LocalAPIServer, unavailable_reason
 from wgcable.lab.lab import Lab
 from wgcable.lab.netns import Namespace, list_namespaces
-from wgcable.store.crds import GATEWAY_RULES, render
+from wgcable.store.crds import GATEWAY_RULES, LEASE_ROLE, LEASE_RULES, render
 
 pytestmark = pytest.mark.kubernetes
 
@@ -548,9 +548,17 @@ def test_deploy_manifests_are_accepted_by_the_api_server(broker: LocalAPIServer)
 def test_deploy_files_match_the_code() -> None:
     # No API server needed: the checked-in manifests are what the code generates and uses.
     assert (DEPLOY / "crds.yaml").read_text() == render()
-    [role] = [d for d in yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text())
-              if d and d["kind"] == "Role"]
-    assert role["rules"] == GATEWAY_RULES
+    roles = {(d["metadata"]["namespace"], d["metadata"]["name"]): d
+             for d in yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text())
+             if d and d["kind"] == "Role"}
+    assert set(roles) == {(NS, "wgcable-gateway"), ("submariner-operator", LEASE_ROLE)}
+    assert roles[NS, "wgcable-gateway"]["rules"] == GATEWAY_RULES
+    # The lease is the gateway's own cluster's, in the agent's namespace: not the broker's.
+    assert roles["submariner-operator", LEASE_ROLE]["rules"] == LEASE_RULES
+    bindings = [d for d in yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text())
+                if d and d["kind"] == "RoleBinding" and d["roleRef"]["name"] == LEASE_ROLE]
+    assert [b["subjects"] for b in bindings] == [[{
+        "kind": "ServiceAccount", "name": "wgcable-gateway", "namespace": "submariner-operator"}]]
 
 
 def test_store_watch_resumes_from_the_api_server_directly(broker: LocalAPIServer) -> None:

@@ -79,7 +79,9 @@ class Elector:
             try:
                 record = self.backend.read()
             except LeaseUnavailableError as exc:
-                self._failed(now, str(exc))
+                # Fenced by the time the read gave up, not by when it began: a read that
+                # hung past the renew deadline must not leave us active.
+                self._failed(self.clock(), str(exc))
                 return self.role
             if record is None or not record.same_term(self._observed):
                 self._observed, self._observed_at = record, now
@@ -109,13 +111,21 @@ class Elector:
             written = self.backend.write(new, record)
         except LeaseConflictError:
             # Someone wrote first: the next read says who.
-            self._failed(now, "", conflict=True)
+            self._failed(self.clock(), "", conflict=True)
             return
         except LeaseUnavailableError as exc:
-            self._failed(now, str(exc))
+            self._failed(self.clock(), str(exc))
             return
         self._observed, self._observed_at = written, now
-        self._last_renew = now
+        self._last_renew = now  # when this try began: the others saw the write after it
+        took = self.clock() - now
+        if took > self.timing.renew_deadline:
+            # Written, but the answer came too late: the write may have landed long ago
+            # and the lease expired for the others meanwhile. Not active on it; the next
+            # prompt renewal makes us active again.
+            self._failed(self.clock(), f"renewing the lease took {took:.1f} s, over the "
+                         f"renew deadline ({self.timing.renew_deadline:g} s)")
+            return
         self.holder, self.transitions, self.problem = self.identity, written.transitions, ""
         self._set(Role.ACTIVE, "renewed" if mine else
                   f"acquired (transition {written.transitions})")

@@ -4,7 +4,8 @@
 beside it is flock'ed around every read-modify-write, so that of two candidates writing at
 once, one sees the other's record and gets a conflict. The JSON is replaced by
 write-temp-rename, so a reader without the lock sees one whole record or the other. The
-version is a counter in ``metadata.resourceVersion``.
+version is a counter in ``metadata.resourceVersion``, started from the wall clock in
+microseconds whenever the file is new, so that it is never reused.
 """
 
 from __future__ import annotations
@@ -124,7 +125,14 @@ class FileLease:
             expected = replaces.version if replaces is not None else None
             if (now.version if now is not None else None) != expected:
                 raise LeaseConflictError(f"{self.describe()} changed meanwhile")
-            counter = int(now.version) + 1 if now is not None and now.version.isdigit() else 1
+            if now is not None and now.version.isdigit():
+                counter = int(now.version) + 1
+            else:
+                # A new file (first, removed, or replacing an unreadable one) starts at the
+                # wall clock in microseconds, not at 1: a holder of an older incarnation's
+                # version must conflict, not find its version matching again. Renewals,
+                # seconds apart, never catch up with the microseconds.
+                counter = time.time_ns() // 1000
             version = str(counter)
             obj = {"apiVersion": API_VERSION, "kind": "Lease",
                    "metadata": {"name": self.name, "resourceVersion": version},

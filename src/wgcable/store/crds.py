@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from wgcable.cable.types import cable_name_for
+from wgcable.ha.lease import DEFAULT_LEASE_NAME
 
 GROUP = "submariner.io"
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -146,6 +147,18 @@ GATEWAY_RULES: list[dict[str, list[str]]] = [
     {"apiGroups": [GROUP], "resources": ["gateways"], "verbs": ["create"]},
 ]
 SHARED_ROLE = "wgcable-gateway"
+
+# What a gateway may do to its cluster's gateway lease (``wgcable.ha.kubelease``): on its
+# *own* cluster's API server, in the agent's namespace, not on the broker. The Role
+# ``wgcable-gateway-lease`` of deploy/rbac.yaml (a test keeps them equal). RBAC cannot
+# narrow create by name; get and update are narrowed to the lease's default name (a lease
+# of another name needs its own rule).
+LEASE_ROLE = "wgcable-gateway-lease"
+LEASE_RULES: list[dict[str, list[str]]] = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+     "resourceNames": [DEFAULT_LEASE_NAME], "verbs": ["get", "update"]},
+]
 RBAC_API = "rbac.authorization.k8s.io/v1"
 
 
