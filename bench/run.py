@@ -65,6 +65,8 @@ SECTIONS: list[Section] = [
             what="Kubernetes broker: lab start, Endpoint created via the API -> first reply"),
     Section("multinode", "bench.multinode_bench", repeat=5, quick_repeat=1,
             what="2 nodes per cluster: route agents repointed, gateway moved, worker TCP"),
+    Section("ha", "bench.ha_bench", repeat=5, quick_repeat=1,
+            what="2 gateways per cluster: node death and handover to first ping; renewals"),
 ]
 
 TOOLS = ("ip", "nsenter", "wg", "wireguard-go", "ping", "iperf3", "nft")

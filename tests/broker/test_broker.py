@@ -195,7 +195,7 @@ def test_agents_meet_through_the_api_server_and_pods_reach_pods(
     status, body = api(lab).request("GET", GATEWAYS)
     assert status == 200, body
     gateways = {o["metadata"]["name"]: o for o in body["items"]}
-    assert set(gateways) == {f"gw{i}" for i in range(1, clusters + 1)}
+    assert set(gateways) == {f"cluster{i}-gw{i}" for i in range(1, clusters + 1)}
 
     def all_reported_connected() -> bool:
         _, body = api(lab).request("GET", GATEWAYS)
@@ -205,7 +205,7 @@ def test_agents_meet_through_the_api_server_and_pods_reach_pods(
             for o in body["items"])
 
     wait_for(all_reported_connected, 15, "every Gateway status to show its cables connected")
-    gw1 = gateways["gw1"]["status"]
+    gw1 = gateways["cluster1-gw1"]["status"]
     assert gw1["haStatus"] == "active"
     assert gw1["localEndpoint"]["cluster_id"] == "cluster1"
 

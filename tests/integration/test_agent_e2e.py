@@ -158,7 +158,9 @@ def test_cleanup_removes_everything_the_agent_made(make_lab: MakeLab) -> None:
     assert "lookup 220" not in on_gateway(lab, gw1, "ip", "-6", "rule")
     assert not [p for p in (lab.store_dir / "endpoints").iterdir()
                 if p.name.startswith("cluster1-")]
-    assert not [p for p in (lab.store_dir / "gateways").iterdir() if p.name.startswith("gw1")]
+    gateways = sorted(p.name for p in (lab.store_dir / "gateways").iterdir())
+    assert "cluster2-gw2.json" in gateways  # (the other cluster's: the name is right)
+    assert not [p for p in gateways if p.startswith("cluster1-")]
     assert sorted(p.name for p in lab.state_dir(gw1).iterdir()) == []
     # The other gateway notices cluster 1 is gone.
     wait_for(lambda: connection(lab, 2, "cluster1") is None, 10, "cluster1 to go from gw2")

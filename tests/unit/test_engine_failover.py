@@ -105,4 +105,4 @@ def test_failover_without_an_elector_is_always_active() -> None:
     engine.reconcile()
     assert sorted(driver.accepted) == ["c2", "c3"]
     assert engine.refresh_status().ha_status == HAStatus.ACTIVE
-    assert LOCAL_ID == engine.local.cluster_id
+    assert engine.local.cluster_id == LOCAL_ID

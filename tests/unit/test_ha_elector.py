@@ -297,3 +297,19 @@ def test_identity_must_be_printable() -> None:
         Elector(FakeLease(Store()), "gw\n1", TIMING)
     with pytest.raises(ValueError, match="printable"):
         Elector(FakeLease(Store()), "", TIMING)
+
+
+def test_failover_an_active_whose_step_hangs_is_fenced_by_the_clock_alone() -> None:
+    """No step at all (its lease call hangs, its thread is starved): once the renew
+    deadline has passed since its last renewal, the role read by the engine is no longer
+    active, before any other candidate may take the lease."""
+    store, clock = Store(), Clock()
+    e, _ = candidate(store, "a", clock)
+    assert e.step() == Role.ACTIVE
+    clock.t += TIMING.renew_deadline - 0.1
+    assert e.role == Role.ACTIVE
+    clock.t += 0.2
+    assert e.role == Role.UNKNOWN
+    assert clock.t - 1000.0 < TIMING.duration  # before anyone else may take it
+    assert e.step() == Role.ACTIVE  # renewed: active again
+    assert e.role == Role.ACTIVE

@@ -22,7 +22,8 @@ def test_ownership_rbac_a_cluster_role_names_only_its_own_objects() -> None:
     names = {r["resources"][0]: r["resourceNames"] for r in role["rules"]}
     assert names["endpoints"] == ["cluster1-submariner-cable-cluster1-198-18-0-1",
                                   "cluster1-submariner-cable-cluster1-198-18-0-9"]
-    assert names["gateways"] == names["gateways/status"] == ["gw1", "gw1b"]
+    # Gateway objects carry the cluster: two clusters' nodes may share a host name.
+    assert names["gateways"] == names["gateways/status"] == ["cluster1-gw1", "cluster1-gw1b"]
     assert own["roleRef"]["name"] == role["metadata"]["name"]
     assert shared["roleRef"]["name"] == "wgcable-gateway"
     assert own["subjects"] == shared["subjects"] == [subject]

@@ -59,7 +59,7 @@ class Elector:
         self.on_change = on_change
         self.clock = clock
         self.wall = wall
-        self.role = Role.UNKNOWN
+        self._role = Role.UNKNOWN
         self.holder = ""  # the holder as last seen ("" unknown or released)
         self.problem = ""  # why the lease could not be read or renewed, "" when it could
         self.transitions = 0  # leaseTransitions as last seen
@@ -69,6 +69,16 @@ class Elector:
         self._hold_off_until = -float("inf")  # after a handover: let another take it
         self._lock = threading.Lock()
         self._wake = threading.Event()
+
+    @property
+    def role(self) -> Role:
+        """The role to act on now. An active one whose last renewal is older than the renew
+        deadline is not active, even while its step is still blocked in a lease call (a
+        hung API server): fenced by the clock, not by the next step."""
+        role = self._role
+        if role is Role.ACTIVE and self.clock() - self._last_renew > self.timing.renew_deadline:
+            return Role.UNKNOWN
+        return role
 
     # --- one try ------------------------------------------------------------------------------
 
@@ -82,7 +92,7 @@ class Elector:
                 # Fenced by the time the read gave up, not by when it began: a read that
                 # hung past the renew deadline must not leave us active.
                 self._failed(self.clock(), str(exc))
-                return self.role
+                return self._role
             if record is None or not record.same_term(self._observed):
                 self._observed, self._observed_at = record, now
             mine = record is not None and record.holder == self.identity
@@ -94,12 +104,12 @@ class Elector:
             if not (mine or released or expired):
                 self.problem = ""
                 self._set(Role.PASSIVE, f"held by {record.holder!r}" if record else "")
-                return self.role
+                return self._role
             if not mine and now < self._hold_off_until:
                 self.problem = ""
-                return self.role  # handed over: give the others their chance first
+                return self._role  # handed over: give the others their chance first
             self._take(now, record, mine)
-            return self.role
+            return self._role
 
     def _take(self, now: float, record: LeaseRecord | None, mine: bool) -> None:
         wall = round(self.wall(), 6)
@@ -135,16 +145,16 @@ class Elector:
             log.warning("lease: %s", why)
         if why:
             self.problem = why
-        if self.role == Role.ACTIVE and now - self._last_renew > self.timing.renew_deadline:
+        if self._role == Role.ACTIVE and now - self._last_renew > self.timing.renew_deadline:
             self._set(Role.UNKNOWN, f"not renewed for {now - self._last_renew:.1f} s (renew "
                       f"deadline {self.timing.renew_deadline:g} s): no longer acting as active"
                       "; tunnels kept as they are")
 
     def _set(self, role: Role, why: str) -> None:
-        if role == self.role:
+        if role == self._role:
             return
-        log.info("gateway %s -> %s: %s", self.role, role, why)
-        self.role = role
+        log.info("gateway %s -> %s: %s", self._role, role, why)
+        self._role = role
         if self.on_change is not None:
             self.on_change(role)
 
@@ -153,7 +163,7 @@ class Elector:
     def hand_over(self) -> bool:
         """Release the lease now for another candidate to take; False if not held."""
         with self._lock:
-            if self.role != Role.ACTIVE or self._observed is None:
+            if self._role != Role.ACTIVE or self._observed is None:
                 return False
             now = self.clock()
             released = LeaseRecord(holder="", duration=self.timing.duration,
@@ -183,7 +193,7 @@ class Elector:
                 role = self.step()
             except Exception:
                 log.exception("lease step failed; will retry")
-                role = self.role
+                role = self._role
             wait = self.timing.retry
             if role != Role.ACTIVE:
                 wait *= 1.0 + 0.2 * random.random()  # noqa: S311 (jitter, not a secret)

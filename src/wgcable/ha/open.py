@@ -4,6 +4,7 @@ an API server (the local cluster's, in-cluster by default) with the Kubernetes s
 from __future__ import annotations
 
 from wgcable.ha.lease import DEFAULT_LEASE_NAME, LeaseBackend
+from wgcable.store.base import StoreUnavailableError
 from wgcable.store.open import StoreSpec
 
 
@@ -14,8 +15,13 @@ def open_lease(spec: StoreSpec, cluster_id: str, *, name: str | None = None,
         from wgcable.ha.kubelease import KubeLease
         from wgcable.store.kubernetes import load_api_client
 
-        return KubeLease(load_api_client(kubeconfig), namespace, name or DEFAULT_LEASE_NAME,
-                         spec.timeout)
+        try:
+            api = load_api_client(kubeconfig)
+        except StoreUnavailableError as e:
+            raise StoreUnavailableError(
+                f"the gateway lease: {e}; give --lease-kubeconfig (the API server of this "
+                "cluster), or --ha off for no election") from None
+        return KubeLease(api, namespace, name or DEFAULT_LEASE_NAME, spec.timeout)
     from wgcable.ha.filelease import FileLease
 
     # The directory is shared by every cluster of a lab: one lease per cluster.

@@ -32,7 +32,14 @@ from wgcable.cable.wireguard.userspace import process_running
 from wgcable.lab.netns import LabError, Namespace
 from wgcable.lab.process import stop_pid
 from wgcable.netlink.netns import call_in_netns
-from wgcable.store.crds import GATEWAY_RULES, SHARED_ROLE, all_crds, cluster_rbac
+from wgcable.store.crds import (
+    GATEWAY_RULES,
+    LEASE_ROLE,
+    LEASE_RULES,
+    SHARED_ROLE,
+    all_crds,
+    cluster_rbac,
+)
 from wgcable.store.open import DEFAULT_NAMESPACE
 
 APISERVER_VERSION = "1.20.2"
@@ -71,6 +78,11 @@ def unavailable_reason() -> str | None:
     if shutil.which("etcd") is None:
         return "no etcd on PATH: run scripts/install-k8s.sh (Debian's etcd-server)"
     return None
+
+
+def lease_namespace(cluster_id: str) -> str:
+    """The namespace of a lab cluster's gateway lease."""
+    return f"wgcable-lease-{cluster_id}"
 
 
 class LocalAPIServer:
@@ -115,6 +127,21 @@ class LocalAPIServer:
         subject = {"kind": "ServiceAccount", "name": sa, "namespace": self.namespace}
         for doc in cluster_rbac(cluster_id, gateways, self.namespace, subject):
             self._create(f"{rbac}/{doc['kind'].lower()}s", doc)
+        # Its gateway lease: on a cluster's own API server in a deployment; here, in a
+        # namespace of its own, with deploy/rbac.yaml's lease Role.
+        lease_ns = lease_namespace(cluster_id)
+        self._create("/api/v1/namespaces", {
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": lease_ns}})
+        lease_rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{lease_ns}"
+        self._create(f"{lease_rbac}/roles", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": LEASE_ROLE}, "rules": LEASE_RULES})
+        self._create(f"{lease_rbac}/rolebindings", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": LEASE_ROLE},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                        "name": LEASE_ROLE},
+            "subjects": [subject]})
         status, body = self.request(
             "POST", f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{sa}/token",
             {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",

@@ -36,7 +36,7 @@ from pathlib import Path
 from wgcable.agent.statusfile import AgentStatus, read_status_file
 from wgcable.cable.types import ConnectionStatus
 from wgcable.cable.wireguard.userspace import PRIVATE_SOCKET_DIR, process_running
-from wgcable.lab.kubeapi import LocalAPIServer
+from wgcable.lab.kubeapi import LocalAPIServer, lease_namespace
 from wgcable.lab.netns import LabError, Namespace, delete_namespaces, list_namespaces
 from wgcable.lab.process import stop_pids
 from wgcable.lab.topology import BROKER_IP, MAX_NODES, ClusterNet, Topology
@@ -548,11 +548,22 @@ table ip wgcable_lab_snat {{
     def store_args(self, gw: GatewayState) -> list[str]:
         """The store options of a cluster's agents: gateway and route agents alike."""
         if self.state.store == KUBERNETES:
-            hostname = {f"gw{gw.index}": gw.private_ip}
-            kubeconfig = self.broker().cluster_kubeconfig(gw.cluster_id, hostname)
+            hosts = {g.hostname: g.private_ip for g in self.candidates(gw.index)}
+            kubeconfig = self.broker().cluster_kubeconfig(gw.cluster_id, hosts)
             return ["--store", KUBERNETES, "--kubeconfig", str(kubeconfig),
                     "--namespace", DEFAULT_NAMESPACE]
         return ["--store", str(self.store_dir)]
+
+    def lease_args(self, gw: GatewayState) -> list[str]:
+        """Where a cluster's gateway lease is: with the Kubernetes store, on the broker's
+        API server (the lab has no other), in a namespace of the cluster's own, as a
+        cluster's own API server would have it; a file next to a directory store."""
+        if self.state.store != KUBERNETES:
+            return []
+        kubeconfig = self.broker().cluster_kubeconfig(
+            gw.cluster_id, {g.hostname: g.private_ip for g in self.candidates(gw.index)})
+        return ["--lease-kubeconfig", str(kubeconfig),
+                "--lease-namespace", lease_namespace(gw.cluster_id)]
 
     def agent_argv(self, gw: GatewayState, extra: Sequence[str] = ()) -> list[str]:
         # Pod CIDRs are 10.<i>.0.0/16 and fd00:<i>::/48 (prefix tests: IPv6 has no dots).
@@ -561,6 +572,7 @@ table ip wgcable_lab_snat {{
         services = [s for s in gw.subnets if s not in cidrs]
         argv = [
             sys.executable, "-m", "wgcable", "agent", *self.store_args(gw),
+            *self.lease_args(gw),
             "--cluster-id", gw.cluster_id,
             "--cluster-cidr", ",".join(cidrs),
             "--service-cidr", ",".join(services),
@@ -668,6 +680,23 @@ table ip wgcable_lab_snat {{
         stop_pids(pids, sig=signal.SIGKILL)
         Namespace(n.namespace).ip("link set eth0 down", "link set cni0 down")
         self.save()
+
+    def revive_node(self, which: int | str, node: int, extra: Sequence[str] = ()) -> None:
+        """Bring a node that ``kill_node`` killed back: its links up, its routes to the
+        other nodes' pods again (a link down loses them), its route agent and gateway agent
+        started (``extra``: the agent's arguments). IPv4 labs (IPv6 addresses go with the
+        link)."""
+        if self.state.ipv6:
+            raise LabError("reviving a node needs an IPv4 lab")
+        n = self.node(which, node)
+        routes = [f"route replace {b.pod_cidrs[0]} via {b.node_ip}"
+                  for b in self.nodes(n.cluster) if b.index != n.index]
+        Namespace(n.namespace).ip("link set eth0 up", "link set cni0 up", *routes)
+        if self.state.nodes_per_cluster > 1:
+            self.start_route_agent(n.cluster, n.index)
+        for gw in self.candidates(which):
+            if gw.node == node:
+                self.start_agent(gw, extra)
 
     # --- route agents, one per node --------------------------------------------------------
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from wgcable.cable.types import cable_name_for
+from wgcable.cable.types import cable_name_for, gateway_object_name
 from wgcable.ha.lease import DEFAULT_LEASE_NAME
 
 GROUP = "submariner.io"
@@ -165,7 +165,7 @@ RBAC_API = "rbac.authorization.k8s.io/v1"
 def own_rules(endpoints: list[str], gateways: list[str]) -> list[dict[str, list[str]]]:
     """What one cluster's gateways may do to their own objects only: update and delete
     their Endpoints (``<cluster_id>-<cable_name>``), patch their Gateways' status and
-    delete them (named by host name)."""
+    delete them (named `<cluster_id>-<host name>`)."""
     return [
         {"apiGroups": [GROUP], "resources": ["endpoints"], "resourceNames": sorted(endpoints),
          "verbs": ["update", "patch", "delete"]},
@@ -182,6 +182,7 @@ def cluster_rbac(cluster_id: str, gateways: dict[str, str], namespace: str,
     IP) and the RoleBindings of ``subject`` (that cluster's identity) to it and to the
     shared Role, in the broker ``namespace``."""
     endpoints = [f"{cluster_id}-{cable_name_for(cluster_id, ip)}" for ip in gateways.values()]
+    gateway_objects = [gateway_object_name(cluster_id, host) for host in gateways]
     role = f"{SHARED_ROLE}-{cluster_id}"
     meta = {"namespace": namespace}
 
@@ -194,7 +195,7 @@ def cluster_rbac(cluster_id: str, gateways: dict[str, str], namespace: str,
 
     return [
         {"apiVersion": RBAC_API, "kind": "Role", "metadata": {"name": role, **meta},
-         "rules": own_rules(endpoints, list(gateways))},
+         "rules": own_rules(endpoints, gateway_objects)},
         binding(role, role),
         binding(f"{role}-shared", SHARED_ROLE),
     ]
