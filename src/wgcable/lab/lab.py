@@ -187,13 +187,28 @@ def end_processes_in(*names: str, rounds: int = 5) -> None:
         stop_pids([(pid, ()) for pid in pids])
 
 
+def _slowness() -> float:
+    """How many times slower than the host this machine runs (the test VM's measured
+    factor, tests/slowness.py); 1 elsewhere."""
+    try:
+        return max(1.0, float(os.environ.get("WGCABLE_SLOWNESS", 1)))
+    except ValueError:
+        return 1.0
+
+
 def _ping(namespace: str, target: str, count: int, timeout: float) -> float | None:
-    """RTT in ms of ``count`` pings from ``namespace`` to ``target``, or None."""
-    out = subprocess.run(
-        Namespace(namespace).cmd("ping", "-n", "-c", str(count), "-i", "0.2",
-                                 "-W", str(timeout), target),
-        capture_output=True, text=True, check=False, timeout=count * (timeout + 1) + 5,
-    )
+    """RTT in ms of ``count`` pings from ``namespace`` to ``target``, or None. A ping
+    process that does not even end in time (starting one is slow under emulation) is an
+    unanswered ping too."""
+    try:
+        out = subprocess.run(
+            Namespace(namespace).cmd("ping", "-n", "-c", str(count), "-i", "0.2",
+                                     "-W", str(timeout), target),
+            capture_output=True, text=True, check=False,
+            timeout=(count * (timeout + 1) + 5) * _slowness(),
+        )
+    except subprocess.TimeoutExpired:
+        return None
     m = re.search(r"= [\d.]+/([\d.]+)/", out.stdout)
     return float(m.group(1)) if out.returncode == 0 and m else None
 
@@ -555,7 +570,7 @@ table ip wgcable_lab_snat {{
             "--log-level", "debug",
             # Its drift check starts a few processes: under the test VM's emulation, where
             # each costs seconds, as often in work, not in time (WGCABLE_SLOWNESS).
-            "--check-interval", f"{5 * max(1.0, float(os.environ.get('WGCABLE_SLOWNESS', 1))):g}",
+            "--check-interval", f"{5 * _slowness():g}",
         ]
 
     def start_route_agent(self, cluster: int | str, node: int) -> int:
