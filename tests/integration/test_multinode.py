@@ -93,11 +93,3 @@ def test_multinode_route_agent_follows_a_gateway_moved_by_hand(
                           capture_output=True, text=True, check=True).stdout
     assert f"{new_gw.node_ip}:" in dump  # cluster 2 connects to the new gateway node
     assert unreachable_pod_pairs(lab, settle=30) == []
-
-
-@pytest.mark.parametrize("device_kind", [pytest.param("kernel", marks=pytest.mark.kernel)])
-def test_multinode_route_agent_into_a_kernel_cable(make_lab: MakeLab, device_kind: str) -> None:
-    """Workers' traffic decapsulated from the VXLAN on the gateway node and forwarded into
-    a kernel WireGuard device (not a TUN), and back: every pod pair, in the kernel VM."""
-    lab = make_lab(2, nodes=2)
-    assert unreachable_pod_pairs(lab, settle=30) == []
