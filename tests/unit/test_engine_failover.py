@@ -59,6 +59,14 @@ def test_failover_passive_connects_nothing_and_withdraws_its_own_endpoint() -> N
     assert status.connections == []
 
 
+def test_failover_passive_leaves_the_active_gateways_endpoint_alone() -> None:
+    name, ep = former()  # here: the active one's, on another node
+    store = store_with((name, ep), (OWN, local_ep()))
+    engine, _ = make_engine(store, elector=cast(Elector, FakeElector(Role.PASSIVE)))
+    engine.reconcile()
+    assert [e.object_name() for e in store.withdrawn] == [OWN]
+
+
 def test_failover_passive_never_publishes_nor_restores_its_endpoint() -> None:
     store = store_with()
     engine, _ = make_engine(store, elector=cast(Elector, FakeElector(Role.PASSIVE)))

@@ -313,3 +313,20 @@ def test_failover_an_active_whose_step_hangs_is_fenced_by_the_clock_alone() -> N
     assert clock.t - 1000.0 < TIMING.duration  # before anyone else may take it
     assert e.step() == Role.ACTIVE  # renewed: active again
     assert e.role == Role.ACTIVE
+
+
+def test_handover_back_at_once_once_another_held_the_lease() -> None:
+    """a hands over to b, and b hands straight back (a drain of b's node): a's hold-off
+    was for the lease it released, which b has held since: a takes it at once."""
+    store, clock = Store(), Clock()
+    a, _ = candidate(store, "gw1", clock)
+    b, _ = candidate(store, "gw2", clock)
+    assert a.step() == Role.ACTIVE
+    assert b.step() == Role.PASSIVE
+    assert a.hand_over()
+    clock.t += TIMING.retry
+    assert b.step() == Role.ACTIVE
+    assert b.hand_over()
+    clock.t += TIMING.retry
+    assert a.step() == Role.ACTIVE  # well within a's hold-off of one duration
+    assert b.step() == Role.PASSIVE

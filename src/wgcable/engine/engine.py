@@ -174,7 +174,7 @@ class Engine:
             return  # fenced, handing over, or the lease never read: change nothing
         store = snap
         if role is Role.PASSIVE:
-            self._withdraw_others(snap, keep=None)  # our own too: remotes must not use it
+            self._withdraw(snap, only=self.local.object_name())  # remotes must not use it
             snap = Snapshot(errors=snap.errors)  # a passive gateway connects nothing
         p = planning.plan(self.local, snap)
         for name, problem in p.problems.items():
@@ -216,7 +216,7 @@ class Engine:
         Endpoint find peers and routes here, not a handshake into nothing."""
         if role is Role.ACTIVE:
             self._restore_own(snap.endpoints.get(self.local.object_name()))
-            self._withdraw_others(snap, keep=self.local.object_name())
+            self._withdraw(snap, keep=self.local.object_name())
 
     @property
     def role(self) -> Role:
@@ -227,12 +227,14 @@ class Engine:
         self._status_now.set()
         self._changed()
 
-    def _withdraw_others(self, snap: Snapshot, keep: str | None) -> None:
-        """Remove our cluster's Endpoints but ``keep``: an active gateway removes those of
-        former active ones (a dead node's stays otherwise), a passive one its own. Remote
-        clusters, and Submariner's gateways, then see one Endpoint per cluster."""
+    def _withdraw(self, snap: Snapshot, *, keep: str = "", only: str = "") -> None:
+        """Remove our cluster's Endpoints but ``keep`` (an active gateway: those of former
+        active ones, or a dead node's would stay), or only ``only`` (a passive one: its
+        own). Remote clusters, and Submariner's gateways, then see one Endpoint per
+        cluster."""
         ours = {name for name, ep in snap.endpoints.items()
-                if ep.cluster_id == self.local.cluster_id and name != keep}
+                if ep.cluster_id == self.local.cluster_id and name != keep
+                and (not only or name == only)}
         with self._lock:
             self._withdrawn &= ours
             new = sorted(ours - self._withdrawn)

@@ -11,7 +11,7 @@
   it becomes passive once it sees another holder, or active again once it renews.
 - ``hand_over()`` releases the lease at once and stays ``UNKNOWN`` (tunnels kept) until
   another candidate holds it: make before break. It does not take the lease back for one
-  ``duration`` unless nobody else did.
+  ``duration`` unless nobody else took it meanwhile (then it is a free lease like any).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class Elector:
         self._observed_at = 0.0
         self._last_renew = -float("inf")  # monotonic time of our last successful renew
         self._hold_off_until = -float("inf")  # after a handover: let another take it
+        self._released_transitions = -1  # the lease's transitions when we released it
         self._lock = threading.Lock()
         self._wake = threading.Event()
 
@@ -105,9 +106,12 @@ class Elector:
                 self.problem = ""
                 self._set(Role.PASSIVE, f"held by {record.holder!r}" if record else "")
                 return self._role
-            if not mine and now < self._hold_off_until:
+            if (not mine and now < self._hold_off_until and record is not None
+                    and record.transitions == self._released_transitions):
+                # Handed over, and nobody has taken it since: the others' chance first.
+                # (Once another held it, it is an ordinary free lease again.)
                 self.problem = ""
-                return self._role  # handed over: give the others their chance first
+                return self._role
             self._take(now, record, mine)
             return self._role
 
@@ -177,6 +181,7 @@ class Elector:
                 return False
             self._observed_at = now
             self._hold_off_until = now + self.timing.duration
+            self._released_transitions = self._observed.transitions
             self.holder = ""
             self._set(Role.UNKNOWN, "lease released for a handover; tunnels kept until "
                       "another gateway holds it")

@@ -297,8 +297,10 @@ class Lab:
         now, out = time.time(), []
         for g in self.candidates(which):
             st = self.status(g)
+            # The running agent's own status (a restarted one's file may still be its
+            # predecessor's).
             if (st is not None and now - st.updated <= fresh and self.agent_alive(g)
-                    and st.gateway.ha_status == "active"):
+                    and st.pid == g.agent_pid and st.gateway.ha_status == "active"):
                 out.append(g)
         return out
 
