@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -61,6 +62,13 @@ def make_lab(tmp_path: Path, kube_available: None) -> Iterator[MakeLab]:
 
     yield make
     for lab in labs:
+        # Printed always, shown by pytest only for a failed test: what the agents saw.
+        logs = [lab.log_file(gw) for gw in lab.candidates()]
+        logs += [lab.route_agent_log(n) for n in lab.state.nodes]
+        for log in logs:
+            with contextlib.suppress(OSError):
+                tail = log.read_text(errors="replace").splitlines()[-30:]
+                print(f"--- {log.name} (last {len(tail)} lines)", *tail, sep="\n")
         assert lab.down() == []
         assert not [n for n in list_namespaces() if n.startswith(f"{lab.state.prefix}-")]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from test_broker import (  # noqa: F401 (kube_available, make_lab: fixtures)
     GATEWAYS,
     MakeLab,
@@ -20,6 +21,8 @@ from test_broker import (  # noqa: F401 (kube_available, make_lab: fixtures)
 from integration.labtools import Pinger, unreachable_pod_pairs
 from wgcable.lab.kubeapi import lease_namespace
 from wgcable.lab.lab import GatewayState, Lab
+
+pytestmark = pytest.mark.kubernetes
 
 DEADLINE = 30
 
@@ -58,10 +61,15 @@ def test_failover_kube_handover_then_node_death(make_lab: MakeLab) -> None:  # n
         wait_for(lambda c=c, gw=gw: cluster_endpoints(lab, c) == [own_endpoint(lab, gw)],
                  DEADLINE, f"one Endpoint of cluster{c}")
     # Each candidate's Gateway object says its role, under a name with its cluster.
-    _, body = api(lab).request("GET", GATEWAYS)
-    roles = {o["metadata"]["name"]: o.get("status", {}).get("haStatus") for o in body["items"]}
-    assert sorted(roles) == ["cluster1-gw1", "cluster1-gw1-1", "cluster2-gw2", "cluster2-gw2-1"]
-    assert sorted(roles.values()) == ["active", "active", "passive", "passive"]
+    def roles() -> dict[str, str]:
+        _, body = api(lab).request("GET", GATEWAYS)
+        return {o["metadata"]["name"]: o.get("status", {}).get("haStatus")
+                for o in body["items"]}
+
+    wait_for(lambda: len(roles()) == 4, DEADLINE, "every candidate's Gateway object")
+    assert sorted(roles()) == ["cluster1-gw1", "cluster1-gw1-1", "cluster2-gw2",
+                               "cluster2-gw2-1"]
+    assert sorted(roles().values()) == ["active", "active", "passive", "passive"]
     assert unreachable_pod_pairs(lab, settle=30) == []
 
     # Handover: at most one ping lost at 10/s, worker to worker.

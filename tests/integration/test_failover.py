@@ -92,7 +92,7 @@ class ActiveSampler:
         self.lab, self.cluster = lab, cluster
         self.most = 0
         self.samples = 0
-        self.seen_two: list[list[str]] = []
+        self.seen_two: list[list[str]] = []  # (time, labels...) of each such sample
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -103,7 +103,8 @@ class ActiveSampler:
             self.samples += 1
             self.most = max(self.most, len(now))
             if len(now) > 1:
-                self.seen_two.append(now)
+                self.seen_two.append([time.strftime("%H:%M:%S"), f"{time.time() % 1:.3f}",
+                                      *now])
 
     def stop(self) -> None:
         self._stop.set()

@@ -6,10 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import cast
 
+import pytest
 from test_engine import LOCAL_ID, FakeStore, local_ep, make_engine, remote
 
 from wgcable.cable.types import Endpoint, HAStatus
+from wgcable.engine import plan as planning
+from wgcable.engine.engine import PASSIVE_DRAIN
 from wgcable.ha.elector import Elector, Role
+from wgcable.store.base import Snapshot
 
 OWN = local_ep().object_name()
 
@@ -18,6 +22,7 @@ OWN = local_ep().object_name()
 class FakeElector:
     role: Role = Role.ACTIVE
     problem: str = ""
+    transitions: int = 3
 
 
 def store_with(*extra: tuple[str, Endpoint]) -> FakeStore:
@@ -50,7 +55,15 @@ def test_failover_passive_connects_nothing_and_withdraws_its_own_endpoint() -> N
     engine, driver = make_engine(store, elector=cast(Elector, elector))
     engine.reconcile()
     assert sorted(driver.accepted) == ["c2", "c3"]
+    now = [100.0]
+    engine.clock = lambda: now[0]
     elector.role = Role.PASSIVE  # another gateway took the lease
+    engine.reconcile()
+    # Make before break: the tunnels stay a moment, for remotes and route agents to follow
+    # the new active gateway's Endpoint.
+    assert sorted(driver.accepted) == ["c2", "c3"]
+    assert store.withdrawn == []
+    now[0] += PASSIVE_DRAIN
     engine.reconcile()
     assert driver.accepted == {}  # peers and routes gone; the device and key stay
     assert [e.object_name() for e in store.withdrawn] == [OWN]
@@ -114,3 +127,28 @@ def test_failover_without_an_elector_is_always_active() -> None:
     assert sorted(driver.accepted) == ["c2", "c3"]
     assert engine.refresh_status().ha_status == HAStatus.ACTIVE
     assert engine.local.cluster_id == LOCAL_ID
+
+
+def test_failover_active_publishes_its_lease_term_and_remotes_prefer_the_newest() -> None:
+    """The active gateway's Endpoint carries its lease term; while a cluster has two
+    Endpoints, every reader (remote engines, route agents: plan.preferred) takes the newest
+    term, whatever the names, so that they follow a new active gateway at its first
+    publish, not only once its predecessor's Endpoint is gone."""
+    store = store_with()
+    engine, _ = make_engine(store, elector=cast(Elector, FakeElector(Role.ACTIVE, "", 7)))
+    engine.reconcile()
+    assert store.published[-1].backend_config[planning.LEASE_TERM] == "7"
+    old, new = remote("c9", cable="a-old", key="k-old"), remote("c9", cable="z-new", key="k-new")
+    new.backend_config[planning.LEASE_TERM] = "8"
+    old.backend_config[planning.LEASE_TERM] = "7"
+    snap = Snapshot({"c9-a-old": old, "c9-z-new": new})
+    assert planning.plan(local_ep(), snap).connect["c9"].endpoint is new
+    del new.backend_config[planning.LEASE_TERM]  # without terms: the first by name
+    assert planning.plan(local_ep(), snap).connect["c9"].endpoint is old
+
+
+@pytest.mark.parametrize("term", ["-1", "1e9", "99999999999", "٣", "7 ", "", "0x10", "\n7"])
+def test_failover_a_hostile_lease_term_counts_as_none(term: str) -> None:
+    ep = remote("c9")
+    ep.backend_config[planning.LEASE_TERM] = term
+    assert planning.lease_term(ep) == -1

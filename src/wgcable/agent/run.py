@@ -66,6 +66,11 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
         on_status=on_status, version=__version__, store_timeout=cfg.store_timeout,
     )
 
+    if elector is not None:
+        # From now on, before the engine starts: a handover during its start is reported
+        # (the status says passive at once) and acted on.
+        elector.on_change = lambda _role: engine.role_changed()
+
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping, tunnels stay up", signal.Signals(signum).name)
         stop.set()
@@ -93,15 +98,16 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
 
     engine.start()
     if elector is not None:
-        elector.on_change = lambda _role: engine.role_changed()
         elector.start(stop)
-        if elector.role is not engine.role:  # changed before the callback was set
-            engine.role_changed()
     log.info("agent for cluster %s running on the %s: endpoint %s, %d remote(s) connected",
              cfg.cluster_id, cfg.store_spec().describe(), local.object_name(),
              len(engine.status.connections))
     try:
-        stop.wait()
+        # Not one long wait: a signal the kernel gives to another thread does not wake the
+        # main thread, where Python runs its handler (a handover was lost so). Waking every
+        # 0.1 s runs it within that.
+        while not stop.wait(0.1):
+            pass
     finally:
         if elector is not None:
             elector.wake()  # its loop ends; the lease is kept (a restart is no failover)

@@ -56,6 +56,12 @@ log = logging.getLogger(__name__)
 # that two writers never fight at full speed.
 RESTORE_BACKOFF_MAX = 60.0
 
+# A gateway that has just become passive keeps its tunnels this long: the new active one's
+# Endpoint reaches remote clusters and route agents through the store (tens to hundreds of
+# ms), and until then they still send through us. Remotes drop our peer when they switch,
+# so the tunnels kept carry nothing after that.
+PASSIVE_DRAIN = 2.0
+
 
 class Engine:
     def __init__(
@@ -86,6 +92,8 @@ class Engine:
         self.elector = elector  # None: no election, always active
         self._acting_as: Role | None = None  # the role the last reconcile acted on
         self._withdrawn: set[str] = set()  # endpoints of our cluster we asked the store to drop
+        self._drain_until = 0.0  # passive since just now: tunnels kept until then (monotonic)
+        self._timer_at = 0.0  # when the timer of _wake_at fires
         self.watch_retry_interval = 1.0
         self._applied: dict[str, NATEndpointInfo] = {}  # what the driver was told, by cluster
         self._rejected: set[str] = set()
@@ -104,9 +112,9 @@ class Engine:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._status = GatewayStatus(
-            version=version, local_endpoint=local,
-            ha_status=HAStatus.ACTIVE if self.role is Role.ACTIVE else HAStatus.PASSIVE)
+        self._status_write = threading.Lock()  # the local status: role changes vs the loop
+        self._status = GatewayStatus(version=version, local_endpoint=local,
+                                     ha_status=_ha_status(self.role))
         self.established: dict[str, float] = {}  # cluster -> epoch when it became connected
         self._synced = False  # a reconcile succeeded since start: stale peers may go
         self._store_problem = ""  # why the store is unusable now ("" while it is fine)
@@ -169,9 +177,14 @@ class Engine:
         role = self.role
         if role is not self._acting_as:
             log.info("acting as %s gateway", role)
+            if role is Role.PASSIVE and self._applied:
+                self._drain_until = self.clock() + PASSIVE_DRAIN
             self._acting_as = role
         if role is Role.UNKNOWN:
             return  # fenced, handing over, or the lease never read: change nothing
+        if role is Role.PASSIVE and self.clock() < self._drain_until:
+            self._wake_at(self._drain_until)
+            return  # make before break: the others follow the new active one first
         store = snap
         if role is Role.PASSIVE:
             self._withdraw(snap, only=self.local.object_name())  # remotes must not use it
@@ -215,6 +228,11 @@ class Engine:
         Called after the tunnels are in place: remotes that follow a new active gateway's
         Endpoint find peers and routes here, not a handshake into nothing."""
         if role is Role.ACTIVE:
+            if self.elector is not None:
+                term = str(self.elector.transitions)
+                if self.local.backend_config.get(planning.LEASE_TERM) != term:
+                    with self._lock:  # (the metrics thread reads the local endpoint)
+                        self.local.backend_config[planning.LEASE_TERM] = term
             self._restore_own(snap.endpoints.get(self.local.object_name()))
             self._withdraw(snap, keep=self.local.object_name())
 
@@ -222,8 +240,29 @@ class Engine:
     def role(self) -> Role:
         return Role.ACTIVE if self.elector is None else self.elector.role
 
+    def _wake_at(self, when: float) -> None:
+        """Read the store and reconcile again at ``when`` (monotonic), whatever else."""
+        if when == self._timer_at:
+            return
+        self._timer_at = when
+
+        def later() -> None:
+            if not self._stop.wait(max(0.0, when - self.clock())):
+                self._changed()
+
+        threading.Thread(target=later, name="engine-timer", daemon=True).start()
+
     def role_changed(self) -> None:
-        """The elector's role changed (called on its thread): read the store and act now."""
+        """The elector's role changed (called on its thread): say so in the status at once
+        (the loop may be busy: a status saying active after we stopped being so would make
+        two actives for whoever reads it), then read the store and act."""
+        with self._status_write:
+            role = self.role
+            with self._lock:
+                self._status = replace(self._status, ha_status=_ha_status(role))
+                status = self._status
+            if self.on_status is not None:
+                self.on_status(status)
         self._status_now.set()
         self._changed()
 
@@ -463,23 +502,22 @@ class Engine:
         problems = [f"{k}: {v}" for k, v in sorted(self._problems.items())]
         store_problem = self._current_store_problem()
         self._reported_store_problem = store_problem
-        role = self.role
-        ha_problem = ""
-        if self.elector is not None and role is not Role.PASSIVE and self.elector.problem:
-            ha_problem = f"gateway lease: {self.elector.problem}"
-        failure = "; ".join([*filter(None, [store_problem, ha_problem, self._own_problem]),
-                             *problems])
-        status = GatewayStatus(
-            version=self.version,
-            ha_status=HAStatus.ACTIVE if role is Role.ACTIVE else HAStatus.PASSIVE,
-            local_endpoint=self.local,
-            status_failure=failure, connections=conns)
-        with self._lock:
-            self._status = status
-        # The local status first, then the store's copy on the store-calls thread: a
-        # store that hangs must not hold up the status file or the metrics.
-        if self.on_status is not None:
-            self.on_status(status)
+        with self._status_write:  # with role_changed: the last status written is right
+            role = self.role
+            ha_problem = ""
+            if self.elector is not None and role is not Role.PASSIVE and self.elector.problem:
+                ha_problem = f"gateway lease: {self.elector.problem}"
+            failure = "; ".join([*filter(None, [store_problem, ha_problem, self._own_problem]),
+                                 *problems])
+            status = GatewayStatus(
+                version=self.version, ha_status=_ha_status(role), local_endpoint=self.local,
+                status_failure=failure, connections=conns)
+            with self._lock:
+                self._status = status
+            # The local status first, then the store's copy on the store-calls thread: a
+            # store that hangs must not hold up the status file or the metrics.
+            if self.on_status is not None:
+                self.on_status(status)
         self._calls.submit("status", "writing the gateway status",
                            lambda: self._write_status(status))
         return status
@@ -597,3 +635,9 @@ class Engine:
         self._calls.stop(wait=1.0)
         if self.health is not None:
             self.health.stop()
+
+
+def _ha_status(role: Role) -> HAStatus:
+    """Submariner's haStatus: active, or passive (which is also what a gateway that does not
+    know its role reports: it is not acting as the active one)."""
+    return HAStatus.ACTIVE if role is Role.ACTIVE else HAStatus.PASSIVE

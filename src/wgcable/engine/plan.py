@@ -30,6 +30,30 @@ def choose_ip(local: Endpoint, remote: Endpoint) -> tuple[str, bool]:
     return remote.private_ip or remote.public_ip, False
 
 
+# Ours, in backend_config (Submariner ignores keys it does not know): the gateway lease's
+# transition count when this Endpoint's gateway became its cluster's active one. While a
+# cluster has two Endpoints (a new active gateway has published its own and not yet removed
+# its predecessor's, or a fenced one's lingers), every reader takes the newest term.
+LEASE_TERM = "gateway-lease-term"
+_MAX_TERM_DIGITS = 10
+
+
+def lease_term(ep: Endpoint) -> int:
+    """The Endpoint's lease term; -1 without one, or with anything but a short number (it
+    is another cluster's text)."""
+    text = ep.backend_config.get(LEASE_TERM, "")
+    if isinstance(text, str) and text.isascii() and text.isdigit() \
+            and len(text) <= _MAX_TERM_DIGITS:
+        return int(text)
+    return -1
+
+
+def preferred(entries: list[tuple[str, Endpoint]]) -> list[tuple[str, Endpoint]]:
+    """One cluster's Endpoints, the one to use first: the newest lease term, then the first
+    by name (the rule before terms, and for Endpoints without one)."""
+    return sorted(entries, key=lambda e: (-lease_term(e[1]), e[0]))
+
+
 def plan(local: Endpoint, snap: Snapshot) -> Plan:
     """The endpoints to connect, one per remote cluster, and the problems found."""
     out = Plan(problems=dict(snap.errors))
@@ -39,7 +63,7 @@ def plan(local: Endpoint, snap: Snapshot) -> Plan:
             continue  # our own (or a sibling gateway of our cluster)
         by_cluster.setdefault(ep.cluster_id, []).append((name, ep))
     for cid, entries in by_cluster.items():
-        entries.sort(key=lambda e: e[0])
+        entries = preferred(entries)
         name, ep = entries[0]
         for other, _ in entries[1:]:
             # The cluster ID is the remote's text, not yet validated: short and escaped.

@@ -174,17 +174,20 @@ class Elector:
                                    acquire_time=self._observed.acquire_time,
                                    renew_time=round(self.wall(), 6),
                                    transitions=self._observed.transitions)
+            # Not active before the lease is free: nobody may see us active while another
+            # candidate already is (our status says passive first).
+            self._set(Role.UNKNOWN, "releasing the lease for a handover; tunnels kept until "
+                      "another gateway holds it")
             try:
                 self._observed = self.backend.write(released, self._observed)
             except (LeaseConflictError, LeaseUnavailableError) as exc:
                 log.warning("handing over failed: %s", exc)
+                self._set(Role.ACTIVE, "still the holder")  # the next step renews or fences
                 return False
             self._observed_at = now
             self._hold_off_until = now + self.timing.duration
             self._released_transitions = self._observed.transitions
             self.holder = ""
-            self._set(Role.UNKNOWN, "lease released for a handover; tunnels kept until "
-                      "another gateway holds it")
         self._wake.set()
         return True
 

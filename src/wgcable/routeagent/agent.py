@@ -4,7 +4,8 @@ full check (every resource read) at every resync.
 
 It publishes nothing: it only reads the Endpoints the gateway agents publish. The active
 gateway is the local cluster's Endpoint that the remote clusters connect to (the same
-choice: the first by object name), its node the Endpoint's ``private_ip``.
+choice, ``plan.preferred``: the newest lease term, then the first by object name), its node
+the Endpoint's ``private_ip``.
 
 Hostile or broken input changes nothing it should not: a remote Endpoint that fails
 validation is refused by name (the others are routed); a local Endpoint that is unusable, or
@@ -28,7 +29,7 @@ from typing import Any
 from wgcable.cable.remote import EndpointRejectedError, parse_remote, shown
 from wgcable.cable.wireguard import desired, host
 from wgcable.cable.wireguard.index import PeerIndex
-from wgcable.engine.plan import plan
+from wgcable.engine.plan import plan, preferred
 from wgcable.reconcile import Reconciler
 from wgcable.routeagent.resources import (
     FdbResource,
@@ -133,8 +134,8 @@ class RouteAgent:
         (``status.problem`` says why)."""
         snap = self.store.snapshot()
         status = Status(refused=dict(snap.errors))
-        local = sorted((name, ep) for name, ep in snap.endpoints.items()
-                       if ep.cluster_id == self.cfg.cluster_id)
+        local = preferred([(name, ep) for name, ep in snap.endpoints.items()
+                           if ep.cluster_id == self.cfg.cluster_id])
         if not local:
             status.problem = (f"no Endpoint of cluster {self.cfg.cluster_id} in the store: "
                               "the node is left as it is until a gateway publishes one")
