@@ -236,3 +236,32 @@ def test_failover_lab_status_shows_each_gateways_role(make_userspace_lab: MakeLa
     for g in lab.candidates():
         row = next(line for line in text.splitlines() if line.startswith(g.label + " "))
         assert row.split()[-1] == roles[g.hostname]
+
+
+def test_failover_none_while_nobody_can_reach_the_lease(make_userspace_lab: MakeLab) -> None:
+    """The lease is unreachable for every candidate (its directory replaced by a file):
+    the active gateway stops acting as active after its renew deadline (fenced: it says
+    passive and changes nothing) but keeps its tunnels, nobody takes over, no ping is lost;
+    once the lease is back, the same gateway is active again."""
+    lab = ha_lab(make_userspace_lab)
+    gw = active(lab, 1)
+    leases = lab.store_dir / "leases"
+    away = leases.with_name(".leases-away")
+    with Pinger(lab, 2, 1, src_node=2, dst_node=2) as ping:
+        ping.wait_replies(10, DEADLINE, "before the outage")
+        leases.rename(away)
+        leases.write_text("not a directory\n")
+        try:
+            wait_for(lambda: lab.actives(1) == [], DEADLINE, "the active gateway fenced")
+            st = lab.status(gw)
+            assert st is not None
+            assert "gateway lease" in st.gateway.status_failure
+            ping.wait_replies(20, DEADLINE, "with nobody active")
+            assert peers(lab, gw) != []  # its tunnels are kept
+        finally:
+            leases.unlink()
+            away.rename(leases)
+        wait_for(lambda: lab.active(1) is gw, DEADLINE, "the same gateway active again")
+        ping.wait_replies(10, DEADLINE, "after the outage")
+        _, lost = ping.stop()
+    assert lost == [], ping.output[-2000:]

@@ -330,3 +330,26 @@ def test_handover_back_at_once_once_another_held_the_lease() -> None:
     clock.t += TIMING.retry
     assert a.step() == Role.ACTIVE  # well within a's hold-off of one duration
     assert b.step() == Role.PASSIVE
+
+
+def test_failover_none_after_an_outage_nobody_could_renew_through() -> None:
+    """The lease unreachable for everyone for longer than its duration, then back: the
+    standby does not take it at once (it has not seen the holder fail to renew, only
+    failed to look); the holder renews first."""
+    store, clock = Store(), Clock()
+    a, la = candidate(store, "gw1", clock)
+    b, lb = candidate(store, "gw2", clock)
+    assert a.step() == Role.ACTIVE
+    assert b.step() == Role.PASSIVE
+    la.down = lb.down = True
+    for _ in range(10):
+        clock.t += TIMING.retry * 2
+        a.step()
+        assert b.step() == Role.PASSIVE
+    assert a.role == Role.UNKNOWN  # fenced: keeps its tunnels, changes nothing
+    la.down = lb.down = False
+    assert b.step() == Role.PASSIVE  # (it would have taken the lease: expired to its eyes)
+    assert a.step() == Role.ACTIVE
+    clock.t += TIMING.duration - 0.1
+    assert a.step() == Role.ACTIVE
+    assert b.step() == Role.PASSIVE

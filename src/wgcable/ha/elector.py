@@ -93,6 +93,10 @@ class Elector:
                 # Fenced by the time the read gave up, not by when it began: a read that
                 # hung past the renew deadline must not leave us active.
                 self._failed(self.clock(), str(exc))
+                # Nothing is known of the holder meanwhile: once the lease is readable
+                # again, it gets a whole duration to renew before anyone takes it (or an
+                # outage that nobody could renew through would end in a failover).
+                self._observed = None
                 return self._role
             if record is None or not record.same_term(self._observed):
                 self._observed, self._observed_at = record, now
