@@ -283,7 +283,7 @@ def test_cleanup_withdraws_the_endpoint_and_the_gateway_with_the_agent_s_rights(
                           check=False, timeout=60)
     assert done.returncode == 0, done.stderr
     assert [o["spec"]["cluster_id"] for o in endpoints(lab).values()] == ["cluster1"]
-    status, body = server.request("GET", f"{GATEWAYS}/gw2")
+    status, body = server.request("GET", f"{GATEWAYS}/cluster2-gw2")
     assert status == 404, body
     assert "subwg0" not in on_gateway(lab, 2, "ip", "link", "show")
     wait_for(lambda: connection(lab, 1, "cluster2") is None, 15, "cluster1 to drop the cable")
@@ -628,16 +628,16 @@ def test_ownership_rbac_a_gateway_changes_only_its_own_cluster_s_objects(
         status, reply = server.request(verb, f"{ENDPOINTS}/{theirs['metadata']['name']}",
                                        body, content_type=kind, token=as2)
         assert status == 403, (verb, reply)
-    status, reply = server.request("PATCH", f"{GATEWAYS}/gw1/status",
+    status, reply = server.request("PATCH", f"{GATEWAYS}/cluster1-gw1/status",
                                    {"status": {"statusFailure": "forged"}},
                                    content_type=merge, token=as2)
     assert status == 403, reply
-    assert server.request("DELETE", f"{GATEWAYS}/gw1", token=as2)[0] == 403
+    assert server.request("DELETE", f"{GATEWAYS}/cluster1-gw1", token=as2)[0] == 403
     # Its own objects it may change (a dry run: nothing is stored).
     status, reply = server.request("PATCH", f"{ENDPOINTS}/{mine['metadata']['name']}"
                                    "?dryRun=All", patch, content_type=merge, token=as2)
     assert status == 200, reply
-    status, reply = server.request("DELETE", f"{GATEWAYS}/gw2?dryRun=All", token=as2)
+    status, reply = server.request("DELETE", f"{GATEWAYS}/cluster2-gw2?dryRun=All", token=as2)
     assert status == 200, reply
     assert lab.ping(1, 2) is not None
 
