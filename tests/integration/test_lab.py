@@ -516,7 +516,24 @@ def test_snat_exemption_off_pods_lose_their_address(labenv: LabEnv) -> None:
 
 def _iperf3(lab: Lab, src: int, dst: int, seconds: int = 2) -> tuple[dict[str, Any],
                                                                         dict[str, Any]]:
-    """(client, server) iperf3 JSON reports of a TCP run from ``src``'s pod to ``dst``'s."""
+    """(client, server) iperf3 JSON reports of a TCP run from ``src``'s pod to ``dst``'s.
+    A client that cannot even connect is tried again, twice: now and then the first
+    packets after every status said connected are lost (issue 16's open flake); the run
+    itself, what these tests are about, is never retried."""
+    for attempt in range(3):
+        try:
+            return _iperf3_once(lab, src, dst, seconds)
+        except _NoConnection as e:
+            print(f"iperf3 attempt {attempt + 1}: {e}")
+    raise AssertionError("iperf3 never connected in 3 attempts")
+
+
+class _NoConnection(Exception):
+    pass
+
+
+def _iperf3_once(lab: Lab, src: int, dst: int, seconds: int) -> tuple[dict[str, Any],
+                                                                       dict[str, Any]]:
     s, d = lab.gateway(src), lab.gateway(dst)
     server = subprocess.Popen(
         Namespace(d.pod_ns[0]).cmd("iperf3", "-s", "-1", "-J", "-p", "5301"),
@@ -532,6 +549,8 @@ def _iperf3(lab: Lab, src: int, dst: int, seconds: int = 2) -> tuple[dict[str, A
             Namespace(s.pod_ns[0]).cmd("iperf3", "-c", d.pod_ips[0], "-p", "5301", "-J",
                                        "-t", str(seconds), "--connect-timeout", "3000"),
             capture_output=True, text=True, timeout=seconds + 30, check=False)
+        if client.returncode != 0 and "unable to connect" in client.stdout + client.stderr:
+            raise _NoConnection((client.stdout + client.stderr)[-300:])
         out, _ = server.communicate(timeout=30)
     finally:
         if server.poll() is None:

@@ -118,6 +118,10 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
             close()
         if metrics is not None:
             metrics.stop()
+        if elector is not None and elector.role is Role.ACTIVE:
+            # A last renewal on the way out: a restart (a rolling update) then has the
+            # lease's whole duration to come back before a standby takes over.
+            elector.step()
     return 0
 
 

@@ -228,13 +228,18 @@ class Engine:
         Called after the tunnels are in place: remotes that follow a new active gateway's
         Endpoint find peers and routes here, not a handshake into nothing."""
         if role is Role.ACTIVE:
-            if self.elector is not None:
-                term = str(self.elector.transitions)
-                if self.local.backend_config.get(planning.LEASE_TERM) != term:
-                    with self._lock:  # (the metrics thread reads the local endpoint)
-                        self.local.backend_config[planning.LEASE_TERM] = term
+            self._stamp_term()
             self._restore_own(snap.endpoints.get(self.local.object_name()))
             self._withdraw(snap, keep=self.local.object_name())
+
+    def _stamp_term(self) -> None:
+        """Our lease term into our Endpoint (the newest wins for every reader)."""
+        if self.elector is None:
+            return
+        term = str(self.elector.transitions)
+        if self.local.backend_config.get(planning.LEASE_TERM) != term:
+            with self._lock:  # (the metrics thread reads the local endpoint)
+                self.local.backend_config[planning.LEASE_TERM] = term
 
     @property
     def role(self) -> Role:
@@ -557,6 +562,7 @@ class Engine:
         # they are (no stale-peer removal before a reconcile succeeded) until it is back.
         self._calls.start()
         if self.role is Role.ACTIVE:
+            self._stamp_term()  # before the first publish: one version, not two
             self._publish()
         self._request_read()
         deadline = time.monotonic() + self.status_interval

@@ -118,11 +118,13 @@ class WireGuardDevice:
         link = self.link()
         return link is not None and link.kind == "wireguard"
 
-    def wait_gone(self, timeout: float, stop: threading.Event) -> None:
-        """Wait up to ``timeout`` or until ``stop``; with a wireguard-go daemon, return as
-        soon as it exits (a kernel link has no process to wait for: the caller polls)."""
+    def wait_gone(self, timeout: float, stop: threading.Event,
+                  wake_fd: int | None = None) -> None:
+        """Wait up to ``timeout`` or until ``stop`` (``wake_fd`` readable: the stop's own
+        signal for a daemon wait); with a wireguard-go daemon, return as soon as it exits
+        (a kernel link has no process to wait for: the caller polls)."""
         if self.kind is BackendKind.USERSPACE and self.daemon.pid is not None:
-            self.daemon.wait(timeout)
+            self.daemon.wait(timeout, wake_fd)
         else:
             stop.wait(timeout)
 

@@ -85,6 +85,7 @@ class WireGuardDriver:
         self._touched: set[str] = set()  # clusters connected or disconnected since then
         self._wire()
         self._stop = threading.Event()
+        self._stop_fds: tuple[int, int] | None = None  # a pipe: stopping wakes the supervisor
         self._supervisor: threading.Thread | None = None
 
     def _wire(self) -> None:
@@ -141,6 +142,7 @@ class WireGuardDriver:
                         log.exception("removing the half-made device %s failed",
                                       self.cfg.device)
                 raise
+        self._stop_fds = os.pipe()
         self._supervisor = threading.Thread(
             target=self._supervise, name=f"supervise:{self.cfg.device}", daemon=True)
         self._supervisor.start()
@@ -151,7 +153,9 @@ class WireGuardDriver:
         healthy = True
         while not self._stop.is_set():
             if healthy:
-                self.device.wait_gone(1.0, self._stop)  # at once when wireguard-go exits
+                # At once when wireguard-go exits, or when we stop (close() writes).
+                self.device.wait_gone(1.0, self._stop,
+                                      self._stop_fds[0] if self._stop_fds else None)
             elif self._stop.wait(SUPERVISOR_RETRY):
                 return
             with self._lock:
@@ -365,20 +369,36 @@ class WireGuardDriver:
     def close(self) -> None:
         """Stop supervising but leave the tunnels up: a restart must not drop traffic."""
         self._stop.set()
+        if self._stop_fds is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._stop_fds[1], b"x")  # ends the supervisor's wait on the daemon
         # Before the join: a supervisor inside ensure() may be starting wireguard-go, and the
         # join may time out; that daemon is stopped now rather than orphaned.
         self.device.stop_starting()
         if self._supervisor is not None:
             self._supervisor.join(5)
+        self._close_stop_fds()
         self.device.close()
+
+    def _close_stop_fds(self) -> None:
+        if self._supervisor is not None and self._supervisor.is_alive():
+            return  # still waiting on them (a join that timed out): left to the process
+        fds, self._stop_fds = self._stop_fds, None
+        for fd in fds or ():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def cleanup(self, remove_key: bool = False) -> None:
         """Remove everything the driver created: routes, rules, device, daemon, PID file,
         our nftables table; and the key file when asked."""
         self._stop.set()
+        if self._stop_fds is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._stop_fds[1], b"x")
         self.device.stop_starting()
         if self._supervisor is not None:
             self._supervisor.join(5)
+        self._close_stop_fds()
         with self._lock:
             self._remove_all()
             self._conns.clear()

@@ -252,11 +252,12 @@ class WireGuardGoProcess:
             return self._proc.poll() is None
         return self._running(self.pid)
 
-    def wait(self, timeout: float) -> bool:
-        """Block until the daemon exits or ``timeout`` passes; True if it is not running.
+    def wait(self, timeout: float, wake_fd: int | None = None) -> bool:
+        """Block until the daemon exits, ``timeout`` passes or ``wake_fd`` is readable;
+        True if it is not running.
 
         A pidfd wakes us the moment it exits, so a supervisor restarts it at once instead
-        of at its next poll."""
+        of at its next poll; ``wake_fd`` lets a stopping agent end the wait at once."""
         pid = self.pid
         if pid is None:
             return True
@@ -273,10 +274,11 @@ class WireGuardGoProcess:
             # A recycled PID: the pidfd is someone else's; alive() checks the name.
             if not self.alive():
                 return True
-            readable, _, _ = select.select([fd], [], [], timeout)
+            fds = [fd] if wake_fd is None else [fd, wake_fd]
+            readable, _, _ = select.select(fds, [], [], timeout)
         finally:
             os.close(fd)
-        return bool(readable) or not self.alive()
+        return fd in readable or not self.alive()
 
     def stop(self, timeout: float = 5) -> None:
         """SIGTERM, then SIGKILL, by PID. wireguard-go removes its device on the way out."""
