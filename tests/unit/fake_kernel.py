@@ -54,7 +54,8 @@ class FakeDevice:
     def set_up(self, mtu: int | None) -> None:
         self.up, self.mtu = True, mtu
 
-    def wait_gone(self, timeout: float, stop: threading.Event) -> None:
+    def wait_gone(self, timeout: float, stop: threading.Event,
+                  wake_fd: int | None = None) -> None:
         stop.wait(timeout)
 
     def stop_starting(self) -> None:

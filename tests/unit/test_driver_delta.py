@@ -164,7 +164,8 @@ class FakeDevice:
     def alive(self) -> bool:
         return True
 
-    def wait_gone(self, timeout: float, stop: threading.Event) -> None:
+    def wait_gone(self, timeout: float, stop: threading.Event,
+                  wake_fd: int | None = None) -> None:
         stop.wait(timeout)
 
     def stop_starting(self) -> None:
