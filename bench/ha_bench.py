@@ -35,7 +35,7 @@ from typing import Any
 from bench.common import Row, row, signals_held, summary
 from bench.multinode_bench import _Pinger, _wait_for
 from wgcable.ha.filelease import FileLease
-from wgcable.ha.lease import LeaseRecord
+from wgcable.ha.lease import LeaseBackend, LeaseRecord
 from wgcable.lab.lab import LAB_LEASE, Lab
 from wgcable.lab.netns import Namespace
 
@@ -117,9 +117,9 @@ def handovers(lab: Lab, rounds: int) -> list[dict[str, float]]:
     return out
 
 
-def renew_latency(root: Path, count: int) -> dict[str, Any]:
-    """Seconds per renewal (a read and a conditional write, as the elector does)."""
-    lease = FileLease(root, "bench")
+def _renewals(lease: LeaseBackend, count: int) -> list[float]:
+    """Seconds of each of ``count`` renewals of a new lease: a read and a conditional write,
+    as the elector does."""
     rec = lease.write(LeaseRecord("a", 6.0, time.time(), time.time(), 0), None)
     samples = []
     for _ in range(count):
@@ -127,7 +127,12 @@ def renew_latency(root: Path, count: int) -> dict[str, Any]:
         now = lease.read()
         rec = lease.write(LeaseRecord("a", 6.0, rec.acquire_time, time.time(), 0), now)
         samples.append(time.perf_counter() - t0)
-    result: dict[str, Any] = {"file": summary(samples)}
+    return samples
+
+
+def renew_latency(root: Path, count: int) -> dict[str, Any]:
+    """Seconds per renewal (a read and a conditional write, as the elector does)."""
+    result: dict[str, Any] = {"file": summary(_renewals(FileLease(root, "bench"), count))}
     kube = _kube_renew(root, count)
     if kube is not None:
         result["kubernetes"] = kube
@@ -153,16 +158,9 @@ def _kube_renew(root: Path, count: int) -> dict[str, float] | None:
         from wgcable.netlink.netns import call_in_netns
 
         def measure() -> list[float]:
-            lease = KubeLease(load_api_client(str(api.kubeconfig)), "submariner-operator",
-                              "submariner-gateway-lock", 5.0)
-            rec = lease.write(LeaseRecord("a", 6.0, time.time(), time.time(), 0), None)
-            samples = []
-            for _ in range(count):
-                t0 = time.perf_counter()
-                now = lease.read()
-                rec = lease.write(LeaseRecord("a", 6.0, rec.acquire_time, time.time(), 0), now)
-                samples.append(time.perf_counter() - t0)
-            return samples
+            return _renewals(KubeLease(load_api_client(str(api.kubeconfig)),
+                                       "submariner-operator", "submariner-gateway-lock", 5.0),
+                             count)
 
         return summary(call_in_netns(ns.name, measure))
     finally:
