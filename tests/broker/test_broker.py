@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from integration.labtools import unreachable_pairs
+from integration.labtools import print_agent_logs, unreachable_pairs
 from wgcable.cable.types import ConnectionStatus
 from wgcable.lab.kubeapi import LocalAPIServer, unavailable_reason
 from wgcable.lab.lab import Lab
@@ -62,13 +61,7 @@ def make_lab(tmp_path: Path, kube_available: None) -> Iterator[MakeLab]:
 
     yield make
     for lab in labs:
-        # Printed always, shown by pytest only for a failed test: what the agents saw.
-        logs = [lab.log_file(gw) for gw in lab.candidates()]
-        logs += [lab.route_agent_log(n) for n in lab.state.nodes]
-        for log in logs:
-            with contextlib.suppress(OSError):
-                tail = log.read_text(errors="replace").splitlines()[-30:]
-                print(f"--- {log.name} (last {len(tail)} lines)", *tail, sep="\n")
+        print_agent_logs(lab, 30)
         assert lab.down() == []
         assert not [n for n in list_namespaces() if n.startswith(f"{lab.state.prefix}-")]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import shutil
@@ -22,7 +21,7 @@ from wgcable.lab.netns import (
     list_namespaces,
 )
 
-from .labtools import MakeLab, wait_for
+from .labtools import MakeLab, print_agent_logs, wait_for
 
 _TOOLS = ("ip", "wg", "nsenter", "ping")
 _seq = itertools.count()
@@ -103,13 +102,7 @@ def _labs(tmp_path: Path, kind: str) -> Iterator[MakeLab]:
 
     yield make
     for lab in labs:
-        # Printed always, shown by pytest only for a failed test: what the agents saw.
-        logs = [lab.log_file(gw) for gw in lab.candidates()]
-        logs += [lab.route_agent_log(n) for n in lab.state.nodes]
-        for log in logs:
-            with contextlib.suppress(OSError):
-                tail = log.read_text(errors="replace").splitlines()[-40:]
-                print(f"--- {log.name} (last {len(tail)} lines)", *tail, sep="\n")
+        print_agent_logs(lab)
         assert lab.down() == []
         assert not [n for n in list_namespaces() if n.startswith(f"{lab.state.prefix}-")]
 

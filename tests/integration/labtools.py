@@ -3,6 +3,7 @@ on a gateway, and a continuous ping that counts what it lost."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -183,3 +184,14 @@ def unreachable_pod_pairs(lab: Lab, settle: float = 10.0, v6: bool = False) -> l
             if not bad or time.monotonic() > deadline:
                 return bad
             time.sleep(0.2)
+
+
+def print_agent_logs(lab: Lab, lines: int = 40) -> None:
+    """The last ``lines`` of every gateway and route agent log of ``lab``: printed always,
+    shown by pytest only for a failed test (what the agents saw)."""
+    logs = [lab.log_file(gw) for gw in lab.candidates()]
+    logs += [lab.route_agent_log(n) for n in lab.state.nodes]
+    for log in logs:
+        with contextlib.suppress(OSError):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            print(f"--- {log.name} (last {len(tail)} lines)", *tail, sep="\n")
