@@ -187,11 +187,12 @@ def unreachable_pod_pairs(lab: Lab, settle: float = 10.0, v6: bool = False) -> l
 
 
 def print_agent_logs(lab: Lab, lines: int = 40) -> None:
-    """The last ``lines`` of every gateway and route agent log of ``lab``: printed always,
-    shown by pytest only for a failed test (what the agents saw)."""
-    logs = [lab.log_file(gw) for gw in lab.candidates()]
+    """The last ``lines`` of every gateway, wireguard-go and route agent log of ``lab``:
+    printed always, shown by pytest only for a failed test (what the agents saw)."""
+    logs = [log for gw in lab.candidates()
+            for log in (lab.log_file(gw), lab.daemon_log_file(gw))]
     logs += [lab.route_agent_log(n) for n in lab.state.nodes]
     for log in logs:
         with contextlib.suppress(OSError):
             tail = log.read_text(errors="replace").splitlines()[-lines:]
-            print(f"--- {log.name} (last {len(tail)} lines)", *tail, sep="\n")
+            print(f"--- {log.relative_to(lab.dir)} (last {len(tail)} lines)", *tail, sep="\n")

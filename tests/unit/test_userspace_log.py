@@ -13,7 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from wgcable.cable.wireguard.userspace import UserspaceError, WireGuardGoProcess
+from wgcable.cable.wireguard.userspace import (
+    LOG_LEVEL_ENV,
+    UserspaceError,
+    WireGuardGoProcess,
+    log_level,
+)
 
 CHATTY_THEN_FAIL = """\
 #!/bin/sh
@@ -71,3 +76,31 @@ def test_without_a_log_path_the_failure_is_still_reported(tmp_path: Path) -> Non
     proc = WireGuardGoProcess("wgx0", None, fake_daemon(tmp_path, CHATTY_THEN_FAIL))
     with pytest.raises(UserspaceError, match="operation not permitted"):
         proc.start(timeout=60)
+
+
+ECHO_LOG_LEVEL_THEN_FAIL = """\
+#!/bin/sh
+echo "level=$LOG_LEVEL" >&2
+exit 1
+"""
+
+
+@pytest.mark.parametrize(("setting", "expected"), [(None, "error"), ("", "error"),
+                                                   ("verbose", "verbose")])
+def test_the_daemons_log_level_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str | None, expected: str,
+) -> None:
+    if setting is None:
+        monkeypatch.delenv(LOG_LEVEL_ENV, raising=False)
+    else:
+        monkeypatch.setenv(LOG_LEVEL_ENV, setting)
+    proc = WireGuardGoProcess("wgx0", None, fake_daemon(tmp_path, ECHO_LOG_LEVEL_THEN_FAIL),
+                              log_path=tmp_path / "wgx0.wireguard-go.log")
+    with pytest.raises(UserspaceError, match=f"level={expected}"):
+        proc.start(timeout=5)
+
+
+def test_an_unknown_log_level_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(LOG_LEVEL_ENV, "loud\n")
+    with pytest.raises(UserspaceError, match=r"WGCABLE_WIREGUARD_GO_LOG_LEVEL='loud\\n'"):
+        log_level()

@@ -35,7 +35,11 @@ from pathlib import Path
 
 from wgcable.agent.statusfile import AgentStatus, read_status_file
 from wgcable.cable.types import ConnectionStatus
-from wgcable.cable.wireguard.userspace import PRIVATE_SOCKET_DIR, process_running
+from wgcable.cable.wireguard.userspace import (
+    LOG_LEVEL_ENV,
+    PRIVATE_SOCKET_DIR,
+    process_running,
+)
 from wgcable.lab.kubeapi import LocalAPIServer, lease_namespace
 from wgcable.lab.netns import LabError, Namespace, delete_namespaces, list_namespaces
 from wgcable.lab.process import stop_pids
@@ -265,6 +269,10 @@ class Lab:
 
     def state_dir(self, gw: GatewayState) -> Path:
         return self.dir / gw.hostname
+
+    def daemon_log_file(self, gw: GatewayState) -> Path:
+        """wireguard-go's own log (its handshakes, in a lab)."""
+        return self.state_dir(gw) / "subwg0.wireguard-go.log"
 
     def log_file(self, gw: GatewayState) -> Path:
         return self.dir / f"{gw.hostname}.log"
@@ -603,7 +611,8 @@ table ip wgcable_lab_snat {{
             p = subprocess.Popen(
                 self.gateway_cmd(gw, *self.agent_argv(gw, extra)),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                # A lab is for looking: wireguard-go logs every handshake (never a key).
+                env={LOG_LEVEL_ENV: "verbose", **os.environ, "PYTHONUNBUFFERED": "1"},
             )
         finally:
             log.close()

@@ -44,10 +44,22 @@ WIREGUARD_GO = "wireguard-go"
 PRIVATE_SOCKET_DIR = "mkdir -p /run/wireguard && mount -t tmpfs wgcable /run/wireguard"
 LOG_ROTATE_BYTES = 1 << 20  # a log bigger than this at a start is moved to <log>.1
 STARTUP_ERROR_BYTES = 4096  # how much of a failed start's output goes into the error
+# wireguard-go's own log level. "verbose" logs every handshake and keepalive (never a
+# key): the lab turns it on, so that a tunnel that misbehaves in a test shows why.
+LOG_LEVEL_ENV = "WGCABLE_WIREGUARD_GO_LOG_LEVEL"
+LOG_LEVELS = ("silent", "error", "verbose")
 
 
 class UserspaceError(RuntimeError):
     pass
+
+
+def log_level() -> str:
+    """The daemon's log level from the environment: "error" unless set."""
+    level = os.environ.get(LOG_LEVEL_ENV, "") or "error"
+    if level not in LOG_LEVELS:
+        raise UserspaceError(f"{LOG_LEVEL_ENV}={level!r}: not one of {', '.join(LOG_LEVELS)}")
+    return level
 
 
 def process_running(pid: int, *names: str) -> bool:
@@ -138,7 +150,7 @@ class WireGuardGoProcess:
         return None
 
     def start(self, timeout: float = 10) -> None:
-        env = {**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"}
+        env = {**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": log_level()}
         if self.netns:
             script = f'{PRIVATE_SOCKET_DIR} && exec "$0" -f "$1"'
             cmd = ["ip", "netns", "exec", self.netns, "sh", "-c", script, self.binary,
