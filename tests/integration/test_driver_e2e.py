@@ -11,6 +11,7 @@ import ipaddress
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from wgcable.cable.types import ConnectionStatus
 from wgcable.cable.wireguard.config import WireGuardConfig
 from wgcable.cable.wireguard.desired import EndpointRejectedError
 from wgcable.cable.wireguard.driver import WireGuardDriver
+from wgcable.cable.wireguard.userspace import LOG_LEVEL_ENV
 from wgcable.lab.netns import list_namespaces
 from wgcable.lab.topology import ClusterNet, Topology
 from wgcable.routing.nftables import NftTable
@@ -430,6 +432,42 @@ def test_kernel_driver_create_dual_stack_restart_cleanup(clusters: Clusters) -> 
     cleanup_and_check(a)
 
 
+def test_gateways_that_meet_at_once_handshake_once(
+        clusters: Clusters, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two gateways connect each other at the same instant, ten times over: every time the
+    first handshake completes and carries a ping each way at once, and neither wireguard-go
+    drops the answer to its own initiation (crossed initiations) or has to retry. Without
+    one side answering first (tests/unit/test_driver_answer_first.py) about half the
+    rounds cross; CI once saw the wireguard-go race that follows leave a direction dead."""
+    monkeypatch.setenv(LOG_LEVEL_ENV, "verbose")  # the daemons' log tells of a crossing
+    a, b = clusters(2)
+    for _ in range(10):
+        gate = threading.Barrier(2, timeout=10)
+
+        def meet(g: Gateway, other: Gateway, gate: threading.Barrier = gate) -> None:
+            assert g.driver is not None
+            gate.wait()
+            g.driver.connect_to_endpoint(other.info())
+
+        pair = [threading.Thread(target=meet, args=(g, o)) for g, o in ((a, b), (b, a))]
+        for t in pair:
+            t.start()
+        for t in pair:
+            t.join()
+        ping(a, b, count=1)
+        ping(b, a, count=1)
+        for g, o in ((a, b), (b, a)):
+            g.driver.disconnect_from_endpoint(o.endpoint)
+            # Each round a first contact: a peer removed lately initiates at once (the
+            # remote most likely kept us); both did remove, so that memory goes.
+            g.driver._peer_res.first.removed.clear()
+    for g in (a, b):
+        log = (g.state_dir / "subwg0.wireguard-go.log").read_text()
+        assert "Handshake did not complete" not in log, g.net.cluster_id
+        assert "Received invalid response message" not in log, g.net.cluster_id
+        assert "Sending handshake response" in log or "Received handshake response" in log
+
+
 def test_dead_wireguard_go_is_restarted_and_state_reapplied(clusters: Clusters) -> None:
     a, b = clusters(2)
     mesh([a, b])
@@ -637,6 +675,10 @@ def test_fifty_single_changes_at_200_clusters_equal_a_full_resync(clusters: Clus
             new = old
         remotes[i] = new
         a.driver.connect_to_endpoint(new)
+    # New peers of the greater key get their keepalive after a short wait (firstcontact.py).
+    deadline = time.monotonic() + scaled(5)
+    while a.driver._peer_res.first.waiting and time.monotonic() < deadline:
+        time.sleep(0.05)
     after_changes = _written_state(a)
     # What the model says: every remote's key, endpoint and subnets; b's tunnel too.
     peers = {p[0]: p for p in after_changes[0]}

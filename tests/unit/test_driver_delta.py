@@ -182,7 +182,10 @@ class Rig:
     def __init__(self, tmp: Path, renders: list[int]) -> None:
         self.local = Endpoint(cluster_id="local", subnets=["10.1.0.0/16"],
                               private_ip="198.18.0.1", backend="wireguard")
-        self.driver = WireGuardDriver(self.local, WireGuardConfig(state_dir=str(tmp)))
+        # Exactly which peer writes happen is the subject: no new peer waits to answer
+        # first (test_driver_answer_first.py).
+        self.driver = WireGuardDriver(self.local, WireGuardConfig(state_dir=str(tmp),
+                                                                  answer_first_wait=0))
         self.dev = FakeDevice()
         self.ip = FakeIP()
         self.nft = FakeNft()

@@ -16,6 +16,10 @@ DEFAULT_RULE_PRIORITY = 220
 DEFAULT_ROUTE_PROTOCOL = ROUTE_PROTOCOL
 DEFAULT_KEEPALIVE = 10
 DEFAULT_STATE_DIR = "/var/lib/wgcable"
+# A new peer of ours that answers first waits this long for the remote's initiation before
+# it initiates itself (cable/wireguard/resources.py; 0: never waits). Longer than the
+# one-way latency between two gateways, short because a first contact may pay it.
+DEFAULT_ANSWER_FIRST_WAIT = 0.5
 
 BackendChoice = Literal["auto", "kernel", "userspace"]
 
@@ -25,6 +29,7 @@ class WireGuardConfig:
     device: str = DEFAULT_DEVICE
     port: int | None = None  # None: local endpoint's udp-port, else 5871
     keepalive: int = DEFAULT_KEEPALIVE
+    answer_first_wait: float = DEFAULT_ANSWER_FIRST_WAIT
     state_dir: str = DEFAULT_STATE_DIR
     preshared_key_file: str | None = None
     table: int = DEFAULT_TABLE

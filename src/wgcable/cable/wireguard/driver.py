@@ -87,13 +87,15 @@ class WireGuardDriver:
         self._stop = threading.Event()
         self._stop_fds: tuple[int, int] | None = None  # a pipe: stopping wakes the supervisor
         self._supervisor: threading.Thread | None = None
+        self._release_timer: threading.Timer | None = None  # new peers that wait to initiate
 
     def _wire(self) -> None:
         """One reconciler per resource, on the device, table and nftables table this driver
         has (again in ``init``: tests put fakes in their place after construction)."""
         self._reads = DeviceReads(self.device)
         self._link = Reconciler(LinkResource(self._reads))
-        self._peers = Reconciler(PeersResource(self._reads))
+        self._peer_res = PeersResource(self._reads, self.cfg.answer_first_wait)
+        self._peers = Reconciler(self._peer_res)
         self._nft = Reconciler(NftResource(self.nft, self.cfg.device, self._local_subnets,
                                            self.cfg.snat_exemption, self.cfg.mss_clamp))
         self._routes = Reconciler(RouteResource(self.table))
@@ -116,6 +118,7 @@ class WireGuardDriver:
         with self._lock:
             self._wire()
             self._key = load_key(self.cfg.state_dir, self.cfg.device)
+            self._peer_res.first.own_key = self.public_key
             if self.cfg.preshared_key_file:
                 # Followed: Kubernetes mounts a Secret's files through symlinks. Owner and
                 # mode are checked on the file the link leads to.
@@ -249,6 +252,34 @@ class WireGuardDriver:
             self._rules.reconcile(state.rules, synced=synced, verify=verify)
         finally:
             self._reads.clear()
+        self._schedule_release()
+
+    def _schedule_release(self, delay: float | None = None) -> None:
+        """Wake when the first new peer that waits for the remote's initiation is due
+        (``resources.PeersResource``: of two gateways, one answers first)."""
+        due = self._peer_res.first.next_due()
+        if due is None or self._release_timer is not None or self._stop.is_set():
+            return
+        wait = delay if delay is not None else max(0.0, due - time.monotonic())
+        self._release_timer = threading.Timer(wait, self._release_waiting)
+        self._release_timer.daemon = True
+        self._release_timer.start()
+
+    def _release_waiting(self) -> None:
+        with self._lock:
+            self._release_timer = None
+            if self._stop.is_set():
+                return
+            try:
+                self._peer_res.release()
+            except Exception:  # the device is gone: the supervisor restores it; try again
+                log.exception("device %s: letting new peers initiate failed; will retry",
+                              self.cfg.device)
+                self._schedule_release(SUPERVISOR_RETRY)
+                return
+            finally:
+                self._reads.clear()
+            self._schedule_release()
 
     def resync(self) -> None:
         """Re-apply everything; heals drift (peers or routes removed by someone else)."""
@@ -339,6 +370,7 @@ class WireGuardDriver:
         self._routes.heal(state.routes, synced=synced)
         self._rules.heal(state.rules, synced=synced)
         self._reads.clear()
+        self._schedule_release()
 
     def get_connections(self) -> list[Connection]:
         with self._lock:
@@ -378,7 +410,22 @@ class WireGuardDriver:
         if self._supervisor is not None:
             self._supervisor.join(5)
         self._close_stop_fds()
+        self._release_all()
         self.device.close()
+
+    def _release_all(self) -> None:
+        """No peer is left unable to initiate when we stop."""
+        with self._lock:
+            if self._release_timer is not None:
+                self._release_timer.cancel()
+                self._release_timer = None
+            try:
+                self._peer_res.release(all_now=True)
+            except Exception as e:
+                log.warning("device %s: letting new peers initiate on close failed: %s",
+                            self.cfg.device, e)
+            finally:
+                self._reads.clear()
 
     def _close_stop_fds(self) -> None:
         if self._supervisor is not None and self._supervisor.is_alive():

@@ -2,6 +2,7 @@
 (key, port, firewall mark, MTU, up) and its peers.
 
 Both read the device through one ``DeviceReads``, so a pass that checks both reads it once.
+A new peer may be added unable to initiate at first: ``firstcontact.py``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 from collections.abc import Collection, Mapping
 
 from wgcable.cable.wireguard.device import WireGuardDevice
+from wgcable.cable.wireguard.firstcontact import FirstContact
 from wgcable.cable.wireguard.state import LINK, LinkSettings
 from wgcable.wgctrl import BackendKind, Config, Device, Key, Peer, UDPAddr, config_delta
 
@@ -81,16 +83,36 @@ class PeersResource:
 
     name = "peers"
 
-    def __init__(self, reads: DeviceReads) -> None:
+    def __init__(self, reads: DeviceReads, answer_first_wait: float = 0.0) -> None:
         self.reads = reads
         self.device = reads.device
         # The endpoint we last sent per peer: the device's may differ because WireGuard
         # roamed to where the peer's packets come from (NAT); only a newly published one
         # is sent again.
         self.sent: dict[Key, UDPAddr] = {}
+        self.first = FirstContact(answer_first_wait)
 
     def read(self) -> dict[Key, Peer]:
         return {p.public_key: p for p in self.reads.get().peers}
+
+    def _shape(self, p: Peer, have: Mapping[Key, Peer]) -> Peer:
+        return self.first.shape(p, present=p.public_key in have,
+                                written=p.public_key in self.sent)
+
+    def release(self, *, all_now: bool = False) -> int:
+        """The new peers that had a handshake or whose wait is over (or all, ``all_now``)
+        get their keepalive (``firstcontact.py``). Returns the number of peers changed."""
+        if not self.first.waiting:
+            return 0
+        out = self.first.release(self.read(), all_now=all_now)
+        kind = self.device.kind or BackendKind.USERSPACE
+        change = config_delta(Device(self.device.name, kind, peers=[h for h, _ in out]),
+                              Device(self.device.name, kind, peers=[w for _, w in out]))
+        if not change.is_empty():
+            self.device.client.configure(self.device.name, change)
+            log.debug("device %s: %d new peer(s) may initiate now", self.device.name,
+                      len(change.peers))
+        return len(change.peers)
 
     def write(self, have: Mapping[Key, Peer], want: Mapping[Key, Peer], *,
               trusted: bool, changed: Collection[Key] | None = None) -> int:
@@ -99,13 +121,15 @@ class PeersResource:
                 [k for k, p in want.items() if have.get(k) is not p]
                 + [k for k in have if k not in want])
             have_now = {k: have[k] for k in keys if k in have}
-            wants = [want[k] for k in keys if k in want]
+            wants = [self._shape(want[k], have) for k in keys if k in want]
         else:
             have_now = dict(have)
             sent = self.sent
-            wants = [dataclasses.replace(p, endpoint=None)
-                     if p.public_key in have and p.endpoint is not None
-                     and sent.get(p.public_key) == p.endpoint else p for p in want.values()]
+            wants = [self._shape(dataclasses.replace(p, endpoint=None)
+                                 if p.public_key in have and p.endpoint is not None
+                                 and sent.get(p.public_key) == p.endpoint else p, have)
+                     for p in want.values()]
+        self.first.keep_only(want)
         kind = self.device.kind or BackendKind.USERSPACE
         change: Config = config_delta(
             Device(self.device.name, kind, peers=list(have_now.values())),
@@ -113,10 +137,12 @@ class PeersResource:
         if not change.is_empty():
             self.device.client.configure(self.device.name, change)
             log.debug("device %s: %d peer change(s)", self.device.name, len(change.peers))
+            self.first.note_removed(pc.public_key for pc in change.peers if pc.remove)
         if trusted:
             for k in have_now:
                 self.sent.pop(k, None)
-            self.sent.update((p.public_key, p.endpoint) for p in wants if p.endpoint)
+            self.sent.update((k, e) for k in keys
+                             if k in want and (e := want[k].endpoint) is not None)
         else:
             self.sent = {k: p.endpoint for k, p in want.items() if p.endpoint is not None}
         return len(change.peers)
