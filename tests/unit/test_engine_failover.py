@@ -108,6 +108,21 @@ def test_failover_undecided_gateway_changes_nothing() -> None:
     assert "gateway lease: lease unreachable" in status.status_failure
 
 
+def test_failover_a_fenced_gateways_status_says_why_at_once() -> None:
+    """The role change writes the status at once, and with the reason: a status that says
+    passive with no failure until the next status interval was read by a test in CI."""
+    elector = FakeElector(Role.ACTIVE)
+    engine, _ = make_engine(store_with(), elector=cast(Elector, elector))
+    engine.reconcile()
+    engine.refresh_status()
+    written: list[str] = []
+    engine.on_status = lambda st: written.append(st.status_failure)
+    elector.role, elector.problem = Role.UNKNOWN, "lease unreachable"
+    engine.role_changed()
+    assert written == ["gateway lease: lease unreachable"]
+    assert engine.status.status_failure == "gateway lease: lease unreachable"
+
+
 def test_failover_passive_then_active_again_reconnects_everyone() -> None:
     store = store_with()
     elector = FakeElector(Role.PASSIVE)

@@ -263,8 +263,11 @@ class Engine:
         two actives for whoever reads it), then read the store and act."""
         with self._status_write:
             role = self.role
+            # The failure too: a gateway fenced by an unreachable lease says why at once.
+            failure = self._failure(role, self._reported_store_problem)
             with self._lock:
-                self._status = replace(self._status, ha_status=_ha_status(role))
+                self._status = replace(self._status, ha_status=_ha_status(role),
+                                       status_failure=failure)
                 status = self._status
             if self.on_status is not None:
                 self.on_status(status)
@@ -504,16 +507,11 @@ class Engine:
         for cid in list(self.established):
             if cid not in {c.endpoint.cluster_id for c in conns}:
                 del self.established[cid]
-        problems = [f"{k}: {v}" for k, v in sorted(self._problems.items())]
         store_problem = self._current_store_problem()
         self._reported_store_problem = store_problem
         with self._status_write:  # with role_changed: the last status written is right
             role = self.role
-            ha_problem = ""
-            if self.elector is not None and role is not Role.PASSIVE and self.elector.problem:
-                ha_problem = f"gateway lease: {self.elector.problem}"
-            failure = "; ".join([*filter(None, [store_problem, ha_problem, self._own_problem]),
-                                 *problems])
+            failure = self._failure(role, store_problem)
             status = GatewayStatus(
                 version=self.version, ha_status=_ha_status(role), local_endpoint=self.local,
                 status_failure=failure, connections=conns)
@@ -526,6 +524,16 @@ class Engine:
         self._calls.submit("status", "writing the gateway status",
                            lambda: self._write_status(status))
         return status
+
+    def _failure(self, role: Role, store_problem: str) -> str:
+        """The status's failure text: the store's, the lease's, our own Endpoint's, and
+        each refused remote's problem."""
+        ha_problem = ""
+        if self.elector is not None and role is not Role.PASSIVE and self.elector.problem:
+            ha_problem = f"gateway lease: {self.elector.problem}"
+        problems = [f"{k}: {v}" for k, v in sorted(self._problems.items())]
+        return "; ".join([*filter(None, [store_problem, ha_problem, self._own_problem]),
+                          *problems])
 
     def _write_status(self, status: GatewayStatus) -> None:
         try:
