@@ -67,6 +67,8 @@ SECTIONS: list[Section] = [
             what="2 nodes per cluster: route agents repointed, gateway moved, worker TCP"),
     Section("ha", "bench.ha_bench", repeat=5, quick_repeat=1,
             what="2 gateways per cluster: node death and handover to first ping; renewals"),
+    Section("firstcontact", "bench.firstcontact_bench", repeat=20, quick_repeat=3,
+            what="two gateways meet at once -> a ping each way: answer-first vs both initiate"),
 ]
 
 TOOLS = ("ip", "nsenter", "wg", "wireguard-go", "ping", "iperf3", "nft")
