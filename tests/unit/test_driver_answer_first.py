@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from fake_kernel import FakeIP, fake_driver
+from test_engine import wait_for
 from test_ownership import ADDRESSES, local, peer_of, remote
 
 from wgcable.cable.wireguard.driver import WireGuardDriver
@@ -46,15 +47,6 @@ def key_on_side(d: WireGuardDriver, greater: bool) -> Key:
         k = Key.generate()
         if (k.public_key().raw > d.public_key.raw) == greater:
             return k
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def state(d: WireGuardDriver, key: Key) -> tuple[UDPAddr | None, int]:
@@ -84,7 +76,7 @@ def test_a_waiting_peer_gets_its_keepalive_when_the_wait_is_over(
     key = key_on_side(driver, greater=False)
     t0 = time.monotonic()
     driver.connect_to_endpoint(remote("cluster2", ["10.2.0.0/16"], "198.18.0.2", key))
-    assert wait_until(lambda: state(driver, key)[1] != 0)
+    wait_for(lambda: state(driver, key)[1] != 0, 5)
     assert time.monotonic() - t0 >= WAIT * 0.9
     assert state(driver, key) == (PUBLISHED, driver.cfg.keepalive)
 
@@ -96,7 +88,7 @@ def test_after_a_handshake_the_endpoint_it_came_from_stands(driver: WireGuardDri
     seen = UDPAddr(ipaddress.ip_address("198.18.0.2"), 40123)
     peer = peer_of(driver, key)
     peer.endpoint, peer.last_handshake = seen, datetime.now(UTC)
-    assert wait_until(lambda: state(driver, key)[1] != 0)
+    wait_for(lambda: state(driver, key)[1] != 0, 5)
     assert state(driver, key) == (seen, driver.cfg.keepalive)
 
 
@@ -110,7 +102,7 @@ def test_a_new_endpoint_published_during_the_wait_applies_at_once(
     driver.connect_to_endpoint(remote("cluster2", ["10.2.0.0/16"], "198.18.0.2", key,
                                       port=6000))
     assert str(peer_of(driver, key).endpoint) == "198.18.0.2:6000"
-    assert wait_until(lambda: state(driver, key)[1] != 0)
+    wait_for(lambda: state(driver, key)[1] != 0, 5)
     assert str(peer_of(driver, key).endpoint) == "198.18.0.2:6000"
 
 
@@ -120,7 +112,7 @@ def test_a_peer_the_device_lost_is_restored_able_to_initiate(driver: WireGuardDr
     key = key_on_side(driver, greater=False)
     driver.connect_to_endpoint(remote("cluster2", ["10.2.0.0/16"], "198.18.0.2", key))
     driver.mark_synced()
-    assert wait_until(lambda: state(driver, key)[1] != 0)
+    wait_for(lambda: state(driver, key)[1] != 0, 5)
     driver.device.mem.devices["subwg0"].peers = []  # type: ignore[attr-defined]
     driver.get_connections()  # a status read restores missing peers
     assert state(driver, key) == (PUBLISHED, driver.cfg.keepalive)
@@ -145,7 +137,7 @@ def test_a_peer_removed_lately_and_added_again_initiates_at_once(
     info = remote("cluster2", ["10.2.0.0/16"], "198.18.0.2", key)
     driver.connect_to_endpoint(info)
     driver.mark_synced()
-    assert wait_until(lambda: state(driver, key)[1] != 0)
+    wait_for(lambda: state(driver, key)[1] != 0, 5)
     driver.disconnect_from_endpoint(info.endpoint)
     driver.connect_to_endpoint(info)
     assert state(driver, key) == (PUBLISHED, driver.cfg.keepalive)
