@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(wireguard-go wireguard-tools iproute2 iputils-ping nftables iperf3 procps util-linux)
-tools=(wireguard-go wg ip ping nft iperf3 pkill nsenter)
+debs=(wireguard-go wireguard-tools iproute2 iputils-ping nftables iperf3 procps util-linux
+      protobuf-compiler)  # protoc: the NAT discovery .proto is checked against our descriptor
+tools=(wireguard-go wg ip ping nft iperf3 pkill nsenter protoc)
 
 missing=0
 for t in "${tools[@]}"; do command -v "$t" >/dev/null 2>&1 || missing=1; done
