@@ -4,6 +4,7 @@ hostile datagrams (each must decode or raise MessageError, nothing else)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import shutil
 import subprocess
@@ -146,11 +147,10 @@ def test_runtime_descriptor_equals_protocs_reading_of_the_shipped_proto(tmp_path
 
 
 @pytest.mark.parametrize("cut", range(1, len(REQUEST_WIRE)))
-def test_hostile_truncated_request_is_refused_or_partial(cut: int) -> None:
-    try:
+def test_hostile_truncated_request_is_refused(cut: int) -> None:
+    # Every cut lands inside the envelope's one length-delimited field (or its header).
+    with pytest.raises(MessageError, match=r"not a NAT discovery message|neither"):
         decode(REQUEST_WIRE[:cut])
-    except MessageError as e:
-        assert "not a NAT discovery message" in str(e) or "neither" in str(e)
 
 
 def test_hostile_garbage_is_refused_without_its_content() -> None:
@@ -192,10 +192,8 @@ def test_unknown_fields_are_skipped() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_hostile_any_bytes_decode_or_raise_message_error(data: bytes) -> None:
-    try:
+    with contextlib.suppress(MessageError):
         decode(data)
-    except MessageError:
-        pass
 
 
 @settings(max_examples=200, deadline=None)
@@ -203,7 +201,5 @@ def test_hostile_any_bytes_decode_or_raise_message_error(data: bytes) -> None:
 def test_hostile_one_byte_changed_decodes_or_raises_message_error(at: int, value: int) -> None:
     data = bytearray(REQUEST_WIRE)
     data[at] = value
-    try:
+    with contextlib.suppress(MessageError):
         decode(bytes(data))
-    except MessageError:
-        pass

@@ -20,12 +20,14 @@ from wgcable.natdiscovery.responder import LocalIdentity, answer, parse_ip
 US = LocalIdentity.of("east", "submariner-cable-east-10-0-0-1", ["10.0.0.1", "fd00::1"])
 THEM = EndpointDetails("west", "submariner-cable-west-10-1-0-1")
 SOURCE = (ipaddress.ip_address("10.1.0.1"), 4490)
+THEIR_SRC = IPPort("10.1.0.1", 4490)
+OUR_DST = IPPort("10.0.0.1", 4490)
 
 
 def _request(*, receiver: EndpointDetails | None = US.details,
              sender: EndpointDetails | None = THEM,
-             using_src: IPPort | None = IPPort("10.1.0.1", 4490),
-             using_dst: IPPort | None = IPPort("10.0.0.1", 4490),
+             using_src: IPPort | None = THEIR_SRC,
+             using_dst: IPPort | None = OUR_DST,
              version: int = 1) -> Message:
     return Message(version, Request(77, sender, receiver, using_src, using_dst))
 
@@ -72,7 +74,8 @@ def test_any_local_address_is_a_destination_without_nat() -> None:
     # Submariner only knows its private IP; a public IP on the host itself is no NAT here.
     local = LocalIdentity.of(US.cluster_id, US.endpoint_id, ["10.0.0.1", "198.51.100.1"])
     response = answer(_request(using_dst=IPPort("198.51.100.1", 4490)), SOURCE, local)
-    assert response is not None and response.response is ResponseType.OK
+    assert response is not None
+    assert response.response is ResponseType.OK
 
 
 def test_an_empty_source_ip_is_not_compared() -> None:
@@ -86,15 +89,18 @@ def test_addresses_compare_as_addresses_not_text() -> None:
     local = LocalIdentity.of(US.cluster_id, US.endpoint_id, ["fd00::1"])
     msg = _request(using_src=IPPort("fd00:0:0::2", 4490), using_dst=IPPort("FD00:0::1", 4490))
     response = answer(msg, (ipaddress.ip_address("fd00::2"), 4490), local)
-    assert response is not None and response.response is ResponseType.OK
+    assert response is not None
+    assert response.response is ResponseType.OK
     assert response.received_src == IPPort("fd00::2", 4490)
 
 
 def test_unknown_dst_cluster() -> None:
     response = _answer(_request(receiver=EndpointDetails("north", US.endpoint_id)))
     assert response.response is ResponseType.UNKNOWN_DST_CLUSTER
-    assert response.receiver == THEM and response.received_src == IPPort("10.1.0.1", 4490)
-    assert not (response.src_ip_nat_detected or response.dst_ip_nat_detected)
+    assert response.receiver == THEM
+    assert response.received_src == IPPort("10.1.0.1", 4490)
+    assert not response.src_ip_nat_detected
+    assert not response.dst_ip_nat_detected
 
 
 def test_unknown_dst_cluster_is_checked_before_the_endpoint() -> None:
@@ -112,7 +118,8 @@ def test_malformed_when_a_part_is_missing(missing: str) -> None:
     parts: dict[str, object] = {missing: None}
     response = _answer(_request(**parts))  # type: ignore[arg-type]
     assert response.response is ResponseType.MALFORMED
-    assert response.request_number == 77 and response.sender == US.details
+    assert response.request_number == 77
+    assert response.sender == US.details
     assert response.receiver == (None if missing == "sender" else THEM)
     assert response.received_src == IPPort("10.1.0.1", 4490)
 
