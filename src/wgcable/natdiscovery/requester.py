@@ -52,7 +52,7 @@ class Verdict(enum.Enum):
     UNKNOWN_NUMBER = "unknown or used request number"
     WRONG_RECEIVER = "receiver is not who asked"
     WRONG_SOURCE = "private answer from another address"
-    REFUSED = "remote refused the request"  # UNKNOWN_DST_* or MALFORMED from the right remote
+    REFUSED = "remote refused the request"  # UNKNOWN_DST_* or MALFORMED, for one of ours
 
 
 @dataclass(frozen=True)
@@ -211,8 +211,9 @@ class TargetProbe:
             return Verdict.DECIDED
         if response.sender is None or response.receiver is None or response.received_src is None:
             return Verdict.MALFORMED
-        if response.sender != self._remote:
-            return Verdict.WRONG_SENDER
+        # The request number is what proves an answer ours (64 random bits, never sent
+        # elsewhere); the sender is checked after it, so that a refusal from whatever gateway
+        # holds the address now (a renamed cable, a port mapped elsewhere) is still told.
         found = self._outstanding(response.request_number)
         if found is None:
             return Verdict.UNKNOWN_NUMBER
@@ -223,10 +224,13 @@ class TargetProbe:
             # NAT on a private path is unlikely; Submariner filters it for safety too. The
             # number stays outstanding: the real answer may still come.
             return Verdict.WRONG_SOURCE
-        del entry.outstanding[response.request_number]  # used once
         if response.response not in (ResponseType.OK, ResponseType.NAT_DETECTED):
+            del entry.outstanding[response.request_number]  # used once
             self._refusal = response.response
             return Verdict.REFUSED
+        if response.sender != self._remote:
+            return Verdict.WRONG_SENDER
+        # Each number is used once: deciding drops them all, holding the public ones.
         use_nat = response.response is ResponseType.NAT_DETECTED
         detail = f"{entry.path.value} {entry.address} answered in {_ms(now - sent.at)} ms"
         if use_nat:
@@ -241,6 +245,10 @@ class TargetProbe:
         entry.next_at = _NEVER  # the public address has answered: no more probes there
         entry.outstanding = OrderedDict()
         return Verdict.HELD
+
+    def expects(self, number: int) -> bool:
+        """Whether ``number`` is one of our outstanding requests."""
+        return self._outstanding(number) is not None
 
     def _outstanding(self, number: int) -> tuple[_Address, _Sent] | None:
         for entry in self._addresses:
