@@ -12,8 +12,9 @@ from wgcable.natdiscovery.messages import EndpointDetails, IPPort, Response, Res
 from wgcable.natdiscovery.requester import Fallback, Path, ProbeSend, TargetProbe, Verdict
 from wgcable.natdiscovery.types import HOW_DISCOVERED, Choice, Target, Timings
 
-US = EndpointDetails("east", "cable-east")
-THEM = EndpointDetails("west", "cable-west")
+US = EndpointDetails("east", "cable-east")  # bare, as the service passes it
+US4 = EndpointDetails("east", "cable-east-v4")  # as it goes on the wire to an IPv4 address
+THEM4 = EndpointDetails("west", "cable-west-v4")
 PRIVATE, PUBLIC, PORT = "10.1.0.1", "198.51.100.1", 4490
 TARGET = Target("west", "cable-west", PRIVATE, PUBLIC, PORT, nat_enabled=True)
 TIMINGS = Timings()
@@ -42,9 +43,11 @@ def _by_path(sends: list[ProbeSend]) -> dict[Path, ProbeSend]:
 
 
 def _reply(send: ProbeSend, kind: ResponseType = ResponseType.OK, *,
-           sender: EndpointDetails = THEM, receiver: EndpointDetails | None = US,
+           sender: EndpointDetails | None = None, receiver: EndpointDetails | None = None,
            number: int | None = None) -> Response:
-    return Response(send.request_number if number is None else number, kind, sender, receiver,
+    """The remote's answer to ``send``: from whom it was addressed to, to whom sent it."""
+    return Response(send.request_number if number is None else number, kind,
+                    sender or send.receiver, receiver or send.sender,
                     received_src=IPPort("10.0.0.1", PORT))
 
 
@@ -55,8 +58,8 @@ def _from(send: ProbeSend) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Addres
 def test_first_poll_probes_private_and_public() -> None:
     probe = _probe()
     sends = probe.poll(0.0, US)
-    assert [(s.path, str(s.address), s.port, s.receiver) for s in sends] == [
-        (Path.PRIVATE, PRIVATE, PORT, THEM), (Path.PUBLIC, PUBLIC, PORT, THEM)]
+    assert [(s.path, str(s.address), s.port, s.sender, s.receiver) for s in sends] == [
+        (Path.PRIVATE, PRIVATE, PORT, US4, THEM4), (Path.PUBLIC, PUBLIC, PORT, US4, THEM4)]
     assert sends[0].request_number != sends[1].request_number
     assert probe.poll(0.0, US) == []  # nothing more is due at once
     assert probe.next_deadline() == 0.5
@@ -211,7 +214,49 @@ def test_unprobed_targets_fall_back_at_once(target: Target, detail: str) -> None
 def test_each_address_in_its_own_family() -> None:
     probe = _probe(Target("west", "cable-west", "fd00::2", PUBLIC, PORT, False))
     sends = probe.poll(0.0, US)
-    assert [(s.path, s.address.version) for s in sends] == [(Path.PRIVATE, 6), (Path.PUBLIC, 4)]
+    assert [(s.path, s.address.version, s.sender.endpoint_id, s.receiver.endpoint_id)
+            for s in sends] == [(Path.PRIVATE, 6, "cable-east-v6", "cable-west-v6"),
+                                (Path.PUBLIC, 4, "cable-east-v4", "cable-west-v4")]
+
+
+# --- Submariner's two forms of endpoint ID -----------------------------------------------------
+
+
+def test_a_remote_that_knows_only_its_bare_name_is_asked_again_at_once() -> None:
+    probe = _probe()
+    first = _by_path(probe.poll(0.0, US))
+    private = first[Path.PRIVATE]
+    assert probe.on_response(_reply(private, ResponseType.UNKNOWN_DST_ENDPOINT),
+                             _from(private), 0.01) is Verdict.REFUSED
+    again = _by_path(probe.poll(0.01, US))  # not at 0.5: at once
+    assert sorted(p.value for p in again) == ["private", "public"]
+    assert again[Path.PRIVATE].receiver == EndpointDetails("west", "cable-west")
+    assert again[Path.PRIVATE].sender == US
+    # The public refusal of the first round, arriving late, does not switch back.
+    assert probe.on_response(_reply(first[Path.PUBLIC], ResponseType.UNKNOWN_DST_ENDPOINT),
+                             _from(first[Path.PUBLIC]), 0.02) is Verdict.REFUSED
+    assert probe.on_response(_reply(again[Path.PRIVATE]), _from(again[Path.PRIVATE]), 0.03) \
+        is Verdict.ACCEPTED
+
+
+def test_names_switch_back_but_only_the_first_switch_hurries() -> None:
+    probe = _probe()
+    private = _by_path(probe.poll(0.0, US))[Path.PRIVATE]
+    probe.on_response(_reply(private, ResponseType.UNKNOWN_DST_ENDPOINT), _from(private), 0.01)
+    bare = _by_path(probe.poll(0.01, US))[Path.PRIVATE]
+    assert bare.receiver.endpoint_id == "cable-west"
+    probe.on_response(_reply(bare, ResponseType.UNKNOWN_DST_ENDPOINT), _from(bare), 0.02)
+    assert probe.poll(0.02, US) == []  # no ping-pong at the speed of the round trip
+    later = _by_path(probe.poll(1.01, US))[Path.PRIVATE]  # the hurried probe was the 2nd
+    assert later.receiver.endpoint_id == "cable-west-v4"
+
+
+def test_an_answer_from_the_other_form_of_the_name_is_not_the_one_we_asked() -> None:
+    probe = _probe()
+    private = _by_path(probe.poll(0.0, US))[Path.PRIVATE]
+    bare_sender = EndpointDetails("west", "cable-west")
+    assert probe.on_response(_reply(private, sender=bare_sender), _from(private), 0.01) \
+        is Verdict.WRONG_SENDER
 
 
 def test_a_family_without_a_socket_is_not_probed() -> None:
@@ -278,8 +323,9 @@ def test_hostile_replay_after_the_decision_changes_nothing() -> None:
     assert probe.decision == before
 
 
-@pytest.mark.parametrize("sender", [EndpointDetails("west", "cable-other"),
-                                    EndpointDetails("north", "cable-west"),
+@pytest.mark.parametrize("sender", [EndpointDetails("west", "cable-other-v4"),
+                                    EndpointDetails("north", "cable-west-v4"),
+                                    EndpointDetails("west", "cable-west-v6"),
                                     EndpointDetails("", "")])
 def test_hostile_wrong_sender_is_ignored(sender: EndpointDetails) -> None:
     probe = _probe()
@@ -299,9 +345,9 @@ def test_an_answer_addressed_to_the_identity_we_sent_with_counts() -> None:
     # Our identity changed after the probe went out: the answer names the one we sent.
     probe = _probe()
     private = _by_path(probe.poll(0.0, US))[Path.PRIVATE]
-    probe.poll(0.5, EndpointDetails("east", "cable-east-new"))
-    assert probe.on_response(_reply(private, receiver=US), _from(private), 0.6) \
-        is Verdict.ACCEPTED
+    renamed = _by_path(probe.poll(0.5, EndpointDetails("east", "cable-east-new")))
+    assert renamed[Path.PRIVATE].sender == EndpointDetails("east", "cable-east-new-v4")
+    assert probe.on_response(_reply(private), _from(private), 0.6) is Verdict.ACCEPTED
 
 
 @pytest.mark.parametrize("source", [("10.1.0.99", PORT), (PRIVATE, PORT + 1),

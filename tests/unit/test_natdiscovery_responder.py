@@ -111,6 +111,27 @@ def test_unknown_dst_cluster_is_checked_before_the_endpoint() -> None:
 def test_unknown_dst_endpoint() -> None:
     response = _answer(_request(receiver=EndpointDetails(US.cluster_id, "old-cable")))
     assert response.response is ResponseType.UNKNOWN_DST_ENDPOINT
+    # A refusal names us as Submariner's dual-stack code does.
+    assert response.sender == EndpointDetails(US.cluster_id, US.endpoint_id + "-v4")
+
+
+@pytest.mark.parametrize(("asked_as", "source", "kind"), [
+    (US.endpoint_id, "10.1.0.1", ResponseType.OK),  # Submariner before dual-stack
+    (US.endpoint_id + "-v4", "10.1.0.1", ResponseType.OK),  # Submariner's dual-stack code
+    (US.endpoint_id + "-v6", "fd00::2", ResponseType.OK),
+    (US.endpoint_id + "-v6", "10.1.0.1", ResponseType.UNKNOWN_DST_ENDPOINT),  # family differs
+    (US.endpoint_id + "-v4", "fd00::2", ResponseType.UNKNOWN_DST_ENDPOINT),
+    (US.endpoint_id + "-v5", "10.1.0.1", ResponseType.UNKNOWN_DST_ENDPOINT),
+])
+def test_both_forms_of_our_endpoint_id(asked_as: str, source: str, kind: ResponseType) -> None:
+    msg = _request(receiver=EndpointDetails(US.cluster_id, asked_as),
+                   using_src=IPPort(source, 4490), using_dst=IPPort("", 0))
+    response = _answer(msg, (ipaddress.ip_address(source), 4490))
+    assert (response.response is ResponseType.NAT_DETECTED) == (kind is ResponseType.OK)
+    if kind is ResponseType.OK:  # answered in the form it was asked by: its lookup key
+        assert response.sender == EndpointDetails(US.cluster_id, asked_as)
+    else:
+        assert response.response is kind
 
 
 @pytest.mark.parametrize("missing", ["sender", "receiver", "using_src", "using_dst"])
@@ -119,7 +140,7 @@ def test_malformed_when_a_part_is_missing(missing: str) -> None:
     response = _answer(_request(**parts))  # type: ignore[arg-type]
     assert response.response is ResponseType.MALFORMED
     assert response.request_number == 77
-    assert response.sender == US.details
+    assert response.sender == EndpointDetails(US.cluster_id, US.endpoint_id + "-v4")
     assert response.receiver == (None if missing == "sender" else THEM)
     assert response.received_src == IPPort("10.1.0.1", 4490)
 

@@ -36,6 +36,13 @@ class ResponseType(enum.IntEnum):
     MALFORMED = 4
 
 
+def family_endpoint_id(endpoint_id: str, version: int) -> str:
+    """The endpoint ID as Submariner's dual-stack code puts it on the wire: the cable name
+    and the IP family (``<cable>-v4``, ``<cable>-v6``). Its earlier releases used the bare
+    cable name; both forms are spoken here."""
+    return f"{endpoint_id}-v{version}"
+
+
 class MessageError(ValueError):
     """A datagram that is not a NAT discovery message we can read. The text never carries
     the datagram's content."""

@@ -4,9 +4,13 @@ the time is passed in, and nothing here touches a socket).
 As Submariner's requester: both the private and the public IP are probed (the public one
 only when present and different); a private answer counts only when it comes from that
 private IP and the discovery port; an answer counts only for an outstanding request of ours
-and from the expected remote (cluster ID and cable name); NAT_DETECTED means "use NAT"; the
-other response types are refusals; without an answer the static rule decides after the
-timeout; a remote with no discovery port is not probed.
+and from the remote we addressed; NAT_DETECTED means "use NAT"; the other response types
+are refusals; without an answer the static rule decides after the timeout; a remote with no
+discovery port is not probed.
+
+Endpoint IDs go out in the form of Submariner's dual-stack code (``<cable>-v4``/``-v6``);
+a remote that refuses it as UNKNOWN_DST_ENDPOINT (its earlier releases know only the bare
+cable name) is asked again at once with bare names, and the other way round.
 
 Beyond Submariner:
 - Request numbers are 64 random bits each (Submariner counts up from a random start, so one
@@ -28,7 +32,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from wgcable.natdiscovery.messages import EndpointDetails, Response, ResponseType
+from wgcable.natdiscovery.messages import (
+    EndpointDetails,
+    Response,
+    ResponseType,
+    family_endpoint_id,
+)
 from wgcable.natdiscovery.responder import IPAddress, parse_ip
 from wgcable.natdiscovery.types import HOW_DISCOVERED, Choice, Target, Timings
 
@@ -57,12 +66,14 @@ class Verdict(enum.Enum):
 
 @dataclass(frozen=True)
 class ProbeSend:
-    """One request to send: to ``address``:``port``, numbered ``request_number``."""
+    """One request to send: to ``address``:``port``, numbered ``request_number``, from
+``sender`` (us) to ``receiver`` (the remote), each in the naming form of the moment."""
 
     path: Path
     address: IPAddress
     port: int
     request_number: int
+    sender: EndpointDetails
     receiver: EndpointDetails
 
 
@@ -77,6 +88,7 @@ class Fallback:
 class _Sent:
     at: float
     sender: EndpointDetails
+    receiver: EndpointDetails
 
 
 @dataclass
@@ -113,7 +125,8 @@ class TargetProbe:
         self.timings = timings
         self.started = now
         self._new_number = new_number
-        self._remote = EndpointDetails(target.cluster_id, target.endpoint_id)
+        self._bare_names = False  # True: Submariner's names before dual-stack (see above)
+        self._renamed = False
         self._decision: Choice | Fallback | None = None
         self._taken = False
         self._held: _Held | None = None
@@ -166,9 +179,9 @@ class TargetProbe:
             times.append(self._held.until)
         return min(times)
 
-    def poll(self, now: float, sender: EndpointDetails) -> list[ProbeSend]:
+    def poll(self, now: float, local: EndpointDetails) -> list[ProbeSend]:
         """Decide what time decides (a held public answer, the timeout), then the probes
-        due now, sent as ``sender``."""
+        due now, sent as ``local`` (our cluster ID and bare cable name)."""
         if self._decision is None and self._held is not None and now >= self._held.until:
             self._decide(self._held.choice)
         if self._decision is None and now >= self.started + self.timings.timeout:
@@ -180,14 +193,23 @@ class TargetProbe:
             if now < entry.next_at:
                 continue
             number = self._unused_number()
-            entry.outstanding[number] = _Sent(now, sender)
+            sender, receiver = self._names(local, entry.address.version)
+            entry.outstanding[number] = _Sent(now, sender, receiver)
             if len(entry.outstanding) > _MAX_OUTSTANDING:
                 entry.outstanding.popitem(last=False)
             entry.sent += 1
             entry.next_at = now + self.timings.gap(entry.sent)
             sends.append(ProbeSend(entry.path, entry.address, self.target.port, number,
-                                   self._remote))
+                                   sender, receiver))
         return sends
+
+    def _names(self, local: EndpointDetails,
+               version: int) -> tuple[EndpointDetails, EndpointDetails]:
+        remote = EndpointDetails(self.target.cluster_id, self.target.endpoint_id)
+        if self._bare_names:
+            return local, remote
+        return (EndpointDetails(local.cluster_id, family_endpoint_id(local.endpoint_id, version)),
+                EndpointDetails(remote.cluster_id, family_endpoint_id(remote.endpoint_id, version)))
 
     def _unused_number(self) -> int:
         while True:
@@ -227,8 +249,10 @@ class TargetProbe:
         if response.response not in (ResponseType.OK, ResponseType.NAT_DETECTED):
             del entry.outstanding[response.request_number]  # used once
             self._refusal = response.response
+            if response.response is ResponseType.UNKNOWN_DST_ENDPOINT:
+                self._rename(sent, now)
             return Verdict.REFUSED
-        if response.sender != self._remote:
+        if response.sender != sent.receiver:
             return Verdict.WRONG_SENDER
         # Each number is used once: deciding drops them all, holding the public ones.
         use_nat = response.response is ResponseType.NAT_DETECTED
@@ -245,6 +269,20 @@ class TargetProbe:
         entry.next_at = _NEVER  # the public address has answered: no more probes there
         entry.outstanding = OrderedDict()
         return Verdict.HELD
+
+    def _rename(self, refused: _Sent, now: float) -> None:
+        """The remote does not know itself by the name we used: use the other form. The
+        first switch asks again at once; later ones wait for the next probe (no ping-pong at
+        the speed of the round trip)."""
+        bare = refused.receiver.endpoint_id == self.target.endpoint_id
+        if bare != self._bare_names:
+            return  # a refusal of the form we left already
+        self._bare_names = not bare
+        if not self._renamed:
+            self._renamed = True
+            for entry in self._addresses:
+                if entry.next_at != _NEVER:  # not the public address that answered
+                    entry.next_at = min(entry.next_at, now)
 
     def expects(self, number: int) -> bool:
         """Whether ``number`` is one of our outstanding requests."""

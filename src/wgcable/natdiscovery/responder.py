@@ -2,10 +2,14 @@
 
 In Submariner's order: a request lacking any of sender, receiver, using_src or using_dst is
 MALFORMED; a receiver cluster that is not ours is UNKNOWN_DST_CLUSTER; a receiver endpoint
-(cable name) that is not ours is UNKNOWN_DST_ENDPOINT. Otherwise the answer is NAT_DETECTED
-when the source IP the sender says it used (if it says one) or its source port differs from
-what the socket saw, or when the destination it used is not one of our addresses; else OK.
-Every answer carries the source the request came from.
+that is not ours is UNKNOWN_DST_ENDPOINT. Our endpoint ID is our cable name in either of
+Submariner's forms: ``<cable>-v4``/``-v6`` (the family of the request's source, as its
+dual-stack code) or the bare name (its earlier releases); the answer's sender is in the form
+the request used, since the requester looks its answer up by that name.
+
+Otherwise the answer is NAT_DETECTED when the source IP the sender says it used (if it says
+one) or its source port differs from what the socket saw, or when the destination it used is
+not one of our addresses; else OK. Every answer carries the source the request came from.
 
 Addresses are compared as addresses, not as text (Submariner compares strings, so
 ``fd00::1`` and ``fd00:0::1`` differ there). Submariner compares the destination with its
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from wgcable.natdiscovery.messages import (
     KNOWN_VERSIONS,
@@ -27,6 +31,7 @@ from wgcable.natdiscovery.messages import (
     Request,
     Response,
     ResponseType,
+    family_endpoint_id,
 )
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -59,6 +64,10 @@ class LocalIdentity:
     def details(self) -> EndpointDetails:
         return EndpointDetails(self.cluster_id, self.endpoint_id)
 
+    def details_for(self, version: int) -> EndpointDetails:
+        """Our endpoint details in Submariner's dual-stack form for IP ``version``."""
+        return EndpointDetails(self.cluster_id, family_endpoint_id(self.endpoint_id, version))
+
 
 def answer(msg: Message, source: tuple[IPAddress, int], local: LocalIdentity) -> Response | None:
     """Our response to ``msg`` received from ``source``, or None when it gets none (it is a
@@ -68,14 +77,16 @@ def answer(msg: Message, source: tuple[IPAddress, int], local: LocalIdentity) ->
         return None
     src_ip, src_port = source
     received = IPPort(str(src_ip), src_port)
-    reply = _Reply(request.request_number, local.details, request.sender, received)
+    reply = _Reply(request.request_number, local.details_for(src_ip.version), request.sender,
+                   received)
     if (request.sender is None or request.receiver is None
             or request.using_src is None or request.using_dst is None):
         return reply.of(ResponseType.MALFORMED)
     if request.receiver.cluster_id != local.cluster_id:
         return reply.of(ResponseType.UNKNOWN_DST_CLUSTER)
-    if request.receiver.endpoint_id != local.endpoint_id:
+    if request.receiver not in (reply.sender, local.details):
         return reply.of(ResponseType.UNKNOWN_DST_ENDPOINT)
+    reply = replace(reply, sender=request.receiver)  # answer in the form we were asked by
     # Submariner: an empty using_src IP means "not known", and is not compared.
     src_ip_nat = request.using_src.ip != "" and parse_ip(request.using_src.ip) != src_ip
     src_port_nat = request.using_src.port != src_port

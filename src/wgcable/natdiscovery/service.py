@@ -401,15 +401,15 @@ class NATDiscovery:
             now = self._clock()
             sends = [s for p in self._probes.values() for s in p.poll(now, local.details)]
         for send in sends:
-            self._probe(send, local)
+            self._probe(send)
 
-    def _probe(self, send: ProbeSend, local: LocalIdentity) -> None:
+    def _probe(self, send: ProbeSend) -> None:
         sock = self._sockets.get(send.address.version)
         if sock is None:  # not reached: the probe was told which families we have
             return
         request = Request(
             request_number=send.request_number,
-            sender=local.details,
+            sender=send.sender,
             receiver=send.receiver,
             using_src=IPPort(self._source_ip(sock, send), self._port),
             using_dst=IPPort(str(send.address), send.port),
