@@ -22,7 +22,7 @@ class Target:
     """
 
     cluster_id: str
-    endpoint_id: str  # the remote's cable name (Submariner's endpoint ID)
+    endpoint_id: str  # the remote's bare cable name; the wire form is the requester's to pick
     private_ip: str  # "" when absent
     public_ip: str  # "" when absent
     port: int  # the remote's natt-discovery-port; 0 = not published -> not probed
