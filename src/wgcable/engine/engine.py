@@ -42,8 +42,10 @@ from wgcable.cable.types import (
     HAStatus,
     NATEndpointInfo,
 )
+from wgcable.engine import paths
 from wgcable.engine import plan as planning
 from wgcable.engine.health import HealthChecker
+from wgcable.engine.paths import Path, PathDiscovery
 from wgcable.engine.storecalls import StoreCalls
 from wgcable.ha.elector import Elector, Role
 from wgcable.store.base import EndpointStore, Snapshot, StoreUnavailableError
@@ -62,6 +64,12 @@ RESTORE_BACKOFF_MAX = 60.0
 # so the tunnels kept carry nothing after that.
 PASSIVE_DRAIN = 2.0
 
+# A cable without a handshake this long (seconds) has NAT discovery probe its remote's
+# addresses again, then at most once per interval: the path it uses may have died (a moved
+# NAT, a withdrawn public IP). Longer than a handshake's retry (5 s) would wait for nothing.
+REPROBE_AFTER = 5.0
+REPROBE_INTERVAL = 10.0
+
 
 class Engine:
     def __init__(
@@ -78,6 +86,7 @@ class Engine:
         version: str = "",
         store_timeout: float = DEFAULT_STORE_TIMEOUT,
         elector: Elector | None = None,
+        discovery: PathDiscovery | None = None,
     ) -> None:
         self.local = local
         self.driver = driver
@@ -90,6 +99,10 @@ class Engine:
         self.version = version
         self.store_timeout = store_timeout  # a store call running longer is a store problem
         self.elector = elector  # None: no election, always active
+        self.discovery = discovery  # None: the static rule alone picks remotes' addresses
+        self._paths: dict[str, Path] = {}  # cluster -> the address its cable uses, and why
+        self._unconnected_since: dict[str, float] = {}  # cluster -> when it last was not
+        self._reprobed: dict[str, float] = {}  # cluster -> when discovery last probed again
         self._acting_as: Role | None = None  # the role the last reconcile acted on
         self._withdrawn: set[str] = set()  # endpoints of our cluster we asked the store to drop
         self._drain_until = 0.0  # passive since just now: tunnels kept until then (monotonic)
@@ -190,6 +203,10 @@ class Engine:
             self._withdraw(snap, only=self.local.object_name())  # remotes must not use it
             snap = Snapshot(errors=snap.errors)  # a passive gateway connects nothing
         p = planning.plan(self.local, snap)
+        before, self._paths = self._paths, paths.choose(p.connect, self.discovery)
+        for cid, path in self._paths.items():
+            if path.how == paths.DISCOVERED and before.get(cid) != path:
+                log.info("cluster %r: using %s: %s", shown(cid), path.use_ip, path.describe())
         for name, problem in p.problems.items():
             if self._problems.get(name) != problem:
                 log.warning("store entry %s: %s", name, problem)
@@ -489,6 +506,32 @@ class Engine:
                 f"{result.consecutive_losses} pings in a row"))
         return c
 
+    def _with_path(self, c: Connection) -> Connection:
+        """The status says which address the cable uses and why; a cable that stopped
+        handshaking (or never did) has discovery probe again: the path may have died."""
+        cid = c.endpoint.cluster_id
+        path = self._paths.get(cid)
+        if path is None or self.discovery is None:
+            return c  # without discovery, the static rule is all there is: nothing to say
+        now = self.clock()
+        if c.status == ConnectionStatus.CONNECTED:
+            self._unconnected_since.pop(cid, None)
+        else:
+            since = self._unconnected_since.setdefault(cid, now)
+            if (self.discovery is not None and now - since >= REPROBE_AFTER
+                    and now - self._reprobed.get(cid, -REPROBE_INTERVAL) >= REPROBE_INTERVAL):
+                self._reprobed[cid] = now
+                log.info("cluster %r: no handshake for %.0f s on %s; probing its addresses "
+                         "again", shown(cid), now - since, path.use_ip)
+                self.discovery.reprobe(cid)
+        message = path.describe()
+        return replace(c, status_message=f"{c.status_message}; {message}"
+                       if c.status_message else message)
+
+    def paths_changed(self) -> None:
+        """NAT discovery found (another) path: plan again (from any thread)."""
+        self._changed()
+
     def refresh_status(self) -> GatewayStatus:
         raw = self.driver.get_connections()
         before = set(self._handshaken)
@@ -496,7 +539,7 @@ class Engine:
                              if c.status == ConnectionStatus.CONNECTED}
         if self._handshaken != before:
             self._update_health_targets()
-        conns = [self._with_health(c) for c in raw]
+        conns = [self._with_path(self._with_health(c)) for c in raw]
         now = time.time()
         for c in conns:
             cid = c.endpoint.cluster_id
@@ -504,9 +547,14 @@ class Engine:
                 self.established.setdefault(cid, now)
             else:
                 self.established.pop(cid, None)
+        present = {c.endpoint.cluster_id for c in conns}
         for cid in list(self.established):
-            if cid not in {c.endpoint.cluster_id for c in conns}:
+            if cid not in present:
                 del self.established[cid]
+        for seen in (self._unconnected_since, self._reprobed):
+            for cid in list(seen):
+                if cid not in present:
+                    del seen[cid]
         store_problem = self._current_store_problem()
         self._reported_store_problem = store_problem
         with self._status_write:  # with role_changed: the last status written is right

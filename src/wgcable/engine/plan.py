@@ -22,12 +22,20 @@ class Plan:
 
 def choose_ip(local: Endpoint, remote: Endpoint) -> tuple[str, bool]:
     """(IP to use, whether NAT is in the path) for reaching ``remote`` from ``local``."""
-    if remote.nat_enabled and remote.public_ip:
-        if local.public_ip and local.public_ip == remote.public_ip:
+    return static_rule(local.public_ip, remote.private_ip, remote.public_ip,
+                       remote.nat_enabled)
+
+
+def static_rule(local_public_ip: str, private_ip: str, public_ip: str, nat_enabled: bool
+                ) -> tuple[str, bool]:
+    """Submariner's rule before (or without) NAT discovery: the public IP of a NAT-enabled
+    remote, unless both sides share it; else the private IP."""
+    if nat_enabled and public_ip:
+        if local_public_ip and local_public_ip == public_ip:
             # Behind the same NAT: the private address is the direct path.
-            return remote.private_ip, False
-        return remote.public_ip, True
-    return remote.private_ip or remote.public_ip, False
+            return private_ip, False
+        return public_ip, True
+    return private_ip or public_ip, False
 
 
 # Ours, in backend_config (Submariner ignores keys it does not know): the gateway lease's

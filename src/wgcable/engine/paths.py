@@ -1,0 +1,98 @@
+"""Which of a remote gateway's addresses the plan uses: NAT discovery's answer, else the
+static rule (pure, apart from the discovery service it asks).
+
+The plan connects at once by the static rule, and NAT discovery corrects it when its probes
+find another path: a rule that is right costs no wait, and one that is wrong (``nat_enabled``
+set, but the private IP is the one that answers; or a public IP published that nothing
+answers on) is put right within the probe's first answers. Remotes are reached on the IP
+they were told: what the remote published is another cluster's text, so only canonical
+addresses (no zone, rebuilt from their bits) go to the prober.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from wgcable.cable.remote import EndpointRejectedError, parse_address, parse_port
+from wgcable.cable.types import Endpoint, NATEndpointInfo
+from wgcable.natdiscovery import (
+    BACKEND_CONFIG_KEY as NATT_DISCOVERY_PORT,  # Submariner's key in backend_config
+)
+from wgcable.natdiscovery import DEFAULT_PORT as NATT_DISCOVERY_DEFAULT_PORT
+from wgcable.natdiscovery import HOW_DISCOVERED as DISCOVERED
+from wgcable.natdiscovery import HOW_STATIC as STATIC
+from wgcable.natdiscovery import Choice, Target
+
+__all__ = ["DISCOVERED", "NATT_DISCOVERY_DEFAULT_PORT", "NATT_DISCOVERY_PORT", "STATIC",
+           "Path", "PathDiscovery", "choose", "discovery_port", "target"]
+
+
+class PathDiscovery(Protocol):
+    """What the engine asks of NAT discovery (``wgcable.natdiscovery.NATDiscovery``)."""
+
+    def set_targets(self, targets: Mapping[str, Target]) -> None: ...
+    def choice(self, cluster_id: str) -> Choice | None: ...
+    def reprobe(self, cluster_id: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    """The address a cable uses and why, for its status."""
+
+    use_ip: str
+    how: str  # DISCOVERED or STATIC
+    detail: str
+
+    def describe(self) -> str:
+        return f"path {self.how}: {self.detail}" if self.detail else f"path {self.how}"
+
+
+def discovery_port(ep: Endpoint) -> int:
+    """The remote's published NAT discovery port; 0 when it publishes none or no port."""
+    try:
+        return parse_port(ep.backend_config.get(NATT_DISCOVERY_PORT), NATT_DISCOVERY_PORT,
+                          ep.cluster_id, 0)
+    except EndpointRejectedError:
+        return 0
+
+
+def _address(text: str) -> str:
+    if not text:
+        return ""
+    try:
+        return str(parse_address(text, "ip", ""))
+    except EndpointRejectedError:
+        return ""  # the driver refuses the endpoint by name; nothing to probe
+
+
+def target(cluster_id: str, ep: Endpoint) -> Target:
+    return Target(cluster_id=cluster_id, endpoint_id=ep.cable_name,
+                  private_ip=_address(ep.private_ip), public_ip=_address(ep.public_ip),
+                  port=discovery_port(ep), nat_enabled=ep.nat_enabled)
+
+
+def choose(connect: dict[str, NATEndpointInfo], discovery: PathDiscovery | None
+           ) -> dict[str, Path]:
+    """Put discovery's answers into ``connect`` (by cluster ID, in place); the path of each
+    cluster, for its status."""
+    paths: dict[str, Path] = {}
+    if discovery is not None:
+        discovery.set_targets({cid: target(cid, info.endpoint)
+                               for cid, info in connect.items()})
+    for cid, info in connect.items():
+        found = discovery.choice(cid) if discovery is not None else None
+        if found is not None and found.how == DISCOVERED and found.use_ip:
+            connect[cid] = NATEndpointInfo(endpoint=info.endpoint, use_ip=found.use_ip,
+                                           use_nat=found.use_nat)
+            paths[cid] = Path(found.use_ip, DISCOVERED, found.detail)
+            continue
+        if discovery is None:
+            detail = "NAT discovery is off"
+        elif found is None:
+            detail = "until NAT discovery answers"
+        else:
+            detail = found.detail
+        paths[cid] = Path(info.use_ip, STATIC, detail)
+    return paths
