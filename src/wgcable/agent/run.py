@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -19,13 +20,16 @@ from wgcable import __version__
 from wgcable.agent.config import AgentConfig
 from wgcable.agent.statusfile import STATUS_FILE, write_status_file
 from wgcable.cable import new_driver
-from wgcable.cable.types import GatewayStatus
+from wgcable.cable.types import Endpoint, GatewayStatus
 from wgcable.cable.wireguard import WireGuardDriver
 from wgcable.engine.engine import Engine
 from wgcable.engine.health import HealthChecker
 from wgcable.engine.metrics import GatewayMetricsState, serve_metrics
+from wgcable.engine.paths import NATT_DISCOVERY_PORT
+from wgcable.engine.plan import static_rule
 from wgcable.ha.elector import Elector, Role
 from wgcable.ha.open import open_lease
+from wgcable.natdiscovery import NATDiscovery, Target
 from wgcable.store.open import open_store
 
 log = logging.getLogger("wgcable.agent")
@@ -56,6 +60,13 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
         log.info("gateway lease %s: %s", lease.describe(), elector.role)
     health = HealthChecker(
         source_ip=str(cfg.health_check_ip) if cfg.health_check_ip else None)
+    engine_ref: list[Engine] = []
+
+    def paths_changed() -> None:  # discovery may answer before the engine exists
+        if engine_ref:
+            engine_ref[0].paths_changed()
+
+    discovery = start_discovery(cfg, local, paths_changed)
 
     def on_status(status: GatewayStatus) -> None:
         write_status_file(cfg.state_dir, status)
@@ -64,7 +75,9 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
         local, driver, store, hostname=cfg.gateway_name(), health=health, elector=elector,
         resync_interval=cfg.resync_interval, status_interval=cfg.status_interval,
         on_status=on_status, version=__version__, store_timeout=cfg.store_timeout,
+        discovery=discovery,
     )
+    engine_ref.append(engine)
 
     if elector is not None:
         # From now on, before the engine starts: a handover during its start is reported
@@ -113,6 +126,8 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
             elector.wake()  # its loop ends; the lease is kept (a restart is no failover)
         store.close()  # first: it ends a watch blocked on the API server's stream at once
         engine.stop()
+        if discovery is not None:
+            discovery.close()
         close = getattr(driver, "close", None)
         if callable(close):
             close()
@@ -123,6 +138,38 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
             # lease's whole duration to come back before a standby takes over.
             elector.step()
     return 0
+
+
+def start_discovery(cfg: AgentConfig, local: Endpoint, on_change: Callable[[], None]
+                    ) -> NATDiscovery | None:
+    """NAT discovery's responder and prober on ``--natt-discovery-port``, its port added to
+    our Endpoint; None when it is off or its port cannot be had (the static rule then picks
+    remotes' addresses, and remotes' probes of us go unanswered, as with a Submariner
+    gateway without it)."""
+    if not cfg.natt_discovery_port:
+        return None
+
+    def static(t: Target) -> tuple[str, bool]:
+        return static_rule(local.public_ip, t.private_ip, t.public_ip, t.nat_enabled)
+
+    discovery = NATDiscovery(
+        cluster_id=local.cluster_id, endpoint_id=local.cable_name,
+        port=cfg.natt_discovery_port,
+        # Our own addresses, not the published public one: a probe sent to that is what
+        # the responder reports as destination NAT (a NAT forwarded it), as Submariner's.
+        local_ips=list(dict.fromkeys(ip for ip in (local.private_ip, *local.private_ips)
+                                     if ip)),
+        on_change=on_change, static_rule=static)
+    try:
+        discovery.start()
+    except OSError as e:
+        log.warning("NAT discovery on UDP port %d is off: %s; remote addresses are chosen by "
+                    "the static rule", cfg.natt_discovery_port, e)
+        discovery.close()
+        return None
+    local.backend_config[NATT_DISCOVERY_PORT] = str(discovery.port)
+    log.info("NAT discovery on UDP port %d", discovery.port)
+    return discovery
 
 
 def cleanup(cfg: AgentConfig, remove_key: bool) -> int:

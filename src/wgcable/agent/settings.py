@@ -34,6 +34,7 @@ from wgcable.cable.wireguard.config import (
 )
 from wgcable.cable.wireguard.desired import DEFAULT_PORT, UDP_PORT
 from wgcable.cable.wireguard.status import StatusThresholds
+from wgcable.engine.paths import NATT_DISCOVERY_DEFAULT_PORT
 from wgcable.ha.lease import LeaseTiming
 from wgcable.store.open import DEFAULT_NAMESPACE, DEFAULT_STORE_TIMEOUT, StoreSpec
 
@@ -244,6 +245,11 @@ class AgentConfig:
     port: int = setting(
         "--port", "CE_IPSEC_NATTPORT", v.port, "tunnel UDP port",
         metavar="PORT", group="cable driver", default=DEFAULT_PORT)
+    natt_discovery_port: int = setting(
+        "--natt-discovery-port", "WGCABLE_NATT_DISCOVERY_PORT", v.optional_port,
+        "NAT discovery UDP port (Submariner's), 0 for none: remotes' addresses are then "
+        "chosen by the static rule", metavar="PORT", group="cable driver",
+        default=NATT_DISCOVERY_DEFAULT_PORT)
     keepalive: int = setting(
         "--keepalive", "WGCABLE_KEEPALIVE", v.keepalive, "persistent keepalive, seconds",
         metavar="S", group="cable driver", default=DEFAULT_KEEPALIVE)

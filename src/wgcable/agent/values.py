@@ -71,6 +71,7 @@ def integer(low: int, high: int) -> Callable[[object], int]:
 port = integer(1, 65535)
 keepalive = integer(1, 65535)
 metrics_port = integer(0, 65535)  # 0 turns the metrics endpoint off
+optional_port = integer(0, 65535)  # 0 turns the service off
 rule_priority = integer(1, 32765)  # 0, 32766 and 32767 are the kernel's own rules
 _mtu_number = integer(1280, 65535)  # 1280: the IPv6 minimum
 
