@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from wgcable.cable.remote import shown
-from wgcable.cable.types import Connection, Endpoint, NATEndpointInfo
+from wgcable.cable.types import Connection, ConnectionStatus, Endpoint, NATEndpointInfo
 from wgcable.cable.wireguard import cables, desired
 from wgcable.cable.wireguard.cables import Cable
 from wgcable.cable.wireguard.config import WireGuardConfig
@@ -316,6 +316,12 @@ class WireGuardDriver:
                 tracker = old.tracker  # same key: an in-place update keeps the session
             if old is not None and old.peer is not None and tracker is None:
                 log.info("cluster %s has a new key: replacing its peer", cid)
+            elif (tracker is not None and old is not None and old.info.endpoint == info.endpoint
+                  and old.info.use_ip != info.use_ip
+                  and tracker.status is not ConnectionStatus.CONNECTED):
+                # Another address of the same Endpoint (NAT discovery): a peer that never
+                # had a handshake is added anew, to initiate at once (resources.py).
+                self._peer_res.restart_if_silent.add(peer.public_key)
             self._conns[cid] = Cable(
                 info, peer, tracker or PeerStatus(self.cfg.thresholds, now))
             self._index.add(peer)

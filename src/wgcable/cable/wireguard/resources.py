@@ -14,7 +14,16 @@ from collections.abc import Collection, Mapping
 from wgcable.cable.wireguard.device import WireGuardDevice
 from wgcable.cable.wireguard.firstcontact import FirstContact
 from wgcable.cable.wireguard.state import LINK, LinkSettings
-from wgcable.wgctrl import BackendKind, Config, Device, Key, Peer, UDPAddr, config_delta
+from wgcable.wgctrl import (
+    BackendKind,
+    Config,
+    Device,
+    Key,
+    Peer,
+    PeerConfig,
+    UDPAddr,
+    config_delta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +100,10 @@ class PeersResource:
         # is sent again.
         self.sent: dict[Key, UDPAddr] = {}
         self.first = FirstContact(answer_first_wait)
+        # Peers whose path moved (NAT discovery chose another address of the same Endpoint)
+        # before their status showed a handshake: at the next write, added anew if the
+        # device confirms they never had one (``_restart_silent``).
+        self.restart_if_silent: set[Key] = set()
 
     def read(self) -> dict[Key, Peer]:
         return {p.public_key: p for p in self.reads.get().peers}
@@ -134,6 +147,7 @@ class PeersResource:
         change: Config = config_delta(
             Device(self.device.name, kind, peers=list(have_now.values())),
             Device(self.device.name, kind, peers=wants))
+        self._restart_silent(change, wants)
         if not change.is_empty():
             self.device.client.configure(self.device.name, change)
             log.debug("device %s: %d peer change(s)", self.device.name, len(change.peers))
@@ -146,6 +160,37 @@ class PeersResource:
         else:
             self.sent = {k: p.endpoint for k, p in want.items() if p.endpoint is not None}
         return len(change.peers)
+
+    def _restart_silent(self, change: Config, wants: list[Peer]) -> None:
+        """A peer whose path moves before it ever had a handshake is removed and added
+        again in the same write. WireGuard tries a handshake again only 5 s after the last
+        (REKEY_TIMEOUT), and a new endpoint does not hurry it: a peer first sent to an
+        address that never answered (the static rule's, until NAT discovery found the live
+        one) would wait that out. A new peer initiates at once."""
+        asked, self.restart_if_silent = self.restart_if_silent, set()
+        moved = {pc.public_key for pc in change.peers
+                 if pc.update_only and pc.endpoint is not None and pc.public_key in asked}
+        if not moved:
+            return  # the common case: no device read
+        on_device = self.read()
+        silent = {k for k in moved if k in on_device and on_device[k].last_handshake is None}
+        if not silent:
+            return
+        by_key = {p.public_key: p for p in wants}
+        peers: list[PeerConfig] = []
+        for pc in change.peers:
+            if pc.public_key in silent:
+                p = by_key[pc.public_key]
+                peers += [PeerConfig(public_key=p.public_key, remove=True),
+                          PeerConfig(public_key=p.public_key, preshared_key=p.preshared_key,
+                                     endpoint=p.endpoint,
+                                     persistent_keepalive=p.persistent_keepalive,
+                                     allowed_ips=list(p.allowed_ips))]
+            else:
+                peers.append(pc)
+        change.peers = peers
+        log.debug("device %s: %d peer(s) without a handshake moved: added anew",
+                  self.device.name, len(silent))
 
     def holds(self, want: Mapping[Key, Peer], *, exactly: bool) -> bool:
         have = self.read()
