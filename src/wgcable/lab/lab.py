@@ -29,7 +29,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -77,6 +77,7 @@ class GatewayState:
     holder_pid: int = 0
     agent_pid: int = 0
     node: int = 0  # the cluster's node it runs on (a candidate on a worker: >= 1)
+    args: list[str] = field(default_factory=list)  # its own agent flags (after the lab's)
 
     @property
     def hostname(self) -> str:
@@ -382,11 +383,13 @@ class Lab:
         store: str = "directory",
         nodes: int = 1,
         gateways: int = 1,
+        cluster_args: Mapping[int, Sequence[str]] | None = None,
     ) -> Lab:
         """Build the namespaces, start an agent per gateway, then a route agent per node
         (when this wgcable has one). ``nodes`` per cluster: 1 is the gateway node alone.
         ``gateways`` per cluster: gateway candidates on nodes 0 to ``gateways`` - 1 (there
-        are at least as many nodes).
+        are at least as many nodes). ``cluster_args``: more agent flags for cluster i's
+        gateways (e.g. what they publish about NAT), after the lab's own.
         On any failure, everything made so far is removed before the error is raised."""
         _check_name(name)
         if not 2 <= clusters <= 50:
@@ -410,7 +413,7 @@ class Lab:
                            nodes_per_cluster=nodes, gateways_per_cluster=gateways))
         lab.save()  # recorded first, so that `lab down` can clean up a half-built lab
         try:
-            lab._build(clusters, agent_args)
+            lab._build(clusters, agent_args, cluster_args or {})
         except BaseException:
             lab.down()
             raise
@@ -430,7 +433,8 @@ class Lab:
         killed half-way made some it never recorded)."""
         return sorted(n for n in list_namespaces() if is_lab_namespace(self.state.prefix, n))
 
-    def _build(self, clusters: int, agent_args: Sequence[str]) -> None:
+    def _build(self, clusters: int, agent_args: Sequence[str],
+               cluster_args: Mapping[int, Sequence[str]]) -> None:
         topo = Topology(self.state.prefix, ipv6=self.state.ipv6)
         topo.build_underlay()
         if self.state.store == KUBERNETES:
@@ -441,6 +445,7 @@ class Lab:
             # With --nat, every second cluster sits behind a NAT router.
             c = topo.add_cluster(i, nat=self.state.nat and i % 2 == 0)
             gw = self._gateway_state(c)
+            gw.args = list(cluster_args.get(i, ()))
             self.state.gateways.append(gw)
             broker = [topo.broker] if topo.broker else []
             self.state.extra_namespaces = [n.name for n in [topo.hub, *broker, *topo.routers]]
@@ -595,6 +600,7 @@ table ip wgcable_lab_snat {{
         ]
         if gw.nat:
             argv += ["--public-ip", gw.public_ip, "--nat"]
+        argv += gw.args
         if self.state.gateways_per_cluster > 1:
             duration, deadline, retry = (t * _slowness() for t in LAB_LEASE)
             argv += ["--lease-duration", f"{duration:g}", "--lease-renew-deadline",

@@ -32,6 +32,7 @@ UNDERLAY_PLEN = 16  # the hub's subnet 198.18.0.0/16: gateways, workers, broker,
 BROKER_IP = f"{UNDERLAY_PREFIX}.250"  # the Kubernetes broker's API server, on the underlay
 UNDERLAY6_PREFIX = "fdce:18:"
 TUNNEL_PORT = 5871
+NATT_DISCOVERY_PORT = 4490  # forwarded too, as a cloud's NAT must be for Submariner
 MAX_NODES = 8
 # Strict reverse-path filtering, as RHEL ships it: whatever must accept asymmetric traffic
 # (the route agent) has to loosen it where needed, as on a real node.
@@ -237,8 +238,8 @@ class Topology:
 
     def _nat_router(self, c: ClusterNet) -> None:
         """A router namespace between the cluster's nodes and the underlay that masquerades
-        them and forwards the tunnel port to the gateway, as a cloud NAT gateway would. The
-        nodes share its inside bridge."""
+        them and forwards the tunnel port and NAT discovery's to the gateway, as a cloud NAT
+        gateway would. The nodes share its inside bridge."""
         i = c.index
         router = Namespace(f"{self.prefix}-nat{i}").create()
         self.routers.append(router)
@@ -252,7 +253,7 @@ class Topology:
 table ip wgcable_lab_nat {{
     chain prerouting {{
         type nat hook prerouting priority dstnat;
-        iifname "eth0" udp dport {TUNNEL_PORT} dnat to {c.underlay_ip}
+        iifname "eth0" udp dport {{ {TUNNEL_PORT}, {NATT_DISCOVERY_PORT} }} dnat to {c.underlay_ip}
     }}
     chain postrouting {{
         type nat hook postrouting priority srcnat;
