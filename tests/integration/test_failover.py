@@ -192,6 +192,20 @@ def test_failover_none_when_the_active_agent_restarts(make_userspace_lab: MakeLa
     assert sampler.most == 1, sampler.seen_two
 
 
+def assert_lab_status_shows_roles(lab: Lab) -> None:
+    """`wgcable lab status` (text and JSON) says active or passive for every candidate
+    (checked on the fifty-failover test's lab: a lab of its own cost 8 s)."""
+    from wgcable.cli.lab import status_json, status_text
+
+    doc = status_json(lab)
+    roles = {g["hostname"]: g["haStatus"] for c in doc["clusters"] for g in c["gateways"]}
+    assert sorted(roles.values()) == ["active", "active", "passive", "passive"]
+    text = status_text(lab)
+    for g in lab.candidates():
+        row = next(line for line in text.splitlines() if line.startswith(g.label + " "))
+        assert row.split()[-1] == roles[g.hostname]
+
+
 def test_failover_fifty_in_a_row_never_two_actives_nothing_stale(
         make_userspace_lab: MakeLab) -> None:
     """50 failovers of cluster 1: handovers, and every fifth the active agent SIGKILLed
@@ -199,6 +213,7 @@ def test_failover_fifty_in_a_row_never_two_actives_nothing_stale(
     two actives. At the end: one Endpoint per cluster, no stale peer or route anywhere,
     and every pod pair reachable."""
     lab = ha_lab(make_userspace_lab)
+    assert_lab_status_shows_roles(lab)
     sampler = ActiveSampler(lab, 1)
     t0 = time.monotonic()
     new = active(lab, 1)
@@ -224,20 +239,6 @@ def test_failover_fifty_in_a_row_never_two_actives_nothing_stale(
                          for g in lab.candidates(1)), DEADLINE, "every agent's status")
     assert_clean(lab)
     assert unreachable_pod_pairs(lab, settle=scaled(10)) == []
-
-
-def test_failover_lab_status_shows_each_gateways_role(make_userspace_lab: MakeLab) -> None:
-    """`wgcable lab status` (text and JSON) says active or passive for every candidate."""
-    from wgcable.cli.lab import status_json, status_text
-
-    lab = ha_lab(make_userspace_lab)
-    doc = status_json(lab)
-    roles = {g["hostname"]: g["haStatus"] for c in doc["clusters"] for g in c["gateways"]}
-    assert sorted(roles.values()) == ["active", "active", "passive", "passive"]
-    text = status_text(lab)
-    for g in lab.candidates():
-        row = next(line for line in text.splitlines() if line.startswith(g.label + " "))
-        assert row.split()[-1] == roles[g.hostname]
 
 
 def test_failover_none_while_nobody_can_reach_the_lease(make_userspace_lab: MakeLab) -> None:
