@@ -147,3 +147,20 @@ def test_natdiscovery_a_passive_gateway_probes_nobody() -> None:
     found.targets = {"stale": Target("stale", "x", "", "", 0, False)}
     engine.reconcile()
     assert found.targets == {}
+
+
+def test_natdiscovery_never_reprobes_a_refused_remote_nor_one_without_a_port() -> None:
+    """Thousands of refused or port-less remotes (a flooded store) must not each cost a
+    probe every 10 s: their address is not what keeps them down."""
+    store, found = nat_remote(), FakeDiscovery()
+    store._endpoints["c3"] = remote("c3")  # publishes no discovery port
+    engine, driver = make_engine(store, discovery=found)
+    driver.refuse = {"c2"}
+    now = [100.0]
+    engine.clock = lambda: now[0]
+    engine.reconcile()
+    driver.status_override["c3"] = ConnectionStatus.CONNECTING
+    for _ in range(3):
+        engine.refresh_status()
+        now[0] += REPROBE_AFTER + REPROBE_INTERVAL
+    assert found.reprobes == []

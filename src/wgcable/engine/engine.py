@@ -115,6 +115,8 @@ class Engine:
         self._health_refused: dict[str, str] = {}  # cluster -> why its health check IP is not
         self._problems: dict[str, str] = {}
         self._dirty = threading.Event()  # the store changed: read it again
+        self._replan = threading.Event()  # NAT discovery found a path: plan the last read again
+        self._last_snap: Snapshot | None = None  # the last store read applied
         self._wake = threading.Event()  # the loop has something to do before its timer
         self._status_now = threading.Event()  # the store's health changed: report it now
         self._calls = StoreCalls()
@@ -187,6 +189,7 @@ class Engine:
         if self._store_problem:
             log.info("the store is readable again")
             self._store_problem = ""
+        self._last_snap = snap
         role = self.role
         if role is not self._acting_as:
             log.info("acting as %s gateway", role)
@@ -514,7 +517,9 @@ class Engine:
         if path is None or self.discovery is None:
             return c  # without discovery, the static rule is all there is: nothing to say
         now = self.clock()
-        if c.status == ConnectionStatus.CONNECTED:
+        if (c.status == ConnectionStatus.CONNECTED or not path.probed
+                or cid in self._rejected or cid not in self._applied):
+            # Connected; or nothing to probe; or refused (its address is not the problem).
             self._unconnected_since.pop(cid, None)
         else:
             since = self._unconnected_since.setdefault(cid, now)
@@ -524,13 +529,24 @@ class Engine:
                 log.info("cluster %r: no handshake for %.0f s on %s; probing its addresses "
                          "again", shown(cid), now - since, path.use_ip)
                 self.discovery.reprobe(cid)
+        if path.how == paths.STATIC and (found := self.discovery.choice(cid)) is not None:
+            path = replace(path, detail=found.detail)  # the fallback's reason, once known
         message = path.describe()
         return replace(c, status_message=f"{c.status_message}; {message}"
                        if c.status_message else message)
 
     def paths_changed(self) -> None:
-        """NAT discovery found (another) path: plan again (from any thread)."""
-        self._changed()
+        """NAT discovery found (another) path: plan the last store read again, without
+        reading the store (a broker's list is what must not grow with discoveries); from
+        any thread."""
+        self._replan.set()
+        self._wake.set()
+
+    def _replan_last(self) -> None:
+        if self._replan.is_set():
+            self._replan.clear()
+            if self._last_snap is not None:
+                self._reconcile_with(self._last_snap)
 
     def refresh_status(self) -> GatewayStatus:
         raw = self.driver.get_connections()
@@ -666,6 +682,7 @@ class Engine:
                 self._dirty.clear()
                 self._request_read()
             self._guard(self._reconcile_pending)
+            self._guard(self._replan_last)
             now = time.monotonic()
             if now >= next_resync:
                 self._request_read()

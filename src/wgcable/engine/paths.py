@@ -44,6 +44,7 @@ class Path:
     use_ip: str
     how: str  # DISCOVERED or STATIC
     detail: str
+    probed: bool = False  # the remote publishes a discovery port and an address to probe
 
     def describe(self) -> str:
         return f"path {self.how}: {self.detail}" if self.detail else f"path {self.how}"
@@ -78,15 +79,17 @@ def choose(connect: dict[str, NATEndpointInfo], discovery: PathDiscovery | None
     """Put discovery's answers into ``connect`` (by cluster ID, in place); the path of each
     cluster, for its status."""
     paths: dict[str, Path] = {}
+    targets = {cid: target(cid, info.endpoint) for cid, info in connect.items()}
     if discovery is not None:
-        discovery.set_targets({cid: target(cid, info.endpoint)
-                               for cid, info in connect.items()})
+        discovery.set_targets(targets)
     for cid, info in connect.items():
+        t = targets[cid]
+        probed = discovery is not None and t.port > 0 and bool(t.private_ip or t.public_ip)
         found = discovery.choice(cid) if discovery is not None else None
         if found is not None and found.how == DISCOVERED and found.use_ip:
             connect[cid] = NATEndpointInfo(endpoint=info.endpoint, use_ip=found.use_ip,
                                            use_nat=found.use_nat)
-            paths[cid] = Path(found.use_ip, DISCOVERED, found.detail)
+            paths[cid] = Path(found.use_ip, DISCOVERED, found.detail, probed)
             continue
         if discovery is None:
             detail = "NAT discovery is off"
@@ -94,5 +97,5 @@ def choose(connect: dict[str, NATEndpointInfo], discovery: PathDiscovery | None
             detail = "until NAT discovery answers"
         else:
             detail = found.detail
-        paths[cid] = Path(info.use_ip, STATIC, detail)
+        paths[cid] = Path(info.use_ip, STATIC, detail, probed)
     return paths

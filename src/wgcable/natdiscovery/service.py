@@ -46,7 +46,7 @@ from wgcable.natdiscovery.messages import (
 from wgcable.natdiscovery.ratelimit import SourceLimiter, TokenBucket
 from wgcable.natdiscovery.requester import Fallback, ProbeSend, TargetProbe, Verdict
 from wgcable.natdiscovery.responder import IPAddress, LocalIdentity, answer, parse_ip
-from wgcable.natdiscovery.types import HOW_STATIC, Choice, Target, Timings
+from wgcable.natdiscovery.types import HOW_DISCOVERED, HOW_STATIC, Choice, Target, Timings
 from wgcable.safetext import oneline, safe
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,7 @@ class NATDiscovery:
     def set_targets(self, targets: Mapping[str, Target]) -> None:
         """The remote gateways, by cluster ID: a new one is probed, a changed one (any
         field) is probed again and has no choice until then, a missing one is forgotten."""
+        new: list[str] = []
         with self._lock:
             for cluster in [c for c in self._targets if c not in targets]:
                 del self._targets[cluster], self._probes[cluster]
@@ -172,8 +173,10 @@ class NATDiscovery:
                 self._targets[cluster] = target
                 self._probes[cluster] = self._new_probe(target, now)
                 self._choices.pop(cluster, None)
-        self._collect()
-        self._wake()
+                new.append(cluster)
+        if new:
+            self._collect(new)
+            self._wake()
 
     def choice(self, cluster_id: str) -> Choice | None:
         """The choice for a cluster; None while its first discovery is running (a reprobe
@@ -189,7 +192,7 @@ class NATDiscovery:
             if target is None:
                 return
             self._probes[cluster_id] = self._new_probe(target, self._clock())
-        self._collect()
+        self._collect([cluster_id])
         self._wake()
 
     def set_local(self, cluster_id: str, endpoint_id: str, local_ips: Sequence[str]) -> None:
@@ -443,12 +446,14 @@ class NATDiscovery:
     def _new_probe(self, target: Target, now: float) -> TargetProbe:
         return TargetProbe(target, now, timings=self._timings, versions=self._versions)
 
-    def _collect(self) -> None:
-        """Turn new decisions into choices. The static rule is the caller's code: it runs
+    def _collect(self, only: Sequence[str] | None = None) -> None:
+        """Turn new decisions into choices (of ``only`` these clusters: a caller's change
+        must not cost a look at every remote). The static rule is the caller's code: it runs
         outside our lock, and its result counts only if the probe is still the current one."""
         with self._lock:
-            decided = [(c, p, d) for c, p in self._probes.items()
-                       if (d := p.take_decision()) is not None]
+            probes = (self._probes.items() if only is None else
+                      [(c, p) for c in only if (p := self._probes.get(c)) is not None])
+            decided = [(c, p, d) for c, p in probes if (d := p.take_decision()) is not None]
         made: list[tuple[str, TargetProbe, Choice]] = []
         for cluster, probe, decision in decided:
             choice = decision if isinstance(decision, Choice) else self._static(probe, decision)
@@ -460,11 +465,21 @@ class NATDiscovery:
             for cluster, probe, choice in made:
                 if self._probes.get(cluster) is not probe:
                     continue
+                before = self._choices.get(cluster)
                 self._choices[cluster] = choice
-                self._changed = True
-                log.info("NAT discovery: cluster %s: %s %s, NAT %s (%s)", safe(cluster),
-                         choice.how, safe(choice.use_ip), "on" if choice.use_nat else "off",
-                         choice.detail)
+                # The caller acts on discovered paths only (it uses the static rule until
+                # then): a static choice is owed a call only when it replaces a discovered
+                # one. A broker of thousands of remotes without a discovery port costs
+                # no call and no line at info level.
+                if choice.how == HOW_DISCOVERED or (
+                        before is not None and before.how == HOW_DISCOVERED):
+                    self._changed = True
+                    level = logging.INFO
+                else:
+                    level = logging.DEBUG
+                log.log(level, "NAT discovery: cluster %s: %s %s, NAT %s (%s)", safe(cluster),
+                        choice.how, safe(choice.use_ip), "on" if choice.use_nat else "off",
+                        choice.detail)
         self._wake()  # on_change is the thread's to call
 
     def _static(self, probe: TargetProbe, fallback: Fallback) -> Choice | None:
