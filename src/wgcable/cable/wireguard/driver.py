@@ -28,7 +28,7 @@ from pathlib import Path
 
 from wgcable.cable.remote import shown
 from wgcable.cable.types import Connection, Endpoint, NATEndpointInfo
-from wgcable.cable.wireguard import cables, desired
+from wgcable.cable.wireguard import cables, desired, psk
 from wgcable.cable.wireguard.cables import Cable
 from wgcable.cable.wireguard.config import WireGuardConfig
 from wgcable.cable.wireguard.desired import EndpointRejectedError
@@ -119,12 +119,7 @@ class WireGuardDriver:
             self._wire()
             self._key = load_key(self.cfg.state_dir, self.cfg.device)
             self._peer_res.first.own_key = self.public_key
-            if self.cfg.preshared_key_file:
-                # Followed: Kubernetes mounts a Secret's files through symlinks. Owner and
-                # mode are checked on the file the link leads to.
-                psk = read_key_file(self.cfg.preshared_key_file, "preshared_key_file",
-                                    follow_symlinks=True)
-                self._psk = desired.check_psk(psk, self.cfg.preshared_key_file)
+            self._psk = self._load_psk()
             self.local.backend_config[desired.PUBLIC_KEY] = self.public_key.base64()
             self.local.backend_config[desired.INTERFACE_NAME] = self.cfg.device
             self.local.backend_config[desired.UDP_PORT] = str(self.port)
@@ -149,6 +144,28 @@ class WireGuardDriver:
         self._supervisor = threading.Thread(
             target=self._supervise, name=f"supervise:{self.cfg.device}", daemon=True)
         self._supervisor.start()
+
+    def _load_psk(self) -> Key | None:
+        """The preshared key of every peer: from the file (a raw key) or as given (derived
+        from a text), checked; None for none."""
+        cfg = self.cfg
+        if cfg.preshared_key_file and cfg.preshared_key is not None:
+            raise ValueError("a preshared key file and a preshared key: give one, not both")
+        if cfg.preshared_key_file:
+            # Followed: Kubernetes mounts a Secret's files through symlinks. Owner and
+            # mode are checked on the file the link leads to.
+            key = read_key_file(cfg.preshared_key_file, "preshared_key_file",
+                                follow_symlinks=True)
+            source = cfg.preshared_key_file
+        elif cfg.preshared_key is not None:
+            key, source = cfg.preshared_key, "the preshared key"
+        else:
+            return None
+        key = psk.check(key, source, allow_default=cfg.allow_default_psk)
+        if psk.is_submariner_default(key):
+            log.warning("the preshared key is Submariner's default (from an unset or empty "
+                        "CE_IPSEC_PSK), accepted as asked: %s", psk.DEFAULT_RISK)
+        return key
 
     def _supervise(self) -> None:
         """Re-create a device that vanished (a wireguard-go daemon that died) and re-apply
