@@ -29,7 +29,8 @@ SUBMARINER_DEFAULTS = frozenset({
 
 # Keys anyone could guess protect nothing: refused whatever the user allows (zero is "no
 # key" to WireGuard; the SHA-256 of "default" is a near miss of Submariner's default).
-_ALWAYS_REFUSED = frozenset({bytes(32), hashlib.sha256(b"default").digest()})
+ALWAYS_REFUSED = frozenset({bytes(32), hashlib.sha256(b"default").digest()})
+WELL_KNOWN = SUBMARINER_DEFAULTS | ALWAYS_REFUSED
 
 DEFAULT_RISK = ("anyone who knows Submariner's default can compute it, so it protects "
                 "nothing")
@@ -57,7 +58,7 @@ def why_weak(key: Key, *, allow_default: bool = False) -> str | None:
             f"Submariner's default text {SUBMARINER_DEFAULT_TEXT!r}"
         return (f"it is the key of {what}: {DEFAULT_RISK}; give a strong random text "
                 "(`wgcable genpsk` prints one), or accept the risk with --allow-default-psk")
-    if raw in _ALWAYS_REFUSED or len(set(raw)) == 1:
+    if raw in ALWAYS_REFUSED or len(set(raw)) == 1:
         return "empty or well-known"
     return None
 
