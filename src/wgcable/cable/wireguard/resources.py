@@ -14,7 +14,16 @@ from collections.abc import Collection, Mapping
 from wgcable.cable.wireguard.device import WireGuardDevice
 from wgcable.cable.wireguard.firstcontact import FirstContact
 from wgcable.cable.wireguard.state import LINK, LinkSettings
-from wgcable.wgctrl import BackendKind, Config, Device, Key, Peer, UDPAddr, config_delta
+from wgcable.wgctrl import (
+    BackendKind,
+    Config,
+    Device,
+    Key,
+    Peer,
+    PeerConfig,
+    UDPAddr,
+    config_delta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +122,20 @@ class PeersResource:
             log.debug("device %s: %d new peer(s) may initiate now", self.device.name,
                       len(change.peers))
         return len(change.peers)
+
+    def initiate_all(self) -> int:
+        """Every peer that keeps alive sends a keepalive now (its keepalive turned off and on
+        in one change: turning it on sends one). Right after a new device key, which ended
+        every peer's session for sending, each starts a handshake at once; the next one
+        waits REKEY_TIMEOUT (5 s). Returns the number of peers."""
+        peers = [p for p in self.read().values() if p.persistent_keepalive > 0]
+        change = Config(peers=[pc for p in peers for pc in (
+            PeerConfig(p.public_key, update_only=True, persistent_keepalive=0),
+            PeerConfig(p.public_key, update_only=True,
+                       persistent_keepalive=p.persistent_keepalive))])
+        if change.peers:
+            self.device.client.configure(self.device.name, change)
+        return len(peers)
 
     def write(self, have: Mapping[Key, Peer], want: Mapping[Key, Peer], *,
               trusted: bool, changed: Collection[Key] | None = None) -> int:
