@@ -69,6 +69,8 @@ SECTIONS: list[Section] = [
             what="2 gateways per cluster: node death and handover to first ping; renewals"),
     Section("firstcontact", "bench.firstcontact_bench", repeat=20, quick_repeat=3,
             what="two gateways meet at once -> a ping each way: answer-first vs both initiate"),
+    Section("rotation", "bench.rotation_bench", repeat=10, quick_repeat=2,
+            what="key rotation under pings, both stores: lost, time to handshake, extra RTT"),
 ]
 
 TOOLS = ("ip", "nsenter", "wg", "wireguard-go", "ping", "iperf3", "nft")
