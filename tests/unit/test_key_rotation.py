@@ -288,6 +288,10 @@ def test_rotation_engine_waits_while_the_role_is_unknown_and_a_passive_one_publi
     assert engine._rotate.is_set()  # still asked for: done once the role is known
     elector.role = Role.PASSIVE
     published = len(store.published)
+    engine._drain_until = engine.clock() + 60  # just became passive: its tunnels drain
+    engine._rotate_key()
+    assert cast(RotatingDriver, driver).rotations == 0
+    engine._drain_until = 0.0
     engine._rotate_key()
     assert cast(RotatingDriver, driver).rotations == 1
     assert store.published[published:] == []  # a passive gateway's Endpoint is withdrawn

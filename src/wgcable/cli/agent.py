@@ -152,7 +152,9 @@ def run_rotate_key_cmd(args: argparse.Namespace) -> int:
         except (OSError, ValueError):
             continue  # (a status file is replaced whole: a read may fall between)
         if new and new != old:
-            print(f"rotated: public key {new} (was {old}); the agent publishes it")
+            where = "the agent publishes it" if st.gateway.ha_status == "active" else \
+                "a passive gateway publishes it when it becomes active"
+            print(f"rotated: public key {new} (was {old}); {where}")
             return 0
     print(f"wgcable rotate-key: the agent (pid {st.pid}) has not reported a new key within "
           f"{args.wait:g} s; its log says why (it refuses while its store is in trouble)",

@@ -480,7 +480,8 @@ class Engine:
         """The driver switches to a new key pair, then we publish it (its order: the device
         first, see ``WireGuardDriver.rotate_key``). Refused while the store is in trouble:
         remotes would not learn the new key, and what we send them would wait in vain.
-        Waits while our role is unknown (fenced, handing over: we change nothing then)."""
+        Waits while our role is unknown (fenced, handing over: we change nothing then), and
+        while a gateway that has just become passive keeps its tunnels (PASSIVE_DRAIN)."""
         name = getattr(self.driver, "name", "?")
         if not isinstance(self.driver, KeyRotating):
             self._rotate.clear()
@@ -490,6 +491,12 @@ class Engine:
         if role is Role.UNKNOWN:
             log.info("key rotation waits: this gateway's role is unknown")
             return  # still asked for: a change of role wakes the loop
+        if role is Role.PASSIVE and self.clock() < self._drain_until:
+            # Its tunnels still carry traffic while remotes move to the new active gateway,
+            # and a passive one publishes no key: they would have no way to reach it.
+            log.info("key rotation waits: this gateway has just become passive")
+            self._wake_at(self._drain_until)
+            return
         self._rotate.clear()
         problem = self._current_store_problem() or (
             "" if self._synced else "the store has not been read yet")
