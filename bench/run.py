@@ -71,6 +71,8 @@ SECTIONS: list[Section] = [
             what="two gateways meet at once -> a ping each way: answer-first vs both initiate"),
     Section("natdiscovery", "bench.natdiscovery_bench", repeat=5, quick_repeat=1,
             what="NAT discovery: Endpoint appears -> path chosen -> first ping, per case"),
+    Section("rotation", "bench.rotation_bench", repeat=10, quick_repeat=2,
+            what="key rotation under pings, both stores: lost, time to handshake, extra RTT"),
 ]
 
 TOOLS = ("ip", "nsenter", "wg", "wireguard-go", "ping", "iperf3", "nft")

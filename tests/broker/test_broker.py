@@ -18,7 +18,12 @@ from typing import Any
 import pytest
 import yaml
 
-from integration.labtools import print_agent_logs, unreachable_pairs
+from integration.labtools import (
+    print_agent_logs,
+    public_key,
+    rotate_under_pings,
+    unreachable_pairs,
+)
 from wgcable.cable.types import ConnectionStatus
 from wgcable.lab.kubeapi import LocalAPIServer, unavailable_reason
 from wgcable.lab.lab import Lab
@@ -214,7 +219,7 @@ def test_agents_meet_through_the_api_server_and_pods_reach_pods(
 # --- updates and deletions ------------------------------------------------------------------
 
 
-def test_endpoint_add_update_delete_converge(make_lab: MakeLab) -> None:
+def test_endpoint_add_update_delete_and_key_rotation_converge(make_lab: MakeLab) -> None:
     lab = make_lab(2)
     server = api(lab)
     # A cluster that exists only in the API: every agent adds its peer and routes.
@@ -239,6 +244,17 @@ def test_endpoint_add_update_delete_converge(make_lab: MakeLab) -> None:
     wait_for(lambda: A_KEY not in on_gateway(lab, 1, "wg", "show", "subwg0", "peers")
              and "10.19.0.0/16" not in routes(lab, 1), 10, "the peer and routes to go")
     assert lab.ping(1, 2) is not None
+
+    # Key rotation (`wgcable rotate-key`) while pods ping both ways ten times a second: each
+    # new key goes through the broker, the other gateway replaces the peer in place, and no
+    # echo is lost, no status says error (the directory store's test says more).
+    run = rotate_under_pings(lab, [(1, 3), (2, 1)])
+    print(run.summary())
+    assert run.lost == [[], []]
+    assert "error" not in {status for _, _, status in run.not_connected}, run.not_connected
+    for gw in lab.state.gateways:
+        assert endpoint_of(lab, gw.cluster_id)["spec"]["backend_config"]["publicKey"] == \
+            public_key(lab, gw)
 
 
 def test_a_deleted_remote_endpoint_tears_its_tunnel_down_and_ours_is_put_back(

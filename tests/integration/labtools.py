@@ -11,8 +11,9 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from wgcable.lab.netns import Namespace
 
 MakeLab = Callable[..., Lab]
 _REPLY = re.compile(r"icmp_seq=(\d+) ttl=")
+_RTT = re.compile(r"icmp_seq=(\d+) ttl=\d+ time=([\d.]+) ms")
 
 # Tests that take a device run on wireguard-go. Those that say `@both_kinds` also run on the
 # kernel's WireGuard (marker `kernel`: inside the test VM when this kernel has none); which
@@ -115,6 +117,11 @@ class Pinger:
     def replies(self) -> int:
         return len(self._answered)
 
+    def rtts(self) -> dict[int, float]:
+        """Milliseconds per answered sequence number."""
+        return {int(m.group(1)): float(m.group(2))
+                for line in list(self._lines) if (m := _RTT.search(line))}
+
     def wait_replies(self, more: int, timeout: float, what: str) -> float:
         """Waits for ``more`` replies beyond those seen so far; seconds it took."""
         goal = self.replies() + more
@@ -196,3 +203,107 @@ def print_agent_logs(lab: Lab, lines: int = 40) -> None:
         with contextlib.suppress(OSError):
             tail = log.read_text(errors="replace").splitlines()[-lines:]
             print(f"--- {log.relative_to(lab.dir)} (last {len(tail)} lines)", *tail, sep="\n")
+
+
+def public_key(lab: Lab, gw: GatewayState) -> str:
+    """The public key the gateway's running agent reports ("" before its first status)."""
+    st = lab.status(gw)
+    return "" if st is None else st.gateway.local_endpoint.backend_config.get("publicKey", "")
+
+
+def handshaken_peers(lab: Lab, gw: GatewayState) -> set[str]:
+    """The public keys of the gateway's peers that have had a handshake."""
+    out = on_gateway(lab, gw, "wg", "show", "subwg0", "latest-handshakes")
+    return {k for k, t in (line.split("\t") for line in out.splitlines() if line)
+            if t.strip() != "0"}
+
+
+def rotate_keys(lab: Lab, gw: GatewayState, rounds: int, pingers: Sequence[Pinger] = (),
+                timeout: float = 30) -> list[tuple[float, float]]:
+    """Rotate ``gw``'s key pair ``rounds`` times (SIGUSR2, as `wgcable rotate-key`), each
+    once the last one is done and every pinger had 2 more replies: (seconds from the signal
+    until the agent reports its new key, until every other cluster's active gateway had a
+    handshake with it) per rotation."""
+    others = [g for g in lab.state.gateways if g.index != gw.index]
+    took: list[tuple[float, float]] = []
+    for _ in range(rounds):
+        old = public_key(lab, gw)
+        t0 = time.monotonic()
+        lab.rotate_key(gw)
+        reported = wait_for(lambda old=old: public_key(lab, gw) not in ("", old), timeout,
+                            f"{gw.label} to report its new key")
+        new = public_key(lab, gw)
+        wait_for(lambda new=new: all(new in handshaken_peers(lab, lab.active(o.index) or o)
+                                     for o in others), timeout,
+                 f"a handshake with {gw.label}'s new key everywhere")
+        took.append((reported, time.monotonic() - t0))
+        for p in pingers:
+            p.wait_replies(2, timeout, "after a key rotation")
+    return took
+
+
+class StatusSampler:
+    """Reads every running gateway agent's status file every 50 ms, for as long as it
+    runs: every connection status other than ``connected`` it saw, with its message."""
+
+    def __init__(self, lab: Lab, period: float = 0.05) -> None:
+        self.lab, self.period = lab, period
+        self.seen: dict[tuple[str, str, str], str] = {}  # (gateway, remote, status) -> why
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            for gw in self.lab.candidates():
+                with contextlib.suppress(OSError, ValueError):
+                    st = self.lab.status(gw)
+                    for c in [] if st is None else st.gateway.connections:
+                        if c.status != "connected":
+                            self.seen[(gw.label, c.endpoint.cluster_id, c.status)] = \
+                                c.status_message
+            self.samples += 1
+
+    def statuses(self) -> set[str]:
+        return {status for _, _, status in self.seen}
+
+    def __enter__(self) -> StatusSampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+@dataclass
+class RotationRun:
+    took: list[tuple[float, float]]  # per rotation: rotate_keys' figures
+    lost: list[list[int]]  # per direction: echoes never answered
+    sent: list[int]
+    rtts: list[float]  # ms, every answered echo's
+    not_connected: dict[tuple[str, str, str], str]  # StatusSampler.seen
+
+    def summary(self) -> str:
+        lost = [f"{len(x)} of {n}" for x, n in zip(self.lost, self.sent, strict=True)]
+        return (f"{len(self.took)} rotations: reported after {max(t for t, _ in self.took):.3f}"
+                f" s at most, handshaken everywhere after "
+                f"{', '.join(f'{t:.3f}' for _, t in self.took)} s; lost {' and '.join(lost)}; "
+                f"RTT max {max(self.rtts):.1f} ms; not connected: {self.not_connected}")
+
+
+def rotate_under_pings(lab: Lab, rotations: Sequence[tuple[int, int]]) -> RotationRun:
+    """Pods of clusters 1 and 2 ping each other ten times a second while the gateways
+    rotate their keys: ``rotations`` is (cluster, rounds), in turn."""
+    with Pinger(lab, 1, 2) as there, Pinger(lab, 2, 1) as back, StatusSampler(lab) as seen:
+        pingers = [there, back]
+        for p in pingers:
+            p.wait_replies(5, 10, "before the rotations")
+        took = [t for cluster, rounds in rotations
+                for t in rotate_keys(lab, lab.active(cluster) or lab.gateway(cluster), rounds,
+                                     pingers)]
+        for p in pingers:
+            p.wait_replies(5, 10, "after the rotations")
+        results = [p.stop() for p in pingers]
+    return RotationRun(took, [lost for _, lost in results], [sent for sent, _ in results],
+                       [*there.rtts().values(), *back.rtts().values()], dict(seen.seen))

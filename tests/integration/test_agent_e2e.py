@@ -23,6 +23,8 @@ from .labtools import (
     endpoint_file,
     endpoint_json,
     on_gateway,
+    public_key,
+    rotate_under_pings,
     unreachable_pairs,
     wait_for,
     write_atomic,
@@ -164,3 +166,25 @@ def test_cleanup_removes_everything_the_agent_made(make_lab: MakeLab) -> None:
     assert sorted(p.name for p in lab.state_dir(gw1).iterdir()) == []
     # The other gateway notices cluster 1 is gone.
     wait_for(lambda: connection(lab, 2, "cluster1") is None, 10, "cluster1 to go from gw2")
+
+
+def test_key_rotation_loses_no_ping_and_no_cable_turns_error(make_lab: MakeLab) -> None:
+    """`wgcable rotate-key` (SIGUSR2), over and over, while pods ping both ways ten times a
+    second: the device switches first, then the key is published, and the remote replaces
+    the peer in place and initiates at once. No echo is lost, no status says error, the
+    remote's routes never change, and the key file holds the new key (no `.next` left)."""
+    lab = make_lab(2)
+    gw1, gw2 = lab.gateway(1), lab.gateway(2)
+    routes = on_gateway(lab, gw2, "ip", "route", "show", "table", "220")
+    run = rotate_under_pings(lab, [(1, 5), (2, 1)])
+    print(run.summary())
+    assert run.lost == [[], []]
+    assert "error" not in {status for _, _, status in run.not_connected}, run.not_connected
+    assert on_gateway(lab, gw2, "ip", "route", "show", "table", "220") == routes
+    assert on_gateway(lab, gw2, "wg", "show", "subwg0", "peers").split() == [
+        public_key(lab, gw1)]
+    state = lab.state_dir(gw1)
+    assert sorted(p.name for p in state.iterdir() if p.name.startswith("subwg0.key")) == \
+        ["subwg0.key"]
+    assert Key.from_base64((state / "subwg0.key").read_text()).public_key().base64() == \
+        public_key(lab, gw1)

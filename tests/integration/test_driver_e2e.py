@@ -19,13 +19,14 @@ from pathlib import Path
 import pytest
 
 from slowness import scaled
+from wgcable.agent.config import load_config
 from wgcable.cable import Endpoint, NATEndpointInfo
 from wgcable.cable.types import ConnectionStatus
 from wgcable.cable.wireguard.config import WireGuardConfig
 from wgcable.cable.wireguard.desired import EndpointRejectedError
 from wgcable.cable.wireguard.driver import WireGuardDriver
 from wgcable.cable.wireguard.userspace import LOG_LEVEL_ENV
-from wgcable.lab.netns import list_namespaces
+from wgcable.lab.netns import LabError, list_namespaces
 from wgcable.lab.topology import ClusterNet, Topology
 from wgcable.routing.nftables import NftTable
 from wgcable.wgctrl import Key, read_key_file, write_key_file
@@ -35,12 +36,14 @@ pytestmark = pytest.mark.netns
 
 class Gateway:
     def __init__(
-        self, net: ClusterNet, state_dir: Path, kind: str, psk_file: Path | None = None
+        self, net: ClusterNet, state_dir: Path, kind: str, psk_file: Path | None = None,
+        psk: Key | None = None,
     ) -> None:
         self.net = net
         self.state_dir = state_dir
         self.kind = kind
         self.psk_file = psk_file
+        self.psk = psk
         self.endpoint = Endpoint(
             cluster_id=net.cluster_id,
             cable_name=f"submariner-cable-{net.cluster_id}",
@@ -61,6 +64,7 @@ class Gateway:
             netns=self.net.gateway.name,
             state_dir=str(self.state_dir),
             preshared_key_file=str(self.psk_file) if self.psk_file else None,
+            preshared_key=self.psk,
             backend="kernel" if self.kind == "kernel" else "userspace",
             resolv_conf=os.devnull,  # the machine's nameservers are not the lab's
         )
@@ -104,11 +108,14 @@ def clusters(tmp_path: Path, device_kind: str) -> Iterator[Clusters]:
     topo = Topology(f"wgcd{os.getpid() % 10000}")
     gws: list[Gateway] = []
 
-    def make(n: int, ipv6: bool = False, psk_file: Path | None = None) -> list[Gateway]:
+    def make(n: int, ipv6: bool = False, psk_file: Path | None = None,
+             psk: dict[int, Key] | None = None) -> list[Gateway]:
+        """``psk``: the preshared key of some gateways, by cluster index."""
         topo.ipv6 = ipv6
         topo.build_underlay()
         for i in range(1, n + 1):
-            g = Gateway(topo.add_cluster(i), tmp_path / f"state{i}", device_kind, psk_file)
+            g = Gateway(topo.add_cluster(i), tmp_path / f"state{i}", device_kind, psk_file,
+                        (psk or {}).get(i))
             gws.append(g)
             g.start()
         return gws
@@ -497,6 +504,50 @@ def test_preshared_key_from_file(clusters: Clusters, tmp_path: Path) -> None:
     ping(a, b)
     [peer] = a.wg_dump()
     assert peer[1] == read_key_file(psk).base64()
+
+
+def test_psk_from_ce_ipsec_psk_meets_a_peer_keyed_as_submariner_keys_it(
+        clusters: Clusters, tmp_path: Path) -> None:
+    """Gateway 1 takes its preshared key from CE_IPSEC_PSK through the agent's settings.
+    Gateway 2 stands in for a Submariner gateway: its peer of gateway 1 is set by `wg set`
+    with the key Submariner's Go code derives, SHA-256 of the text, computed here by openssl.
+    Another text: no handshake, no ping; the same text: pings cross."""
+    text = "Sb3HxGpVX5s0ZVDf2+0cLQ=="  # as subctl makes them: base64 of random bytes
+    env = {"CE_IPSEC_PSK": text}
+    cfg = load_config(["--store", str(tmp_path / "store"), "--cluster-id", "cluster1",
+                       "--cluster-cidr", "10.1.0.0/16", "--private-ip", "198.18.0.1",
+                       "--hostname", "gw1", "--health-check-ip", "none"], env)
+    a, b = clusters(2, psk={1: cfg.driver_config().preshared_key})
+    a_key = a.driver.public_key.base64()
+
+    def submariner_peer(psk_text: str) -> str:
+        """Gateway 2's peer of gateway 1, replaced whole as Submariner adds one."""
+        digest = subprocess.run(["openssl", "dgst", "-sha256", "-binary"], input=psk_text.encode(),
+                                capture_output=True, check=True).stdout
+        key = subprocess.run(["base64"], input=digest, capture_output=True,
+                             check=True).stdout.decode().strip()
+        f = tmp_path / "submariner.psk"
+        f.touch(mode=0o600)
+        f.write_text(key + "\n")
+        b.wg("set", "subwg0", "peer", a_key, "remove")
+        b.wg("set", "subwg0", "peer", a_key, "preshared-key", str(f),
+             "endpoint", f"{a.endpoint.private_ip}:{a.driver.port}",
+             "allowed-ips", ",".join(a.endpoint.subnets), "persistent-keepalive", "10")
+        return key
+
+    b.driver.connect_to_endpoint(a.info())  # its routes to gateway 1's pods
+    submariner_peer("another text")
+    a.driver.connect_to_endpoint(b.info())
+    with pytest.raises(LabError, match="exit 1"):
+        b.net.pods[0].run("ping", "-c", "3", "-i", "0.2", "-W", "1", a.net.pod_ip())
+    assert [row[4] for row in a.wg_dump() + b.wg_dump()] == ["0", "0"]  # no handshake
+
+    key = submariner_peer(text)
+    ping(b, a)
+    ping(a, b)
+    [a_peer], [b_peer] = a.wg_dump(), b.wg_dump()
+    assert a_peer[1] == b_peer[1] == key
+    assert a_peer[4] != "0"
 
 
 def test_well_known_preshared_key_refused(tmp_path: Path) -> None:

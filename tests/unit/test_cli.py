@@ -338,7 +338,8 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for command in ("genkey", "genpsk", "pubkey", "show", "agent", "cleanup", "lab", "demo"):
+    for command in ("genkey", "genpsk", "pubkey", "show", "agent", "cleanup", "handover",
+                    "rotate-key", "lab", "demo"):
         assert command in out
 
 

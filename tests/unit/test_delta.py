@@ -281,11 +281,12 @@ def test_removed_and_new_peers() -> None:
     gone = desired.peers.pop(0)
     desired.peers.append(Peer(public_key=k(500), allowed_ips=[n("10.250.0.0/16")]))
     delta = config_delta(actual, desired)
+    # Removals last: an allowed IP moved to a new peer never routes to no peer meanwhile.
     assert [(p.public_key, p.remove, p.update_only) for p in delta.peers] == [
-        (gone.public_key, True, False),
         (k(500), False, False),
+        (gone.public_key, True, False),
     ]
-    new = delta.peers[1]
+    new = delta.peers[0]
     assert new.allowed_ips == [n("10.250.0.0/16")]
     assert new.persistent_keepalive == 0
     result = apply_config(actual, delta)

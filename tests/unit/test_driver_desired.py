@@ -14,12 +14,10 @@ from hypothesis import strategies as st
 
 from wgcable.cable.remote import shown
 from wgcable.cable.types import Endpoint, NATEndpointInfo
-from wgcable.cable.wireguard import desired
 from wgcable.cable.wireguard.desired import (
     DEFAULT_PORT,
     EndpointRejectedError,
     RemotePeer,
-    check_psk,
     desired_peer,
     desired_routes,
     local_sources,
@@ -27,6 +25,8 @@ from wgcable.cable.wireguard.desired import (
     validate_remote,
 )
 from wgcable.cable.wireguard.index import PeerIndex
+from wgcable.cable.wireguard.psk import WELL_KNOWN
+from wgcable.cable.wireguard.psk import check as check_psk
 from wgcable.routing.table import Route
 from wgcable.wgctrl import IPAddress, IPNetwork, Key, UDPAddr
 
@@ -548,7 +548,7 @@ def test_check_psk_accepts_a_random_key() -> None:
 
 @given(st.binary(min_size=32, max_size=32).filter(lambda b: len(set(b)) > 1))
 def test_check_psk_accepts_varied_keys(raw: bytes) -> None:
-    assume(raw not in desired.WELL_KNOWN_PSKS)
+    assume(raw not in WELL_KNOWN)
     assert check_psk(Key(raw), "psk") == Key(raw)
 
 

@@ -4,7 +4,8 @@ Each setting is taken from, in order: its flag, its environment variable, its ke
 config file (``--config FILE`` or ``WGCABLE_CONFIG``), its default. Environment variables use
 Submariner's names where Submariner has the setting, so a gateway pod's environment works
 unchanged; the others are ``WGCABLE_<NAME>``. An empty environment variable counts as unset
-(manifests often template empty values), and so does a YAML ``null``.
+(manifests often template empty values), and so does a YAML ``null``; but ``CE_IPSEC_PSK``
+set to the empty text is the empty text, as Submariner reads it (``cable/wireguard/psk.py``).
 
 The store is a directory shared by the gateways of one machine, or ``kubernetes``: the
 ``submariner.io/v1`` Endpoints and Gateways in ``--namespace`` of the API server that
@@ -68,6 +69,7 @@ from wgcable.agent.values import (
     endpoint_address,
     hostname,
 )
+from wgcable.cable.wireguard import psk
 from wgcable.ha.lease import LeaseTiming
 from wgcable.store.open import KUBERNETES
 
@@ -176,8 +178,8 @@ class _Resolver:
             return s.flag, ",".join(flag_value)
         if flag_value is not None:
             return s.flag, flag_value
-        env_value = self.env.get(s.env, "")
-        if env_value.strip():
+        env_value = self.env.get(s.env)
+        if env_value is not None and (env_value.strip() or s.empty):
             return f"{s.flag} ({s.env})", env_value
         file_value = self.file.settings.get(s.key)
         if file_value is not None:
@@ -345,6 +347,7 @@ def from_namespace(
     if psk_file is not None and not Path(psk_file).is_file():
         missing = not Path(psk_file).exists()
         r.problem("psk_file", f"{psk_file!r} {'does not exist' if missing else 'is not a file'}")
+    _check_psk(values, r)
 
     # The settings left to detection (DETECT), unless their value was wrong.
     if values["hostname"] is DETECT and "hostname" not in r.failed:
@@ -376,6 +379,23 @@ def from_namespace(
     if undetected:  # a setting declared DETECT that nothing above detects: our bug
         raise RuntimeError(f"no detection for the setting(s) {', '.join(undetected)}")
     return AgentConfig(**values, config_file=file.path)
+
+
+def _check_psk(values: dict[str, Any], r: _Resolver) -> None:
+    """One preshared key at most; Submariner's default (of an unset --psk, with
+    --allow-default-psk) or a known one refused unless allowed. No message shows the text."""
+    key, allowed = values["psk"], values["allow_default_psk"]
+    if "psk" in r.failed:
+        return
+    if key is not None and values["psk_file"] is not None:
+        r.problem("psk", f"cannot be used with {r.label('psk_file')}: give one preshared "
+                  "key, a text or a file")
+    elif key is None and values["psk_file"] is None and allowed is True:
+        # As Submariner without CE_IPSEC_PSK: the key of "default psk" (warned of by the
+        # driver). Without --allow-default-psk an unset --psk means no preshared key.
+        values["psk"] = psk.from_text(None)
+    elif key is not None and (why := psk.why_weak(key, allow_default=allowed is True)):
+        r.problem("psk", f"refused: {why}")
 
 
 def _flag(name: str) -> str:

@@ -4,6 +4,8 @@ SIGTERM and SIGINT stop the agent but leave the device, peers and routes in plac
 endpoint published: a restarted agent adopts them, so a restart drops no traffic. An active
 gateway keeps its lease too: restarted within the lease's duration, it is still the active
 one (no failover). SIGUSR1 hands the lease over to another candidate (`wgcable handover`).
+SIGUSR2 rotates the key pair (`wgcable rotate-key`): the device switches, then the new
+public key is published; no packet is lost.
 `wgcable cleanup` is the way to remove everything.
 """
 
@@ -95,10 +97,15 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
         # Not in the handler itself: it may write to an API server.
         threading.Thread(target=elector.hand_over, name="handover", daemon=True).start()
 
+    def on_rotate(_signum: int, _frame: FrameType | None) -> None:
+        log.info("SIGUSR2: rotating the key pair")
+        engine.request_key_rotation()  # done on the engine's thread, which owns the driver
+
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGUSR1, on_handover)
+        signal.signal(signal.SIGUSR2, on_rotate)
 
     metrics = None
     if cfg.metrics_port:

@@ -37,6 +37,7 @@ from wgcable.cable.wireguard.status import StatusThresholds
 from wgcable.engine.paths import NATT_DISCOVERY_DEFAULT_PORT
 from wgcable.ha.lease import LeaseTiming
 from wgcable.store.open import DEFAULT_NAMESPACE, DEFAULT_STORE_TIMEOUT, StoreSpec
+from wgcable.wgctrl import Key
 
 T = TypeVar("T")
 
@@ -68,6 +69,9 @@ class Setting:
     # Makes the value when unset afresh (a list must not be shared between configs).
     default_factory: Callable[[], object] | None
     auto: str  # a word that means "as if unset" ("" for none)
+    # An empty value is a value, not "unset" (the environment's; flags and YAML always
+    # are): Submariner's CE_IPSEC_PSK, which its envconfig reads so.
+    empty: bool
     shows: str  # the default as --help and the tables show it
 
     def unset_value(self) -> object:
@@ -82,12 +86,13 @@ def setting(flag: str, env: str, parse: Callable[[object], T], help: str, *,
             metavar: str = "", kind: Kind = "value", group: Group = "gateway",
             default: Any = dataclasses.MISSING, default_factory: Any = dataclasses.MISSING,
             unset: Unset | None = None, auto: str = "", shows: str | None = None,
-            key: str = "") -> T:
+            key: str = "", empty: bool = False) -> T:
     """Declare a setting: an `AgentConfig` field (``default``/``default_factory`` as for
     ``dataclasses.field``). ``unset`` says what the loader makes of an unset setting if not
     its default: REQUIRED (refused; the case when there is no default) or DETECT (found on
     the host). ``auto``: a word that asks for the unset behaviour explicitly. ``shows``: the
-    default in words, when its value alone would not say it."""
+    default in words, when its value alone would not say it. ``empty``: an empty environment
+    variable is a value, not unset."""
     if unset is not None:
         fallback: object = unset
     elif default is not dataclasses.MISSING:
@@ -102,7 +107,7 @@ def setting(flag: str, env: str, parse: Callable[[object], T], help: str, *,
         name="",  # the field's name: filled in by _declared()
         flag=flag, env=env, key=key or flag.removeprefix("--").replace("-", "_"),
         parse=parse, help=help, metavar=metavar, kind=kind, group=group,
-        default=fallback, auto=auto, shows=shows,
+        default=fallback, auto=auto, shows=shows, empty=empty,
         default_factory=None if unset is not None or default_factory is dataclasses.MISSING
         else default_factory)
     # A Field object stands in for the default, as dataclasses.field()'s own typing has it.
@@ -263,8 +268,20 @@ class AgentConfig:
         "--mtu", "WGCABLE_MTU", v.mtu, "device MTU, or auto: derived from the underlay",
         metavar="N", group="cable driver", default=None, shows="auto")
     psk_file: str | None = setting(
-        "--psk-file", "WGCABLE_PSK_FILE", v.text, "preshared key file",
-        metavar="FILE", group="cable driver", default=None)
+        "--psk-file", "WGCABLE_PSK_FILE", v.text, "preshared key file (a raw key, as `wg genpsk` "
+        "prints it)", metavar="FILE", group="cable driver", default=None)
+    # Submariner's: the key is the text's SHA-256, so that its gateways and ours form cables.
+    # Parsed into the key at once: the text itself is kept nowhere.
+    psk: Key | None = setting(
+        "--psk", "CE_IPSEC_PSK", v.psk_text,
+        "preshared key text, as Submariner's (the key is its SHA-256; an empty variable is "
+        "an empty text); a flag shows in ps: prefer the variable or the YAML file",
+        metavar="TEXT", group="cable driver", default=None, empty=True)
+    allow_default_psk: bool = setting(
+        "--allow-default-psk", "WGCABLE_ALLOW_DEFAULT_PSK", v.boolean,
+        "accept Submariner's default preshared key (of 'default psk' or an empty text), "
+        "which anyone can compute; without --psk or --psk-file, use it",
+        kind="switch", group="cable driver", default=False)
     backend: BackendChoice = setting(
         "--backend", "WGCABLE_BACKEND", v.choice(BACKENDS), ", ".join(BACKENDS),
         metavar="NAME", group="cable driver", default="auto")
@@ -327,6 +344,8 @@ class AgentConfig:
             keepalive=self.keepalive,
             state_dir=self.state_dir,
             preshared_key_file=self.psk_file,
+            preshared_key=self.psk,
+            allow_default_psk=self.allow_default_psk,
             table=self.table,
             rule_priority=self.rule_priority,
             mtu=self.mtu,
@@ -389,7 +408,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "Each setting comes from its flag, else its environment variable, else its key "
             f"in the YAML file ({CONFIG_FLAG}), else its default; an empty variable or a "
             "YAML null counts as unset. Lists are comma-separated (flags may also repeat, "
-            "YAML may give a list); booleans are true/false, yes/no or 1/0.")
+            "YAML may give a list); booleans are true/false, yes/no or 1/0. "
+            "CE_IPSEC_PSK is the exception: set but empty, it is an empty text, as in "
+            "Submariner.")
 
 
 # --- Generated: the tables ---------------------------------------------------------------

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Literal, TypeVar
 
 from wgcable.cable import driver_names
+from wgcable.cable.wireguard import psk
+from wgcable.wgctrl import Key
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -197,6 +199,15 @@ def health_check_ip(value: object) -> IPAddress | None:
     if isinstance(value, str) and value.strip().lower() == "none":
         return None
     return endpoint_address(value)
+
+
+def psk_text(value: object) -> Key:
+    """A preshared key text, as Submariner's ``CE_IPSEC_PSK``: the key is its SHA-256. Any
+    text, the empty one included, taken as it is. A secret: no message shows it."""
+    if not isinstance(value, str):
+        raise Invalid(f"(a {type(value).__name__}, not shown: a secret) is not a text "
+                      "(quote it in YAML)")
+    return psk.from_text(value)
 
 
 def _items(value: object) -> Iterator[str]:

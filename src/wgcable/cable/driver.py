@@ -85,6 +85,14 @@ class KnowsInstalled(Protocol):
         ...
 
 
+@runtime_checkable
+class KeyRotating(Protocol):
+    def rotate_key(self) -> dict[str, str]:
+        """Switch to a new key pair; return the local endpoint's backend config entries that
+        changed (the new public key), which the caller publishes next."""
+        ...
+
+
 DriverFactory = Callable[..., Driver]
 """Called as ``factory(local_endpoint, **options)``."""
 

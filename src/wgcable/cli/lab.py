@@ -139,6 +139,15 @@ def register(sub: Any) -> None:
     p.add_argument("cluster", help="cluster number or ID (1, cluster1)")
     p.set_defaults(handler=cmd_handover)
 
+    p = cmds.add_parser(
+        "rotate-key", help="make a cluster's active gateway switch to a new key pair",
+        description="Send the cluster's active gateway agent SIGUSR2 (as `wgcable rotate-key` "
+        "does): its device switches to a new key, then it publishes the new public key, and "
+        "the other clusters replace its peer in place.")
+    _name_option(p)
+    p.add_argument("cluster", help="cluster number or ID (1, cluster1)")
+    p.set_defaults(handler=cmd_rotate_key)
+
     p = cmds.add_parser("logs", help="print a gateway agent's log (--node J: a route agent's)")
     _name_option(p)
     p.add_argument("cluster", help="cluster number or ID (1, cluster1)")
@@ -560,6 +569,14 @@ def cmd_handover(args: argparse.Namespace) -> int:
     lab = resolve(args.name, args.root)
     gw = lab.handover(args.cluster)
     print(f"{gw.label}: asked to hand over its lease (agent pid {gw.agent_pid})")
+    return 0
+
+
+@_guarded
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    lab = resolve(args.name, args.root)
+    gw = lab.rotate_key(args.cluster)
+    print(f"{gw.label}: asked to rotate its key pair (agent pid {gw.agent_pid})")
     return 0
 
 

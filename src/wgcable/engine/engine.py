@@ -29,6 +29,7 @@ from wgcable.cable.driver import (
     Batching,
     Driver,
     EndpointRefused,
+    KeyRotating,
     KnowsInstalled,
     Resyncable,
     SyncAware,
@@ -122,6 +123,8 @@ class Engine:
         self._calls = StoreCalls()
         self._pending: Snapshot | Exception | None = None  # a read the loop has not applied
         self._publishing = False  # a publish of our endpoint is queued or under way
+        self._publish_again = False  # our endpoint changed while a publish was under way
+        self._rotate = threading.Event()  # a key rotation was asked for (wgcable rotate-key)
         self._call_problems: dict[str, str] = {}  # store call -> why it failed last time
         self._reported_store_problem = ""  # the store problem in the last status
         self._stop = threading.Event()
@@ -325,7 +328,10 @@ class Engine:
         """Publish our endpoint on the store-calls thread (inline before start)."""
         with self._lock:
             if self._publishing:
-                return  # a restore already on its way: a read meanwhile is no new edit
+                # A restore already on its way: a read meanwhile is no new edit. It may
+                # carry our endpoint as it was: publish again after it.
+                self._publish_again = True
+                return
             self._publishing = True
 
         def publish() -> None:
@@ -340,6 +346,9 @@ class Engine:
             finally:
                 with self._lock:
                     self._publishing = False
+                    again, self._publish_again = self._publish_again, False
+                if again:
+                    self._publish()
 
         self._calls.submit("publish", "publishing our endpoint", publish)
 
@@ -481,6 +490,48 @@ class Engine:
                 # The driver could not apply it (device trouble): try again next pass.
                 del self._applied[cid]
                 log.exception("connecting cluster %r failed; will retry", shown(cid))
+
+    def request_key_rotation(self) -> None:
+        """Rotate the driver's key at the loop's next turn (safe from a signal handler)."""
+        self._rotate.set()
+        self._wake.set()
+
+    def _rotate_key(self) -> None:
+        """The driver switches to a new key pair, then we publish it (its order: the device
+        first, see ``WireGuardDriver.rotate_key``). Refused while the store is in trouble:
+        remotes would not learn the new key, and what we send them would wait in vain.
+        Waits while our role is unknown (fenced, handing over: we change nothing then), and
+        while a gateway that has just become passive keeps its tunnels (PASSIVE_DRAIN)."""
+        name = getattr(self.driver, "name", "?")
+        if not isinstance(self.driver, KeyRotating):
+            self._rotate.clear()
+            log.warning("key rotation refused: the %s cable driver has no key to rotate", name)
+            return
+        role = self.role
+        if role is Role.UNKNOWN:
+            log.info("key rotation waits: this gateway's role is unknown")
+            return  # still asked for: a change of role wakes the loop
+        if role is Role.PASSIVE and self.clock() < self._drain_until:
+            # Its tunnels still carry traffic while remotes move to the new active gateway,
+            # and a passive one publishes no key: they would have no way to reach it.
+            log.info("key rotation waits: this gateway has just become passive")
+            self._wake_at(self._drain_until)
+            return
+        self._rotate.clear()
+        problem = self._current_store_problem() or (
+            "" if self._synced else "the store has not been read yet")
+        if problem:
+            log.warning("key rotation refused: %s; remote clusters could not learn the new "
+                        "key", problem)
+            return
+        changes = self.driver.rotate_key()
+        with self._lock:  # (the metrics thread reads the local endpoint)
+            self.local.backend_config.update(changes)
+        if role is Role.ACTIVE:
+            self._publish()  # a passive gateway's Endpoint is withdrawn: nothing to publish
+        log.info("key rotated; %s", "publishing the new public key" if role is Role.ACTIVE
+                 else "passive: it is published when this gateway becomes active")
+        self._status_now.set()  # the status file shows the new key at once
 
     def resync(self) -> None:
         """Heal drift: re-apply the device, routes and rules whatever we think they hold."""
@@ -683,6 +734,8 @@ class Engine:
                 self._request_read()
             self._guard(self._reconcile_pending)
             self._guard(self._replan_last)
+            if self._rotate.is_set():
+                self._guard(self._rotate_key)
             now = time.monotonic()
             if now >= next_resync:
                 self._request_read()

@@ -678,6 +678,15 @@ table ip wgcable_lab_snat {{
         os.kill(active.agent_pid, signal.SIGUSR1)
         return active
 
+    def rotate_key(self, which: int | str | GatewayState) -> GatewayState:
+        """Ask a gateway (a cluster's: its active one) to rotate its key pair (SIGUSR2, as
+        `wgcable rotate-key` does). Returns the gateway asked."""
+        gw = which if isinstance(which, GatewayState) else self.active(which)
+        if gw is None or not gw.agent_pid:
+            raise LabError(f"cluster {which!r} has no single active gateway with an agent")
+        os.kill(gw.agent_pid, signal.SIGUSR2)
+        return gw
+
     def kill_node(self, which: int | str, node: int) -> None:
         """Node ``node`` of a cluster dies: every process of it SIGKILLed by PID (a gateway
         agent and its wireguard-go, the route agent), and its links down. Its namespace

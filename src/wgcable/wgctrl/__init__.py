@@ -14,7 +14,13 @@ from wgcable.wgctrl.errors import (
     ProtocolError,
     WgError,
 )
-from wgcable.wgctrl.key import Key, read_key_file, tighten_private_dir, write_key_file
+from wgcable.wgctrl.key import (
+    Key,
+    read_key_file,
+    replace_key_file,
+    tighten_private_dir,
+    write_key_file,
+)
 from wgcable.wgctrl.types import (
     BackendKind,
     Config,
@@ -46,6 +52,7 @@ __all__ = [
     "config_delta",
     "default_backends",
     "read_key_file",
+    "replace_key_file",
     "tighten_private_dir",
     "write_key_file",
 ]

@@ -75,12 +75,14 @@ def config_delta(actual: Device, desired: Device, *, replace_peers: bool = False
         return cfg
     have = {p.public_key: p for p in actual.peers}
     want_keys = {p.public_key for p in desired.peers}
-    cfg.peers = [PeerConfig(public_key=p.public_key, remove=True)
-                 for p in actual.peers if p.public_key not in want_keys]
     for want in desired.peers:
         old = have.get(want.public_key)
         if old is None:
             cfg.peers.append(_new_peer(want))
         elif (change := _peer_change(old, want)) is not None:
             cfg.peers.append(change)
+    # Removals last: an allowed IP that moves to another peer (a remote's new key replacing
+    # its old one) is taken over by the addition, and never routes to no peer in between.
+    cfg.peers += [PeerConfig(public_key=p.public_key, remove=True)
+                  for p in actual.peers if p.public_key not in want_keys]
     return cfg

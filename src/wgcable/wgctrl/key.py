@@ -172,6 +172,13 @@ def write_key_file(path: str | os.PathLike[str], key: Key) -> None:
     _fsync_dir(directory)
 
 
+def replace_key_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Move a key file written by ``write_key_file`` over another, in one atomic rename made
+    durable (the directory fsynced): a crash leaves one of the two, never a mix."""
+    os.replace(src, dst)  # replaces a symlink at ``dst`` itself, never its target
+    _fsync_dir(os.path.dirname(os.fspath(dst)) or ".")
+
+
 def read_key_file(
     path: str | os.PathLike[str], field: str | None = None, *, follow_symlinks: bool = False
 ) -> Key:

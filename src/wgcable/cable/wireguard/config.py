@@ -8,6 +8,7 @@ from typing import Literal
 from wgcable.cable.wireguard.host import Protected
 from wgcable.cable.wireguard.status import StatusThresholds
 from wgcable.routing.table import ROUTE_PROTOCOL
+from wgcable.wgctrl import Key
 
 DEFAULT_DEVICE = "subwg0"
 DEFAULT_TABLE = 220  # the founding design's table and rule priority
@@ -31,7 +32,9 @@ class WireGuardConfig:
     keepalive: int = DEFAULT_KEEPALIVE
     answer_first_wait: float = DEFAULT_ANSWER_FIRST_WAIT
     state_dir: str = DEFAULT_STATE_DIR
-    preshared_key_file: str | None = None
+    preshared_key_file: str | None = None  # a raw key (base64), as `wg genpsk` prints it
+    preshared_key: Key | None = None  # or the key itself (Submariner's, from a text: psk.py)
+    allow_default_psk: bool = False  # accept Submariner's default keys (psk.py), warned of
     table: int = DEFAULT_TABLE
     rule_priority: int = DEFAULT_RULE_PRIORITY
     route_protocol: int = DEFAULT_ROUTE_PROTOCOL

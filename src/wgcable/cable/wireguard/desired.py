@@ -7,7 +7,6 @@ the value, and only that endpoint's connection is affected.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -166,24 +165,6 @@ def desired_routes(
     """One route per remote subnet through the device; ``sources`` maps IP version to the
     local address replies should come back to."""
     return {Route(n, device, sources.get(n.version)) for p in peers for n in p.subnets}
-
-
-# Preshared keys anyone could guess protect nothing: refuse them.
-WELL_KNOWN_PSKS = frozenset(
-    {
-        bytes(32),
-        hashlib.sha256(b"").digest(),
-        hashlib.sha256(b"default").digest(),
-        hashlib.sha256(b"default psk").digest(),
-    }
-)
-
-
-def check_psk(key: Key, source: str) -> Key:
-    raw = key.raw
-    if raw in WELL_KNOWN_PSKS or len(set(raw)) == 1:
-        raise ValueError(f"{source}: preshared key refused: empty or well-known")
-    return key
 
 
 def mtu_for(underlay_mtu: int, ipv6_underlay: bool) -> int:

@@ -12,7 +12,10 @@ what makes WireGuard initiate the moment a peer is added; it then only answers, 
 has data to send. Once a handshake came in, or after the wait if none did, the peer gets
 its keepalive (which initiates, if no handshake came). A peer is not new when the device
 lost it or we removed it lately: the remote most likely still has us and will not initiate
-soon, so we do, at once.
+soon, so we do, at once. Nor is the peer of a new key that replaces a remote's tunnel that
+had handshakes (``replacing``): the remote rotated its key (``WireGuardDriver.rotate_key``),
+already switched, and holds packets for us until a handshake, which it initiated while we
+did not know its key; it retries only after 5 s.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class FirstContact:
         self.own_key: Key | None = None  # ours; None: never wait
         self.waiting: dict[Key, Waiting] = {}
         self.removed: dict[Key, float] = {}  # when we removed a peer lately
+        self.replacing: set[Key] = set()  # new keys of remotes whose tunnel was up
 
     def _answers_first(self, p: Peer) -> bool:
         return (self.wait > 0 and self.own_key is not None and p.persistent_keepalive > 0
@@ -60,7 +64,7 @@ class FirstContact:
         if w is not None and present:
             w.want = p  # still waiting
         elif (not present and not written and not self._removed_lately(p.public_key)
-              and self._answers_first(p)):
+              and p.public_key not in self.replacing and self._answers_first(p)):
             self.waiting[p.public_key] = Waiting(self.clock() + self.wait, p, p.endpoint)
         else:
             self.waiting.pop(p.public_key, None)  # lost while waiting: able to initiate
@@ -71,6 +75,12 @@ class FirstContact:
         """Forget the waiting peers that are no longer wanted (cheap: few ever wait)."""
         for k in [k for k in self.waiting if k not in wanted]:
             del self.waiting[k]
+        self.replacing = {k for k in self.replacing if k in wanted}
+
+    def replaces(self, key: Key) -> None:
+        """``key`` is a remote's new key, replacing its tunnel that had handshakes: its
+        peer initiates at once (a key rotation, not a first contact)."""
+        self.replacing.add(key)
 
     def note_removed(self, keys: Iterable[Key]) -> None:
         now = self.clock()

@@ -127,6 +127,20 @@ class PeersResource:
                       len(change.peers))
         return len(change.peers)
 
+    def initiate_all(self) -> int:
+        """Every peer that keeps alive sends a keepalive now (its keepalive turned off and on
+        in one change: turning it on sends one). Right after a new device key, which ended
+        every peer's session for sending, each starts a handshake at once; the next one
+        waits REKEY_TIMEOUT (5 s). Returns the number of peers."""
+        peers = [p for p in self.read().values() if p.persistent_keepalive > 0]
+        change = Config(peers=[pc for p in peers for pc in (
+            PeerConfig(p.public_key, update_only=True, persistent_keepalive=0),
+            PeerConfig(p.public_key, update_only=True,
+                       persistent_keepalive=p.persistent_keepalive))])
+        if change.peers:
+            self.device.client.configure(self.device.name, change)
+        return len(peers)
+
     def write(self, have: Mapping[Key, Peer], want: Mapping[Key, Peer], *,
               trusted: bool, changed: Collection[Key] | None = None) -> int:
         if trusted:  # only the peers that changed since our last write
