@@ -46,7 +46,7 @@ from wgcable.cable.types import (
 from wgcable.engine import paths
 from wgcable.engine import plan as planning
 from wgcable.engine.health import HealthChecker
-from wgcable.engine.paths import Path, PathDiscovery
+from wgcable.engine.paths import Path, PathChooser, PathDiscovery
 from wgcable.engine.storecalls import StoreCalls
 from wgcable.ha.elector import Elector, Role
 from wgcable.store.base import EndpointStore, Snapshot, StoreUnavailableError
@@ -101,6 +101,7 @@ class Engine:
         self.store_timeout = store_timeout  # a store call running longer is a store problem
         self.elector = elector  # None: no election, always active
         self.discovery = discovery  # None: the static rule alone picks remotes' addresses
+        self._chooser = PathChooser(discovery) if discovery is not None else None
         self._paths: dict[str, Path] = {}  # cluster -> the address its cable uses, and why
         self._unconnected_since: dict[str, float] = {}  # cluster -> when it last was not
         self._reprobed: dict[str, float] = {}  # cluster -> when discovery last probed again
@@ -209,7 +210,8 @@ class Engine:
             self._withdraw(snap, only=self.local.object_name())  # remotes must not use it
             snap = Snapshot(errors=snap.errors)  # a passive gateway connects nothing
         p = planning.plan(self.local, snap)
-        before, self._paths = self._paths, paths.choose(p.connect, self.discovery)
+        before = self._paths
+        self._paths = self._chooser.choose(p.connect) if self._chooser is not None else {}
         for cid, path in self._paths.items():
             if path.how == paths.DISCOVERED and before.get(cid) != path:
                 log.info("cluster %r: using %s: %s", shown(cid), path.use_ip, path.describe())
@@ -580,8 +582,10 @@ class Engine:
                 log.info("cluster %r: no handshake for %.0f s on %s; probing its addresses "
                          "again", shown(cid), now - since, path.use_ip)
                 self.discovery.reprobe(cid)
-        if path.how == paths.STATIC and (found := self.discovery.choice(cid)) is not None:
-            path = replace(path, detail=found.detail)  # the fallback's reason, once known
+        if path.how == paths.STATIC:
+            found = self.discovery.choice(cid)
+            path = replace(path, detail=found.detail if found is not None
+                           else "until NAT discovery answers")
         message = path.describe()
         return replace(c, status_message=f"{c.status_message}; {message}"
                        if c.status_message else message)

