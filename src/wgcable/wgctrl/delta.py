@@ -10,7 +10,8 @@ from wgcable.wgctrl.key import Key
 from wgcable.wgctrl.types import Config, Device, Peer, PeerConfig
 
 
-def _new_peer(p: Peer) -> PeerConfig:
+def new_peer(p: Peer) -> PeerConfig:
+    """The whole config of ``p``, as for a peer the device does not have."""
     return PeerConfig(
         public_key=p.public_key,
         preshared_key=p.preshared_key,
@@ -71,14 +72,14 @@ def config_delta(actual: Device, desired: Device, *, replace_peers: bool = False
         cfg.fwmark = desired.fwmark
     if replace_peers:
         cfg.replace_peers = True
-        cfg.peers = [_new_peer(p) for p in desired.peers]
+        cfg.peers = [new_peer(p) for p in desired.peers]
         return cfg
     have = {p.public_key: p for p in actual.peers}
     want_keys = {p.public_key for p in desired.peers}
     for want in desired.peers:
         old = have.get(want.public_key)
         if old is None:
-            cfg.peers.append(_new_peer(want))
+            cfg.peers.append(new_peer(want))
         elif (change := _peer_change(old, want)) is not None:
             cfg.peers.append(change)
     # Removals last: an allowed IP that moves to another peer (a remote's new key replacing

@@ -24,6 +24,7 @@ from wgcable.wgctrl import (
     UDPAddr,
     config_delta,
 )
+from wgcable.wgctrl.delta import new_peer
 
 log = logging.getLogger(__name__)
 
@@ -194,12 +195,8 @@ class PeersResource:
         peers: list[PeerConfig] = []
         for pc in change.peers:
             if pc.public_key in silent:
-                p = by_key[pc.public_key]
-                peers += [PeerConfig(public_key=p.public_key, remove=True),
-                          PeerConfig(public_key=p.public_key, preshared_key=p.preshared_key,
-                                     endpoint=p.endpoint,
-                                     persistent_keepalive=p.persistent_keepalive,
-                                     allowed_ips=list(p.allowed_ips))]
+                peers += [PeerConfig(public_key=pc.public_key, remove=True),
+                          new_peer(by_key[pc.public_key])]
             else:
                 peers.append(pc)
         change.peers = peers
