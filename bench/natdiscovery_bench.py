@@ -83,14 +83,10 @@ def _discovered_at(lab: Lab, cluster: int, since: float) -> tuple[float, str] | 
     return None
 
 
-def _cleanup_cmd(lab: Lab, cluster: int) -> list[str]:
-    gw = lab.gateway(cluster)
-    return lab.gateway_cmd(gw, *[a if a != "agent" else "cleanup" for a in lab.agent_argv(gw)])
-
-
 def one_round(lab: Lab, cluster: int) -> dict[str, float | str]:
     lab.stop_agent(cluster)
-    subprocess.run(_cleanup_cmd(lab, cluster), capture_output=True, timeout=60, check=True)
+    subprocess.run(lab.cleanup_cmd(lab.gateway(cluster)), capture_output=True, timeout=60,
+                   check=True)
     _wait_for(lambda: _endpoint_of(lab, cluster) is None, 10, "the Endpoint gone")
     target = lab.gateway(cluster).pod_ips[0]
     pinger = _Pinger(lab.gateway(1).pod_ns[0], target)

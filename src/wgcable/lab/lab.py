@@ -607,6 +607,11 @@ table ip wgcable_lab_snat {{
                      f"{deadline:g}", "--lease-retry", f"{retry:g}"]
         return [*argv, *extra]
 
+    def cleanup_cmd(self, gw: GatewayState) -> list[str]:
+        """`wgcable cleanup` of the gateway, with its agent's settings, in its namespace."""
+        return self.gateway_cmd(gw, *[a if a != "agent" else "cleanup"
+                                      for a in self.agent_argv(gw)])
+
     def start_agent(self, which: int | str | GatewayState, extra: Sequence[str] = ()) -> int:
         gw = which if isinstance(which, GatewayState) else self.gateway(which)
         if gw.agent_pid and process_running(gw.agent_pid):
@@ -653,10 +658,8 @@ table ip wgcable_lab_snat {{
         target = self.node(gw.index, node)
         t0 = time.monotonic()
         self.stop_agent(gw.index)
-        done = subprocess.run(
-            self.gateway_cmd(gw, *[a if a != "agent" else "cleanup" for a in
-                                   self.agent_argv(gw)]),
-            capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run(self.cleanup_cmd(gw), capture_output=True, text=True,
+                              timeout=60, check=False)
         if done.returncode != 0:
             raise LabError(f"cleanup on {gw.gateway_ns}: {done.stderr.strip()}")
         stop_pids([(gw.holder_pid, ("sleep",))])
