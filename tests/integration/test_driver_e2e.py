@@ -95,9 +95,25 @@ class Gateway:
         return self.net.gateway.run("ip", "route", "show", "table", "220")
 
 
-def ping(src: Gateway, dst: Gateway, count: int = 2, v6: bool = False) -> None:
+def ping(src: Gateway, dst: Gateway, count: int = 2, v6: bool = False,
+         first: bool = False) -> None:
+    """Pings from a pod of ``src`` to one of ``dst``. ``first``: the pair's first packets,
+    which may wait for the handshake; of two gateways configured moments apart, a first
+    initiation can reach a remote that has no peer for us yet and is sent again only after
+    WireGuard's 5 s retry, or the peer that answers first waits its turn. Natively that
+    is seconds at most; in the kernel VM (software emulation, CI once saw 2.2 s run out
+    there) the same steps take many times longer, so the wait is scaled."""
     target = dst.net.pod_ip6() if v6 else dst.net.pod_ip()
-    src.net.pods[0].run("ping", "-c", str(count), "-i", "0.2", "-W", "2", target)
+    cmd = ("ping", "-c", str(count), "-i", "0.2", "-W", "2", target)
+    deadline = time.monotonic() + (7 + scaled(2) if first else 0)
+    while True:
+        try:
+            src.net.pods[0].run(*cmd)
+            return
+        except LabError as e:
+            if time.monotonic() > deadline:
+                raise LabError(f"{e}\n{src.net.cluster_id}: {src.wg('show', 'subwg0')}"
+                               f"\n{dst.net.cluster_id}: {dst.wg('show', 'subwg0')}") from e
 
 
 Clusters = Callable[..., list[Gateway]]
@@ -404,7 +420,7 @@ def dual_stack_star(a: Gateway, b: Gateway, c: Gateway) -> list[NATEndpointInfo]
 
 def check_dual_stack(a: Gateway, b: Gateway, c: Gateway) -> None:
     for x, y in ((a, b), (b, a), (a, c), (c, a)):
-        ping(x, y)
+        ping(x, y, first=True)
         ping(x, y, v6=True)
     peers = {row[0]: row for row in a.wg_dump()}
     pb, pc = peers[b.driver.public_key.base64()], peers[c.driver.public_key.base64()]
