@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Sets up what the test tiers need, on top of scripts/install.sh (which runs first): the
+# dev tools (pytest, ruff, mypy, ...), protoc, the kernel VM and the API server. Debian 12,
+# as root. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install.sh
+
+debs=(protobuf-compiler)  # protoc: the NAT discovery .proto is checked against our descriptor
+tools=(protoc)
+
+source scripts/lib-install.sh
+apt_for_tools debs tools
+
+pip_when_changed .venv/.wgcable-installed '.[dev]'
+# The kernel test tier: qemu, a Debian kernel with WireGuard, virtme-ng (never fails the set-up:
+# without it the kernel tests are skipped with the reason).
+bash scripts/install-vm.sh
+# The Kubernetes test tier: etcd and a kube-apiserver built from Debian's source package
+# (cached under ~/.cache/wgcable; the first build takes a few minutes). Never fails the
+# set-up: without it those tests are skipped with the reason.
+bash scripts/install-k8s.sh
+echo "install-test.sh: ready"
