@@ -4,11 +4,13 @@ official client (the store's dependency), with errors that never carry the token
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from wgcable.safetext import oneline
 from wgcable.store.base import StoreUnavailableError
 from wgcable.store.kubernetes import describe_api_error, load_api_client
 
@@ -31,17 +33,27 @@ class Kube:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            data, status, _ = self._client.call_api(
-                path, method, body=body, response_type="object",
+            # The generated client's own steps: serialize (auth header, host), send, read.
+            m, url, headers, data, _ = self._client.param_serialize(
+                method, path, body=body, auth_settings=["BearerToken"],
                 header_params={"Accept": "application/json",
-                               "Content-Type": "application/json"},
-                auth_settings=["BearerToken"], _return_http_data_only=False,
-                _request_timeout=15)
+                               "Content-Type": "application/json"})
+            response = self._client.call_api(m, url, header_params=headers, body=data,
+                                             _request_timeout=15)
+            response.read()
+            status, raw = int(response.status), response.data
         except ApiException as exc:
             return int(exc.status or 0), describe_api_error(exc)
         except Exception as exc:  # urllib3's, ssl's: the connection itself
             raise KubeError(f"{method} {path}: {describe_api_error(exc)}") from None
-        return int(status), data
+        try:
+            reply = json.loads(raw)
+        except ValueError:
+            reply = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        if status >= 400 and isinstance(reply, dict):
+            # The server's message only: never the request (its headers hold the token).
+            return status, oneline(str(reply.get("message", "")), 300)
+        return status, reply
 
     def ensure(self, path: str, body: dict[str, Any], *, replace: bool = False) -> None:
         """Create the object at collection ``path``; one that exists is kept, or replaced
