@@ -97,6 +97,8 @@ def run_init(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"wgcable broker init: {exc}", file=sys.stderr)
         return 2
+    if not _client_available("init"):
+        return 1
     from wgcable.deploy.broker import init_broker
     from wgcable.deploy.kubeclient import Kube, KubeError
 
@@ -123,6 +125,8 @@ def run_add_cluster(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"wgcable broker add-cluster: {exc}", file=sys.stderr)
         return 2
+    if not _client_available("add-cluster"):
+        return 1
     from wgcable.deploy.kubeclient import Kube, KubeError
 
     try:
@@ -131,6 +135,16 @@ def run_add_cluster(args: argparse.Namespace) -> int:
         print(f"wgcable broker add-cluster: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _client_available(verb: str) -> bool:
+    try:
+        import kubernetes  # noqa: F401  # the optional dependency, as the store's
+    except ImportError as exc:
+        print(f"wgcable broker {verb}: needs the 'kubernetes' Python package (pip install "
+              f"'wgcable[kubernetes]'): {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _check_common(args: argparse.Namespace) -> None:
