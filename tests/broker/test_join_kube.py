@@ -58,10 +58,10 @@ def joined(server: LocalAPIServer,
     gateways = [f"--gateway={c}:{h}={ip}" for c, (h, ip) in GATEWAYS_OF.items()]
     code = server.call(lambda: main([
         "broker", "init", "--kubeconfig", str(server.kubeconfig), "--namespace", BNS,
-        "--clusters", "east,west", *gateways, "--output", str(out), "--token-days", "30"]))
+        "--clusters", "east,west,north", *gateways, "--output", str(out), "--token-days", "30"]))
     assert code == 0
     manifests = {}
-    for i, cluster in enumerate(("east", "west"), 1):
+    for i, cluster in enumerate(("east", "west", "north"), 1):
         info = out / f"broker-info-{cluster}.yaml"
         assert stat.S_IMODE(info.stat().st_mode) == 0o600
         rendered = out / f"{cluster}.yaml"
@@ -103,6 +103,8 @@ def test_join_clusters_change_their_own_objects_only(
         stores[cluster] = server.call(lambda k=kubeconfig: KubernetesStore(BNS, str(k)))
     try:
         for cluster, store in stores.items():
+            if cluster == "north":
+                continue
             ep = _endpoint(cluster)
             server.call(lambda s=store, e=ep: s.publish(e))
             server.call(lambda s=store, e=ep: s.write_status(
@@ -124,6 +126,13 @@ def test_join_clusters_change_their_own_objects_only(
         # Through the agent's own code path too: withdrawing west's is refused, by name.
         with pytest.raises(StoreUnavailableError, match="403"):
             server.call(lambda: stores["east"].withdraw(_endpoint("west")))
+        # North, added with no gateway listed, may change nobody's (to RBAC, an empty
+        # list of names would be every name).
+        for verb, body, kind in (("PATCH", {"spec": {"private_ip": "198.18.0.66"}}, MERGE),
+                                 ("DELETE", None, "application/json")):
+            status, reply = server.request(verb, f"{ENDPOINTS}/{west}", body,
+                                           content_type=kind, token=tokens["north"])
+            assert status == 403, (verb, reply)
         # Nor read the PSK or any Secret of the broker namespace.
         assert server.request("GET", f"/api/v1/namespaces/{BNS}/secrets",
                               token=tokens["east"])[0] == 403
@@ -137,6 +146,8 @@ def test_join_clusters_change_their_own_objects_only(
         assert server.request("DELETE", f"{ENDPOINTS}/west-forged")[0] == 200
         # Each withdraws its own, as `wgcable cleanup` does.
         for cluster, store in stores.items():
+            if cluster == "north":
+                continue
             ep = _endpoint(cluster)
             server.call(lambda s=store, e=ep: s.withdraw(e))
             server.call(lambda s=store, e=ep: s.remove_status(

@@ -156,3 +156,13 @@ def test_join_examples_in_deploy_match_the_code() -> None:
     for name, text in examples().items():
         assert (DEPLOY / name).read_text() == text, (
             f"deploy/{name} is stale: python -m wgcable.deploy.manifests deploy")
+
+
+def test_join_a_cluster_without_gateways_gets_no_name_scoped_rule() -> None:
+    # RBAC reads an empty resourceNames as every name: such a rule would open everyone's.
+    from wgcable.store.crds import cluster_rbac, own_rules
+
+    assert own_rules([], []) == []
+    role = cluster_rbac("north", {}, "submariner-k8s-broker",
+                        {"kind": "ServiceAccount", "name": "n", "namespace": "x"})[0]
+    assert role["rules"] == []
