@@ -104,6 +104,10 @@ def test_join_broker_info_is_written_0600_and_read_back(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(BrokerInfoError, match="field 'token' is missing"):
         BrokerInfo.read(path)
+    path.write_text(yaml.safe_dump(_info().to_dict() | {"server": "http://x\n:80"}))
+    with pytest.raises(BrokerInfoError, match=r"field 'server' is not an https:// URL: "
+                       r"'http://x\\n:80'"):
+        BrokerInfo.read(path)
 
 
 def test_join_cli_writes_0600_and_reports_errors(tmp_path: Path,

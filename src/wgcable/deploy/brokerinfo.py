@@ -7,12 +7,15 @@ cluster gets a file of its own, so no cluster ever holds another's credentials.
 
 from __future__ import annotations
 
+import base64
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from wgcable.safetext import safe
 
 KIND = "WgcableBrokerInfo"
 _FIELDS = ("server", "certificateAuthorityData", "namespace", "clusterID", "token", "psk")
@@ -80,6 +83,14 @@ class BrokerInfo:
                 raise BrokerInfoError(f"broker info {str(path)!r}: field {field!r} is "
                                       "missing or not a string")
             values[field] = value
+        if not values["server"].startswith("https://"):
+            raise BrokerInfoError(f"broker info {str(path)!r}: field 'server' is not an "
+                                  f"https:// URL: {safe(values['server'])}")
+        try:
+            base64.b64decode(values["certificateAuthorityData"], validate=True)
+        except ValueError:
+            raise BrokerInfoError(f"broker info {str(path)!r}: field "
+                                  "'certificateAuthorityData' is not base64") from None
         return cls(values["server"], values["certificateAuthorityData"],
                    values["namespace"], values["clusterID"], values["token"], values["psk"])
 
