@@ -13,7 +13,7 @@ import pytest
 
 from wgcable.deploy.manifests import parse_settings, uninstall_manifests
 
-from .labtools import MakeLab, on_gateway
+from .labtools import MakeLab, on_gateway, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -22,8 +22,16 @@ _FROM_LAB = ("WGCABLE_STORE", "WGCABLE_STATE_DIR", "KUBECONFIG", "BROKER_K8S_REM
 
 
 def test_join_uninstall_cleanup_container_removes_the_node_state(make_lab: MakeLab) -> None:
-    lab = make_lab(2)
+    lab = make_lab(2, connected=False)  # the state is made at connect, before handshakes
     gw = lab.gateway(1)
+
+    def made() -> bool:
+        routes = subprocess.run(lab.gateway_cmd(gw, "ip", "route", "show", "table", "220"),
+                                capture_output=True, text=True).stdout  # none yet: exit 2
+        return (bool(routes.strip()) and "lookup 220" in on_gateway(lab, gw, "ip", "rule")
+                and "wgcable_subwg0" in on_gateway(lab, gw, "nft", "list", "tables"))
+
+    wait_for(made, 30, "cluster1's routes, rule and nftables table")
     pods = [s for s in gw.subnets if s.startswith("10.1.")]
     s = parse_settings(cluster_id=gw.cluster_id, cluster_cidrs=pods,
                        service_cidrs=[x for x in gw.subnets if x not in pods])
@@ -42,8 +50,7 @@ def test_join_uninstall_cleanup_container_removes_the_node_state(make_lab: MakeL
 
     lab.stop_agent(1)  # the agents' DaemonSet is deleted first; SIGTERM keeps the tunnels
     assert "subwg0" in on_gateway(lab, gw, "ip", "-o", "link")
-    assert "wgcable_subwg0" in on_gateway(lab, gw, "nft", "list", "tables")
-    assert on_gateway(lab, gw, "ip", "route", "show", "table", "220").strip()
+    assert made()
     cmd = lab.gateway_cmd(gw, sys.executable, "-m", "wgcable", *container["args"])
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
