@@ -23,6 +23,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     "routeagent": ("route-agent",),
     "lab": ("lab",),
     "demo": ("demo",),
+    "broker": ("broker",),
+    "join": ("join",),
 }
 
 

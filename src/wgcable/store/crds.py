@@ -165,8 +165,11 @@ RBAC_API = "rbac.authorization.k8s.io/v1"
 def own_rules(endpoints: list[str], gateways: list[str]) -> list[dict[str, list[str]]]:
     """What one cluster's gateways may do to their own objects only: update and delete
     their Endpoints (``<cluster_id>-<cable_name>``), patch their Gateways' status and
-    delete them (named `<cluster_id>-<host name>`)."""
-    return [
+    delete them (named `<cluster_id>-<host name>`).
+
+    No names, no rule: to RBAC an empty ``resourceNames`` means every name, which would
+    let a cluster without listed gateways change every other cluster's objects."""
+    rules = [
         {"apiGroups": [GROUP], "resources": ["endpoints"], "resourceNames": sorted(endpoints),
          "verbs": ["update", "patch", "delete"]},
         {"apiGroups": [GROUP], "resources": ["gateways"], "resourceNames": sorted(gateways),
@@ -174,6 +177,7 @@ def own_rules(endpoints: list[str], gateways: list[str]) -> list[dict[str, list[
         {"apiGroups": [GROUP], "resources": ["gateways/status"],
          "resourceNames": sorted(gateways), "verbs": ["patch"]},
     ]
+    return [r for r in rules if r["resourceNames"]]
 
 
 def cluster_rbac(cluster_id: str, gateways: dict[str, str], namespace: str,
