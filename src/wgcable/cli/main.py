@@ -23,6 +23,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "routeagent": ("route-agent",),
     "lab": ("lab",),
     "demo": ("demo",),
+    "graph": ("graph",),
 }
 
 
