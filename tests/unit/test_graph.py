@@ -128,9 +128,13 @@ def test_graph_dot_structure() -> None:
     assert text.endswith("}\n")
     assert len(re.findall(r"^  subgraph cluster_\d+ \{$", text, re.M)) == 2
     assert len(re.findall(r"^    g\d+ \[label=<", text, re.M)) == 3
-    assert len(re.findall(r"^  g\d+ -> g\d+ \[", text, re.M)) == 2
+    # One box per pair of gateways, holding both sides' views, a line to each gateway.
+    assert len(re.findall(r"^  cable\d+ \[label=<", text, re.M)) == 1
+    assert len(re.findall(r"^  g\d+ -> cable\d+ \[", text, re.M)) == 1
+    assert len(re.findall(r"^  cable\d+ -> g\d+ \[", text, re.M)) == 1
     for shown in ("<B>cluster1</B>", "<B>gw1-1</B><BR/>passive", "RTT 0.41 ms",
-                  "rx 1.00 KiB / tx 2.00 KiB", "via 198.18.0.102 (NAT)", "behind NAT",
+                  "<B>gw1</B> to <B>gw2</B>", "<B>gw2</B> to <B>gw1</B>",
+                  "RTT 0.41 ms, rx 1.00 KiB / tx 2.00 KiB, via 198.18.0.102 (NAT)", "behind NAT",
                   "public 198.18.0.102", "no handshake for 130 s", "2 clusters, 3 gateways"):
         assert shown in text, shown
     passive = next(line for line in text.splitlines() if "gw1-1" in line)
@@ -141,7 +145,7 @@ def test_graph_dot_structure() -> None:
 def test_graph_dot_parses_in_graphviz() -> None:
     doc = _dot_json(render_dot(build_picture(_set(), [C1, C2])))
     names = sorted(o["name"] for o in doc["objects"])  # type: ignore[attr-defined]
-    assert names == ["cluster_0", "cluster_1", "g0", "g1", "g2"]
+    assert names == ["cable0", "cluster_0", "cluster_1", "g0", "g1", "g2"]
     assert len(doc["edges"]) == 2  # type: ignore[arg-type]
 
 
@@ -183,9 +187,9 @@ def test_graph_escape_hostile_text() -> None:
 def test_graph_hostile_names_stay_inside_their_labels() -> None:
     text = render_dot(build_picture(_hostile_set(), title=HOSTILE[0]))
     n = len(HOSTILE)
-    # Every line is one of ours (the head, a cluster's 5, an edge's 1, the end): no line
+    # Every line is one of ours (the head, a cluster's 5, a cable's 3, the end): no line
     # break, statement or node from broker text.
-    assert len(text.splitlines()) == 4 + n * 5 + n + 1
+    assert len(text.splitlines()) == 4 + n * 5 + n * 3 + 1
     assert not re.search(r"^\s*(evil|y|owned|subgraph cluster_evil)", text, re.M)
     assert "\x1b" not in text
     assert "\u202e" not in text
@@ -202,8 +206,8 @@ def test_graph_hostile_names_render_in_graphviz_and_inject_nothing() -> None:
     doc = _dot_json(text)
     n = len(HOSTILE)
     names = {o["name"] for o in doc["objects"]}  # type: ignore[attr-defined]
-    assert names == {f"cluster_{i}" for i in range(n)} | {f"g{i}" for i in range(n)}
-    assert len(doc["edges"]) == n  # type: ignore[arg-type]
+    assert names == {f"{kind}{i}" for i in range(n) for kind in ("cluster_", "g", "cable")}
+    assert len(doc["edges"]) == 2 * n  # type: ignore[arg-type]
     for obj in doc["objects"]:  # type: ignore[attr-defined]
         assert "evil" not in obj
         assert "owned" not in obj
@@ -301,3 +305,15 @@ def test_graph_bad_store_or_output_is_named(tmp_path: Path,
     assert f"cannot write '{out}'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["graph"])  # a source is required
+
+
+def test_graph_cable_half_of_a_silent_side_is_dotted() -> None:
+    """Only cluster 1 reports its cable to cluster 2: its half is drawn in its status, the
+    other half dotted (no report)."""
+    to2 = Connection(endpoint=C2, status=ConnectionStatus.CONNECTING)
+    pic = build_picture([GatewayReport(GatewayStatus(local_endpoint=C1,
+                                                     ha_status=HAStatus.ACTIVE,
+                                                     connections=[to2]))])
+    text = render_dot(pic)
+    assert re.search(r'^  g0 -> cable0 \[color="#ef6c00", style="dashed"', text, re.M)
+    assert re.search(r'^  cable0 -> g1 \[color="#757575", style="dotted"', text, re.M)

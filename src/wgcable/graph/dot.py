@@ -76,23 +76,56 @@ def _cluster(c: ClusterBox) -> list[str]:
             "  }"]
 
 
-def _cable(c: Cable) -> str:
+def _side(c: Cable, names: dict[str, str]) -> list[str]:
+    """One side's view of a cable: who reports, the status, RTT, bytes, address and NAT."""
     colour = GREY if c.stale else STATUS_COLOURS.get(c.status, GREY)
-    lines = [f'<B><FONT COLOR="{colour}">{escape(c.status, NAME_LIMIT)}</FONT></B>']
+    first = (f"{names[c.tail]} to {names[c.head]}: "
+             f'<FONT COLOR="{colour}"><B>{escape(c.status, NAME_LIMIT)}</B></FONT>')
+    details = []
     if c.rtt is not None:
-        lines.append(f"RTT {_ms(c.rtt)}")
+        details.append(f"RTT {_ms(c.rtt)}")
     if c.transfer is not None:
-        lines.append(f"rx {bytes_human(c.transfer[0])} / tx {bytes_human(c.transfer[1])}")
+        details.append(f"rx {bytes_human(c.transfer[0])} / tx {bytes_human(c.transfer[1])}")
     if c.using_ip or c.using_nat:
         via = f"via {escape(c.using_ip, ADDRESS_LIMIT)}" if c.using_ip else "via"
-        lines.append(f"{via}{' (NAT)' if c.using_nat else ''}")
+        details.append(f"{via}{' (NAT)' if c.using_nat else ''}")
+    lines = [first, ", ".join(details)] if details else [first]
     if c.message:
         lines.append(f"<I>{escape(c.message, MESSAGE_LIMIT)}</I>")
     if c.stale:
         lines.append("<I>stale report</I>")
-    style = "dashed" if c.stale or c.status != "connected" else "solid"
-    return (f'  {c.tail} -> {c.head} [label=<{_small("<BR/>".join(lines))}>, '
-            f'color="{colour}", style="{style}"];')
+    return lines
+
+
+def _half(c: Cable | None) -> str:
+    """The attributes of a cable's half drawn for one side: its status' colour, dashed
+    unless connected, dotted when that side does not report the cable."""
+    if c is None:
+        return f'color="{GREY}", style="dotted"'
+    colour = GREY if c.stale else STATUS_COLOURS.get(c.status, GREY)
+    style = "solid" if c.status == "connected" and not c.stale else "dashed"
+    return f'color="{colour}", style="{style}", penwidth=2'
+
+
+def _cables(picture: Picture) -> list[str]:
+    """One box per pair of gateways, between them, holding each side's view; each half of
+    the line is drawn as its side sees the cable. (Two labelled edges per pair, in a full
+    mesh, put labels over each other.)"""
+    names = {n.key: f"<B>{escape(n.hostname or n.key, NAME_LIMIT)}</B>"
+             for c in picture.clusters for n in c.gateways}
+    pairs: dict[tuple[str, str], list[Cable]] = {}
+    for c in picture.cables:
+        pairs.setdefault((c.tail, c.head) if c.tail <= c.head else (c.head, c.tail),
+                         []).append(c)
+    out = []
+    for i, ((a, b), sides) in enumerate(pairs.items()):
+        by_tail = {c.tail: c for c in sides}
+        lines = [line for c in sides for line in _side(c, names)]
+        out += [f'  cable{i} [label=<{_small("<BR/>".join(lines))}>, shape="box", '
+                f'style="rounded", color="#cfd8dc"];',
+                f"  {a} -> cable{i} [{_half(by_tail.get(a))}, dir=\"none\"];",
+                f"  cable{i} -> {b} [{_half(by_tail.get(b))}, dir=\"none\"];"]
+    return out
 
 
 def render_dot(picture: Picture) -> str:
@@ -104,12 +137,12 @@ def render_dot(picture: Picture) -> str:
     out = [
         "digraph wgcable {",
         f'  graph [label=<{"<BR/>".join(heading)}>, labelloc="t", fontname="{FONT}", '
-        'rankdir="LR", nodesep="0.6", ranksep="1.6"];',
+        'nodesep="0.4", ranksep="0.5"];',
         f'  node [shape="box", fontname="{FONT}"];',
         f'  edge [fontname="{FONT}", arrowsize="0.7"];',
     ]
     for c in picture.clusters:
         out += _cluster(c)
-    out += [_cable(c) for c in picture.cables]
+    out += _cables(picture)
     out.append("}")
     return "\n".join(out) + "\n"
