@@ -317,3 +317,22 @@ def test_graph_cable_half_of_a_silent_side_is_dotted() -> None:
     text = render_dot(pic)
     assert re.search(r'^  g0 -> cable0 \[color="#ef6c00", style="dashed"', text, re.M)
     assert re.search(r'^  cable0 -> g1 \[color="#757575", style="dotted"', text, re.M)
+
+
+@pytest.mark.parametrize(("graph", "said"), [
+    ("out.jpg", "output 'out.jpg': cannot tell the format from its suffix"),
+    ("-", "--graph needs a file"),
+    ("out.png", "install the Debian package graphviz"),
+])
+def test_graph_demo_refuses_a_picture_it_cannot_make_before_building(
+        graph: str, said: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(graphviz.shutil, "which", lambda _name: None)  # no `dot` here
+    code = cli_main(["demo", "--clusters", "2", "--graph", graph, "--name", "graphtest",
+                     "--root", str(tmp_path / "labs")])
+    assert code == 1
+    out = capsys.readouterr()
+    assert out.err.startswith("wgcable demo: ")
+    assert said in out.err
+    assert "bringing up" not in out.err  # refused before anything was built
+    assert not (tmp_path / "labs").exists()

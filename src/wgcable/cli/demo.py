@@ -73,11 +73,11 @@ def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     try:
         check_options(args.clusters, "--timeout", args.timeout, args.nodes)
-        check_can_build(args.name, args.root)
         if args.graph is not None:  # before anything is built: no `dot`, no lab
             if args.graph == "-":
                 raise GraphError("--graph needs a file: standard output shows the demo")
             args.graph_format = check_output(args.graph, None)
+        check_can_build(args.name, args.root)
     except (LabError, GraphError) as e:
         print(f"wgcable demo: {e}", file=sys.stderr)
         return 1
