@@ -135,7 +135,8 @@ def test_graph_dot_structure() -> None:
     for shown in ("<B>cluster1</B>", "<B>gw1-1</B><BR/>passive", "RTT 0.41 ms",
                   "<B>gw1</B> to <B>gw2</B>", "<B>gw2</B> to <B>gw1</B>",
                   "RTT 0.41 ms, rx 1.00 KiB / tx 2.00 KiB, via 198.18.0.102 (NAT)", "behind NAT",
-                  "public 198.18.0.102", "no handshake for 130 s", "2 clusters, 3 gateways"):
+                  "public 198.18.0.102", "no handshake for 130 s",
+                  "2 clusters, 3 gateways, 1 cable>"):
         assert shown in text, shown
     passive = next(line for line in text.splitlines() if "gw1-1" in line)
     assert 'style="rounded,filled,dashed"' in passive

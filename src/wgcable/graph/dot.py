@@ -38,6 +38,10 @@ def _small(text: str) -> str:
     return f'<FONT POINT-SIZE="10">{text}</FONT>'
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms"
 
@@ -131,8 +135,9 @@ def _cables(picture: Picture) -> list[str]:
 def render_dot(picture: Picture) -> str:
     gateways = sum(len(c.gateways) for c in picture.clusters)
     heading = [f"<B>{escape(picture.title, NOTE_LIMIT)}</B>"] if picture.title else []
-    heading.append(f"{len(picture.clusters)} clusters, {gateways} gateways, "
-                   f"{len(picture.cables)} cable reports (one per side)")
+    cables = len({frozenset((c.tail, c.head)) for c in picture.cables})
+    heading.append(", ".join(_count(n, word) for n, word in (
+        (len(picture.clusters), "cluster"), (gateways, "gateway"), (cables, "cable"))))
     heading += [_small(f"<I>{escape(n, NOTE_LIMIT)}</I>") for n in picture.notes]
     out = [
         "digraph wgcable {",
