@@ -337,3 +337,13 @@ def test_graph_demo_refuses_a_picture_it_cannot_make_before_building(
     assert said in out.err
     assert "bringing up" not in out.err  # refused before anything was built
     assert not (tmp_path / "labs").exists()
+
+
+def test_graph_store_names_unreadable_endpoints(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    root = _store_with(tmp_path)
+    (root / "endpoints" / "broken.json").write_text('{"spec": ')
+    assert cli_main(["graph", "--store", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "1 unreadable Endpoint entries: broken" in out
+    assert "<B>gw2</B>" in out  # the rest is drawn
