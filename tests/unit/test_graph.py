@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from wgcable.agent.statusfile import write_status_file
 from wgcable.cable.types import (
     Connection,
     ConnectionStatus,
@@ -347,3 +348,21 @@ def test_graph_store_names_unreadable_endpoints(tmp_path: Path,
     out = capsys.readouterr().out
     assert "1 unreadable Endpoint entries: broken" in out
     assert "<B>gw2</B>" in out  # the rest is drawn
+
+
+def test_graph_store_with_a_local_state_dir_adds_that_gateway_s_bytes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """On a gateway's host, its agent's status file adds the bytes a Gateway object lacks."""
+    root = _store_with(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    c1 = _set()[1].status
+    c1.connections[0].rx_bytes, c1.connections[0].tx_bytes = 3 * 1024, 4 * 1024
+    write_status_file(state, c1)
+    assert cli_main(["graph", "--store", str(root), "--state-dir", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert "rx 3.00 KiB / tx 4.00 KiB" in out
+    assert out.count(" / tx ") == 1  # gw2's side: no file, no bytes
+    (state / "status.json").write_text("[]")
+    assert cli_main(["graph", "--store", str(root), "--state-dir", str(state)]) == 1
+    assert f"--state-dir '{state}': no readable status file" in capsys.readouterr().err

@@ -48,6 +48,10 @@ def register(sub: Any) -> None:
                    "else the in-cluster service account)")
     p.add_argument("--namespace", default=DEFAULT_NAMESPACE,
                    help="broker namespace (kubernetes store; default: %(default)s)")
+    p.add_argument("--state-dir", action="append", default=[], metavar="DIR",
+                   help="with --store: an agent's state directory on this host, whose "
+                   "status file adds its gateway's bytes (a Gateway object has none); "
+                   "repeatable")
     p.add_argument("--store-timeout", type=float, default=DEFAULT_STORE_TIMEOUT,
                    metavar="SECONDS", help="seconds a store request may take "
                    "(default: %(default)s)")
@@ -99,8 +103,11 @@ def run(args: argparse.Namespace) -> int:
                 raise GraphError(f"--store-timeout {args.store_timeout}: must be positive")
             picture = from_store(StoreSpec(args.store, kubeconfig=args.kubeconfig,
                                            namespace=args.namespace,
-                                           timeout=args.store_timeout))
+                                           timeout=args.store_timeout), args.state_dir)
         else:
+            if args.state_dir:
+                raise GraphError("--state-dir goes with --store: a lab's status files are "
+                                 "read anyway")
             picture = from_lab(resolve(args.lab or None, args.root))
         write_picture(picture, args.output, fmt)
     except (GraphError, LabError) as exc:

@@ -10,10 +10,13 @@ with the bytes, the time it was written and whether the agent runs.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
+from wgcable.agent.statusfile import read_status_file
 from wgcable.graph.graphviz import GraphError
 from wgcable.graph.model import GatewayReport, Picture, build_picture
 from wgcable.lab.lab import Lab
+from wgcable.safetext import safe
 from wgcable.store.base import StoreUnavailableError
 from wgcable.store.open import StoreSpec, open_store
 
@@ -29,8 +32,10 @@ def _unreadable(errors: dict[str, str]) -> list[str]:
             + (f" and {more} more" if more else "")]
 
 
-def from_store(spec: StoreSpec) -> Picture:
-    """The picture of what the store holds. GraphError when it cannot be read."""
+def from_store(spec: StoreSpec, state_dirs: Sequence[str] = ()) -> Picture:
+    """The picture of what the store holds; the agents' status files in ``state_dirs``
+    (on this host) add their gateways' bytes and ages. GraphError when the store or a
+    status file cannot be read."""
     try:
         store = open_store(spec, create=False)
         try:
@@ -40,7 +45,25 @@ def from_store(spec: StoreSpec) -> Picture:
             store.close()
     except (StoreUnavailableError, OSError) as exc:
         raise GraphError(f"store {spec.describe()}: {exc}") from None
-    reports = [GatewayReport(st) for st in statuses.values()]
+    local: dict[tuple[str, str], GatewayReport] = {}
+    now = time.time()
+    for d in state_dirs:
+        try:
+            agent = read_status_file(d)
+        except (OSError, ValueError, TypeError, AttributeError) as exc:  # a damaged file
+            raise GraphError(f"--state-dir {safe(d, 200)}: no readable status file: "
+                             f"{safe(str(exc), 200)}") from None
+        ep = agent.gateway.local_endpoint
+        local[(ep.cluster_id, ep.cable_name)] = GatewayReport(
+            agent.gateway, agent.transfer, age=now - agent.updated)
+    reports = []
+    for st in statuses.values():
+        ep = st.local_endpoint
+        found = local.pop((ep.cluster_id, ep.cable_name), None)
+        # The store's status, with the local file's bytes (the file may be newer or older).
+        reports.append(GatewayReport(st) if found is None else
+                       GatewayReport(st, found.transfer, age=found.age))
+    reports += local.values()  # a local agent whose Gateway object is missing
     return build_picture(reports, list(snap.endpoints.values()),
                          title=f"store: {spec.describe()}", notes=_unreadable(snap.errors))
 
