@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(wireguard-go wireguard-tools iproute2 iputils-ping nftables iperf3 procps util-linux)
-tools=(wireguard-go wg ip ping nft iperf3 pkill nsenter)
+debs=(wireguard-go wireguard-tools iproute2 iputils-ping nftables iperf3 procps util-linux graphviz)
+tools=(wireguard-go wg ip ping nft iperf3 pkill nsenter dot)
 
 source scripts/lib-install.sh
 apt_for_tools debs tools

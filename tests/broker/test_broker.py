@@ -614,6 +614,54 @@ def test_store_watch_resumes_from_the_api_server_directly(broker: LocalAPIServer
         assert time.monotonic() - t < 5, "close() did not end the watch promptly"
 
 
+# --- wgcable graph against the broker ---------------------------------------------------------
+
+
+def test_graph_of_the_broker_s_gateway_objects(broker: LocalAPIServer,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`wgcable graph --store kubernetes`, as an operator points it at the broker: an active
+    gateway whose cable is in error, its passive standby, and a gateway that publishes an
+    Endpoint but writes no Gateway object (as a gateway that has not started yet)."""
+    from wgcable.cable.types import Connection, Endpoint, GatewayStatus, HAStatus
+    from wgcable.cli.main import main as cli_main
+    from wgcable.store.kubernetes import KubernetesStore
+
+    def ep(cid: str, host: str, ip: str) -> Endpoint:
+        cable = f"submariner-cable-{cid}-{ip.replace('.', '-')}"
+        return Endpoint(cluster_id=cid, cable_name=cable, hostname=host,
+                        subnets=[f"10.{cid[-1]}.0.0/16"], private_ip=ip, backend="wireguard")
+
+    active, standby = ep("graph1", "gw1", "198.18.0.1"), ep("graph1", "gw1-1", "198.18.1.11")
+    remote = ep("graph2", "gw2", "198.18.0.2")
+    to_remote = Connection(endpoint=remote, status=ConnectionStatus.ERROR,
+                           status_message="no handshake for 130 s", using_ip="198.18.0.2")
+    store = broker.call(lambda: KubernetesStore(NS, str(broker.kubeconfig)))
+    try:
+        broker.call(lambda: (
+            store.publish(active), store.publish(remote),
+            store.write_status("graph1-gw1", GatewayStatus(
+                local_endpoint=active, ha_status=HAStatus.ACTIVE, connections=[to_remote])),
+            store.write_status("graph1-gw1-1", GatewayStatus(local_endpoint=standby))))
+        # The command itself, in-process (a new Python importing the client costs 2 s),
+        # on a thread in the broker's namespace.
+        argv = ["graph", "--store", "kubernetes", "--kubeconfig", str(broker.kubeconfig),
+                "--namespace", NS]
+        assert broker.call(lambda: cli_main(argv)) == 0
+        dot = capsys.readouterr().out
+        for shown in ("<B>graph1</B>", "<B>graph2</B>", "<B>gw1</B><BR/>active",
+                      "<B>gw1-1</B><BR/>passive", "<B>gw2</B><BR/>unknown", "no Gateway status",
+                      "<B>gw1</B> to <B>gw2</B>: ", ">error</B>", "no handshake for 130 s",
+                      f"store: kubernetes namespace {NS}"):
+            assert shown in dot, shown
+        assert "rx " not in dot  # a Gateway object carries no byte counters
+    finally:
+        for plural, name in (("gateways", "graph1-gw1"), ("gateways", "graph1-gw1-1"),
+                             ("endpoints", active.object_name()),
+                             ("endpoints", remote.object_name())):
+            broker.request("DELETE", f"/apis/submariner.io/v1/namespaces/{NS}/{plural}/{name}")
+        store.close()
+
+
 # --- ownership: who may change what -----------------------------------------------------------
 
 

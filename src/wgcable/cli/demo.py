@@ -14,6 +14,7 @@ import time
 from types import FrameType
 from typing import Any
 
+from wgcable.cli.graph import check_output, write_picture
 from wgcable.cli.lab import (
     add_nodes_option,
     add_root_option,
@@ -24,6 +25,8 @@ from wgcable.cli.lab import (
     remove,
     wait_for_cables,
 )
+from wgcable.graph.graphviz import GraphError
+from wgcable.graph.sources import from_lab
 from wgcable.lab.lab import STORES, Lab
 from wgcable.lab.netns import LabError
 from wgcable.store.open import KUBERNETES
@@ -53,6 +56,9 @@ def register(sub: Any) -> None:
                    help="wait this long for all cables; 0: do not wait, show and ping "
                    "at once, as `lab up --wait 0` (cables take a few seconds: expect "
                    "FAILED) (default: %(default)s)")
+    p.add_argument("--graph", metavar="FILE",
+                   help="also draw the lab (clusters, gateways, cables) into FILE, as "
+                   "`wgcable graph`: .png, .svg (these need Graphviz's dot) or .dot")
     add_root_option(p)
     # Namespace names are machine-wide: tests run their demo under a name of their own.
     p.add_argument("--name", default=NAME, help=argparse.SUPPRESS)
@@ -67,8 +73,12 @@ def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     try:
         check_options(args.clusters, "--timeout", args.timeout, args.nodes)
+        if args.graph is not None:  # before anything is built: no `dot`, no lab
+            if args.graph == "-":
+                raise GraphError("--graph needs a file: standard output shows the demo")
+            args.graph_format = check_output(args.graph, None)
         check_can_build(args.name, args.root)
-    except LabError as e:
+    except (LabError, GraphError) as e:
         print(f"wgcable demo: {e}", file=sys.stderr)
         return 1
     old_term = signal.signal(signal.SIGTERM, _sigterm)
@@ -156,6 +166,13 @@ def _demo(args: argparse.Namespace) -> int:
         text, reachable = ping_matrix(lab, v6=v6)
         print(f"\n{text}", flush=True)
         ok = ok and reachable
+    if args.graph is not None:
+        try:
+            write_picture(from_lab(lab), args.graph, args.graph_format)
+            print(f"\nthe lab's graph: {args.graph}")
+        except GraphError as e:
+            print(f"wgcable demo: --graph: {e}", file=sys.stderr)
+            ok = False
     every = "every other pod" if args.nodes > 1 else "every other cluster's pods"
     print(f"\nresult: {'every pod reaches ' + every if ok else 'FAILED'}")
     return 0 if ok else 1

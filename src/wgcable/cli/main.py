@@ -25,6 +25,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "demo": ("demo",),
     "broker": ("broker",),
     "join": ("join",),
+    "graph": ("graph",),
 }
 
 
