@@ -112,7 +112,8 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
         def state() -> GatewayMetricsState:
             return GatewayMetricsState.for_local(
                 local, driver.name, engine.status.connections, dict(engine.established),
-                store_problem=engine.store_problem, active=engine.role is Role.ACTIVE)
+                store_problem=engine.store_problem, active=engine.role is Role.ACTIVE,
+                refused=engine.refused)
         metrics = serve_metrics(state, str(cfg.metrics_address), cfg.metrics_port)
         log.info("metrics on http://%s:%d/metrics", cfg.metrics_address, metrics.port)
 

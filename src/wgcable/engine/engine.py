@@ -135,6 +135,9 @@ class Engine:
         self._status = GatewayStatus(version=version, local_endpoint=local,
                                      ha_status=_ha_status(self.role))
         self.established: dict[str, float] = {}  # cluster -> epoch when it became connected
+        # The clusters whose latest Endpoint the driver refused, as of the last status (a
+        # new set each time: the metrics thread reads it).
+        self.refused: frozenset[str] = frozenset()
         self._synced = False  # a reconcile succeeded since start: stale peers may go
         self._store_problem = ""  # why the store is unusable now ("" while it is fine)
         self._status_write_failing = False
@@ -619,6 +622,7 @@ class Engine:
             else:
                 self.established.pop(cid, None)
         present = {c.endpoint.cluster_id for c in conns}
+        self.refused = frozenset(self._rejected & present)
         for cid in list(self.established):
             if cid not in present:
                 del self.established[cid]
