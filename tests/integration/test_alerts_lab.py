@@ -217,7 +217,7 @@ def test_alerts_lab_healthy_silent_and_every_metric_and_panel_answers(
             if panel["title"] == "Refused endpoints":
                 assert prom.query(expr) == []
             else:
-                wait_for(lambda e=expr: prom.query(e), DEADLINE,  # type: ignore[misc]
+                wait_for(lambda e=expr: prom.query(e), DEADLINE,
                          f"panel {panel['title']!r}: {expr}")
 
 
@@ -266,6 +266,9 @@ def test_alerts_lab_rtt_high_fires_while_a_remote_daemon_stalls(
     print(f"WgcableRTTHigh fired; RTT cluster1 -> cluster3 now {rtt[0]['value'][1]} s")
     wait_for(lambda: not prom.firing("WgcableRTTHigh"), DEADLINE,
              "the RTT alert to clear once the daemon runs")
+    # A stalled daemon is not a dead one: the same one runs on.
+    assert int((lab.state_dir(lab.gateway(3)) / "subwg0.wireguard-go.pid").read_text()) == daemon
+    assert process_running(daemon, "wireguard-go")
 
 
 def test_alerts_lab_store_unavailable_fires(monitored: tuple[Lab, Prometheus]) -> None:
