@@ -169,21 +169,25 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, P
         wait_for(lab.all_connected, 30, "all cables connected")
         yield lab, prom
     finally:
+        problems: list[str] = []  # asserted after everything is removed
         if prom is not None:
             stop_pid(prom.pid, ("prometheus",))
-            assert not process_running(prom.pid, "prometheus")
+            if process_running(prom.pid, "prometheus"):
+                problems.append(f"prometheus {prom.pid} still runs")
             print("--- prometheus log (last 20 lines)",
                   *prom.log.read_text(errors="replace").splitlines()[-20:], sep="\n")
         ns.delete()
         if lab is not None:
             print_agent_logs(lab)
-            assert lab.down() == []
+            problems += lab.down()
+        assert problems == []
 
 
 def test_alerts_lab_healthy_silent_and_every_metric_and_panel_answers(
         monitored: tuple[Lab, Prometheus]) -> None:
     lab, prom = monitored
     gateways = len(lab.state.gateways)
+    seen: list[object] = []  # the last look, for the failure message
 
     def scraped() -> bool:
         up = prom.query('up{job="wgcable"} == 1')
@@ -193,8 +197,6 @@ def test_alerts_lab_healthy_silent_and_every_metric_and_panel_answers(
         seen[:] = [len(up), len(cables), sorted(set(EXPORTED) - names)]
         return len(up) == gateways and len(cables) == gateways * (gateways - 1) \
             and names == set(EXPORTED)
-
-    seen: list[object] = []
 
     # Every metric the rules and the dashboard may name comes out of the real agents.
     try:
