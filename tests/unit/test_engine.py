@@ -562,6 +562,21 @@ def test_reconcile_does_not_retry_a_refused_endpoint_that_did_not_change() -> No
     assert conns["c3"].status == ConnectionStatus.ERROR
 
 
+def test_alerts_refused_clusters_are_in_the_status_for_the_metrics() -> None:
+    store = FakeStore({"c2-cable": remote("c2"), "c3-cable": remote("c3")})
+    engine, driver = make_engine(store)
+    driver.refuse = {"c3"}
+    engine.reconcile()
+    assert engine.refused == frozenset()  # as of the last status: none yet
+    engine.refresh_status()
+    assert engine.refused == {"c3"}
+    driver.refuse = set()
+    store.put("c3-cable", remote("c3", private_ip="198.18.7.7"), notify=False)
+    engine.reconcile()
+    engine.refresh_status()
+    assert engine.refused == frozenset()
+
+
 def test_reconcile_retries_a_refused_endpoint_when_it_changes() -> None:
     store = FakeStore({"c2-cable": remote("c2"), "c3-cable": remote("c3")})
     engine, driver = make_engine(store)

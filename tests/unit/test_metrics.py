@@ -13,6 +13,7 @@ from prometheus_client.registry import CollectorRegistry
 from wgcable.cable.types import Connection, ConnectionStatus, Endpoint, LatencyRTT
 from wgcable.engine.metrics import (
     CABLE_LABELS,
+    EXPORTED,
     GatewayMetricsState,
     make_registry,
     serve_metrics,
@@ -34,11 +35,12 @@ def _conn(
     rx: int = 0,
     tx: int = 0,
     latency: LatencyRTT | None = None,
+    handshake: float | None = None,
 ) -> Connection:
     ep = Endpoint(cluster_id=cluster, hostname=f"gw-{cluster}", private_ip="172.18.0.7",
                   public_ip=public_ip)
     return Connection(endpoint=ep, status=status, using_ip=using_ip, rx_bytes=rx, tx_bytes=tx,
-                      latency_rtt=latency)
+                      latency_rtt=latency, last_handshake=handshake)
 
 
 def _scrape(registry: CollectorRegistry) -> Samples:
@@ -69,7 +71,8 @@ class State:
         self.calls = 0
         self.connections = [
             _conn("cluster2", ConnectionStatus.CONNECTED, public_ip="198.51.100.2", rx=1000,
-                  tx=2000, latency=LatencyRTT(last=0.0015, min=0.001, average=0.002, max=0.004)),
+                  tx=2000, latency=LatencyRTT(last=0.0015, min=0.001, average=0.002, max=0.004),
+                  handshake=1767225601.5),
             _conn("cluster3", ConnectionStatus.CONNECTING, using_ip="172.18.0.7", rx=5),
             _conn("cluster4", ConnectionStatus.CONNECTED, public_ip="198.51.100.4"),
         ]
@@ -122,10 +125,14 @@ def test_exactly_submariners_metrics_and_labels(state: State) -> None:
         "submariner_connections_short",
         "submariner_connection_established_timestamp",
         "submariner_connection_latency_seconds",
-        # Ours: Submariner has none for the broker, nor haStatus outside the Gateway object.
+        # Ours: Submariner has none for the broker, nor haStatus outside the Gateway object,
+        # nor refused Endpoints or handshakes.
         "wgcable_store_available",
         "wgcable_gateway_active",
+        "wgcable_endpoint_refused",
+        "wgcable_connection_last_handshake_timestamp_seconds",
     }
+    assert set(s) == set(EXPORTED)
     for name, samples in s.items():
         for labels, _ in samples:
             if name in ("wgcable_store_available", "wgcable_gateway_active"):
@@ -228,3 +235,23 @@ def test_failover_passive_gateway_says_so_in_the_active_gauge() -> None:
     assert _scrape(make_registry(lambda: active))["wgcable_gateway_active"] == [(labels, 1.0)]
     passive = GatewayMetricsState.for_local(LOCAL, "wireguard", active=False)
     assert _scrape(make_registry(lambda: passive))["wgcable_gateway_active"] == [(labels, 0.0)]
+
+
+def test_alerts_refused_endpoint_and_last_handshake_per_cable() -> None:
+    """What the alert rules need beyond Submariner's names: which remote's Endpoint is
+    refused (its connection is "error" as a dead cable's is) and when the last handshake was."""
+    conns = [
+        _conn("cluster2", ConnectionStatus.CONNECTED, public_ip="198.51.100.2",
+              handshake=1767225601.5),
+        _conn("cluster0", ConnectionStatus.ERROR, using_ip="172.18.0.7"),  # refused: no peer
+    ]
+    st = GatewayMetricsState.for_local(LOCAL, "wireguard", conns, refused=frozenset({"cluster0"}))
+    s = _scrape(make_registry(lambda: st))
+    c2 = _cable("cluster2", "gw-cluster2", "198.51.100.2")
+    c0 = _cable("cluster0", "gw-cluster0", "172.18.0.7")
+    assert s["wgcable_endpoint_refused"] == [(c2, 0.0), (c0, 1.0)]
+    assert s["wgcable_connection_last_handshake_timestamp_seconds"] == [(c2, 1767225601.5)]
+    # A refused cluster that is no connection (not reported) makes no series.
+    st = GatewayMetricsState.for_local(LOCAL, "wireguard", conns[:1],
+                                       refused=frozenset({"cluster0"}))
+    assert _scrape(make_registry(lambda: st))["wgcable_endpoint_refused"] == [(c2, 0.0)]

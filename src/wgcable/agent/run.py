@@ -110,9 +110,11 @@ def run_agent(cfg: AgentConfig, stop: threading.Event | None = None) -> int:
     metrics = None
     if cfg.metrics_port:
         def state() -> GatewayMetricsState:
+            status, refused = engine.status_and_refused()
             return GatewayMetricsState.for_local(
-                local, driver.name, engine.status.connections, dict(engine.established),
-                store_problem=engine.store_problem, active=engine.role is Role.ACTIVE)
+                local, driver.name, status.connections, dict(engine.established),
+                store_problem=engine.store_problem, active=engine.role is Role.ACTIVE,
+                refused=refused)
         metrics = serve_metrics(state, str(cfg.metrics_address), cfg.metrics_port)
         log.info("metrics on http://%s:%d/metrics", cfg.metrics_address, metrics.port)
 

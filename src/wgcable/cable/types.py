@@ -286,6 +286,8 @@ class Connection:
     # never in JSON, and left out of equality so that JSON round trips stay exact.
     rx_bytes: int = field(default=0, compare=False)
     tx_bytes: int = field(default=0, compare=False)
+    # Epoch seconds of the peer's last handshake (None: never), for the metrics only, as above.
+    last_handshake: float | None = field(default=None, compare=False)
 
     def to_json(self) -> JSONObject:
         out: JSONObject = {

@@ -135,6 +135,8 @@ class Engine:
         self._status = GatewayStatus(version=version, local_endpoint=local,
                                      ha_status=_ha_status(self.role))
         self.established: dict[str, float] = {}  # cluster -> epoch when it became connected
+        # The clusters whose latest Endpoint the driver refused, as of the last status.
+        self._refused: frozenset[str] = frozenset()
         self._synced = False  # a reconcile succeeded since start: stale peers may go
         self._store_problem = ""  # why the store is unusable now ("" while it is fine)
         self._status_write_failing = False
@@ -619,6 +621,7 @@ class Engine:
             else:
                 self.established.pop(cid, None)
         present = {c.endpoint.cluster_id for c in conns}
+        refused = frozenset(self._rejected & present)
         for cid in list(self.established):
             if cid not in present:
                 del self.established[cid]
@@ -635,7 +638,7 @@ class Engine:
                 version=self.version, ha_status=_ha_status(role), local_endpoint=self.local,
                 status_failure=failure, connections=conns)
             with self._lock:
-                self._status = status
+                self._status, self._refused = status, refused
             # The local status first, then the store's copy on the store-calls thread: a
             # store that hangs must not hold up the status file or the metrics.
             if self.on_status is not None:
@@ -676,6 +679,18 @@ class Engine:
     def status(self) -> GatewayStatus:
         with self._lock:
             return self._status
+
+    @property
+    def refused(self) -> frozenset[str]:
+        """The clusters whose latest Endpoint the driver refused, as of the last status."""
+        with self._lock:
+            return self._refused
+
+    def status_and_refused(self) -> tuple[GatewayStatus, frozenset[str]]:
+        """Both as of the same status (for the metrics, from another thread: a connection
+        that left is never seen without its refusal)."""
+        with self._lock:
+            return self._status, self._refused
 
     # --- the loop -------------------------------------------------------------------------------
 

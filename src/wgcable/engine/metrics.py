@@ -44,6 +44,10 @@ STORE_LABELS = ("local_cluster", "local_hostname")
 # Ours too: Submariner says haStatus in the Gateway object only; "no active gateway in a
 # cluster" is an alert on sum by (local_cluster) of it.
 GATEWAY_ACTIVE = "wgcable_gateway_active"
+# Ours, per cable: Submariner has no metric of a refused Endpoint (its connection is just
+# "error", as a dead cable's is) nor of handshakes, and the alerts need both.
+ENDPOINT_REFUSED = "wgcable_endpoint_refused"
+LAST_HANDSHAKE = "wgcable_connection_last_handshake_timestamp_seconds"
 
 # Help texts as Submariner has them, so dashboards and docs read the same.
 _HELP = {
@@ -57,7 +61,14 @@ _HELP = {
                      "reports a store problem (its statusFailure says which)",
     GATEWAY_ACTIVE: "1 while this gateway is its cluster's active one (Gateway haStatus "
                     "active), 0 while it is passive",
+    ENDPOINT_REFUSED: "1 while the remote cluster's latest Endpoint is refused (the "
+                      "connection's statusMessage says why), else 0 (by cable driver and cable)",
+    LAST_HANDSHAKE: "Timestamp of the last WireGuard handshake with the remote gateway, "
+                    "absent before the first (by cable driver and cable)",
 }
+
+# Every metric name the agent exports: the dashboard and the alert rules use no other.
+EXPORTED = tuple(_HELP)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,6 +84,7 @@ class GatewayMetricsState:
     established: Mapping[str, float] = field(default_factory=dict)
     store_problem: str = ""  # why the store is unusable, as in the last status; "" if fine
     active: bool = True  # haStatus: active (a passive candidate has no connections)
+    refused: frozenset[str] = frozenset()  # remote clusters whose latest Endpoint was refused
 
     @classmethod
     def for_local(
@@ -85,6 +97,7 @@ class GatewayMetricsState:
         endpoint_ip: str | None = None,
         store_problem: str = "",
         active: bool = True,
+        refused: frozenset[str] = frozenset(),
     ) -> GatewayMetricsState:
         """From the local Endpoint; the IP defaults to its public IP, else its private IP
         (Submariner labels with the public IP)."""
@@ -97,6 +110,7 @@ class GatewayMetricsState:
             established=established or {},
             store_problem=store_problem,
             active=active,
+            refused=refused,
         )
 
 
@@ -124,7 +138,7 @@ class GatewayCollector(Collector):
         if state is None:
             return []
         families = self._families()
-        rx, tx, conns, short, established, latency, store, active = families
+        rx, tx, conns, short, established, latency, store, active, refused, handshake = families
         store.add_metric([state.local_cluster, state.local_hostname],
                          0.0 if state.store_problem else 1.0)
         active.add_metric([state.local_cluster, state.local_hostname],
@@ -155,6 +169,9 @@ class GatewayCollector(Collector):
                 established.add_metric(labels, float(state.established[cluster]))
             if c.latency_rtt is not None:
                 latency.add_metric(labels, c.latency_rtt.last)
+            refused.add_metric(labels, 1.0 if cluster in state.refused else 0.0)
+            if c.last_handshake is not None:
+                handshake.add_metric(labels, c.last_handshake)
         for status, n in sorted(counts.items()):
             short.add_metric([state.cable_driver, status], float(n))
         return families
@@ -173,6 +190,8 @@ class GatewayCollector(Collector):
             gauge(LATENCY),
             gauge(STORE_AVAILABLE, STORE_LABELS),
             gauge(GATEWAY_ACTIVE, STORE_LABELS),
+            gauge(ENDPOINT_REFUSED),
+            gauge(LAST_HANDSHAKE),
         ]
 
 

@@ -47,6 +47,8 @@ class Cable:
             using_nat=self.info.use_nat,
             rx_bytes=self.rx,
             tx_bytes=self.tx,
+            last_handshake=None if self.tracker is None or self.tracker.last_handshake is None
+            else self.tracker.last_handshake.timestamp(),
         )
 
 
