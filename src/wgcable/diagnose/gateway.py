@@ -1,0 +1,144 @@
+"""Every check of one gateway, from the agent's own settings, in the order they are shown."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+from wgcable.agent.settings import AgentConfig
+from wgcable.cable.wireguard.identity import key_path
+from wgcable.diagnose import checks, host, masquerade, probes
+from wgcable.diagnose.checks import AgentFacts, Remote, StoreFacts
+from wgcable.diagnose.result import Result, passed
+from wgcable.routeagent.vtep import DEFAULT_DEVICE as VXLAN_DEVICE
+from wgcable.routing.nftables import NftTable, networks, table_name
+from wgcable.store.base import StoreUnavailableError
+from wgcable.store.open import open_store
+from wgcable.wgctrl.types import Device
+
+
+def diagnose(cfg: AgentConfig) -> list[Result]:
+    a = host.read_agent(cfg.state_dir)
+    out = [checks.agent(a, time.time())]
+    dfacts, dev = host.read_device(cfg.device, cfg.state_dir)
+    kernel, go, go_version = host.wireguard_impl()
+    out.append(checks.wireguard(kernel, go, go_version, dfacts.kind or None))
+    out.append(checks.device(dfacts, a))
+    out.append(checks.key_file(host.read_key_file(key_path(cfg.state_dir, cfg.device)),
+                               os.geteuid()))
+    remotes = host.expected_remotes(a)
+    out += _tunnel(cfg, a, remotes, dev)
+    out += _nftables(cfg, a, remotes)
+    out.append(checks.rp_filter(host.rp_filters([cfg.device, VXLAN_DEVICE]), cfg.device))
+    if dev is not None and dfacts.up:
+        out += _probes(cfg, remotes, dfacts.mtu)
+    out += _store(cfg, a)
+    return out
+
+
+def _tunnel(cfg: AgentConfig, a: AgentFacts, remotes: list[Remote],
+            dev: Device | None) -> list[Result]:
+    on_device = {p.public_key.base64(): p for p in dev.peers} if dev else {}
+    out = [checks.peers(remotes, set(on_device), dev is not None, a)]
+    out += checks.handshakes(remotes, {k: p.last_handshake for k, p in on_device.items()},
+                             datetime.now(UTC))
+    out.append(checks.routes(remotes, host.routed(cfg.table, cfg.device), cfg.device,
+                             cfg.table, a))
+    needed: set[int] = {ipaddress.ip_network(s, strict=False).version
+                        for r in remotes for s in r.subnets}
+    out.append(checks.rule(host.rule_families(cfg.table), needed, cfg.table,
+                           cfg.rule_priority, a))
+    return out
+
+
+def _nftables(cfg: AgentConfig, a: AgentFacts, remotes: list[Remote]) -> list[Result]:
+    items = host.ruleset()
+    name = table_name(cfg.device)
+    enabled = cfg.snat_exemption or cfg.mss_clamp
+    if items is None:
+        return [checks.nft_table(enabled, False, name, [], a)] if enabled else []
+    present = any(isinstance(i.get("table"), dict) and i["table"].get("family") == "inet"
+                  and i["table"].get("name") == name for i in items)
+    sets = NftTable(cfg.device).sets() if present else None
+    exempt = networks(e for n, elems in (sets or {}).items() if n.startswith("remote")
+                      for e in elems)
+    remote_nets = [ipaddress.ip_network(n, strict=False) for r in remotes for n in r.subnets]
+    missing = [str(n) for n in remote_nets
+               if not any(n.version == e.version and n.subnet_of(e)  # type: ignore[arg-type]
+                          for e in exempt)] if cfg.snat_exemption and present else []
+    clamps = any(isinstance(r := i.get("rule"), dict) and r.get("table") == name
+                 and "maxseg" in str(r.get("expr")) for i in items)
+    hits = masquerade.nat_hits(items, list(cfg.cluster_cidrs), remote_nets, name)
+    return [
+        checks.nft_table(enabled, present, name, missing, a),
+        checks.mss_clamp(cfg.mss_clamp, present, clamps, a),
+        masquerade.check(hits, cfg.snat_exemption, masquerade.our_priority(items, name)
+                         if present else None, exempt),
+    ]
+
+
+def _probes(cfg: AgentConfig, remotes: list[Remote], mtu: int) -> list[Result]:
+    local = cfg.local_endpoint()
+
+    def one(r: Remote) -> tuple[Result, Result]:
+        discovery = probes.nat_discovery(r, local.cluster_id, local.cable_name)
+        small = bool(r.health_check_ip) and probes.ping(r.health_check_ip)
+        big = small and probes.ping(
+            r.health_check_ip, size=probes.payload_size(mtu, ":" in r.health_check_ip))
+        return probes.udp_reachable(r, small, discovery), probes.pmtu(r, mtu, small, big)
+
+    if not remotes:
+        return [passed("udp-port", "no remote gateway to probe")]
+    with ThreadPoolExecutor(max_workers=min(8, len(remotes))) as pool:
+        pairs = list(pool.map(one, remotes))
+    return [p[0] for p in pairs] + [p[1] for p in pairs]
+
+
+def _store(cfg: AgentConfig, a: AgentFacts,
+           open_fn: Callable[..., object] = open_store) -> list[Result]:
+    spec = cfg.store_spec()
+    facts = StoreFacts(spec.describe(), readable=False,
+                       agent_reports=a.status.gateway.status_failure if a.status else "")
+    endpoints: list[tuple[str, list[str]]] = []
+    try:
+        store = open_store(spec, create=False)
+        try:
+            snap = store.snapshot()
+        finally:
+            store.close()
+    except (StoreUnavailableError, OSError) as e:
+        facts.error = str(e)
+    else:
+        facts.readable = True
+        facts.endpoints = len(snap.endpoints)
+        facts.bad_entries = list(snap.errors.values())
+        endpoints = [(ep.cluster_id, list(ep.subnets)) for ep in snap.endpoints.values()]
+    if not any(c == cfg.cluster_id for c, _ in endpoints):
+        ours = cfg.local_endpoint()
+        endpoints.insert(0, (ours.cluster_id, ours.subnets))
+    out = [checks.store(facts)]
+    if facts.readable:
+        out.append(checks.subnet_overlaps(endpoints))
+    if spec.is_kubernetes:
+        out += _broker(cfg)
+    return out
+
+
+def _broker(cfg: AgentConfig) -> list[Result]:
+    from wgcable.diagnose import broker
+    from wgcable.diagnose.result import fail
+    from wgcable.store.kubernetes import load_api_client
+
+    try:
+        api_client = load_api_client(cfg.kubeconfig)
+    except StoreUnavailableError as e:
+        return [fail("broker", str(e), "give a readable kubeconfig (--kubeconfig)")]
+    try:
+        return broker.checks(api_client, cfg.namespace, cfg.local_endpoint(),
+                             cfg.gateway_name(), cfg.store_timeout)
+    finally:
+        api_client.close()
