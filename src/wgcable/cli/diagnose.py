@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from wgcable.agent.config import ConfigError, add_arguments, from_namespace
+from wgcable.diagnose.result import CHECKS
 
 LAB_TIMEOUT = 120.0  # seconds for one gateway's diagnose in a lab
 
@@ -25,6 +26,8 @@ def register(sub: Any) -> None:
         "overlaps. Run it where the agent runs. Exit code 1 when any check fails.")
     add_arguments(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--check", action="append", metavar="NAME", choices=CHECKS,
+                   help="run only this check (repeatable): " + ", ".join(CHECKS))
     p.add_argument("--lab", nargs="?", const="default", metavar="NAME",
                    help="check every gateway of the lab NAME (default: %(const)s) instead")
     p.add_argument("--lab-root", metavar="DIR", help="where the lab's state is (tests)")
@@ -40,10 +43,10 @@ def run_diagnose_cmd(args: argparse.Namespace) -> int:
         for problem in e.problems:
             print(f"wgcable diagnose: {problem}", file=sys.stderr)
         return 2
-    from wgcable.diagnose.gateway import diagnose
+    from wgcable.diagnose.gateway import diagnose  # its imports only when it runs
     from wgcable.diagnose.result import exit_code
 
-    results = diagnose(cfg)
+    results = diagnose(cfg, frozenset(args.check) if args.check else None)
     if args.json:
         print(json.dumps({"gateway": cfg.hostname, "cluster": cfg.cluster_id,
                           "checks": [r.to_json() for r in results]}, indent=1))
@@ -59,7 +62,8 @@ def _run_lab(args: argparse.Namespace) -> int:
     try:
         lab = Lab.load(args.lab, root=args.lab_root or LAB_ROOT)
         gateways = [*lab.state.gateways, *lab.state.standbys]
-        argvs = [[a if a != "agent" else "diagnose" for a in lab.agent_argv(gw)]
+        only = [f"--check={c}" for c in args.check or ()]
+        argvs = [[a if a != "agent" else "diagnose" for a in lab.agent_argv(gw)] + only
                  for gw in gateways]
         procs = [subprocess.Popen(lab.gateway_cmd(gw, *argv, "--json"), text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -20,8 +19,13 @@ from wgcable.store.base import StoreUnavailableError
 from wgcable.store.open import open_store
 from wgcable.wgctrl.types import Device
 
+_PROBES = frozenset({"udp-port", "mtu"})
+_STORE = frozenset({"store", "subnet-overlap", "broker", "clock-skew", "rbac"})
 
-def diagnose(cfg: AgentConfig) -> list[Result]:
+
+def diagnose(cfg: AgentConfig, only: frozenset[str] | None = None) -> list[Result]:
+    """Every check, or those named in ``only`` (the probes and the store are only asked
+    when one of theirs is wanted: they take the most time)."""
     a = host.read_agent(cfg.state_dir)
     out = [checks.agent(a, time.time())]
     dfacts, dev = host.read_device(cfg.device, cfg.state_dir)
@@ -34,10 +38,11 @@ def diagnose(cfg: AgentConfig) -> list[Result]:
     out += _tunnel(cfg, a, remotes, dev)
     out += _nftables(cfg, a, remotes)
     out.append(checks.rp_filter(host.rp_filters([cfg.device, VXLAN_DEVICE]), cfg.device))
-    if dev is not None and dfacts.up:
+    if dev is not None and dfacts.up and (only is None or only & _PROBES):
         out += _probes(cfg, remotes, dfacts.mtu)
-    out += _store(cfg, a)
-    return out
+    if only is None or only & _STORE:
+        out += _store(cfg, a)
+    return out if only is None else [r for r in out if r.check in only]
 
 
 def _tunnel(cfg: AgentConfig, a: AgentFacts, remotes: list[Remote],
@@ -77,29 +82,34 @@ def _nftables(cfg: AgentConfig, a: AgentFacts, remotes: list[Remote]) -> list[Re
         checks.nft_table(enabled, present, name, missing, a),
         checks.mss_clamp(cfg.mss_clamp, present, clamps, a),
         masquerade.check(hits, cfg.snat_exemption, masquerade.our_priority(items, name)
-                         if present else None, exempt),
+                         if present else None, exempt, a.repairs),
     ]
 
 
 def _probes(cfg: AgentConfig, remotes: list[Remote], mtu: int) -> list[Result]:
     local = cfg.local_endpoint()
 
-    def one(r: Remote) -> tuple[Result, Result]:
-        discovery = probes.nat_discovery(r, local.cluster_id, local.cable_name)
-        small = bool(r.health_check_ip) and probes.ping(r.health_check_ip)
-        big = small and probes.ping(
-            r.health_check_ip, size=probes.payload_size(mtu, ":" in r.health_check_ip))
-        return probes.udp_reachable(r, small, discovery), probes.pmtu(r, mtu, small, big)
-
     if not remotes:
         return [passed("udp-port", "no remote gateway to probe")]
-    with ThreadPoolExecutor(max_workers=min(8, len(remotes))) as pool:
-        pairs = list(pool.map(one, remotes))
-    return [p[0] for p in pairs] + [p[1] for p in pairs]
+
+    def big(r: Remote) -> bool:
+        v6 = ":" in r.health_check_ip
+        return probes.ping(r.health_check_ip, size=probes.payload_size(mtu, v6))
+
+    # Every probe of every remote at once: an unreachable remote costs its timeouts once.
+    with ThreadPoolExecutor(max_workers=min(24, 3 * len(remotes))) as pool:
+        found = [(r,
+                  pool.submit(probes.ping, r.health_check_ip) if r.health_check_ip else None,
+                  pool.submit(big, r) if r.health_check_ip else None,
+                  pool.submit(probes.nat_discovery, r, local.cluster_id, local.cable_name))
+                 for r in remotes]
+        done = [(r, bool(s and s.result()), bool(b and b.result()), d.result())
+                for r, s, b, d in found]
+    return ([probes.udp_reachable(r, small, d) for r, small, _, d in done]
+            + [probes.pmtu(r, mtu, small, small and large) for r, small, large, _ in done])
 
 
-def _store(cfg: AgentConfig, a: AgentFacts,
-           open_fn: Callable[..., object] = open_store) -> list[Result]:
+def _store(cfg: AgentConfig, a: AgentFacts) -> list[Result]:
     spec = cfg.store_spec()
     facts = StoreFacts(spec.describe(), readable=False,
                        agent_reports=a.status.gateway.status_failure if a.status else "")

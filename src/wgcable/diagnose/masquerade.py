@@ -155,29 +155,33 @@ def our_priority(ruleset: Iterable[Any], ours: str) -> int | None:
 
 
 def check(hits: Sequence[Hit], exemption_on: bool, our_prio: int | None,
-          exempt: Sequence[Network]) -> Result:
-    """``exempt``: the remote networks in our table's set."""
-    uncovered = []
+          exempt: Sequence[Network], repairs: str) -> Result:
+    """``exempt``: the remote networks in our table's set; ``repairs``: the fix for what
+    the agent restores (our table, its set)."""
+    uncovered: list[str] = []
+    fixes: list[str] = []
     for h in hits:
-        why = ""
         if not exemption_on:
-            why = "the SNAT exemption is off (--no-snat-exemption)"
+            why, fix = ("the SNAT exemption is off (--no-snat-exemption)",
+                        "turn the SNAT exemption on (the default)")
         elif our_prio is None:
-            why = "our table (or its NAT chain) is missing"
+            why, fix = "our table (or its NAT chain) is missing", repairs
         elif h.priority <= our_prio:
-            why = f"it runs at priority {h.priority}, not after ours ({our_prio})"
+            why, fix = (f"it runs at priority {h.priority}, not after ours ({our_prio})",
+                        "make the CNI's masquerade chain run after srcnat - 10, or exempt "
+                        "the remote clusters' CIDRs in the CNI")
         elif not any(h.destination.version == n.version
                      and h.destination.subnet_of(n) for n in exempt):  # type: ignore[arg-type]
-            why = f"{h.destination} is not in our exemption set"
-        if why:
-            uncovered.append(f"table {h.table} chain {h.chain} (priority {h.priority}) "
-                             f"masquerades {h.source} -> {h.destination}, and our exemption "
-                             f"does not cover it: {why}")
+            why, fix = f"{h.destination} is not in our exemption set", repairs
+        else:
+            continue
+        uncovered.append(f"table {h.table} chain {h.chain} (priority {h.priority}) "
+                         f"masquerades {h.source} -> {h.destination}, and our exemption "
+                         f"does not cover it: {why}")
+        fixes.append(fix)
     if uncovered:
-        fix = ("turn the SNAT exemption on (the default)" if not exemption_on else
-               "let the agent restore its table, and make the CNI's masquerade chain run "
-               "after srcnat - 10 (or exempt the remote cluster CIDRs in the CNI)")
-        return fail("masquerade", "; ".join(dict.fromkeys(uncovered)), fix)
+        return fail("masquerade", "; ".join(dict.fromkeys(uncovered)),
+                    "; ".join(dict.fromkeys(fixes)))
     if hits:
         tables = ", ".join(dict.fromkeys(f"{h.table} chain {h.chain}" for h in hits))
         return passed("masquerade", f"NAT in {tables} would hit traffic to remote clusters; "

@@ -9,6 +9,11 @@ from typing import Any
 
 from wgcable.safetext import oneline
 
+# Every check's name, in the order they are shown (`--check` picks some).
+CHECKS = ("agent", "wireguard", "device", "key-file", "peers", "handshake", "routes", "rule",
+          "nft-table", "mss-clamp", "masquerade", "rp-filter", "udp-port", "mtu", "store",
+          "subnet-overlap", "broker", "clock-skew", "rbac")
+
 
 class Level(enum.StrEnum):
     PASS = "PASS"  # noqa: S105 - a verdict, not a password
