@@ -208,7 +208,10 @@ def rule(families: set[int], needed: set[int], table: int, priority: int,
         names = " and ".join(f"IPv{v}" for v in missing)
         return fail("rule", f"no {names} rule looks up table {table}: the routes there are "
                     "never used", a.repairs)
-    return passed("rule", f"priority {priority} looks up table {table}")
+    if not families:
+        return passed("rule", f"no rule looks up table {table}, and no remote subnet needs one")
+    names = " and ".join(f"IPv{v}" for v in sorted(families))
+    return passed("rule", f"an {names} rule looks up table {table} (ours: priority {priority})")
 
 
 def nft_table(enabled: bool, present: bool, name: str, remote_missing: Sequence[str],
@@ -238,6 +241,8 @@ def mss_clamp(enabled: bool, table_present: bool, clamps: bool, a: AgentFacts) -
 def rp_filter(values: Mapping[str, int], device_name: str) -> Result:
     """``values``: the effective rp_filter (max of ``all`` and the interface's) of our
     device and, where present, the route agent's VXLAN device (other keys)."""
+    if not values:
+        return passed("rp-filter", f"neither {device_name} nor a VXLAN device exists")
     strict = [name for name, v in values.items() if name != device_name and v == STRICT]
     shown = ", ".join(f"{name}={v}" for name, v in values.items())
     if strict:

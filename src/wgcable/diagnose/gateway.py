@@ -12,7 +12,7 @@ from wgcable.agent.settings import AgentConfig
 from wgcable.cable.wireguard.identity import key_path
 from wgcable.diagnose import checks, host, masquerade, probes
 from wgcable.diagnose.checks import AgentFacts, Remote, StoreFacts
-from wgcable.diagnose.result import Result, passed
+from wgcable.diagnose.result import Result, fail, passed
 from wgcable.routeagent.vtep import DEFAULT_DEVICE as VXLAN_DEVICE
 from wgcable.routing.nftables import NftTable, networks, table_name
 from wgcable.store.base import StoreUnavailableError
@@ -61,11 +61,13 @@ def _tunnel(cfg: AgentConfig, a: AgentFacts, remotes: list[Remote],
 
 
 def _nftables(cfg: AgentConfig, a: AgentFacts, remotes: list[Remote]) -> list[Result]:
-    items = host.ruleset()
+    items, why = host.ruleset()
     name = table_name(cfg.device)
     enabled = cfg.snat_exemption or cfg.mss_clamp
     if items is None:
-        return [checks.nft_table(enabled, False, name, [], a)] if enabled else []
+        return [fail(c, f"cannot read the nftables ruleset: {why}",
+                     "run diagnose as root where the agent runs, with nftables installed")
+                for c in ("nft-table", "mss-clamp", "masquerade")]
     present = any(isinstance(i.get("table"), dict) and i["table"].get("family") == "inet"
                   and i["table"].get("name") == name for i in items)
     sets = NftTable(cfg.device).sets() if present else None
@@ -140,7 +142,6 @@ def _store(cfg: AgentConfig, a: AgentFacts) -> list[Result]:
 
 def _broker(cfg: AgentConfig) -> list[Result]:
     from wgcable.diagnose import broker
-    from wgcable.diagnose.result import fail
     from wgcable.store.kubernetes import load_api_client
 
     try:

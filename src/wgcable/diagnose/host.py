@@ -144,13 +144,21 @@ def rule_families(table: int) -> set[int]:
     return out
 
 
-def ruleset() -> list[Any] | None:
-    """``nft -j list ruleset`` items; None without nft or when it fails."""
+def ruleset() -> tuple[list[Any] | None, str]:
+    """(``nft -j list ruleset`` items, ""), or (None, why it cannot be read)."""
     if shutil.which("nft") is None:
-        return None
-    doc = _json("nft", "-j", "list", "ruleset")
+        return None, "nft is not installed"
+    p = _run("nft", "-j", "list", "ruleset")
+    if p is None or p.returncode != 0:
+        return None, f"nft -j list ruleset: {p.stderr.strip() if p else 'did not run'}"
+    try:
+        doc = json.loads(p.stdout or "{}")
+    except ValueError:
+        return None, "nft -j list ruleset: not JSON"
     items = doc.get("nftables") if isinstance(doc, dict) else None
-    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else None
+    if not isinstance(items, list):
+        return None, "nft -j list ruleset: no ruleset in its output"
+    return [i for i in items if isinstance(i, dict)], ""
 
 
 def _sysctl(path: str) -> int | None:
