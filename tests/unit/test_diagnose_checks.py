@@ -318,3 +318,21 @@ def test_diagnose_masquerade_iptables_nft_targets_and_named_sets_count() -> None
 def test_diagnose_json_round_trip() -> None:
     doc = json.loads(json.dumps([fail("mtu", "d", "f").to_json()]))
     assert doc == [{"check": "mtu", "status": "fail", "detail": "d", "fix": "f"}]
+
+
+def test_diagnose_lab_that_does_not_exist_is_named(tmp_path: Any,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from wgcable.cli.main import main
+
+    assert main(["diagnose", "--lab", "nosuchlab", "--lab-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "lab 'nosuchlab'" in err
+    assert "no lab" in err
+
+
+def test_diagnose_bad_settings_name_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from wgcable.cli.main import main
+
+    assert main(["diagnose", "--store", "/x", "--cluster-id", "Bad_ID",
+                 "--cluster-cidr", "10.1.0.0/16", "--private-ip", "198.18.0.1"]) == 2
+    assert "--cluster-id" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import time
@@ -14,6 +15,7 @@ from wgcable.diagnose import checks, host, masquerade, probes
 from wgcable.diagnose.checks import AgentFacts, Remote, StoreFacts
 from wgcable.diagnose.result import Result, fail, passed
 from wgcable.routeagent.vtep import DEFAULT_DEVICE as VXLAN_DEVICE
+from wgcable.routing.iproute import IPRoute
 from wgcable.routing.nftables import NftTable, networks, table_name
 from wgcable.store.base import StoreUnavailableError
 from wgcable.store.open import open_store
@@ -51,6 +53,10 @@ def _tunnel(cfg: AgentConfig, a: AgentFacts, remotes: list[Remote],
     out = [checks.peers(remotes, set(on_device), dev is not None, a)]
     out += checks.handshakes(remotes, {k: p.last_handshake for k, p in on_device.items()},
                              datetime.now(UTC))
+    # Where IPv6 is off on the device the driver routes a remote's IPv4 subnets only.
+    if not IPRoute().ipv6_enabled(cfg.device):
+        remotes = [dataclasses.replace(r, subnets=tuple(s for s in r.subnets if ":" not in s))
+                   for r in remotes]
     out.append(checks.routes(remotes, host.routed(cfg.table, cfg.device), cfg.device,
                              cfg.table, a))
     needed: set[int] = {ipaddress.ip_network(s, strict=False).version
