@@ -671,7 +671,8 @@ def test_ownership_the_owner_restores_its_endpoint_edited_by_someone_else(
 # --- wgcable diagnose: the broker checks --------------------------------------------------------
 
 
-def test_diagnose_broker_reachable_clock_and_rbac(broker: LocalAPIServer) -> None:
+def test_diagnose_broker_reachable_clock_and_rbac(broker: LocalAPIServer,
+                                                   tmp_path: Path) -> None:
     """`wgcable diagnose`'s broker checks against the real API server: reachable, its Date
     header against our clock, RBAC by dry-run writes (nothing is stored)."""
     from wgcable.cable.types import Endpoint, cable_name_for, gateway_object_name
@@ -685,9 +686,9 @@ def test_diagnose_broker_reachable_clock_and_rbac(broker: LocalAPIServer) -> Non
                         hostname=f"{cluster}-gw", subnets=["10.61.0.0/16"], private_ip=ip,
                         backend="wireguard", backend_config={"udp-port": "5871"})
 
-    def run(ep: Endpoint, skew: float = 0.0) -> dict[str, Any]:
+    def run(ep: Endpoint, skew: float = 0.0, config: str = kubeconfig) -> dict[str, Any]:
         def go() -> dict[str, Any]:
-            api_client = load_api_client(kubeconfig)
+            api_client = load_api_client(config)
             try:
                 results = checks(api_client, NS, ep, gateway_object_name(ep.cluster_id,
                                                                          ep.hostname),
@@ -712,3 +713,10 @@ def test_diagnose_broker_reachable_clock_and_rbac(broker: LocalAPIServer) -> Non
     skewed = run(endpoint("diag1", "198.18.0.61"), skew=30.0)
     assert skewed["clock-skew"].level.value == "FAIL"
     assert "ahead of the API server's" in skewed["clock-skew"].detail
+    # Nothing listens there: named, and nothing else is tried.
+    nowhere = tmp_path / "nowhere.kubeconfig"
+    nowhere.write_text(Path(kubeconfig).read_text().replace(broker.url, "https://127.0.0.1:1"))
+    gone = run(endpoint("diag1", "198.18.0.61"), config=str(nowhere))
+    assert list(gone) == ["broker"], {k: v.detail for k, v in gone.items()}
+    assert gone["broker"].level.value == "FAIL"
+    assert "https://127.0.0.1:1" in gone["broker"].detail

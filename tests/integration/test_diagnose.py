@@ -173,6 +173,8 @@ def test_diagnose_names_each_fault_while_the_agent_is_down(lab: Lab) -> None:
 
 
 def test_diagnose_names_the_store_unavailable(lab: Lab) -> None:
+    """Its endpoints directory replaced by a file (test_fault's other variant, the directory
+    moved away, is undone at once by the agents: they publish their Endpoints again)."""
     repair = _not_a_directory(lab.store_dir / "endpoints")
     try:
         rc, checks = diagnose(lab, lab.gateway(1), "store")
