@@ -713,6 +713,20 @@ def test_diagnose_broker_reachable_clock_and_rbac(broker: LocalAPIServer,
     skewed = run(endpoint("diag1", "198.18.0.61"), skew=30.0)
     assert skewed["clock-skew"].level.value == "FAIL"
     assert "ahead of the API server's" in skewed["clock-skew"].detail
+    # The command, with the agent's flags, where the agent would run (the API server's
+    # namespace here): the store read through the broker, and the same checks.
+    argv = [sys.executable, "-m", "wgcable", "diagnose", "--store", "kubernetes",
+            "--kubeconfig", kubeconfig, "--namespace", NS, "--cluster-id", "diag1",
+            "--cluster-cidr", "10.61.0.0/16", "--private-ip", "198.18.0.61",
+            "--hostname", "diag1-gw", "--state-dir", str(tmp_path), "--json",
+            *(f"--check={c}" for c in ("store", "subnet-overlap", "broker", "clock-skew",
+                                       "rbac"))]
+    p = subprocess.run(Namespace(broker.ns).cmd(*argv), capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert {c["check"]: c["status"] for c in json.loads(p.stdout)["checks"]} == {
+        "store": "pass", "subnet-overlap": "pass", "broker": "pass", "clock-skew": "pass",
+        "rbac": "pass"}
     # Nothing listens there: named, and nothing else is tried.
     nowhere = tmp_path / "nowhere.kubeconfig"
     nowhere.write_text(Path(kubeconfig).read_text().replace(broker.url, "https://127.0.0.1:1"))
