@@ -295,7 +295,9 @@ def test_diagnose_masquerade_without_our_table_or_exemption() -> None:
     [_match("saddr", "==", PODS), {"counter": None}],
     [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}},
                 "right": "fd00::/8"}}, {"masquerade": None}],
-], ids=["cluster-wide-exempt", "other-sources", "no-nat", "ipv6-only"])
+    [_match("saddr", "==", PODS),
+     {"snat": {"family": "ip", "addr": {"payload": {"protocol": "ip", "field": "saddr"}}}}],
+], ids=["cluster-wide-exempt", "other-sources", "no-nat", "ipv6-only", "null-binding"])
 def test_diagnose_masquerade_rules_that_never_hit_cross_cluster_traffic(
         expr: list[Any]) -> None:
     assert masquerade.nat_hits(_ruleset(80, expr), LOCAL, REMOTE, "wgcable_subwg0") == []
@@ -305,6 +307,9 @@ def test_diagnose_masquerade_iptables_nft_targets_and_named_sets_count() -> None
     xt = [{"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "eth0"}},
           {"xt": {"type": "target", "name": "MASQUERADE"}}]
     assert len(masquerade.nat_hits(_ruleset(80, xt), LOCAL, REMOTE, "wgcable_subwg0")) == 1
+    to_node = [_match("saddr", "==", PODS), {"snat": {"family": "ip", "addr": "198.18.0.1"}}]
+    assert len(masquerade.nat_hits(_ruleset(80, to_node), LOCAL, REMOTE,
+                                   "wgcable_subwg0")) == 1
     named = _ruleset(80, [_match("saddr", "==", "@pods"), {"masquerade": None}])
     named.append({"set": {"family": "ip", "table": "cni", "name": "pods",
                           "elem": [{"prefix": {"addr": "10.1.0.0", "len": 16}}]}})

@@ -81,13 +81,21 @@ def _may_match(op: str, net: Network, named: list[Network]) -> bool:
     return True
 
 
+def _null_binding(e: dict[str, Any]) -> bool:
+    """``snat ip to ip saddr``: the source kept, an exemption (ours, the route agent's)."""
+    snat = e.get("snat")
+    addr = snat.get("addr") if isinstance(snat, dict) else None
+    payload = addr.get("payload") if isinstance(addr, dict) else None
+    return isinstance(payload, dict) and payload.get("field") == "saddr"
+
+
 def _rule_may_hit(exprs: Sequence[Any], src: Network, dst: Network,
                   sets: Mapping[tuple[str, str], list[Any]], table: tuple[str, str]) -> bool:
     nat = False
     for e in exprs:
         if not isinstance(e, dict):
             continue
-        if any(k in e for k in _NAT_STATEMENTS):
+        if any(k in e for k in _NAT_STATEMENTS) and not _null_binding(e):
             nat = True
         xt = e.get("xt")
         if isinstance(xt, dict) and xt.get("name") in _XT_TARGETS:
