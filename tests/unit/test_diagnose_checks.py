@@ -162,6 +162,9 @@ def test_diagnose_rp_filter_strict_on_the_vxlan_device_fails() -> None:
     assert "rp_filter=2" in r.fix
     assert checks.rp_filter({"subwg0": 1, "vx-submariner": 2}, "subwg0").level is Level.PASS
     assert checks.rp_filter({"subwg0": 0}, "subwg0").level is Level.PASS
+    # A passive candidate's node is a worker: its VXLAN device only sends.
+    assert checks.rp_filter({"subwg0": 1, "vx-submariner": 1}, "subwg0",
+                            active=False).level is Level.PASS
 
 
 def test_diagnose_subnet_overlap_names_both_clusters() -> None:

@@ -238,13 +238,18 @@ def mss_clamp(enabled: bool, table_present: bool, clamps: bool, a: AgentFacts) -
     return passed("mss-clamp", "TCP MSS clamped to the route MTU on the device")
 
 
-def rp_filter(values: Mapping[str, int], device_name: str) -> Result:
+def rp_filter(values: Mapping[str, int], device_name: str, active: bool = True) -> Result:
     """``values``: the effective rp_filter (max of ``all`` and the interface's) of our
-    device and, where present, the route agent's VXLAN device (other keys)."""
+    device and, where present, the route agent's VXLAN device (other keys). Only the active
+    gateway receives the workers' traffic on the VXLAN device; on a passive one's node the
+    route agent loosens the CNI's interface instead, as on any worker."""
     if not values:
         return passed("rp-filter", f"neither {device_name} nor a VXLAN device exists")
-    strict = [name for name, v in values.items() if name != device_name and v == STRICT]
     shown = ", ".join(f"{name}={v}" for name, v in values.items())
+    if not active:
+        return passed("rp-filter", f"{shown}: a passive gateway's node is a worker for the "
+                      "route agent (the VXLAN device only sends)")
+    strict = [name for name, v in values.items() if name != device_name and v == STRICT]
     if strict:
         return fail("rp-filter", f"strict reverse-path filtering on {', '.join(strict)} "
                     f"({shown}): replies from the workers' pods arrive there but route back "

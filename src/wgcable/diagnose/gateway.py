@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from wgcable.agent.settings import AgentConfig
+from wgcable.cable.types import HAStatus
 from wgcable.cable.wireguard.identity import key_path
 from wgcable.diagnose import checks, host, masquerade, probes
 from wgcable.diagnose.checks import AgentFacts, Remote, StoreFacts
@@ -39,7 +40,9 @@ def diagnose(cfg: AgentConfig, only: frozenset[str] | None = None) -> list[Resul
     remotes = host.expected_remotes(a)
     out += _tunnel(cfg, a, remotes, dev)
     out += _nftables(cfg, a, remotes)
-    out.append(checks.rp_filter(host.rp_filters([cfg.device, VXLAN_DEVICE]), cfg.device))
+    active = a.status is None or a.status.gateway.ha_status == HAStatus.ACTIVE
+    out.append(checks.rp_filter(host.rp_filters([cfg.device, VXLAN_DEVICE]), cfg.device,
+                                active))
     if dev is not None and dfacts.up and (only is None or only & _PROBES):
         out += _probes(cfg, remotes, dfacts.mtu)
     if only is None or only & _STORE:
