@@ -44,11 +44,21 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                  agent_args=["--backend", "userspace"])
     try:
         wait_for(lab.all_connected, 30, "all cables connected")
+        # The route agents on the gateways have loosened their VXLAN device's rp_filter.
+        wait_for(lambda: all(vxlan_rp_filter(gw) == "2" for gw in lab.state.gateways), 30,
+                 "the route agents to loosen rp_filter on the gateways")
         yield lab
     finally:
         print_agent_logs(lab)
         assert lab.down() == []
         assert not [n for n in list_namespaces() if n.startswith(f"{lab.state.prefix}-")]
+
+
+def vxlan_rp_filter(gw: GatewayState) -> str:
+    p = subprocess.run(Namespace(gw.gateway_ns).cmd(
+        "cat", f"/proc/sys/net/ipv4/conf/{VXLAN}/rp_filter"), capture_output=True, text=True,
+        check=False)
+    return p.stdout.strip()
 
 
 def diagnose(lab: Lab, gw: GatewayState, *only: str) -> tuple[int, Checks]:
@@ -231,6 +241,7 @@ def test_diagnose_names_strict_rp_filter_on_the_vxlan_device(lab: Lab) -> None:
     finally:
         Namespace(gw1.gateway_ns).run("sysctl", "-qw", f"{sysctl}=2")
         lab.start_route_agent(1, 0)
+    assert vxlan_rp_filter(gw1) == "2"
     assert rc == 1
     assert "rp_filter=2" in fails(checks, "rp-filter", VXLAN, "strict")["fix"]
 
