@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from wgcable.cable.types import HAStatus
 from wgcable.cable.wireguard.identity import key_path
 from wgcable.diagnose import checks, host, masquerade, probes
 from wgcable.diagnose.checks import AgentFacts, Remote, StoreFacts
-from wgcable.diagnose.result import Result, fail, passed
+from wgcable.diagnose.result import Result, fail, passed, warn
 from wgcable.routeagent.vtep import DEFAULT_DEVICE as VXLAN_DEVICE
 from wgcable.routing.iproute import IPRoute
 from wgcable.routing.nftables import NftTable, networks, table_name
@@ -102,6 +103,9 @@ def _probes(cfg: AgentConfig, remotes: list[Remote], mtu: int) -> list[Result]:
 
     if not remotes:
         return [passed("udp-port", "no remote gateway to probe")]
+    if shutil.which("ping") is None:
+        return [warn(c, "not probed: ping is not installed", "install iputils-ping")
+                for c in ("udp-port", "mtu")]
 
     def big(r: Remote) -> bool:
         v6 = ":" in r.health_check_ip
