@@ -99,13 +99,13 @@ def _nftables(cfg: AgentConfig, a: AgentFacts, remotes: list[Remote]) -> list[Re
 
 
 def _probes(cfg: AgentConfig, remotes: list[Remote], mtu: int) -> list[Result]:
-    local = cfg.local_endpoint()
-
     if not remotes:
         return [passed("udp-port", "no remote gateway to probe")]
     if shutil.which("ping") is None:
         return [warn(c, "not probed: ping is not installed", "install iputils-ping")
                 for c in ("udp-port", "mtu")]
+
+    local = cfg.local_endpoint()
 
     def big(r: Remote) -> bool:
         v6 = ":" in r.health_check_ip
@@ -154,9 +154,12 @@ def _store(cfg: AgentConfig, a: AgentFacts) -> list[Result]:
 
 
 def _broker(cfg: AgentConfig) -> list[Result]:
-    from wgcable.diagnose import broker
-    from wgcable.store.kubernetes import load_api_client
-
+    try:
+        from wgcable.diagnose import broker
+        from wgcable.store.kubernetes import load_api_client
+    except ImportError as e:  # the client is an optional dependency
+        return [fail("broker", f"the kubernetes Python package is missing: {e}",
+                     "pip install 'wgcable[kubernetes]'")]
     try:
         api_client = load_api_client(cfg.kubeconfig)
     except StoreUnavailableError as e:
