@@ -113,6 +113,10 @@ def test_diagnose_lab_every_gateway_passes(lab: Lab) -> None:
         assert sum(ln.split("  ")[1] == check for ln in results) >= 2, check
     # The lab's CNI masquerades; our exemption comes first and covers it.
     assert "our exemption (priority 90) comes first" in p.stdout
+    for gw in lab.state.gateways:  # the key file is checked, never shown
+        secret = (lab.state_dir(gw) / f"{DEVICE}.key").read_text().strip()
+        assert secret
+        assert secret not in p.stdout + p.stderr
 
 
 # --- faults the agent repairs: injected while it is down ------------------------------------
