@@ -344,3 +344,23 @@ def test_diagnose_bad_settings_name_the_flag(capsys: pytest.CaptureFixture[str])
     assert main(["diagnose", "--store", "/x", "--cluster-id", "Bad_ID",
                  "--cluster-cidr", "10.1.0.0/16", "--private-ip", "198.18.0.1"]) == 2
     assert "--cluster-id" in capsys.readouterr().err
+
+
+def test_diagnose_expects_a_cable_in_error_only_when_its_peer_is_installed() -> None:
+    from wgcable.cable.types import Connection, ConnectionStatus
+    from wgcable.diagnose.host import expected_remotes
+
+    def conn(cluster: str, state: ConnectionStatus) -> Connection:
+        return Connection(status=state, endpoint=Endpoint(
+            cluster_id=cluster, subnets=[f"10.{cluster[-1]}.0.0/16"], private_ip="198.18.0.9",
+            backend_config={"publicKey": f"KEY{cluster[-1]}", "udp-port": "5871",
+                            "natt-discovery-port": "4490"}))
+
+    st = status()
+    st.gateway.connections = [conn("cluster2", ConnectionStatus.CONNECTED),
+                              conn("cluster3", ConnectionStatus.ERROR),  # stale handshake
+                              conn("cluster4", ConnectionStatus.ERROR)]  # refused
+    remotes = expected_remotes(AgentFacts(st, running=True), {"KEY2", "KEY3"})
+    assert [r.cluster_id for r in remotes] == ["cluster2", "cluster3"]
+    assert (remotes[0].udp_port, remotes[0].natt_port, remotes[0].address) == (
+        5871, 4490, "198.18.0.9")

@@ -38,7 +38,8 @@ def diagnose(cfg: AgentConfig, only: frozenset[str] | None = None) -> list[Resul
     out.append(checks.device(dfacts, a))
     out.append(checks.key_file(host.read_key_file(key_path(cfg.state_dir, cfg.device)),
                                os.geteuid()))
-    remotes = host.expected_remotes(a)
+    remotes = host.expected_remotes(a, {p.public_key.base64() for p in dev.peers} if dev
+                                    else set())
     out += _tunnel(cfg, a, remotes, dev)
     out += _nftables(cfg, a, remotes)
     active = a.status is None or a.status.gateway.ha_status == HAStatus.ACTIVE

@@ -57,18 +57,21 @@ def _port(text: str | None) -> int:
     return int(text) if text and text.isdigit() and 0 < int(text) < 65536 else 0
 
 
-def expected_remotes(facts: AgentFacts) -> list[Remote]:
-    """The remotes the agent last reported with a cable (connected or connecting): refused
-    endpoints have no peer, and need none."""
+def expected_remotes(facts: AgentFacts, on_device: set[str]) -> list[Remote]:
+    """The remotes the agent last reported with a cable: connected or connecting, or in
+    error with a peer on the device (``on_device``: public keys), as a stale handshake is.
+    A refused endpoint is in error with no peer, and needs none."""
     if facts.status is None:
         return []
     out = []
     for c in facts.status.gateway.connections:
-        if c.status not in (ConnectionStatus.CONNECTED, ConnectionStatus.CONNECTING):
-            continue
         ep = c.endpoint
+        key = ep.backend_config.get(PUBLIC_KEY, "")
+        if c.status not in (ConnectionStatus.CONNECTED, ConnectionStatus.CONNECTING) and not (
+                c.status is ConnectionStatus.ERROR and key in on_device):
+            continue
         out.append(Remote(
-            cluster_id=ep.cluster_id, public_key=ep.backend_config.get(PUBLIC_KEY, ""),
+            cluster_id=ep.cluster_id, public_key=key,
             subnets=tuple(ep.subnets), health_check_ip=ep.health_check_ip,
             address=c.using_ip or ep.gateway_ip(),
             udp_port=_port(ep.backend_config.get(UDP_PORT_KEY)),
