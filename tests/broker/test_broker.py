@@ -714,3 +714,71 @@ def test_ownership_the_owner_restores_its_endpoint_edited_by_someone_else(
     wait_for(lambda: endpoint_of(lab, "cluster1")["spec"] == original["spec"], 15,
              "cluster1's agent to restore its Endpoint")
     wait_for(lambda: lab.ping(2, 1) is not None, 15, "cluster2 to reach cluster1")
+
+
+# --- wgcable diagnose: the broker checks --------------------------------------------------------
+
+
+def test_diagnose_broker_reachable_clock_and_rbac(broker: LocalAPIServer,
+                                                   tmp_path: Path) -> None:
+    """`wgcable diagnose`'s broker checks against the real API server: reachable, its Date
+    header against our clock, RBAC by dry-run writes (nothing is stored)."""
+    from wgcable.cable.types import Endpoint, cable_name_for, gateway_object_name
+    from wgcable.diagnose.broker import checks
+    from wgcable.store.kubernetes import load_api_client
+
+    kubeconfig = str(broker.cluster_kubeconfig("diag1", {"diag1-gw": "198.18.0.61"}))
+
+    def endpoint(cluster: str, ip: str) -> Endpoint:
+        return Endpoint(cluster_id=cluster, cable_name=cable_name_for(cluster, ip),
+                        hostname=f"{cluster}-gw", subnets=["10.61.0.0/16"], private_ip=ip,
+                        backend="wireguard", backend_config={"udp-port": "5871"})
+
+    def run(ep: Endpoint, skew: float = 0.0, config: str = kubeconfig) -> dict[str, Any]:
+        def go() -> dict[str, Any]:
+            api_client = load_api_client(config)
+            try:
+                results = checks(api_client, NS, ep, gateway_object_name(ep.cluster_id,
+                                                                         ep.hostname),
+                                 5.0, wall=lambda: time.time() + skew)
+            finally:
+                api_client.close()
+            return {r.check: r for r in results}
+        return broker.call(go)
+
+    ours = run(endpoint("diag1", "198.18.0.61"))
+    assert [r.level.value for r in ours.values()] == ["PASS"] * 3, ours
+    assert "dry-run writes allowed" in ours["rbac"].detail
+    # Nothing was stored by the dry runs.
+    status, _ = broker.request("GET", f"{ENDPOINTS}/diag1-{cable_name_for('diag1', '198.18.0.61')}")
+    assert status == 404
+    # Another cluster's objects: its Role does not reach them.
+    theirs = run(endpoint("diag2", "198.18.0.62"))
+    assert theirs["rbac"].level.value == "FAIL"
+    assert "patch Endpoint diag2-" in theirs["rbac"].detail
+    assert "403" in theirs["rbac"].detail
+    # A clock 30 s ahead of the server's.
+    skewed = run(endpoint("diag1", "198.18.0.61"), skew=30.0)
+    assert skewed["clock-skew"].level.value == "FAIL"
+    assert "ahead of the API server's" in skewed["clock-skew"].detail
+    # The command, with the agent's flags, where the agent would run (the API server's
+    # namespace here): the store read through the broker, and the same checks.
+    argv = [sys.executable, "-m", "wgcable", "diagnose", "--store", "kubernetes",
+            "--kubeconfig", kubeconfig, "--namespace", NS, "--cluster-id", "diag1",
+            "--cluster-cidr", "10.61.0.0/16", "--private-ip", "198.18.0.61",
+            "--hostname", "diag1-gw", "--state-dir", str(tmp_path), "--json",
+            *(f"--check={c}" for c in ("store", "subnet-overlap", "broker", "clock-skew",
+                                       "rbac"))]
+    p = subprocess.run(Namespace(broker.ns).cmd(*argv), capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert {c["check"]: c["status"] for c in json.loads(p.stdout)["checks"]} == {
+        "store": "pass", "subnet-overlap": "pass", "broker": "pass", "clock-skew": "pass",
+        "rbac": "pass"}
+    # Nothing listens there: named, and nothing else is tried.
+    nowhere = tmp_path / "nowhere.kubeconfig"
+    nowhere.write_text(Path(kubeconfig).read_text().replace(broker.url, "https://127.0.0.1:1"))
+    gone = run(endpoint("diag1", "198.18.0.61"), config=str(nowhere))
+    assert list(gone) == ["broker"], {k: v.detail for k, v in gone.items()}
+    assert gone["broker"].level.value == "FAIL"
+    assert "https://127.0.0.1:1" in gone["broker"].detail

@@ -19,6 +19,7 @@ Handler = Callable[[argparse.Namespace], int]
 MODULES: dict[str, tuple[str, ...]] = {
     "keys": ("genkey", "genpsk", "pubkey"),
     "show": ("show",),
+    "diagnose": ("diagnose",),
     "agent": ("agent", "cleanup", "handover", "rotate-key"),
     "routeagent": ("route-agent",),
     "lab": ("lab",),
