@@ -124,3 +124,17 @@ def test_validation_store_timeout_and_create_store_settings() -> None:
     assert (cfg.store_timeout, cfg.create_store) == (3.0, True)
     with pytest.raises(ValueError, match=r"store-timeout.*not a positive number"):
         load_config([*base, "--store-timeout", "0"], {})
+
+
+def test_validation_readers_add_no_directories_to_the_path_they_are_given(cwd: Path) -> None:
+    """`wgcable graph --store /etc` (and diagnose, cleanup) read through open_store with
+    create=False: a reading made /etc/endpoints and /etc/gateways before."""
+    (cwd / "elsewhere").mkdir()
+    store = open_store(StoreSpec("elsewhere"), create=False)
+    with pytest.raises(StoreUnavailableError, match="endpoints is missing"):
+        store.snapshot()
+    assert store.read_statuses() == {}
+    assert list((cwd / "elsewhere").iterdir()) == []
+    agent_store = open_store(StoreSpec("elsewhere"))  # the agent's: made on first use
+    assert agent_store.snapshot().endpoints == {}
+    assert sorted(p.name for p in (cwd / "elsewhere").iterdir()) == ["endpoints", "gateways"]

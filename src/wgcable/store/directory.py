@@ -382,7 +382,11 @@ class DirectoryStore:
         *,
         poll_interval: float = 0.2,
         use_inotify: bool = True,
+        create_dirs: bool = True,
     ) -> None:
+        """``create_dirs``: make ``endpoints/`` and ``gateways/`` on first use, as an agent
+        must; readers (graph, diagnose, cleanup) pass False and so never add directories to
+        whatever path they were pointed at."""
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be positive, not {poll_interval!r}")
         self.root = Path(root)
@@ -396,7 +400,7 @@ class DirectoryStore:
         self._endpoints = _ParsedDir(self.endpoints_dir, Endpoint.from_json, missing_ok=False)
         self._gateways = _ParsedDir(self.gateways_dir, GatewayStatus.from_json, missing_ok=True)
         self._closed = threading.Event()
-        self._created = False
+        self._created = not create_dirs
 
     # --- writing our own files ---
 

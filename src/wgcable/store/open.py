@@ -109,4 +109,4 @@ def open_store(spec: StoreSpec, *, create: bool = True) -> EndpointStore:
     from wgcable.store.directory import DirectoryStore
 
     check_directory_store(spec, create=create)
-    return DirectoryStore(spec.store)
+    return DirectoryStore(spec.store, create_dirs=create)
