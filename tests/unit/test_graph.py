@@ -247,7 +247,7 @@ def test_graph_without_dot_dot_works_and_svg_names_the_package(
     with pytest.raises(GraphError, match="Debian package graphviz"):
         render(text, "png")
     store = tmp_path / "store"
-    store.mkdir()
+    (store / "endpoints").mkdir(parents=True)  # an empty store (graph creates none)
     assert cli_main(["graph", "--store", str(store), "-o", str(tmp_path / "x.svg")]) == 1
     assert "install the Debian package graphviz" in capsys.readouterr().err
     assert not (tmp_path / "x.svg").exists()
