@@ -6,6 +6,7 @@ import contextlib
 import errno as _errno
 import itertools
 import socket as _socket
+from collections.abc import Sequence
 from types import TracebackType
 
 from wgcable.netlink import message as nlmsg
@@ -17,9 +18,13 @@ NETLINK_GENERIC = 16
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
+NETLINK_GET_STRICT_CHK = 12
 _SO_RCVBUFFORCE = 33
 
 RCVBUF = 1 << 20  # dumps of many peers arrive faster than we read them
+# Requests sent in one datagram by ``batch``: their acks (about 1 KiB of buffer each, as
+# the kernel counts it) must fit in RCVBUF before we read them.
+BATCH_CHUNK = 128
 _PEEK_FLAGS = _socket.MSG_PEEK | _socket.MSG_TRUNC
 
 
@@ -68,6 +73,12 @@ class NetlinkSocket:
         for opt in (NETLINK_EXT_ACK, NETLINK_CAP_ACK):
             with contextlib.suppress(OSError):
                 sock.setsockopt(SOL_NETLINK, opt, 1)
+
+    def strict_dumps(self) -> None:
+        """Have the kernel check dump requests strictly and filter by what they name (a
+        route table), where it can; older kernels ignore the option (the caller filters)."""
+        with contextlib.suppress(OSError):
+            self._sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -133,3 +144,27 @@ class NetlinkSocket:
                         raise DumpInterruptedError()
                     return out
                 out.append(msg)
+
+    def batch(self, requests: Sequence[tuple[int, int, bytes]]
+              ) -> list[NetlinkError | None]:
+        """Send many (type, flags, payload) requests, each acked, many to a datagram, and
+        return each one's error or None, in order. The kernel handles every request on its
+        own: one failure does not stop the others."""
+        results: list[NetlinkError | None] = []
+        for start in range(0, len(requests), BATCH_CHUNK):
+            chunk = requests[start:start + BATCH_CHUNK]
+            seqs = [self.next_seq() for _ in chunk]
+            self._sock.send(b"".join(
+                nlmsg.pack(t, f | nlmsg.NLM_F_REQUEST | nlmsg.NLM_F_ACK, seq, payload)
+                for (t, f, payload), seq in zip(chunk, seqs, strict=True)))
+            pending = {seq: i for i, seq in enumerate(seqs)}
+            got: list[NetlinkError | None] = [None] * len(chunk)
+            while pending:
+                for msg in nlmsg.parse(self._recv()):
+                    if msg.type == nlmsg.NLMSG_OVERRUN:
+                        raise NetlinkError(_errno.ENOBUFS, "netlink overrun")
+                    if msg.type != nlmsg.NLMSG_ERROR or msg.seq not in pending:
+                        continue  # stale, or not an ack
+                    got[pending.pop(msg.seq)] = nlmsg.error_of(msg)
+            results += got
+        return results

@@ -62,7 +62,7 @@ class RouteResource:
         else:
             add -= self._blocked(add)
             # A route whose destination stays (only src changed) is replaced, not deleted.
-            self.table.ip.batch(self.table.commands(add, remove, {r.dst for r in want}))
+            self.table.ip.change_routes(self.table.ops(add, remove, {r.dst for r in want}))
         log.debug("table %d: %d route(s) added, %d removed", self.table.table, len(add),
                   len(remove))
         return len(add) + len(remove)

@@ -495,6 +495,14 @@ class WireGuardDriver:
         self._close_stop_fds()
         self._release_all()
         self.device.close()
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        """Our netlink socket and nftables context: each holds its namespace while open
+        (a later call opens them again)."""
+        with self._lock:
+            self.ip.close()
+            self.nft.close()
 
     def _release_all(self) -> None:
         """No peer is left unable to initiate when we stop."""
@@ -530,7 +538,10 @@ class WireGuardDriver:
             self._supervisor.join(5)
         self._close_stop_fds()
         with self._lock:
-            self._remove_all()
+            try:
+                self._remove_all()
+            finally:
+                self._close_sockets()
             self._conns.clear()
             self._index = PeerIndex()
             if remove_key:
