@@ -55,36 +55,6 @@ def family_of(version: int) -> int:
     return AF_INET if version == 4 else AF_INET6
 
 
-@dataclass(frozen=True, slots=True)
-class RouteMsg:
-    """A route as a dump reports it, in the kernel's own terms (ifindex, packed bytes)."""
-
-    family: int
-    dst: bytes  # packed network address; b"" for a default route
-    dst_len: int
-    table: int
-    protocol: int
-    type: int
-    oif: int  # 0: none (a multipath or blackhole route)
-    prefsrc: bytes = b""
-    gateway: bytes = b""  # packed; of the via family when that differs
-    gateway_family: int = 0
-
-    def dst_text(self) -> str:
-        """As ``ip -j route show`` prints it: a host route without its /32 or /128."""
-        addr = socket.inet_ntop(self.family, self.dst)
-        full = 32 if self.family == AF_INET else 128
-        return addr if self.dst_len == full else f"{addr}/{self.dst_len}"
-
-    def prefsrc_text(self) -> str:
-        return socket.inet_ntop(self.family, self.prefsrc) if self.prefsrc else ""
-
-    def gateway_text(self) -> str:
-        if not self.gateway:
-            return ""
-        return socket.inet_ntop(self.gateway_family or self.family, self.gateway)
-
-
 def _rtmsg(family: int, dst_len: int, table: int, protocol: int, scope: int, rtype: int,
            flags: int = 0) -> bytes:
     small = table if table < 256 else RT_TABLE_COMPAT
@@ -130,36 +100,6 @@ def encode_route(verb: str, dst: ipaddress.IPv4Network | ipaddress.IPv6Network, 
     return msg_type, flags, b"".join(out)
 
 
-def parse_route(payload: bytes) -> RouteMsg:
-    if len(payload) < _RTMSG.size:
-        raise nlmsg.MessageDecodeError("RTM_NEWROUTE shorter than rtmsg")
-    family, dst_len, _, _, table, protocol, _, rtype, _ = _RTMSG.unpack_from(payload)
-    dst = prefsrc = gateway = b""
-    oif = gw_family = 0
-    for a in attrs.iter_attrs(payload[_RTMSG.size:]):
-        if a.type == RTA_DST:
-            dst = a.payload
-        elif a.type == RTA_OIF:
-            oif = a.u32()
-        elif a.type == RTA_TABLE:
-            table = a.u32()
-        elif a.type == RTA_PREFSRC:
-            prefsrc = a.payload
-        elif a.type == RTA_GATEWAY:
-            gateway = a.payload
-        elif a.type == RTA_VIA and len(a.payload) >= 2:
-            gw_family = struct.unpack_from("=H", a.payload)[0]
-            gateway = a.payload[2:]
-    size = 4 if family == AF_INET else 16
-    if (dst_len and len(dst) != size) or (prefsrc and len(prefsrc) != size):
-        raise nlmsg.MessageDecodeError(f"route of family {family} with a bad address size")
-    gw_size = 4 if (gw_family or family) == AF_INET else 16
-    if gateway and len(gateway) != gw_size:
-        raise nlmsg.MessageDecodeError(f"route of family {family} with a bad gateway size")
-    return RouteMsg(family, dst or bytes(size), dst_len, table, protocol, rtype, oif,
-                    prefsrc, gateway, gw_family)
-
-
 @dataclass(frozen=True, slots=True)
 class RuleMsg:
     family: int
@@ -197,3 +137,55 @@ def parse_rule(payload: bytes) -> RuleMsg:
         elif a.type == FRA_PROTOCOL:
             protocol = a.u8()
     return RuleMsg(family, priority, table, protocol, action)
+
+
+_ATTR = struct.Struct("=HH")
+_U32 = struct.Struct("=I")
+_UNI = RTN_UNICAST
+
+
+def route_rows(parts: list[tuple[bytes, int, int]], family: int, table: int
+               ) -> list[tuple[bytes, int, int, bytes, int, bytes, int]]:
+    """The unicast routes but the default of one family and table, from a dump's raw
+    messages (``NetlinkSocket.dump_raw``), as (dst, dst_len, oif, prefsrc, protocol,
+    gateway, gateway family). One tight loop: a table of thousands of routes is read on
+    every status check. Multipath routes (no RTA_OIF) are left out."""
+    out = []
+    size = 4 if family == AF_INET else 16
+    rt, hdr, u32 = _RTMSG, _ATTR, _U32
+    for data, start, end in parts:
+        if end - start < rt.size:
+            raise nlmsg.MessageDecodeError("RTM_NEWROUTE shorter than rtmsg")
+        fam, dst_len, _, _, tab, proto, _, rtype, _ = rt.unpack_from(data, start)
+        if fam != family or rtype != _UNI or not dst_len:
+            continue
+        dst = src = gw = b""
+        oif = gw_fam = 0
+        pos = start + rt.size
+        while end - pos >= 4:
+            alen, atype = hdr.unpack_from(data, pos)
+            if alen < 4 or pos + alen > end:
+                raise nlmsg.MessageDecodeError(f"route attribute with bad length {alen}")
+            atype &= attrs.NLA_TYPE_MASK
+            if atype == RTA_DST:
+                dst = data[pos + 4:pos + alen]
+            elif atype == RTA_OIF and alen == 8:
+                oif = u32.unpack_from(data, pos + 4)[0]
+            elif atype == RTA_TABLE and alen == 8:
+                tab = u32.unpack_from(data, pos + 4)[0]
+            elif atype == RTA_PREFSRC:
+                src = data[pos + 4:pos + alen]
+            elif atype == RTA_GATEWAY:
+                gw = data[pos + 4:pos + alen]
+            elif atype == RTA_VIA and alen >= 6:
+                gw_fam = struct.unpack_from("=H", data, pos + 4)[0]
+                gw = data[pos + 6:pos + alen]
+            pos += (alen + 3) & ~3
+        if tab != table or not oif:
+            continue
+        if len(dst) != size or (src and len(src) != size):
+            raise nlmsg.MessageDecodeError(f"route of family {family} with a bad address size")
+        if gw and len(gw) != (4 if (gw_fam or family) == AF_INET else 16):
+            raise nlmsg.MessageDecodeError(f"route of family {family} with a bad gateway size")
+        out.append((dst, dst_len, oif, src, proto, gw, gw_fam))
+    return out

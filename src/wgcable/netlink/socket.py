@@ -168,3 +168,39 @@ class NetlinkSocket:
                     got[pending.pop(msg.seq)] = nlmsg.error_of(msg)
             results += got
         return results
+
+    def dump_raw(self, msg_type: int, payload: bytes) -> list[tuple[bytes, int, int]]:
+        """A dump's data messages as (datagram, payload start, payload end), not copied
+        one by one: for dumps of thousands of small messages (routes) parsed in one tight
+        loop. Errors as ``request``."""
+        seq = self.next_seq()
+        self._sock.send(nlmsg.pack(msg_type, nlmsg.NLM_F_REQUEST | nlmsg.NLM_F_DUMP, seq,
+                                   payload))
+        out: list[tuple[bytes, int, int]] = []
+        interrupted = False
+        hdr = nlmsg.HEADER
+        while True:
+            data = self._recv()
+            pos, end = 0, len(data)
+            while end - pos >= nlmsg.NLMSG_HDRLEN:
+                length, type_, flags, mseq, _ = hdr.unpack_from(data, pos)
+                if length < nlmsg.NLMSG_HDRLEN or pos + length > end:
+                    raise nlmsg.MessageDecodeError(
+                        f"message at {pos} has bad length {length} ({end - pos} left)")
+                if mseq == seq and type_ >= nlmsg.NLMSG_MIN_TYPE:
+                    interrupted |= bool(flags & nlmsg.NLM_F_DUMP_INTR)
+                    out.append((data, pos + nlmsg.NLMSG_HDRLEN, pos + length))
+                elif mseq == seq and type_ in (nlmsg.NLMSG_ERROR, nlmsg.NLMSG_DONE,
+                                               nlmsg.NLMSG_OVERRUN):
+                    msg = Message(type_, flags, mseq, 0,
+                                  bytes(data[pos + nlmsg.NLMSG_HDRLEN:pos + length]))
+                    if type_ == nlmsg.NLMSG_OVERRUN:
+                        raise NetlinkError(_errno.ENOBUFS, "netlink overrun")
+                    err = (nlmsg.error_of(msg) if type_ == nlmsg.NLMSG_ERROR
+                           else nlmsg.done_error(msg))
+                    if err is not None:
+                        raise err
+                    if interrupted:
+                        raise DumpInterruptedError()
+                    return out
+                pos += nlmsg.align(length)

@@ -14,6 +14,7 @@ import errno
 import ipaddress
 import json
 import os
+import socket
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -71,6 +72,7 @@ class IPRoute:
         self.netns = netns
         self._sock: NetlinkSocket | None = None
         self._lock = threading.Lock()  # one request at a time on the socket
+        self._ifnames: dict[int, str] = {}
 
     # --- rtnetlink: routes and rules ---------------------------------------------------
 
@@ -85,15 +87,20 @@ class IPRoute:
         """Close the netlink socket (it holds its namespace); a later call opens another."""
         with self._lock:
             sock, self._sock = self._sock, None
+            self._ifnames = {}
             if sock is not None:
                 sock.close()
 
     def _names(self, s: NetlinkSocket, indexes: set[int]) -> dict[int, str]:
-        out = {}
-        for index in indexes:
+        """Link names by ifindex, remembered: the kernel never gives an index to another
+        link while the namespace lives (a re-created device has a new one). Only a
+        rename would go unseen, and none of ours is ever renamed."""
+        for index in indexes - self._ifnames.keys():
             link = rtnl.get_link_by_index(index, s)
-            out[index] = link.name if link is not None else f"if{index}"
-        return out
+            if link is None:
+                return {i: self._ifnames.get(i, f"if{i}") for i in indexes}  # gone meanwhile
+            self._ifnames[index] = link.name
+        return self._ifnames
 
     def read_routes(self, family: str, table: int) -> list[RouteRow]:
         """Every unicast route but the default in ``table``, whoever owns it, as rows; a
@@ -102,19 +109,20 @@ class IPRoute:
         with self._lock:
             s = self._rtnl()
             try:
-                replies = s.request(nlroute.RTM_GETROUTE, nlroute.encode_dump_routes(
-                    fam, table), dump=True)
+                parts = s.dump_raw(nlroute.RTM_GETROUTE,
+                                   nlroute.encode_dump_routes(fam, table))
             except NetlinkError as e:
                 if e.errno in (errno.EAFNOSUPPORT, errno.ENOENT):
                     return []
                 raise RoutingError(f"reading table {table}: {e}") from e
-            found = [r for r in (nlroute.parse_route(m.payload) for m in replies
-                                 if m.type == nlroute.RTM_NEWROUTE)
-                     if r.table == table and r.type == nlroute.RTN_UNICAST and r.dst_len
-                     and r.oif and r.family == fam]
-            names = self._names(s, {r.oif for r in found})
-        return [(r.dst_text(), names[r.oif], r.prefsrc_text(), str(r.protocol),
-                 r.gateway_text()) for r in found]
+            found = nlroute.route_rows(parts, fam, table)
+            names = self._names(s, {r[2] for r in found})
+        full = 32 if fam == nlroute.AF_INET else 128
+        ntop = socket.inet_ntop
+        return [(ntop(fam, dst) if dst_len == full else f"{ntop(fam, dst)}/{dst_len}",
+                 names[oif], ntop(fam, src) if src else "", str(proto),
+                 ntop(gw_fam or fam, gw) if gw else "")
+                for dst, dst_len, oif, src, proto, gw, gw_fam in found]
 
     def change_routes(self, ops: Sequence[RouteOp], force: bool = False) -> None:
         """Apply many route changes in one round. Each is applied on its own; without
