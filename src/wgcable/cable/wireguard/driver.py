@@ -65,6 +65,7 @@ class WireGuardDriver:
         self._batch = 0  # >0: inside batch(): changes are applied once, at its end
         self._synced = False
         self._key: Key | None = None
+        self._public: Key | None = None
         self._psk: Key | None = None
         self.device = WireGuardDevice(self.cfg)
         self.ip = IPRoute(self.cfg.netns)
@@ -105,9 +106,9 @@ class WireGuardDriver:
 
     @property
     def public_key(self) -> Key:
-        if self._key is None:
+        if self._key is None or self._public is None:
             raise RuntimeError("driver not initialised")
-        return self._key.public_key()
+        return self._public
 
     # --- set-up -----------------------------------------------------------------------
 
@@ -143,7 +144,9 @@ class WireGuardDriver:
 
     def _set_key(self, key: Key) -> None:
         self._key = key
-        self._peer_res.first.own_key = key.public_key()
+        # Derived once: each connect compares against it (a curve25519 multiplication).
+        self._public = key.public_key()
+        self._peer_res.first.own_key = self._public
         self._state = None  # the link's key changes; peers and routes stay as they are
 
     def rotate_key(self) -> dict[str, str]:
@@ -375,7 +378,7 @@ class WireGuardDriver:
             old = self._conns.get(cid)
             try:
                 peer = desired.validate_remote(
-                    info, self.local, self._local_subnets, self._key.public_key(), self._index,
+                    info, self.local, self._local_subnets, self.public_key, self._index,
                     self._facts.local_ips, self._facts.protected)
             except EndpointRejectedError as e:
                 log.warning("refused %s", e)
