@@ -123,7 +123,7 @@ class NftResource:
 
     def write(self, have: Mapping[IPNetwork, IPNetwork], want: Mapping[IPNetwork, IPNetwork],
               *, trusted: bool, changed: Collection[IPNetwork] | None = None) -> int:
-        remote = tuple(sorted(want, key=lambda n: (n.version, n)))
+        remote = tuple(want)  # in any order: render sorts the elements as integers
         body = nftables.render(nftables.Rules(
             device=self.rules.device, local=self.rules.local, remote=remote,
             snat_exemption=self.rules.snat_exemption, mss_clamp=self.rules.mss_clamp))
