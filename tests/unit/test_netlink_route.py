@@ -180,20 +180,24 @@ def kernel() -> Iterator[Callable[[Callable[[bytes], list[bytes]]], NetlinkSocke
 def test_batch_sends_many_to_a_datagram_and_returns_each_result_in_order(
         kernel: Callable[[Callable[[bytes], list[bytes]]], NetlinkSocket]) -> None:
     datagrams: list[int] = []
+    answers: list[int] = []
 
     def reply(data: bytes) -> list[bytes]:
+        """As the kernel: in order, an error for a failed request, an ack where asked."""
         msgs = nlmsg.parse(data)
         datagrams.append(len(msgs))
-        # Acks come back in reverse order, the third request fails with EEXIST.
-        return [nlmsg.pack_error(-errno.EEXIST if m.payload == b"fail" else 0,
-                                 nlmsg.pack(m.type, m.flags, m.seq, m.payload), seq=m.seq)
-                for m in reversed(msgs)]
+        out = [nlmsg.pack_error(-errno.EEXIST if m.payload == b"fail" else 0,
+                                nlmsg.pack(m.type, m.flags, m.seq, m.payload), seq=m.seq)
+               for m in msgs if m.payload == b"fail" or m.flags & nlmsg.NLM_F_ACK]
+        answers.append(len(out))
+        return out
 
     s = kernel(reply)
-    reqs = [(r.RTM_NEWROUTE, 0, b"fail" if i == 2 else b"ok!!") for i in range(300)]
+    reqs = [(r.RTM_NEWROUTE, 0, b"fail" if i in (2, 299) else b"ok!!") for i in range(300)]
     results = s.batch(reqs)
-    assert datagrams == [128, 128, 44]
-    assert [i for i, e in enumerate(results) if e is not None] == [2]
+    assert datagrams == [256, 44]
+    assert answers == [2, 1]  # one failure and the ack; the last request's failure
+    assert [i for i, e in enumerate(results) if e is not None] == [2, 299]
     err = results[2]
     assert err is not None
     assert err.errno == errno.EEXIST

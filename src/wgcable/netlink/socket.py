@@ -22,9 +22,9 @@ NETLINK_GET_STRICT_CHK = 12
 _SO_RCVBUFFORCE = 33
 
 RCVBUF = 1 << 20  # dumps of many peers arrive faster than we read them
-# Requests sent in one datagram by ``batch``: their acks (about 1 KiB of buffer each, as
-# the kernel counts it) must fit in RCVBUF before we read them.
-BATCH_CHUNK = 128
+# Requests sent in one datagram by ``batch``: if all fail, their errors (about 1 KiB of
+# buffer each, as the kernel counts it) must fit in RCVBUF before we read them.
+BATCH_CHUNK = 256
 _PEEK_FLAGS = _socket.MSG_PEEK | _socket.MSG_TRUNC
 
 
@@ -147,25 +147,32 @@ class NetlinkSocket:
 
     def batch(self, requests: Sequence[tuple[int, int, bytes]]
               ) -> list[NetlinkError | None]:
-        """Send many (type, flags, payload) requests, each acked, many to a datagram, and
-        return each one's error or None, in order. The kernel handles every request on its
-        own: one failure does not stop the others."""
+        """Send many (type, flags, payload) requests, many to a datagram, and return each
+        one's error or None, in order. The kernel handles every request on its own: one
+        failure does not stop the others. Only the last request of a datagram asks for an
+        ack; the kernel answers the others only when they fail, and handles a datagram's
+        requests in order, so that ack ends the datagram's answers."""
         results: list[NetlinkError | None] = []
         for start in range(0, len(requests), BATCH_CHUNK):
             chunk = requests[start:start + BATCH_CHUNK]
             seqs = [self.next_seq() for _ in chunk]
+            last = len(chunk) - 1
             self._sock.send(b"".join(
-                nlmsg.pack(t, f | nlmsg.NLM_F_REQUEST | nlmsg.NLM_F_ACK, seq, payload)
-                for (t, f, payload), seq in zip(chunk, seqs, strict=True)))
-            pending = {seq: i for i, seq in enumerate(seqs)}
+                nlmsg.pack(t, f | nlmsg.NLM_F_REQUEST | (nlmsg.NLM_F_ACK if i == last else 0),
+                           seq, payload)
+                for i, ((t, f, payload), seq) in enumerate(zip(chunk, seqs, strict=True))))
+            index = {seq: i for i, seq in enumerate(seqs)}
             got: list[NetlinkError | None] = [None] * len(chunk)
-            while pending:
+            done = False
+            while not done:
                 for msg in nlmsg.parse(self._recv()):
                     if msg.type == nlmsg.NLMSG_OVERRUN:
                         raise NetlinkError(_errno.ENOBUFS, "netlink overrun")
-                    if msg.type != nlmsg.NLMSG_ERROR or msg.seq not in pending:
-                        continue  # stale, or not an ack
-                    got[pending.pop(msg.seq)] = nlmsg.error_of(msg)
+                    i = index.get(msg.seq)
+                    if msg.type != nlmsg.NLMSG_ERROR or i is None:
+                        continue  # stale, or not an answer
+                    got[i] = nlmsg.error_of(msg)
+                    done |= i == last
             results += got
         return results
 
