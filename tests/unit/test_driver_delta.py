@@ -120,6 +120,9 @@ class FakeIP:
                          str(r.get("protocol", "")), str(r.get("gateway") or "")))
         return rows
 
+    def routes_unchanged(self, table: int) -> bool:
+        return False  # no notifications here: every check reads
+
     def change_routes(self, ops: Sequence[RouteOp], force: bool = False) -> None:
         self.batch([op.text() for op in ops], force)
 

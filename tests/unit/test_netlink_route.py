@@ -10,13 +10,16 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator
+from typing import ClassVar
 
 import pytest
 
 from wgcable.netlink import attrs
 from wgcable.netlink import message as nlmsg
 from wgcable.netlink import route as r
+from wgcable.netlink.routewatch import RouteWatch, tables_in
 from wgcable.netlink.socket import NETLINK_ROUTE, NetlinkSocket
+from wgcable.routing import iproute
 from wgcable.routing.iproute import RouteOp
 
 RTMSG = struct.Struct("=BBBBBBBBI")
@@ -223,3 +226,61 @@ def test_dump_raw_collects_until_done_and_raises_the_kernels_error(
     with pytest.raises(nlmsg.NetlinkError) as e:
         s.dump_raw(r.RTM_GETROUTE, r.encode_dump_routes(socket.AF_INET6, 220))
     assert e.value.errno == errno.EAFNOSUPPORT
+
+
+# --- route notifications ----------------------------------------------------------------
+
+
+def notification(table: int, msg_type: int = r.RTM_NEWROUTE) -> bytes:
+    return nlmsg.pack(msg_type, 0, 0, route_msg(socket.AF_INET, "10.2.0.0", 16, table=table))
+
+
+def test_tables_in_names_each_changed_table_and_none_for_what_it_cannot_read() -> None:
+    assert tables_in(notification(220) + notification(1000, r.RTM_DELROUTE)) == {220, 1000}
+    assert tables_in(nlmsg.pack(r.RTM_NEWRULE, 0, 0, b"\0" * 12)) == set()  # not a route
+    assert tables_in(notification(220)[:-2]) is None
+    assert tables_in(nlmsg.pack(r.RTM_NEWROUTE, 0, 0, b"\0" * 8)) is None
+
+
+def test_route_watch_drains_without_waiting() -> None:
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    watch = RouteWatch(ours)
+    try:
+        assert watch.changed() == set()
+        kernel.send(notification(254))
+        kernel.send(notification(220))
+        assert watch.changed() == {254, 220}
+        assert watch.changed() == set()
+        kernel.send(b"\xff" * 20)  # not netlink
+        kernel.send(notification(220))
+        assert watch.changed() is None
+    finally:
+        watch.close()
+        kernel.close()
+
+
+def test_each_table_keeps_the_changes_it_has_not_asked_about_yet(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+
+    class Watch:
+        pending: ClassVar[list[set[int] | None]] = []
+
+        def changed(self) -> set[int] | None:
+            return self.pending.pop(0) if self.pending else set()
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(iproute, "RouteWatch", Watch)
+    ip = iproute.IPRoute()
+    assert not ip.routes_unchanged(220)  # the first time: unknown
+    assert not ip.routes_unchanged(254)
+    assert ip.routes_unchanged(220)
+    Watch.pending += [{254}]
+    assert ip.routes_unchanged(220)  # another table's change, seen here first...
+    assert not ip.routes_unchanged(254)  # ...is still told to its own caller
+    assert ip.routes_unchanged(254)
+    Watch.pending += [None]  # lost notifications: every table may have changed
+    assert not ip.routes_unchanged(220)
+    assert not ip.routes_unchanged(254)
+    ip.close()

@@ -26,6 +26,7 @@ from wgcable.netlink import route as nlroute
 from wgcable.netlink import rtnl
 from wgcable.netlink.message import NetlinkError
 from wgcable.netlink.netns import call_in_netns
+from wgcable.netlink.routewatch import RouteWatch
 from wgcable.netlink.socket import NETLINK_ROUTE, NetlinkSocket
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -73,6 +74,8 @@ class IPRoute:
         self._sock: NetlinkSocket | None = None
         self._lock = threading.Lock()  # one request at a time on the socket
         self._ifnames: dict[int, str] = {}
+        self._watch: RouteWatch | None = None
+        self._dirty: dict[int, bool] = {}  # per table asked about: changed since asked
 
     # --- rtnetlink: routes and rules ---------------------------------------------------
 
@@ -90,6 +93,10 @@ class IPRoute:
             self._ifnames = {}
             if sock is not None:
                 sock.close()
+            watch, self._watch = self._watch, None
+            self._dirty = {}
+            if watch is not None:
+                watch.close()
 
     def _names(self, s: NetlinkSocket, indexes: set[int]) -> dict[int, str]:
         """Link names by ifindex, remembered: the kernel never gives an index to another
@@ -101,6 +108,21 @@ class IPRoute:
                 return {i: self._ifnames.get(i, f"if{i}") for i in indexes}  # gone meanwhile
             self._ifnames[index] = link.name
         return self._ifnames
+
+    def routes_unchanged(self, table: int) -> bool:
+        """True when no route of ``table`` was added, changed or deleted since the last
+        call (by anyone, us included); False the first time, or when notifications were
+        lost. Call it before a read, so that a change during the read shows next time."""
+        with self._lock:
+            if self._watch is None:
+                self._watch = call_in_netns(self.netns, RouteWatch)
+            changed = self._watch.changed()
+            # Per table asked about: another table's caller still needs what it missed.
+            for t in self._dirty:
+                self._dirty[t] = self._dirty[t] or changed is None or t in changed
+            dirty = self._dirty.get(table, True)
+            self._dirty[table] = False
+            return not dirty
 
     def read_routes(self, family: str, table: int) -> list[RouteRow]:
         """Every unicast route but the default in ``table``, whoever owns it, as rows; a

@@ -106,6 +106,8 @@ class RouteTable:
         self.families: tuple[str, ...] = FAMILIES  # "-4" only where IPv6 is off
         # Destinations another owner routes in the table, as last read: ours are not added.
         self.blocked: frozenset[IPNetwork] = frozenset()
+        # The keys (and ``exactly``) the last read held: until the table changes, true.
+        self._held: tuple[frozenset[_Key], bool] | None = None
 
     def read_rows(self) -> list[_Row]:
         """Every unicast route in the table, whoever owns it (one netlink dump per
@@ -133,12 +135,21 @@ class RouteTable:
     def holds(self, keys: frozenset[_Key], exactly: bool = True) -> bool:
         """Whether the table holds our routes of these ``Route.text_key()``s (and, with
         ``exactly``, no other of ours): one read, compared as text. False may also mean
-        "printed differently": then :meth:`sync` decides."""
+        "printed differently": then :meth:`sync` decides. No read when the last one
+        found these very keys and the kernel notified no change of the table since."""
+        unchanged = self.ip.routes_unchanged(self.table)  # before the read: see there
+        if unchanged and self._held is not None and self._held[0] is keys \
+                and self._held[1] == exactly:
+            return True
+        self._held = None
         actual = self._read()
         if exactly and len(actual) != len(keys):
             return False
         have = set(actual)
-        return have == keys if exactly else keys <= have
+        ok = have == keys if exactly else keys <= have
+        if ok:
+            self._held = (keys, exactly)
+        return ok
 
     def routable(self, routes: Iterable[Route]) -> set[Route]:
         """Without IPv6 (off on this host or namespace) IPv6 routes cannot exist."""
