@@ -159,7 +159,7 @@ def test_injection_zoned_network_reaches_nft_without_its_zone() -> None:
     assert set_elements(text, "remote6") == "elements = { fd00:5::/64 }"
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(8, 32)), max_size=40),
        st.lists(st.tuples(st.integers(0, 2**128 - 1), st.integers(16, 128)), max_size=20))
 def test_elements_are_what_ipaddress_collapses_them_to(
