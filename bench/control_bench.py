@@ -18,7 +18,8 @@ an endpoint in 198.18.128.0/17 that nothing answers (no handshake ever completes
 Measured per N (median and p90 of ``repeat`` rounds after one untimed warm-up):
 
 - connect N from empty: ``connect_to_endpoint`` for every cluster inside one
-  ``driver.batch()`` (validation, one UAPI set, one ``ip -batch``, the nftables table);
+  ``driver.batch()`` (validation, one UAPI set, the routes in one round of netlink
+  messages, the nftables table through libnftables);
   floor: ``wg setconf`` + ``ip -batch``;
 - change one endpoint among N: ``connect_to_endpoint`` with a new IP for one cluster
   (outside a batch: read the device, send the delta, re-read the route table); floor:
@@ -29,8 +30,8 @@ Measured per N (median and p90 of ``repeat`` rounds after one untimed warm-up):
   ``device()`` under it, against ``wg show <dev> dump``.
 
 Every ``wg`` figure includes starting ``nsenter`` and ``wg`` (wireguard-go's socket lives in
-its private mount namespace), every ``ip`` figure starting ``ip``; the driver pays the same
-kind of cost for its own ``ip`` and ``nft`` calls.
+its private mount namespace), every ``ip`` figure starting ``ip``; the driver starts no
+process for its routes, rules or nftables table (where libnftables is installed).
 """
 
 from __future__ import annotations

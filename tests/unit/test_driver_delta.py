@@ -14,10 +14,10 @@ from __future__ import annotations
 import ipaddress
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from fake_kernel import nft_sets
@@ -28,7 +28,7 @@ from wgcable.cable.wireguard.desired import RemotePeer
 from wgcable.cable.wireguard.driver import WireGuardDriver
 from wgcable.cable.wireguard.index import PeerIndex
 from wgcable.routing import nftables
-from wgcable.routing.iproute import RoutingError
+from wgcable.routing.iproute import RouteOp, RoutingError
 from wgcable.routing.table import RouteTable
 from wgcable.wgctrl import BackendKind, Client, Config, Device, Key, PeerConfig, UDPAddr
 from wgcable.wgctrl.memory import MemoryBackend
@@ -107,6 +107,42 @@ class FakeIP:
         return {"ifname": name, "mtu": 1500}
 
 
+    # What RouteTable uses (IPRoute's netlink calls), over the `ip`-shaped state above.
+    _PROTOS: ClassVar[dict[str, int]] = {"kernel": 2, "boot": 3, "static": 4}
+
+    def read_routes(self, family: str, table: int) -> list[tuple[str, str, str, str, str]]:
+        rows = []
+        for r in self.json(family, "route", "show", "table", str(table), check=False):
+            dst, dev = r.get("dst"), r.get("dev")
+            if not dst or not dev or r.get("type", "unicast") != "unicast" or dst == "default":
+                continue
+            rows.append((str(dst), str(dev), str(r.get("prefsrc") or ""),
+                         str(r.get("protocol", "")), str(r.get("gateway") or "")))
+        return rows
+
+    def routes_unchanged(self, table: int) -> bool:
+        return False  # no notifications here: every check reads
+
+    def change_routes(self, ops: Sequence[RouteOp], force: bool = False) -> None:
+        self.batch([op.text() for op in ops], force)
+
+    def read_rules(self, family: str) -> list[tuple[int, int, int]]:
+        return [(int(r["priority"]), int(r["table"]),
+                 self._PROTOS.get(str(r["protocol"])) or int(r["protocol"]))
+                for r in self.json(family, "rule", "show")]
+
+    def add_rule(self, family: str, priority: int, table: int, protocol: int) -> None:
+        self.run(family, "rule", "add", "priority", str(priority), "table", str(table),
+                 "protocol", str(protocol))
+
+    def del_rule(self, family: str, priority: int, table: int, protocol: int | None) -> None:
+        self.run(family, "rule", "del", "priority", str(priority), "table", str(table),
+                 *(("protocol", str(protocol)) if protocol is not None else ()))
+
+    def close(self) -> None:
+        pass
+
+
 class FakeNft:
     def __init__(self) -> None:
         self.name = nftables.table_name(DEV)
@@ -116,6 +152,9 @@ class FakeNft:
     def apply(self, body: str) -> None:
         self.body = body
         self.writes += 1
+
+    def close(self) -> None:
+        pass
 
     def remove(self) -> None:
         self.body = None

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from wgcable.cable.remote import shown
@@ -24,6 +24,7 @@ from wgcable.cable.wireguard.desired import (
     mtu_for,
     validate_remote,
 )
+from wgcable.cable.wireguard.host import overlaps
 from wgcable.cable.wireguard.index import PeerIndex
 from wgcable.cable.wireguard.psk import WELL_KNOWN
 from wgcable.cable.wireguard.psk import check as check_psk
@@ -702,3 +703,18 @@ def test_injection_accepted_values_are_canonical() -> None:
     assert peer.using_ip == "2001:db8::7"
     assert str(peer.endpoint) == "[2001:db8::7]:5871"
     assert [str(n) for n in peer.subnets] == ["fd00:5::/64"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32), st.integers(0, 2**32 - 1),
+       st.integers(0, 32), st.booleans())
+def test_overlaps_as_integers_is_ipaddress_overlaps(a: int, pa: int, b: int, pb: int,
+                                                    v6: bool) -> None:
+    x = ipaddress.IPv4Network((a, pa), strict=False)
+    y: ipaddress.IPv4Network | ipaddress.IPv6Network = ipaddress.IPv4Network((b, pb),
+                                                                              strict=False)
+    if v6:  # the other family never overlaps
+        y = ipaddress.IPv6Network((b, pb), strict=False)
+        assert not overlaps(x, y)
+        return
+    assert overlaps(x, y) == x.overlaps(y)

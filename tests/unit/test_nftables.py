@@ -5,11 +5,14 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wgcable.routing.nftables import (
     NAT_PRIORITY,
     Rules,
     _element_text,
+    _elements,
     render,
     table_name,
     transaction,
@@ -154,3 +157,16 @@ def test_injection_zoned_network_reaches_nft_without_its_zone() -> None:
     assert "flush" not in text
     assert "%" not in text
     assert set_elements(text, "remote6") == "elements = { fd00:5::/64 }"
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(8, 32)), max_size=40),
+       st.lists(st.tuples(st.integers(0, 2**128 - 1), st.integers(16, 128)), max_size=20))
+def test_elements_are_what_ipaddress_collapses_them_to(
+        v4: list[tuple[int, int]], v6: list[tuple[int, int]]) -> None:
+    """The integer merge in ``_elements`` gives exactly ``collapse_addresses``' prefixes."""
+    nets4 = [ipaddress.IPv4Network((a, p), strict=False) for a, p in v4]
+    nets6 = [ipaddress.IPv6Network((a, p), strict=False) for a, p in v6]
+    both: list[IPNetwork] = [*nets4, *nets6]
+    assert _elements(both, 4) == [str(n) for n in ipaddress.collapse_addresses(nets4)]
+    assert _elements(both, 6) == [str(n) for n in ipaddress.collapse_addresses(nets6)]

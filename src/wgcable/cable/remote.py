@@ -89,11 +89,16 @@ def parse_network(text: str, field: str, cluster_id: str) -> IPNetwork:
 
 
 def canonical_address(addr: IPAddress) -> IPAddress:
-    """The address rebuilt from its bits: whatever zone text it carried is gone."""
+    """The address rebuilt from its bits: whatever zone text it carried is gone. An exact
+    IPv4Address has no zone to lose (and rebuilding thousands costs milliseconds)."""
+    if type(addr) is ipaddress.IPv4Address:
+        return addr
     return ipaddress.ip_address(addr.packed)
 
 
 def canonical_network(net: IPNetwork) -> IPNetwork:
+    if type(net) is ipaddress.IPv4Network:  # no zone, host bits already dropped
+        return net
     return ipaddress.ip_network((net.network_address.packed, net.prefixlen))
 
 

@@ -45,6 +45,7 @@ NLMSGERR_ATTR_MISS_NEST = 6
 GENL_HDRLEN = 4
 
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+HEADER = _NLMSGHDR
 _GENLMSGHDR = struct.Struct("=BBH")  # cmd, version, reserved
 _ERRNO = struct.Struct("=i")
 

@@ -130,6 +130,21 @@ def get_link(name: str, sock: NetlinkSocket | None = None) -> Link | None:
     return None
 
 
+def get_link_by_index(index: int, sock: NetlinkSocket | None = None) -> Link | None:
+    """The link with ifindex ``index``, or None."""
+    with _route_socket(sock) as s:
+        try:
+            replies = s.request(RTM_GETLINK, ifinfomsg(index=index))
+        except NetlinkError as e:
+            if e.errno == _errno.ENODEV:
+                return None
+            raise
+    for m in replies:
+        if m.type == RTM_NEWLINK:
+            return parse_link(m.payload)
+    return None
+
+
 def create_link(name: str, kind: str, sock: NetlinkSocket | None = None) -> None:
     """Create a link of ``kind`` (e.g. "wireguard"). EEXIST if the name is taken;
     EOPNOTSUPP when the kernel has no driver of that kind."""

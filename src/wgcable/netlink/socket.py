@@ -6,6 +6,7 @@ import contextlib
 import errno as _errno
 import itertools
 import socket as _socket
+from collections.abc import Sequence
 from types import TracebackType
 
 from wgcable.netlink import message as nlmsg
@@ -17,9 +18,13 @@ NETLINK_GENERIC = 16
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
+NETLINK_GET_STRICT_CHK = 12
 _SO_RCVBUFFORCE = 33
 
 RCVBUF = 1 << 20  # dumps of many peers arrive faster than we read them
+# Requests sent in one datagram by ``batch``: if all fail, their errors (about 1 KiB of
+# buffer each, as the kernel counts it) must fit in RCVBUF before we read them.
+BATCH_CHUNK = 256
 _PEEK_FLAGS = _socket.MSG_PEEK | _socket.MSG_TRUNC
 
 
@@ -68,6 +73,12 @@ class NetlinkSocket:
         for opt in (NETLINK_EXT_ACK, NETLINK_CAP_ACK):
             with contextlib.suppress(OSError):
                 sock.setsockopt(SOL_NETLINK, opt, 1)
+
+    def strict_dumps(self) -> None:
+        """Have the kernel check dump requests strictly and filter by what they name (a
+        route table), where it can; older kernels ignore the option (the caller filters)."""
+        with contextlib.suppress(OSError):
+            self._sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -133,3 +144,70 @@ class NetlinkSocket:
                         raise DumpInterruptedError()
                     return out
                 out.append(msg)
+
+    def batch(self, requests: Sequence[tuple[int, int, bytes]]
+              ) -> list[NetlinkError | None]:
+        """Send many (type, flags, payload) requests, many to a datagram, and return each
+        one's error or None, in order. The kernel handles every request on its own: one
+        failure does not stop the others. Only the last request of a datagram asks for an
+        ack; the kernel answers the others only when they fail, and handles a datagram's
+        requests in order, so that ack ends the datagram's answers."""
+        results: list[NetlinkError | None] = []
+        for start in range(0, len(requests), BATCH_CHUNK):
+            chunk = requests[start:start + BATCH_CHUNK]
+            seqs = [self.next_seq() for _ in chunk]
+            last = len(chunk) - 1
+            self._sock.send(b"".join(
+                nlmsg.pack(t, f | nlmsg.NLM_F_REQUEST | (nlmsg.NLM_F_ACK if i == last else 0),
+                           seq, payload)
+                for i, ((t, f, payload), seq) in enumerate(zip(chunk, seqs, strict=True))))
+            index = {seq: i for i, seq in enumerate(seqs)}
+            got: list[NetlinkError | None] = [None] * len(chunk)
+            done = False
+            while not done:
+                for msg in nlmsg.parse(self._recv()):
+                    if msg.type == nlmsg.NLMSG_OVERRUN:
+                        raise NetlinkError(_errno.ENOBUFS, "netlink overrun")
+                    i = index.get(msg.seq)
+                    if msg.type != nlmsg.NLMSG_ERROR or i is None:
+                        continue  # stale, or not an answer
+                    got[i] = nlmsg.error_of(msg)
+                    done |= i == last
+            results += got
+        return results
+
+    def dump_raw(self, msg_type: int, payload: bytes) -> list[tuple[bytes, int, int]]:
+        """A dump's data messages as (datagram, payload start, payload end), not copied
+        one by one: for dumps of thousands of small messages (routes) parsed in one tight
+        loop. Errors as ``request``."""
+        seq = self.next_seq()
+        self._sock.send(nlmsg.pack(msg_type, nlmsg.NLM_F_REQUEST | nlmsg.NLM_F_DUMP, seq,
+                                   payload))
+        out: list[tuple[bytes, int, int]] = []
+        interrupted = False
+        hdr = nlmsg.HEADER
+        while True:
+            data = self._recv()
+            pos, end = 0, len(data)
+            while end - pos >= nlmsg.NLMSG_HDRLEN:
+                length, type_, flags, mseq, _ = hdr.unpack_from(data, pos)
+                if length < nlmsg.NLMSG_HDRLEN or pos + length > end:
+                    raise nlmsg.MessageDecodeError(
+                        f"message at {pos} has bad length {length} ({end - pos} left)")
+                if mseq == seq and type_ >= nlmsg.NLMSG_MIN_TYPE:
+                    interrupted |= bool(flags & nlmsg.NLM_F_DUMP_INTR)
+                    out.append((data, pos + nlmsg.NLMSG_HDRLEN, pos + length))
+                elif mseq == seq and type_ in (nlmsg.NLMSG_ERROR, nlmsg.NLMSG_DONE,
+                                               nlmsg.NLMSG_OVERRUN):
+                    msg = Message(type_, flags, mseq, 0,
+                                  bytes(data[pos + nlmsg.NLMSG_HDRLEN:pos + length]))
+                    if type_ == nlmsg.NLMSG_OVERRUN:
+                        raise NetlinkError(_errno.ENOBUFS, "netlink overrun")
+                    err = (nlmsg.error_of(msg) if type_ == nlmsg.NLMSG_ERROR
+                           else nlmsg.done_error(msg))
+                    if err is not None:
+                        raise err
+                    if interrupted:
+                        raise DumpInterruptedError()
+                    return out
+                pos += nlmsg.align(length)

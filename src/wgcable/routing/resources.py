@@ -62,7 +62,7 @@ class RouteResource:
         else:
             add -= self._blocked(add)
             # A route whose destination stays (only src changed) is replaced, not deleted.
-            self.table.ip.batch(self.table.commands(add, remove, {r.dst for r in want}))
+            self.table.ip.change_routes(self.table.ops(add, remove, {r.dst for r in want}))
         log.debug("table %d: %d route(s) added, %d removed", self.table.table, len(add),
                   len(remove))
         return len(add) + len(remove)
@@ -123,7 +123,7 @@ class NftResource:
 
     def write(self, have: Mapping[IPNetwork, IPNetwork], want: Mapping[IPNetwork, IPNetwork],
               *, trusted: bool, changed: Collection[IPNetwork] | None = None) -> int:
-        remote = tuple(sorted(want, key=lambda n: (n.version, n)))
+        remote = tuple(want)  # in any order: render sorts the elements as integers
         body = nftables.render(nftables.Rules(
             device=self.rules.device, local=self.rules.local, remote=remote,
             snat_exemption=self.rules.snat_exemption, mss_clamp=self.rules.mss_clamp))

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from wgcable.routing.iproute import IPRoute
+from wgcable.routing.iproute import IPRoute, RouteOp
 from wgcable.wgctrl.types import IPAddress, IPNetwork
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ ROUTE_PROTOCOL = 87
 
 FAMILIES = ("-4", "-6")
 
-# (dst, dev, src or "", protocol, gateway or "") as `ip -N -j` prints them
+# (dst, dev, src or "", protocol, gateway or "") as `ip -N -j` prints them (IPRoute.routes)
 _Row = tuple[str, str, str, str, str]
 _Key = tuple[str, str, str, str]  # (dst, dev, src or "", gateway or "")
 
@@ -58,6 +58,9 @@ class Route:
     def __hash__(self) -> int:
         return self._hash
 
+    def op(self, verb: str, table: int, protocol: int) -> RouteOp:
+        return RouteOp(verb, self.dst, self.dev, table, protocol, self.src, self.via)
+
     def spec(self, table: int, protocol: int) -> str:
         s = f"{self.dst} dev {self.dev} table {table} proto {protocol}"
         if self.via is not None:
@@ -72,6 +75,14 @@ class Route:
         text = str(dst.network_address) if dst.prefixlen == dst.max_prefixlen else str(dst)
         return (text, self.dev, str(self.src) if self.src else "",
                 str(self.via) if self.via else "")
+
+
+def order(r: Route) -> tuple[int, int, int, str, int, int]:
+    """A stable order of routes for output, from integers: sorting by ``str`` renders each
+    route's dataclass repr (about 40 us a route)."""
+    src = -1 if r.src is None else int(r.src)
+    via = -1 if r.via is None else int(r.via)
+    return (r.dst.version, int(r.dst.network_address), r.dst.prefixlen, r.dev, src, via)
 
 
 def _zoned(addr: IPAddress) -> bool:
@@ -95,24 +106,15 @@ class RouteTable:
         self.families: tuple[str, ...] = FAMILIES  # "-4" only where IPv6 is off
         # Destinations another owner routes in the table, as last read: ours are not added.
         self.blocked: frozenset[IPNetwork] = frozenset()
+        # The keys (and ``exactly``) the last read held: until the table changes, true.
+        self._held: tuple[frozenset[_Key], bool] | None = None
 
     def read_rows(self) -> list[_Row]:
-        """Every unicast route in the table, whoever owns it."""
-        found = []
+        """Every unicast route in the table, whoever owns it (one netlink dump per
+        family; a table that never held a route reads as empty)."""
+        found: list[_Row] = []
         for fam in self.families:
-            # A table that never held a route does not exist yet: that reads as empty.
-            for r in self.ip.json(fam, "route", "show", "table", str(self.table), check=False):
-                dst = r.get("dst")
-                dev = r.get("dev")
-                if not dst or not dev or r.get("type", "unicast") != "unicast":
-                    continue
-                if dst == "default":
-                    continue
-                via = r.get("gateway") or ""
-                if not via and isinstance(r.get("via"), dict):  # an IPv4 next hop of IPv6
-                    via = r["via"].get("host", "")
-                found.append((str(dst), str(dev), str(r.get("prefsrc") or ""),
-                              str(r.get("protocol", "")), str(via)))
+            found += self.ip.read_routes(fam, self.table)
         return found
 
     def ours(self, row: _Row) -> bool:
@@ -133,48 +135,61 @@ class RouteTable:
     def holds(self, keys: frozenset[_Key], exactly: bool = True) -> bool:
         """Whether the table holds our routes of these ``Route.text_key()``s (and, with
         ``exactly``, no other of ours): one read, compared as text. False may also mean
-        "printed differently": then :meth:`sync` decides."""
+        "printed differently": then :meth:`sync` decides. No read when the last one
+        found these very keys and the kernel notified no change of the table since."""
+        unchanged = self.ip.routes_unchanged(self.table)  # before the read: see there
+        if unchanged and self._held is not None and self._held[0] is keys \
+                and self._held[1] == exactly:
+            return True
+        self._held = None
         actual = self._read()
         if exactly and len(actual) != len(keys):
             return False
         have = set(actual)
-        return have == keys if exactly else keys <= have
+        ok = have == keys if exactly else keys <= have
+        if ok:
+            self._held = (keys, exactly)
+        return ok
 
     def routable(self, routes: Iterable[Route]) -> set[Route]:
         """Without IPv6 (off on this host or namespace) IPv6 routes cannot exist."""
         v6 = "-6" in self.families
         return {r for r in routes if v6 or r.dst.version == 4}
 
-    def commands(self, add: set[Route], remove: set[Route],
-                 keep_dst: set[IPNetwork] | None = None, replace: bool = True) -> list[str]:
-        """The ``ip -batch`` lines that replace (or, without ``replace``, add) ``add`` and
-        delete ``remove``, except deletions of a destination in ``keep_dst`` (default:
-        ``add``'s), which a replace covers. Deletions name our device and protocol, so they
-        never hit another owner's route."""
+    def ops(self, add: set[Route], remove: set[Route],
+            keep_dst: set[IPNetwork] | None = None, replace: bool = True) -> list[RouteOp]:
+        """The changes that replace (or, without ``replace``, add) ``add`` and delete
+        ``remove``, except deletions of a destination in ``keep_dst`` (default: ``add``'s),
+        which a replace covers. Deletions name our device and protocol, so they never hit
+        another owner's route."""
         keep = {r.dst for r in add} if keep_dst is None else keep_dst
         verb = "replace" if replace else "add"
         t, p = self.table, self.protocol
-        cmds = [f"route {verb} {r.spec(t, p)}" for r in sorted(add, key=str)]
-        cmds += [f"route del {r.spec(t, p)}" for r in sorted(remove, key=str)
-                 if r.dst not in keep]
-        return cmds
+        out = [r.op(verb, t, p) for r in sorted(add, key=order)]
+        out += [r.op("del", t, p) for r in sorted(remove, key=order) if r.dst not in keep]
+        return out
+
+    def commands(self, add: set[Route], remove: set[Route],
+                 keep_dst: set[IPNetwork] | None = None, replace: bool = True) -> list[str]:
+        """:meth:`ops` as ``ip -batch`` lines."""
+        return [op.text() for op in self.ops(add, remove, keep_dst, replace)]
 
     def apply(self, add: set[Route], remove: set[Route]) -> None:
-        """Apply a known difference without reading the table (one ``ip -batch``): the
-        caller trusts the table to hold what it last wrote. A new destination is added,
-        not replaced, so that it fails rather than overwrite another owner's route; a route
-        to delete that is not there fails too (RoutingError): the caller then falls back
-        to :meth:`sync`."""
+        """Apply a known difference without reading the table (one round of netlink
+        messages): the caller trusts the table to hold what it last wrote. A new
+        destination is added, not replaced, so that it fails rather than overwrite another
+        owner's route; a route to delete that is not there fails too (RoutingError): the
+        caller then falls back to :meth:`sync`."""
         add, remove = self.routable(add), self.routable(remove)
         changed = {r.dst for r in remove} & {r.dst for r in add}
-        cmds = self.commands({r for r in add if r.dst in changed}, remove)
-        cmds += self.commands({r for r in add if r.dst not in changed}, set(), replace=False)
-        self.ip.batch(cmds)
+        ops = self.ops({r for r in add if r.dst in changed}, remove)
+        ops += self.ops({r for r in add if r.dst not in changed}, set(), replace=False)
+        self.ip.change_routes(ops)
 
-    def _rules(self, family: str) -> list[str]:
+    def _rules(self, family: str) -> list[int]:
         """The protocols of the rules that send to our table at our priority."""
-        return [str(r.get("protocol", "")) for r in self.ip.json(family, "rule", "show")
-                if r.get("priority") == self.priority and str(r.get("table")) == str(self.table)]
+        return [proto for prio, table, proto in self.ip.read_rules(family)
+                if prio == self.priority and table == self.table]
 
     def has_rule(self, family: str) -> bool:
         return bool(self._rules(family))
@@ -190,18 +205,16 @@ class RouteTable:
                 self.add_rule(fam)
 
     def add_rule(self, family: str) -> None:
-        self.ip.run(family, "rule", "add", "priority", str(self.priority),
-                    "table", str(self.table), "protocol", str(self.protocol))
+        self.ip.add_rule(family, self.priority, self.table, self.protocol)
 
     def remove(self) -> None:
         """Remove our routes, and our rules where the table is left empty."""
         ours = self.routes()
-        self.ip.batch([f"route del {r.spec(self.table, self.protocol)}"
-                       for r in sorted(ours, key=str)], force=True)
+        self.ip.change_routes([r.op("del", self.table, self.protocol)
+                               for r in sorted(ours, key=order)], force=True)
         left = {network(row[0]).version for row in self.read_rows()}
         for fam in self.families:
             if (4 if fam == "-4" else 6) in left:
                 continue  # someone else's routes still rely on a rule for this table
-            for _ in range(self._rules(fam).count(str(self.protocol))):
-                self.ip.run(fam, "rule", "del", "priority", str(self.priority),
-                            "table", str(self.table), "protocol", str(self.protocol))
+            for _ in range(self._rules(fam).count(self.protocol)):
+                self.ip.del_rule(fam, self.priority, self.table, self.protocol)

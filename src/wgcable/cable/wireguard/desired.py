@@ -20,7 +20,7 @@ from wgcable.cable.remote import EndpointRejectedError as EndpointRejectedError
 from wgcable.cable.remote import RemoteEndpoint, parse_address, parse_remote, shown
 from wgcable.cable.remote import parse_port as parse_port
 from wgcable.cable.types import Endpoint, NATEndpointInfo
-from wgcable.cable.wireguard.host import Protected, covered
+from wgcable.cable.wireguard.host import Protected, covered, overlaps
 from wgcable.cable.wireguard.index import PeerIndex
 from wgcable.routing.table import Route
 from wgcable.wgctrl import IPAddress, IPNetwork, Key, Peer, UDPAddr
@@ -51,8 +51,7 @@ def check_subnets(cid: str, nets: tuple[IPNetwork, ...]) -> tuple[IPNetwork, ...
     for net in nets:
         if net.prefixlen == 0:
             raise EndpointRejectedError(cid, "subnets", str(net), "a default route is refused")
-        if special := next((n for n in NOT_REMOTE
-                            if n.version == net.version and n.overlaps(net)), None):
+        if special := next((n for n in NOT_REMOTE if overlaps(n, net)), None):
             raise EndpointRejectedError(cid, "subnets", str(net),
                                         f"overlaps {special}, which no remote cluster owns")
     if not nets:
@@ -64,7 +63,7 @@ def _overlap(a: Iterable[IPNetwork], b: Iterable[IPNetwork]) -> tuple[IPNetwork,
     bl = list(b)
     for x in a:
         for y in bl:
-            if x.version == y.version and x.overlaps(y):
+            if overlaps(x, y):
                 return x, y
     return None
 

@@ -42,13 +42,24 @@ class WireGuardDevice:
             log_path=Path(cfg.state_dir) / f"{cfg.device}.wireguard-go.log",
             pidfile=self._pidfile)
         self._client: Client | None = None
+        # For link(), read on every status check: opening a socket in another namespace
+        # costs a thread. Closed by close().
+        self._link_sock: NetlinkSocket | None = None
+        self._link_lock = threading.Lock()
 
     def _rtnl(self) -> NetlinkSocket:
         return call_in_netns(self.cfg.netns, lambda: NetlinkSocket(NETLINK_ROUTE))
 
     def link(self) -> rtnl.Link | None:
-        with self._rtnl() as s:
-            return rtnl.get_link(self.name, s)
+        with self._link_lock:
+            if self._link_sock is None:
+                self._link_sock = self._rtnl()
+            try:
+                return rtnl.get_link(self.name, self._link_sock)
+            except OSError:  # a socket in doubt (a timed-out reply) is not used again
+                self._link_sock.close()
+                self._link_sock = None
+                raise
 
     def ensure(self) -> bool:
         """Make sure the device exists. True when it was created now (so it is empty)."""
@@ -167,3 +178,10 @@ class WireGuardDevice:
         if self._client is not None:
             self._client.close()
             self._client = None
+        self._close_link()
+
+    def _close_link(self) -> None:
+        with self._link_lock:
+            if self._link_sock is not None:
+                self._link_sock.close()
+                self._link_sock = None

@@ -65,6 +65,7 @@ class WireGuardDriver:
         self._batch = 0  # >0: inside batch(): changes are applied once, at its end
         self._synced = False
         self._key: Key | None = None
+        self._public: Key | None = None
         self._psk: Key | None = None
         self.device = WireGuardDevice(self.cfg)
         self.ip = IPRoute(self.cfg.netns)
@@ -105,9 +106,9 @@ class WireGuardDriver:
 
     @property
     def public_key(self) -> Key:
-        if self._key is None:
+        if self._key is None or self._public is None:
             raise RuntimeError("driver not initialised")
-        return self._key.public_key()
+        return self._public
 
     # --- set-up -----------------------------------------------------------------------
 
@@ -143,7 +144,9 @@ class WireGuardDriver:
 
     def _set_key(self, key: Key) -> None:
         self._key = key
-        self._peer_res.first.own_key = key.public_key()
+        # Derived once: each connect compares against it (a curve25519 multiplication).
+        self._public = key.public_key()
+        self._peer_res.first.own_key = self._public
         self._state = None  # the link's key changes; peers and routes stay as they are
 
     def rotate_key(self) -> dict[str, str]:
@@ -375,7 +378,7 @@ class WireGuardDriver:
             old = self._conns.get(cid)
             try:
                 peer = desired.validate_remote(
-                    info, self.local, self._local_subnets, self._key.public_key(), self._index,
+                    info, self.local, self._local_subnets, self.public_key, self._index,
                     self._facts.local_ips, self._facts.protected)
             except EndpointRejectedError as e:
                 log.warning("refused %s", e)
@@ -495,6 +498,14 @@ class WireGuardDriver:
         self._close_stop_fds()
         self._release_all()
         self.device.close()
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        """Our netlink socket and nftables context: each holds its namespace while open
+        (a later call opens them again)."""
+        with self._lock:
+            self.ip.close()
+            self.nft.close()
 
     def _release_all(self) -> None:
         """No peer is left unable to initiate when we stop."""
@@ -530,7 +541,10 @@ class WireGuardDriver:
             self._supervisor.join(5)
         self._close_stop_fds()
         with self._lock:
-            self._remove_all()
+            try:
+                self._remove_all()
+            finally:
+                self._close_sockets()
             self._conns.clear()
             self._index = PeerIndex()
             if remove_key:

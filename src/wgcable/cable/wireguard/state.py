@@ -19,6 +19,7 @@ from wgcable.cable.wireguard.desired import RemotePeer
 from wgcable.cable.wireguard.facts import HostFacts
 from wgcable.reconcile import Tracked
 from wgcable.routing.table import Route
+from wgcable.routing.table import order as route_order
 from wgcable.wgctrl import IPNetwork, Key, Peer
 
 LINK = "link"  # the one key of the link resource
@@ -87,7 +88,7 @@ def _part(p: RemotePeer, settings: Settings, facts: HostFacts) -> _Part:
     if not facts.ipv6:  # without IPv6 on the host, IPv6 routes cannot exist
         routes = {r for r in routes if r.dst.version == 4}
     return _Part(p, desired.desired_peer(p, settings.keepalive, settings.psk),
-                 tuple(sorted(routes, key=str)))
+                 tuple(sorted(routes, key=route_order)))
 
 
 def desired_state(accepted: list[RemotePeer], settings: Settings, facts: HostFacts
