@@ -344,7 +344,11 @@ class KubernetesStore:
         while not self._stopped(stop):
             try:
                 if self._cache is None or not self._resource_version:
+                    t0 = time.monotonic()
                     self._relist()
+                    # At start and after a 410 only; its time is a figure of the scale bench.
+                    log.info("listed %d endpoints of %s in %.0f ms", len(self._cache or {}),
+                             self.namespace, (time.monotonic() - t0) * 1000)
                     notify(changed)
                 self._stream(changed, stop)
                 delay = self.backoff_initial
