@@ -80,7 +80,8 @@ REMOTE_NET = "10.2.0.0/16"  # cluster 2's pod CIDR: its route says cluster 2 is 
 # wireguard-go's handshakes in an unresolved neighbour entry, charged to its socket: with
 # hundreds, its sends block for the 3 s of failed ARP, and so does its UAPI.)
 FAKE_GATEWAYS = "198.19.128.0/17"
-_METRIC = re.compile(r'^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$')
+_METRIC = re.compile(r'^(?P<name>apiserver_request_total|apiserver_longrunning_gauge)'
+                     r'\{(?P<labels>[^}]*)\} (?P<value>\S+)$')
 _LABELS = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -260,6 +261,8 @@ class BrokerStore:
             key = f"{labels.get('verb', '?')} {labels.get('resource', '?')}"
             if labels.get("subresource"):
                 key += "/" + labels["subresource"]
+            if m.group("name") == "apiserver_longrunning_gauge":
+                key = "open " + key  # requests under way now (a watch, between its ends)
             out[key] = out.get(key, 0.0) + float(m.group("value"))
         return out
 
@@ -372,7 +375,9 @@ def level(lab: Lab, store: BrokerStore | FileStore, n: int, repeat: int, window:
         after = store.requests()
         minutes = (time.monotonic() - t_window) / 60
         out["requests_per_min"] = {k: (after[k] - before.get(k, 0.0)) / minutes
-                                   for k in sorted(after) if after[k] != before.get(k, 0.0)}
+                                   for k in sorted(after) if after[k] != before.get(k, 0.0)
+                                   and not k.startswith("open ")}
+        out["open_requests"] = {k[5:]: v for k, v in after.items() if k.startswith("open ")}
     out["steady"] = vars(usage)
     runs = [_one_change(lab, store) for _ in range(repeat)]
     changes = [r[0] for r in runs]
@@ -474,8 +479,12 @@ def rows(result: dict[str, Any]) -> list[Row]:
             rpm = lv["requests_per_min"]
             lists = sum(v for k, v in rpm.items() if k.startswith("LIST"))
             detail = ", ".join(f"{k} {v:.1f}" for k, v in rpm.items()) or "none"
+            open_now = ", ".join(f"{k} {v:g}" for k, v in lv.get("open_requests", {}).items()
+                                 if v) or "none"
             out.append(row("API requests per minute, steady state", impl, n,
-                           sum(rpm.values()), "/min", note=f"{detail}; LIST {lists:g}"))
+                           sum(rpm.values()), "/min",
+                           note=f"{detail}; LIST {lists:g}; open at the end: {open_now} "
+                                "(a watch is counted in the total when it ends)"))
         rl = lv.get("relist")
         if rl and rl.get("gone"):
             out.append(row("410 Gone -> relisted", impl, n, rl["gone_to_listed_ms"], "ms",

@@ -929,3 +929,12 @@ def test_a_missing_endpoints_directory_is_an_unavailable_store_not_an_empty_one(
     if how == "renamed":
         (store.root / "elsewhere").rename(store.endpoints_dir)
         assert list(store.snapshot().endpoints) == ["cluster1-submariner-cable-cluster1-172-18-0-7"]
+
+
+def test_the_fast_name_check_agrees_with_plain() -> None:
+    from wgcable.safetext import plain
+
+    names = ["a.json", "it's.json", "x" * 255, "x" * 256, "a\\b.json", "a\nb.json", "é.json"]
+    names += [f"{chr(c)}.json" for c in range(0x250)]
+    for name in names:
+        assert directory._plain_name(name) == (plain(name, directory._NAME_MAX) == name), name

@@ -112,6 +112,13 @@ def _entry_suffix(name: str) -> str | None:
     return None
 
 
+def _plain_name(name: str) -> bool:
+    """Whether ``plain(name, _NAME_MAX)`` would leave ``name`` as it is (printable ASCII
+    without a backslash, not too long), without escaping it: a snapshot asks for every file."""
+    return (len(name) <= _NAME_MAX and name.isascii() and name.isprintable()
+            and "\\" not in name)
+
+
 def is_entry_name(name: str) -> bool:
     return _entry_suffix(name) is not None
 
@@ -283,7 +290,7 @@ class _ParsedDir(Generic[T]):
                     suffix = _entry_suffix(entry.name)
                     if suffix is None:
                         continue
-                    if plain(entry.name, _NAME_MAX) != entry.name:
+                    if not _plain_name(entry.name):
                         # The stem names the entry in logs and in the published status: a
                         # name with newlines would forge lines there. No object has one.
                         out[plain(entry.name[: -len(suffix)], 64)] = _Bad(
