@@ -246,25 +246,32 @@ class BrokerStore:
         return put_back
 
     def requests(self) -> dict[str, float]:
-        """The API server's count of requests to submariner.io, by 'VERB resource'."""
+        """The API server's count of requests to submariner.io (see :func:`api_requests`)."""
         status, text = self.server.request("GET", "/metrics")
         if status != 200 or not isinstance(text, str):
             raise RuntimeError(f"/metrics: HTTP {status}")
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            m = _METRIC.match(line)
-            if not m:
-                continue
-            labels = dict(_LABELS.findall(m.group("labels")))
-            if labels.get("group") != "submariner.io":
-                continue
-            key = f"{labels.get('verb', '?')} {labels.get('resource', '?')}"
-            if labels.get("subresource"):
-                key += "/" + labels["subresource"]
-            if m.group("name") == "apiserver_longrunning_gauge":
-                key = "open " + key  # requests under way now (a watch, between its ends)
-            out[key] = out.get(key, 0.0) + float(m.group("value"))
-        return out
+        return api_requests(text)
+
+
+def api_requests(metrics: str) -> dict[str, float]:
+    """From an API server's /metrics: requests to group submariner.io by 'VERB resource'
+    (completed ones, ``apiserver_request_total``), and 'open VERB resource' for those under
+    way now (``apiserver_longrunning_gauge``: a watch is counted in the total when it ends)."""
+    out: dict[str, float] = {}
+    for line in metrics.splitlines():
+        m = _METRIC.match(line)
+        if not m:
+            continue
+        labels = dict(_LABELS.findall(m.group("labels")))
+        if labels.get("group") != "submariner.io":
+            continue
+        key = f"{labels.get('verb', '?')} {labels.get('resource', '?')}"
+        if labels.get("subresource"):
+            key += "/" + labels["subresource"]
+        if m.group("name") == "apiserver_longrunning_gauge":
+            key = "open " + key
+        out[key] = out.get(key, 0.0) + float(m.group("value"))
+    return out
 
 
 class FileStore:
