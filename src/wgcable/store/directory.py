@@ -536,8 +536,8 @@ class DirectoryStore:
                 pending = True  # files may have appeared before the watch was in place
             if pending:
                 if watcher.writing:
-                    # A file is being written in place: read it once it is closed (or quiet),
-                    # not half-written (it would read as broken, and its tunnel drop).
+                    # A file is being written in place: read it once it is closed (0.5 s
+                    # at most), not half-written (it would read as broken, its tunnel drop).
                     _settle(ino, watcher, until_closed=True)
                 # At once: a lone write, the common case, costs no wait. The rest of a
                 # burst (an rsync, a thousand files) is gathered, then reported once more.
@@ -552,7 +552,8 @@ class DirectoryStore:
         return []  # a local directory: no server
 
     def close(self) -> None:
-        """Make running watches return (within ``poll_interval``)."""
+        """Make running watches return (within ``poll_interval``, or once a burst's events
+        are gathered: ``_BURST_MAX`` at most)."""
         self._closed.set()
 
 
