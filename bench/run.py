@@ -73,6 +73,10 @@ SECTIONS: list[Section] = [
             what="NAT discovery: Endpoint appears -> path chosen -> first ping, per case"),
     Section("rotation", "bench.rotation_bench", repeat=10, quick_repeat=2,
             what="key rotation under pings, both stores: lost, time to handshake, extra RTT"),
+    Section("scale-broker", "bench.scale_bench", "run_broker", "plot", 5, 2,
+            "one agent, real API server, N = 10/100/1000 Endpoints: apply, RSS, API, 410"),
+    Section("scale-directory", "bench.scale_bench", "run_directory", "plot", 5, 2,
+            "one agent, directory store, N = 10/100/1000 files: apply, RSS, one change"),
 ]
 
 TOOLS = ("ip", "nsenter", "wg", "wireguard-go", "ping", "iperf3", "nft")
@@ -268,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.list:
         for s in SECTIONS:
-            print(f"{s.name:<12} {s.what} (repeat {s.repeat}, quick {s.quick_repeat})")
+            print(f"{s.name:<15} {s.what} (repeat {s.repeat}, quick {s.quick_repeat})")
         return 0
     if args.replot:
         write(json.loads((Path(args.out) / "results.json").read_text()), Path(args.out))

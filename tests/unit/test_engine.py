@@ -1020,6 +1020,31 @@ def test_the_loop_reacts_to_a_store_change_quickly(engines: list[Engine]) -> Non
     assert took < 0.5
 
 
+def test_a_status_write_under_way_does_not_hold_a_change_back(engines: list[Engine]) -> None:
+    """At 1000 connections the API server takes up to a second over a status write; a
+    store read must not queue behind it."""
+    release = threading.Event()
+    writing = threading.Event()
+
+    class SlowStatusStore(FakeStore):
+        def write_status(self, hostname: str, status: GatewayStatus) -> None:
+            writing.set()
+            release.wait(10)
+            super().write_status(hostname, status)
+
+    store = SlowStatusStore({"c2-cable": remote("c2")})
+    engine, driver = make_engine(store, resync_interval=SLOW, status_interval=0.05)
+    try:
+        start(engines, engine)
+        assert store.watching.wait(2)
+        assert writing.wait(2)  # the loop's status write, held by the store
+        store.put("c3-cable", remote("c3"))
+        wait_for(lambda: "c3" in driver.accepted, 2, "c3 to connect during the write")
+        assert not release.is_set()
+    finally:
+        release.set()
+
+
 def test_the_loop_resyncs_on_its_interval(engines: list[Engine]) -> None:
     store = FakeStore({"c2-cable": remote("c2")})
     engine, driver = make_engine(store, resync_interval=0.05, status_interval=SLOW)

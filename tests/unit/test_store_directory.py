@@ -611,6 +611,59 @@ def test_watch_coalesces_a_burst(store: DirectoryStore, start_watch: Watch) -> N
     assert len(store.snapshot().endpoints) == 200
 
 
+def test_watch_reports_a_write_at_once_and_the_rest_of_its_burst_after(
+    store: DirectoryStore, start_watch: Watch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rec = start_watch(store)
+    # A window far longer than a thread switch: a call before it ends came at once.
+    monkeypatch.setattr(directory, "_COALESCE", 1.0)
+    monkeypatch.setattr(directory, "_BURST_MAX", 1.0)
+    t0 = time.monotonic()
+    store.publish(make_endpoint("first"))
+    assert rec.wait_for(1)
+    assert rec.times[0] - t0 < 1.0
+    for i in range(20):  # the rest of the burst: one more call, once it is quiet
+        store.publish(make_endpoint(f"c{i}"))
+    assert rec.wait_for(2)
+    time.sleep(0.2)
+    assert len(rec.times) == 2
+    assert rec.times[1] - t0 >= 1.0
+
+
+def test_watch_waits_for_a_file_written_in_place(
+    store: DirectoryStore, start_watch: Watch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start_watch(store)  # the store's directories, and a watch that works here
+    monkeypatch.setattr(directory, "_COALESCE", 0.1)
+    errors: list[dict[str, str]] = []
+    rec, stop = Recorder(), threading.Event()
+
+    def changed() -> None:
+        errors.append(store.snapshot().errors)
+        rec()
+
+    t = threading.Thread(target=store.watch, args=(changed, stop), daemon=True)
+    t.start()
+    try:
+        assert rec.wait_for(1)  # the initial call
+        time.sleep(0.2)
+        rec.reset()
+        errors.clear()
+        text = json.dumps(make_endpoint("hand").to_k8s_object())
+        with (store.endpoints_dir / "hand.json").open("w") as f:  # a hand edit, in place
+            f.write(text[:20])
+            f.flush()
+            time.sleep(0.4)  # half-written, and quiet for longer than _COALESCE
+            assert errors == []
+            f.write(text[20:])
+        assert rec.wait_for(1)
+        assert errors[0] == {}  # read whole, never as a broken file
+    finally:
+        stop.set()
+        t.join(5)
+    assert not t.is_alive()
+
+
 def test_watch_ignores_temp_and_other_files(store: DirectoryStore, start_watch: Watch) -> None:
     rec = start_watch(store)
     (store.endpoints_dir / ".wgcable-x.tmp").write_text("{}")
@@ -876,3 +929,12 @@ def test_a_missing_endpoints_directory_is_an_unavailable_store_not_an_empty_one(
     if how == "renamed":
         (store.root / "elsewhere").rename(store.endpoints_dir)
         assert list(store.snapshot().endpoints) == ["cluster1-submariner-cable-cluster1-172-18-0-7"]
+
+
+def test_the_fast_name_check_agrees_with_plain() -> None:
+    from wgcable.safetext import plain
+
+    names = ["a.json", "it's.json", "x" * 255, "x" * 256, "a\\b.json", "a\nb.json", "é.json"]
+    names += [f"{chr(c)}.json" for c in range(0x250)]
+    for name in names:
+        assert directory._plain_name(name) == (plain(name, directory._NAME_MAX) == name), name

@@ -121,7 +121,10 @@ class Engine:
         self._last_snap: Snapshot | None = None  # the last store read applied
         self._wake = threading.Event()  # the loop has something to do before its timer
         self._status_now = threading.Event()  # the store's health changed: report it now
-        self._calls = StoreCalls()
+        self._calls = StoreCalls()  # reads, publishing and withdrawals, in this order
+        # The status write has a thread of its own: at 1000 connections the API server
+        # takes up to a second over it, and a read queued behind it held a change back.
+        self._status_calls = StoreCalls()
         self._pending: Snapshot | Exception | None = None  # a read the loop has not applied
         self._publishing = False  # a publish of our endpoint is queued or under way
         self._publish_again = False  # our endpoint changed while a publish was under way
@@ -374,7 +377,8 @@ class Engine:
         API server stopped answering), a call that has run past the store timeout, a
         failed write."""
         store_problem = getattr(self.store, "problem", "")
-        stalled = self._calls.stalled()
+        stalled = max((c for c in (self._calls.stalled(), self._status_calls.stalled())
+                       if c is not None), key=lambda c: c[1], default=None)
         with self._lock:
             calls = [p for _, p in sorted(self._call_problems.items())]
         if self._store_problem:
@@ -643,8 +647,8 @@ class Engine:
             # store that hangs must not hold up the status file or the metrics.
             if self.on_status is not None:
                 self.on_status(status)
-        self._calls.submit("status", "writing the gateway status",
-                           lambda: self._write_status(status))
+        self._status_calls.submit("status", "writing the gateway status",
+                                  lambda: self._write_status(status))
         return status
 
     def _failure(self, role: Role, store_problem: str) -> str:
@@ -703,6 +707,7 @@ class Engine:
         # Neither step is fatal: with the store unreachable, the adopted tunnels stay as
         # they are (no stale-peer removal before a reconcile succeeded) until it is back.
         self._calls.start()
+        self._status_calls.start()
         if self.role is Role.ACTIVE:
             self._stamp_term()  # before the first publish: one version, not two
             self._publish()
@@ -783,7 +788,9 @@ class Engine:
         for t in self._threads:
             t.join(5)
         # Not waiting out a hung store call: its thread is a daemon and does no harm.
-        self._calls.stop(wait=1.0)
+        deadline = time.monotonic() + 1.0
+        for calls in (self._calls, self._status_calls):
+            calls.stop(wait=max(0.0, deadline - time.monotonic()))
         if self.health is not None:
             self.health.stop()
 

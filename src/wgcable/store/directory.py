@@ -43,7 +43,10 @@ _NAME_MAX = 255  # bytes in one file name on Linux file systems
 _MAX_MESSAGE = 300  # cap on an error message (a bad value's repr may be huge)
 # First wins when one name has several files: JSON is what we write.
 _SUFFIXES = (".json", ".yaml", ".yml")
-_COALESCE = 0.02  # after a first event, gather the rest of a burst for this long
+# A change is reported at once; what follows within _COALESCE of the last event is the
+# rest of a burst, reported once more when it goes quiet (or every _BURST_MAX at most).
+_COALESCE = 0.02
+_BURST_MAX = 0.5
 
 _DIR_MODE = 0o755
 _FILE_MODE = 0o644  # endpoints and statuses hold no secrets (public keys only)
@@ -107,6 +110,13 @@ def _entry_suffix(name: str) -> str | None:
         if name.endswith(suffix) and len(name) > len(suffix):
             return suffix
     return None
+
+
+def _plain_name(name: str) -> bool:
+    """Whether ``plain(name, _NAME_MAX)`` would leave ``name`` as it is (printable ASCII
+    without a backslash, not too long), without escaping it: a snapshot asks for every file."""
+    return (len(name) <= _NAME_MAX and name.isascii() and name.isprintable()
+            and "\\" not in name)
 
 
 def is_entry_name(name: str) -> bool:
@@ -280,7 +290,7 @@ class _ParsedDir(Generic[T]):
                     suffix = _entry_suffix(entry.name)
                     if suffix is None:
                         continue
-                    if plain(entry.name, _NAME_MAX) != entry.name:
+                    if not _plain_name(entry.name):
                         # The stem names the entry in logs and in the published status: a
                         # name with newlines would forge lines there. No object has one.
                         out[plain(entry.name[: -len(suffix)], 64)] = _Bad(
@@ -529,12 +539,14 @@ class DirectoryStore:
             if watcher.rewatch():
                 pending = True  # files may have appeared before the watch was in place
             if pending:
-                # Gather the rest of a burst (a rename is several events, an rsync hundreds).
-                deadline = time.monotonic() + _COALESCE
-                while (left := deadline - time.monotonic()) > 0:
-                    watcher.handle(ino.read(left))
-                pending = False
+                if watcher.writing:
+                    # A file is being written in place: read it once it is closed (0.5 s
+                    # at most), not half-written (it would read as broken, its tunnel drop).
+                    _settle(ino, watcher, until_closed=True)
+                # At once: a lone write, the common case, costs no wait. The rest of a
+                # burst (an rsync, a thousand files) is gathered, then reported once more.
                 notify(changed)
+                pending = _settle(ino, watcher)
                 continue
             # The timeout bounds how late a stop is seen and how often a missing
             # directory is looked for again.
@@ -544,8 +556,29 @@ class DirectoryStore:
         return []  # a local directory: no server
 
     def close(self) -> None:
-        """Make running watches return (within ``poll_interval``)."""
+        """Make running watches return (within ``poll_interval``, or once a burst's events
+        are gathered: ``_BURST_MAX`` at most)."""
         self._closed.set()
+
+
+def _settle(ino: inotify.Inotify, watcher: _InotifyWatcher, until_closed: bool = False) -> bool:
+    """Take events until none came for ``_COALESCE`` and no file is being written (with
+    ``until_closed``: only until then), for ``_BURST_MAX`` at most; True if the endpoints
+    may have changed meanwhile."""
+    start = last = time.monotonic()
+    relevant = False
+    while not (until_closed and not watcher.writing):
+        end = start + _BURST_MAX
+        if not watcher.writing:
+            end = min(end, last + _COALESCE)
+        if (left := end - time.monotonic()) <= 0:
+            # So long: a writer that never closes (a hard link, a chmod), or a stuck one.
+            watcher.writing.clear()
+            break
+        if watcher.handle(ino.read(left)):
+            relevant = True
+            last = time.monotonic()
+    return relevant
 
 
 class _InotifyWatcher:
@@ -558,6 +591,8 @@ class _InotifyWatcher:
         self._endpoints = endpoints
         self._root_wd: int | None = None
         self._ep_wd: int | None = None
+        # Entries created or modified and not yet closed: written in place, maybe half-way.
+        self.writing: set[str] = set()
 
     def _add(self, path: Path, mask: int) -> int | None:
         try:
@@ -597,6 +632,11 @@ class _InotifyWatcher:
                     relevant = True
                 elif is_entry_name(ev.name):
                     relevant = True
+                    if ev.mask & (inotify.IN_CREATE | inotify.IN_MODIFY):
+                        self.writing.add(ev.name)
+                    elif ev.mask & (inotify.IN_CLOSE_WRITE | inotify.IN_DELETE
+                                    | inotify.IN_MOVED_FROM | inotify.IN_MOVED_TO):
+                        self.writing.discard(ev.name)
             elif ev.wd == self._root_wd:
                 if ev.mask & inotify.IN_IGNORED:
                     self._root_wd = None
