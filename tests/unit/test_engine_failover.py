@@ -3,6 +3,8 @@ the same store (fake store and driver; the elector is a role the test sets)."""
 
 from __future__ import annotations
 
+import copy
+import logging
 from dataclasses import dataclass
 from typing import cast
 
@@ -167,3 +169,45 @@ def test_failover_a_hostile_lease_term_counts_as_none(term: str) -> None:
     ep = remote("c9")
     ep.backend_config[planning.LEASE_TERM] = term
     assert planning.lease_term(ep) == -1
+
+
+def test_failover_the_term_published_is_above_a_sibling_endpoint_s() -> None:
+    """A lease made anew (its file deleted, the Lease recreated) counts from 1 again; the
+    Endpoint of the gateway that was active before, until withdrawn, carries its old term.
+    Ours must be the newest at once, or every reader keeps following the old one."""
+    name, ep = former()
+    ep.backend_config[planning.LEASE_TERM] = "5"
+    store = store_with((name, ep))
+    engine, _ = make_engine(store, elector=cast(Elector, FakeElector(Role.ACTIVE, "", 1)))
+    engine.reconcile()
+    assert store.published[-1].backend_config[planning.LEASE_TERM] == "6"
+    del store._endpoints[name]  # withdrawn: the lease's own count is the term again
+    engine.reconcile()
+    assert engine.local.backend_config[planning.LEASE_TERM] == "1"
+
+
+class CopyingStore(FakeStore):
+    """Keeps a copy of what is published, as a real store does (the fake keeps the object,
+    so a change to ours would look published already)."""
+
+    def publish(self, endpoint: Endpoint) -> None:
+        super().publish(copy.deepcopy(endpoint))
+
+
+def test_failover_a_new_term_is_published_as_ours_not_as_someone_else_s_edit(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = CopyingStore({"c2": remote("c2")})
+    elector = FakeElector(Role.ACTIVE, "", 3)
+    engine, _ = make_engine(store, elector=cast(Elector, elector))
+    engine.reconcile()
+    assert store.published[-1].backend_config[planning.LEASE_TERM] == "3"
+    elector.transitions = 4  # we lost the lease and won it again
+    with caplog.at_level(logging.INFO, logger="wgcable.engine.engine"):
+        engine.reconcile()
+    assert store.published[-1].backend_config[planning.LEASE_TERM] == "4"
+    assert "changed here; publishing it" in caplog.text
+    assert "by someone else" not in caplog.text
+    store.put(OWN, remote("c9"), notify=False)  # a real edit is still called one
+    with caplog.at_level(logging.INFO, logger="wgcable.engine.engine"):
+        engine.reconcile()
+    assert "changed in the store by someone else" in caplog.text

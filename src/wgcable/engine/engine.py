@@ -41,6 +41,7 @@ from wgcable.cable.types import (
     Endpoint,
     GatewayStatus,
     HAStatus,
+    JSONObject,
     NATEndpointInfo,
 )
 from wgcable.engine import paths
@@ -147,6 +148,7 @@ class Engine:
         self._last_restore = -RESTORE_BACKOFF_MAX
         self._next_restore = 0.0  # monotonic time before which we do not restore again
         self._own_problem = ""  # for the gateway status, while our endpoint is contested
+        self._published: JSONObject | None = None  # our endpoint as last published
         self.clock: Callable[[], float] = time.monotonic
 
     # --- reconcile ------------------------------------------------------------------------
@@ -258,15 +260,21 @@ class Engine:
         Called after the tunnels are in place: remotes that follow a new active gateway's
         Endpoint find peers and routes here, not a handshake into nothing."""
         if role is Role.ACTIVE:
-            self._stamp_term()
+            self._stamp_term(snap)
             self._restore_own(snap.endpoints.get(self.local.object_name()))
             self._withdraw(snap, keep=self.local.object_name())
 
-    def _stamp_term(self) -> None:
-        """Our lease term into our Endpoint (the newest wins for every reader)."""
+    def _stamp_term(self, snap: Snapshot) -> None:
+        """Our lease term into our Endpoint (the newest wins for every reader). Above any
+        term a sibling's Endpoint still carries: a lease made anew (its file deleted, the
+        Lease object recreated) counts from 1 again, and the Endpoint of the active
+        gateway before it, until withdrawn, would otherwise keep every reader."""
         if self.elector is None:
             return
-        term = str(self.elector.transitions)
+        mine = self.local.object_name()
+        siblings = [planning.lease_term(ep) for name, ep in snap.endpoints.items()
+                    if name != mine and ep.cluster_id == self.local.cluster_id]
+        term = str(max([self.elector.transitions, *(t + 1 for t in siblings)]))
         if self.local.backend_config.get(planning.LEASE_TERM) != term:
             with self._lock:  # (the metrics thread reads the local endpoint)
                 self.local.backend_config[planning.LEASE_TERM] = term
@@ -342,6 +350,8 @@ class Engine:
             self._publishing = True
 
         def publish() -> None:
+            with self._lock:
+                sent = self.local.to_json()
             try:
                 self.store.publish(self.local)
             except Exception as exc:
@@ -349,6 +359,7 @@ class Engine:
                             self.local.object_name(), exc)
                 self._call_done("publish", f"publishing our endpoint failed: {exc}")
             else:
+                self._published = sent
                 self._call_done("publish", "")
             finally:
                 with self._lock:
@@ -416,6 +427,10 @@ class Engine:
             return  # (publishing: a read made before our publish landed is no new edit)
         if published is None:
             log.warning("our endpoint %s is missing from the store; publishing it again", name)
+        elif published.to_json() == self._published:
+            # The store holds what we published last; it is ours that changed (a new lease
+            # term, a rotated key, a publish that failed): no one else's edit to count.
+            log.info("our endpoint %s changed here; publishing it", name)
         else:
             recent = now - self._last_restore < RESTORE_BACKOFF_MAX
             self._restores = self._restores + 1 if recent else 1
@@ -709,7 +724,7 @@ class Engine:
         self._calls.start()
         self._status_calls.start()
         if self.role is Role.ACTIVE:
-            self._stamp_term()  # before the first publish: one version, not two
+            self._stamp_term(Snapshot())  # before the first publish: one version, not two
             self._publish()
         self._request_read()
         deadline = time.monotonic() + self.status_interval
