@@ -24,6 +24,8 @@ class UAPIBackend:
         self._dirs = list(socket_dirs)
         self._timeout = timeout
         self._native: dict[str, tuple[int, int]] = {}  # device -> socket file id
+        # device -> its last read's peers: a read parses only what changed since
+        self._reads: dict[str, protocol.ReadCache] = {}
 
     def _socket_paths(self) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -93,7 +95,15 @@ class UAPIBackend:
             s.close()
 
     def _get(self, name: str) -> protocol.GetReply:
-        return protocol.parse_get(name, self._request(name, "read", protocol.GET_REQUEST))
+        try:
+            reply = self._request(name, "read", protocol.GET_REQUEST)
+        except DeviceNotFoundError:
+            self._reads.pop(name, None)  # gone: what it had is not kept
+            raise
+        cache = self._reads.get(name)
+        if cache is None:
+            cache = self._reads.setdefault(name, protocol.ReadCache())
+        return protocol.parse_get(name, reply, cache=cache)
 
     def device(self, name: str) -> Device:
         return self._get(name).device

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -136,8 +137,20 @@ def _public_key(text: str) -> Key:
 _ZERO_HEX = "0" * 64
 
 
-def parse_get(name: str, reply: bytes, now: datetime | None = None) -> GetReply:
-    """Parse a ``get=1`` reply into a Device. Raises ProtocolError on errno or bad values."""
+def parse_get(name: str, reply: bytes, now: datetime | None = None,
+              cache: ReadCache | None = None) -> GetReply:
+    """Parse a ``get=1`` reply into a Device. Raises ProtocolError on errno or bad values.
+
+    With a ``cache`` (one per device), what did not change since the last read is not
+    parsed again (``ReadCache``); the result is the same."""
+    if cache is not None:
+        got = cache.parse(name, reply, now)
+        if got is not None:
+            return got
+    return _parse_full(name, reply, now)
+
+
+def _parse_full(name: str, reply: bytes, now: datetime | None = None) -> GetReply:
     dev = Device(name=name, kind=BackendKind.USERSPACE)
     boringtun = False
     peer: Peer | None = None
@@ -215,3 +228,110 @@ def parse_get(name: str, reply: bytes, now: datetime | None = None) -> GetReply:
     for p, (sec, nsec) in zip(dev.peers, hs, strict=True):
         p.last_handshake = _handshake(sec, nsec, boringtun, now)
     return GetReply(dev, boringtun)
+
+
+# wireguard-go's peer, in the order it writes one (device/uapi.go, IpcGetOperation). Groups:
+# 1 the whole peer, 2 public key, 3 preshared key, 4 and 9 the lines that change only when
+# the peer is configured, 5-8 the handshake time and the counters, which change all the
+# time. Values are checked by the parse (a key's ``.{64}`` is only its length).
+_WG_GO_PEER = re.compile(
+    r"(public_key=(.{64})\n"
+    r"preshared_key=(.{64})\n"
+    r"((?:protocol_version=[0-9]+\n)?(?:endpoint=.*\n)?)"
+    r"last_handshake_time_sec=([0-9]+)\n"
+    r"last_handshake_time_nsec=([0-9]+)\n"
+    r"tx_bytes=([0-9]+)\n"
+    r"rx_bytes=([0-9]+)\n"
+    r"((?:persistent_keepalive_interval=[0-9]+\n)?(?:allowed_ip=.*\n)*))")
+_END = "\nerrno=0\n\n"
+
+
+@dataclass(frozen=True, slots=True)
+class _Static:
+    """A peer's settings as parsed from its unchanging lines (no secret among them)."""
+
+    public_key: Key
+    endpoint: UDPAddr | None
+    persistent_keepalive: int
+    protocol_version: int
+    allowed_ips: tuple[IPNetwork, ...]
+
+
+class ReadCache:
+    """The last read's peers of one device, by the text of their unchanging lines.
+
+    A device is read every few seconds and its peers' settings rarely change: each peer's
+    public key, endpoint, keepalive and allowed IPs are parsed again only when their text
+    differs from the last read's; the handshake time and the counters are parsed at every
+    read, and the preshared key too (a secret is never kept here). Only wireguard-go's
+    layout, with nothing unexpected in it, takes this path: anything else (another order,
+    boringtun, unknown keys, an error) is parsed in full, and the full parse decides what a
+    reply means. Only the last read's peers are kept.
+    """
+
+    def __init__(self) -> None:
+        self._peers: dict[tuple[str, str, str], _Static] = {}
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def parse(self, name: str, reply: bytes, now: datetime | None) -> GetReply | None:
+        """The reply parsed, or None when it must be parsed in full."""
+        text = reply.decode("ascii", "replace")
+        end = len(text) - len(_END) + 1  # just after the last peer line's newline
+        # The first errno line ends a reply: it must be the last line.
+        if end < 0 or not text.endswith(_END) or text.find("\nerrno=") != end - 1 \
+                or text.startswith("errno="):
+            return None
+        if text.startswith("public_key="):
+            start = 0
+        else:
+            first = text.find("\npublic_key=")
+            start = end if first < 0 else first + 1  # end: no peers
+        try:
+            # The device's own lines, a few, parsed in full (a private key is a secret).
+            head = _parse_full(name, (text[:start] + "errno=0\n\n").encode(), now)
+        except ProtocolError:
+            return None
+        dev, boringtun = head.device, head.boringtun
+        when = now or datetime.now(UTC)
+        old = self._peers
+        new: dict[tuple[str, str, str], _Static] = {}
+        psks: dict[str, Key | None] = {_ZERO_HEX: None}  # within this read only
+        covered = 0
+        for whole, pub, psk_hex, first, sec, nsec, tx, rx, rest in \
+                _WG_GO_PEER.findall(text, start, end):
+            covered += len(whole)
+            key = (pub, first, rest)
+            st = old.get(key) or new.get(key) or _static(name, key)
+            if st is None:
+                return None
+            new[key] = st
+            if psk_hex in psks:
+                psk = psks[psk_hex]
+            else:
+                try:
+                    psk = psks[psk_hex] = Key.from_hex(psk_hex, "preshared_key")
+                except InvalidKeyError:
+                    return None
+            dev.peers.append(Peer(
+                st.public_key, psk, st.endpoint, st.persistent_keepalive,
+                _handshake(int(sec), int(nsec), boringtun, when), int(rx), int(tx),
+                list(st.allowed_ips), st.protocol_version))
+        # Matches do not overlap: together as long as the peers' lines, they are all of them.
+        if covered != end - start:
+            return None
+        self._peers = new
+        return GetReply(dev, boringtun)
+
+
+def _static(name: str, key: tuple[str, str, str]) -> _Static | None:
+    """A peer's unchanging lines parsed as the full parse would, or None on any error."""
+    pub, first, rest = key
+    try:
+        got = _parse_full(name, f"public_key={pub}\n{first}{rest}errno=0\n\n".encode())
+    except ProtocolError:
+        return None
+    p = got.device.peers[0]
+    return _Static(p.public_key, p.endpoint, p.persistent_keepalive, p.protocol_version,
+                   tuple(p.allowed_ips))
