@@ -267,6 +267,9 @@ class ReadCache:
     layout, with nothing unexpected in it, takes this path: anything else (another order,
     boringtun, unknown keys, an error) is parsed in full, and the full parse decides what a
     reply means. Only the last read's peers are kept.
+
+    A reply can be fed as it arrives (``reader``): the peers complete so far are parsed
+    while the device still writes the rest.
     """
 
     def __init__(self) -> None:
@@ -275,37 +278,102 @@ class ReadCache:
     def __len__(self) -> int:
         return len(self._peers)
 
+    def reader(self, name: str, now: datetime | None = None) -> ReplyReader:
+        return ReplyReader(self, name, now)
+
     def parse(self, name: str, reply: bytes, now: datetime | None) -> GetReply | None:
         """The reply parsed, or None when it must be parsed in full."""
-        text = reply.decode("ascii", "replace")
+        r = self.reader(name, now)
+        r.feed(reply)
+        return r.finish()
+
+
+class ReplyReader:
+    """One reply through a ReadCache, fed in pieces; ``finish`` once all is there."""
+
+    def __init__(self, cache: ReadCache, name: str, now: datetime | None) -> None:
+        self._cache, self._name, self._now = cache, name, now
+        self._rest = ""  # not parsed yet: the header, or from a peer's first line on
+        self._head: GetReply | None = None
+        self._when = now or datetime.now(UTC)
+        self._new: dict[tuple[str, str, str], _Static] = {}
+        self._psks: dict[str, Key | None] = {_ZERO_HEX: None}  # within this read only
+        self._failed = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self._failed:
+            return
+        # Byte by byte (ASCII, anything else replaced): as the whole reply would decode.
+        text = self._rest + chunk.decode("ascii", "replace")
+        if self._head is None:
+            if text.startswith("public_key="):
+                start = 0
+            else:
+                first = text.find("\npublic_key=")
+                if first < 0:
+                    self._rest = text  # the header goes on
+                    return
+                start = first + 1
+            header = text[:start]
+            # A header with an errno line ends the reply there: parsed in full.
+            if header.startswith("errno=") or "\nerrno=" in header:
+                self._fail()
+                return
+            try:
+                # The device's own lines, a few, parsed in full (a private key is a secret).
+                self._head = _parse_full(self._name, (header + "errno=0\n\n").encode(),
+                                         self._now)
+            except ProtocolError:
+                self._fail()
+                return
+            text = text[start:]
+        # The peers before the last peer line seen are complete.
+        last = text.rfind("\npublic_key=")
+        if last < 0:
+            self._rest = text
+            return
+        self._peers(text, last + 1)
+        self._rest = text[last + 1:]
+
+    def finish(self) -> GetReply | None:
+        """The reply parsed, or None when it must be parsed in full."""
+        text = self._rest
+        if self._head is None:  # no peer line: a few lines, parsed in full
+            self._fail()
+            return None
         end = len(text) - len(_END) + 1  # just after the last peer line's newline
-        # The first errno line ends a reply: it must be the last line.
-        if end < 0 or not text.endswith(_END) or text.find("\nerrno=") != end - 1 \
-                or text.startswith("errno="):
+        if self._failed or end < 0 or not text.endswith(_END) \
+                or text.find("\nerrno=") != end - 1:
+            self._fail()
             return None
-        if text.startswith("public_key="):
-            start = 0
-        else:
-            first = text.find("\npublic_key=")
-            start = end if first < 0 else first + 1  # end: no peers
-        try:
-            # The device's own lines, a few, parsed in full (a private key is a secret).
-            head = _parse_full(name, (text[:start] + "errno=0\n\n").encode(), now)
-        except ProtocolError:
+        self._peers(text, end)
+        if self._failed:
             return None
-        dev, boringtun = head.device, head.boringtun
-        when = now or datetime.now(UTC)
-        old = self._peers
-        new: dict[tuple[str, str, str], _Static] = {}
-        psks: dict[str, Key | None] = {_ZERO_HEX: None}  # within this read only
+        self._cache._peers = self._new
+        return self._head
+
+    def _fail(self) -> None:
+        self._failed = True
+        self._rest = ""
+        self._cache._peers = {}  # the full parse decides: nothing of the last read is kept
+
+    def _peers(self, text: str, end: int) -> None:
+        """Parse ``text[:end]``, whole peers in wireguard-go's layout, or fail."""
+        if self._failed:
+            return
+        assert self._head is not None
+        old, new, psks = self._cache._peers, self._new, self._psks
+        boringtun, when = self._head.boringtun, self._when
+        out = self._head.device.peers
         covered = 0
         for whole, pub, psk_hex, first, sec, nsec, tx, rx, rest in \
-                _WG_GO_PEER.findall(text, start, end):
+                _WG_GO_PEER.findall(text, 0, end):
             covered += len(whole)
             key = (pub, first, rest)
-            st = old.get(key) or new.get(key) or _static(name, key)
+            st = old.get(key) or new.get(key) or _static(self._name, key)
             if st is None:
-                return None
+                self._fail()
+                return
             new[key] = st
             if psk_hex in psks:
                 psk = psks[psk_hex]
@@ -313,16 +381,15 @@ class ReadCache:
                 try:
                     psk = psks[psk_hex] = Key.from_hex(psk_hex, "preshared_key")
                 except InvalidKeyError:
-                    return None
-            dev.peers.append(Peer(
+                    self._fail()
+                    return
+            out.append(Peer(
                 st.public_key, psk, st.endpoint, st.persistent_keepalive,
                 _handshake(int(sec), int(nsec), boringtun, when), int(rx), int(tx),
                 list(st.allowed_ips), st.protocol_version))
         # Matches do not overlap: together as long as the peers' lines, they are all of them.
-        if covered != end - start:
-            return None
-        self._peers = new
-        return GetReply(dev, boringtun)
+        if covered != end:
+            self._fail()
 
 
 def _static(name: str, key: tuple[str, str, str]) -> _Static | None:
