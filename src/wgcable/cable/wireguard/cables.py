@@ -15,7 +15,7 @@ from wgcable.cable.remote import EndpointRejectedError, bounded, parse_address
 from wgcable.cable.types import Connection, ConnectionStatus, NATEndpointInfo
 from wgcable.cable.wireguard.desired import RemotePeer
 from wgcable.cable.wireguard.status import PeerStatus
-from wgcable.wgctrl import Key, Peer
+from wgcable.wgctrl import IPNetwork, Key, Peer
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,10 @@ class Cable:
     error: str | None = None  # why the latest endpoint was refused
     rx: int = 0
     tx: int = 0
+    # The last read where the device's peer carried ``peer``'s subnets: that peer, the
+    # device's key object and allowed IPs. The next read that shows the same (the parse
+    # hands out the same objects while nothing changed) costs no hashing of networks.
+    seen: tuple[RemotePeer, Key, list[IPNetwork]] | None = None
 
     def connection(self) -> Connection:
         if self.tracker is None or self.peer is None:
@@ -72,26 +76,37 @@ def track(cables: Mapping[str, Cable], on_device: Mapping[Key, Peer], now: float
     or does not carry its cluster's subnets (then the peers must be put back)."""
     restore = False
     for cid, c in cables.items():
-        if c.peer is None or c.tracker is None:
+        peer, tracker = c.peer, c.tracker
+        if peer is None or tracker is None:
             continue
-        p = on_device.get(c.peer.public_key)
-        before = c.tracker.status
+        seen = c.seen
+        if seen is not None and seen[0] is not peer:
+            seen = c.seen = None
+        # The device's own key object, when known, is found without comparing keys.
+        p = on_device.get(peer.public_key if seen is None else seen[1])
+        before = tracker.status
         if p is None:
             restore = True
-            c.tracker.status = ConnectionStatus.ERROR
-            c.tracker.message = "peer missing from the device; re-adding it"
+            tracker.status = ConnectionStatus.ERROR
+            tracker.message = "peer missing from the device; re-adding it"
         else:
-            # In order first: hashing networks costs microseconds each, at every status read.
-            if tuple(p.allowed_ips) != c.peer.subnets and \
-                    set(p.allowed_ips) != set(c.peer.subnets):
+            ips = p.allowed_ips
+            # Equal to the last read's that matched (the same objects while the device's
+            # peer is unchanged): it matches. Else in order first, then as sets: hashing
+            # networks costs microseconds each, at every status read.
+            if seen is not None and ips == seen[2]:
+                pass
+            elif tuple(ips) != peer.subnets and set(ips) != set(peer.subnets):
                 # Edited behind our back (or a write went astray): traffic for the cluster
                 # would be dropped while handshakes still say "connected".
                 log.warning("peer of %s has allowed IPs %s instead of %s; restoring", cid,
-                            sorted(map(str, p.allowed_ips)), sorted(map(str, c.peer.subnets)))
+                            sorted(map(str, ips)), sorted(map(str, peer.subnets)))
                 restore = True
+            else:
+                c.seen = (peer, p.public_key, list(ips))
             c.rx, c.tx = p.rx_bytes, p.tx_bytes
-            c.tracker.update(now, wall, p.last_handshake, p.rx_bytes, p.tx_bytes)
-        if c.tracker.status != before:
+            tracker.update(now, wall, p.last_handshake, p.rx_bytes, p.tx_bytes)
+        if tracker.status != before:
             log.info("connection to %s: %s -> %s (%s)", cid, before.value,
-                     c.tracker.status.value, c.tracker.message)
+                     tracker.status.value, tracker.message)
     return restore

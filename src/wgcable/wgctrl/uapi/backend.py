@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from wgcable.wgctrl.errors import DeviceNotFoundError, PermissionDeniedError, ProtocolError
 from wgcable.wgctrl.key import Key
@@ -24,6 +24,8 @@ class UAPIBackend:
         self._dirs = list(socket_dirs)
         self._timeout = timeout
         self._native: dict[str, tuple[int, int]] = {}  # device -> socket file id
+        # device -> its last read's peers: a read parses only what changed since
+        self._reads: dict[str, protocol.ReadCache] = {}
 
     def _socket_paths(self) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -59,7 +61,9 @@ class UAPIBackend:
             return False
         return True
 
-    def _request(self, name: str, action: str, request: bytes) -> bytes:
+    def _request(self, name: str, action: str, request: bytes,
+                 feed: Callable[[bytes], None] | None = None) -> bytes:
+        """The reply to ``request``, each piece also given to ``feed`` as it arrives."""
         path = self._path(name)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(self._timeout)
@@ -79,6 +83,8 @@ class UAPIBackend:
                 if not chunk:
                     raise ProtocolError(name, action, 71, None, "connection closed mid-reply")
                 chunks.append(chunk)
+                if feed is not None:
+                    feed(chunk)
                 tail = (tail + chunk)[-2:]
                 if tail == b"\n\n":
                     return b"".join(chunks)
@@ -93,7 +99,18 @@ class UAPIBackend:
             s.close()
 
     def _get(self, name: str) -> protocol.GetReply:
-        return protocol.parse_get(name, self._request(name, "read", protocol.GET_REQUEST))
+        cache = self._reads.get(name)
+        if cache is None:
+            cache = self._reads.setdefault(name, protocol.ReadCache())
+        reader = cache.reader(name)
+        try:
+            # Parsed as it arrives: the peers read so far while the device writes the rest.
+            reply = self._request(name, "read", protocol.GET_REQUEST, reader.feed)
+        except DeviceNotFoundError:
+            self._reads.pop(name, None)  # gone: what it had is not kept
+            raise
+        got = reader.finish()
+        return got if got is not None else protocol.parse_get(name, reply)
 
     def device(self, name: str) -> Device:
         return self._get(name).device

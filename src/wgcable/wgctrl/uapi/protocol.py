@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -136,8 +137,20 @@ def _public_key(text: str) -> Key:
 _ZERO_HEX = "0" * 64
 
 
-def parse_get(name: str, reply: bytes, now: datetime | None = None) -> GetReply:
-    """Parse a ``get=1`` reply into a Device. Raises ProtocolError on errno or bad values."""
+def parse_get(name: str, reply: bytes, now: datetime | None = None,
+              cache: ReadCache | None = None) -> GetReply:
+    """Parse a ``get=1`` reply into a Device. Raises ProtocolError on errno or bad values.
+
+    With a ``cache`` (one per device), what did not change since the last read is not
+    parsed again (``ReadCache``); the result is the same."""
+    if cache is not None:
+        got = cache.parse(name, reply, now)
+        if got is not None:
+            return got
+    return _parse_full(name, reply, now)
+
+
+def _parse_full(name: str, reply: bytes, now: datetime | None = None) -> GetReply:
     dev = Device(name=name, kind=BackendKind.USERSPACE)
     boringtun = False
     peer: Peer | None = None
@@ -215,3 +228,177 @@ def parse_get(name: str, reply: bytes, now: datetime | None = None) -> GetReply:
     for p, (sec, nsec) in zip(dev.peers, hs, strict=True):
         p.last_handshake = _handshake(sec, nsec, boringtun, now)
     return GetReply(dev, boringtun)
+
+
+# wireguard-go's peer, in the order it writes one (device/uapi.go, IpcGetOperation). Groups:
+# 1 the whole peer, 2 public key, 3 preshared key, 4 and 9 the lines that change only when
+# the peer is configured, 5-8 the handshake time and the counters, which change all the
+# time. Values are checked by the parse (a key's ``.{64}`` is only its length).
+_WG_GO_PEER = re.compile(
+    r"(public_key=(.{64})\n"
+    r"preshared_key=(.{64})\n"
+    r"((?:protocol_version=[0-9]+\n)?(?:endpoint=.*\n)?)"
+    r"last_handshake_time_sec=([0-9]+)\n"
+    r"last_handshake_time_nsec=([0-9]+)\n"
+    r"tx_bytes=([0-9]+)\n"
+    r"rx_bytes=([0-9]+)\n"
+    r"((?:persistent_keepalive_interval=[0-9]+\n)?(?:allowed_ip=.*\n)*))")
+_END = "\nerrno=0\n\n"
+
+
+@dataclass(frozen=True, slots=True)
+class _Static:
+    """A peer's settings as parsed from its unchanging lines (no secret among them)."""
+
+    public_key: Key
+    endpoint: UDPAddr | None
+    persistent_keepalive: int
+    protocol_version: int
+    allowed_ips: tuple[IPNetwork, ...]
+
+
+class ReadCache:
+    """The last read's peers of one device, by the text of their unchanging lines.
+
+    A device is read every few seconds and its peers' settings rarely change: each peer's
+    public key, endpoint, keepalive and allowed IPs are parsed again only when their text
+    differs from the last read's; the handshake time and the counters are parsed at every
+    read, and the preshared key too (a secret is never kept here). Only wireguard-go's
+    layout, with nothing unexpected in it, takes this path: anything else (another order,
+    boringtun, unknown keys, an error) is parsed in full, and the full parse decides what a
+    reply means. Only the last read's peers are kept.
+
+    A reply can be fed as it arrives (``reader``): the peers complete so far are parsed
+    while the device still writes the rest.
+    """
+
+    def __init__(self) -> None:
+        self._peers: dict[tuple[str, str, str], _Static] = {}
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def reader(self, name: str, now: datetime | None = None) -> ReplyReader:
+        return ReplyReader(self, name, now)
+
+    def parse(self, name: str, reply: bytes, now: datetime | None) -> GetReply | None:
+        """The reply parsed, or None when it must be parsed in full."""
+        r = self.reader(name, now)
+        r.feed(reply)
+        return r.finish()
+
+
+class ReplyReader:
+    """One reply through a ReadCache, fed in pieces; ``finish`` once all is there."""
+
+    def __init__(self, cache: ReadCache, name: str, now: datetime | None) -> None:
+        self._cache, self._name, self._now = cache, name, now
+        self._rest = ""  # not parsed yet: the header, or from a peer's first line on
+        self._head: GetReply | None = None
+        self._when = now or datetime.now(UTC)
+        self._new: dict[tuple[str, str, str], _Static] = {}
+        self._psks: dict[str, Key | None] = {_ZERO_HEX: None}  # within this read only
+        self._failed = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self._failed:
+            return
+        # Byte by byte (ASCII, anything else replaced): as the whole reply would decode.
+        text = self._rest + chunk.decode("ascii", "replace")
+        if self._head is None:
+            if text.startswith("public_key="):
+                start = 0
+            else:
+                first = text.find("\npublic_key=")
+                if first < 0:
+                    self._rest = text  # the header goes on
+                    return
+                start = first + 1
+            header = text[:start]
+            # A header with an errno line ends the reply there: parsed in full.
+            if header.startswith("errno=") or "\nerrno=" in header:
+                self._fail()
+                return
+            try:
+                # The device's own lines, a few, parsed in full (a private key is a secret).
+                self._head = _parse_full(self._name, (header + "errno=0\n\n").encode(),
+                                         self._now)
+            except ProtocolError:
+                self._fail()
+                return
+            text = text[start:]
+        # The peers before the last peer line seen are complete.
+        last = text.rfind("\npublic_key=")
+        if last < 0:
+            self._rest = text
+            return
+        self._peers(text, last + 1)
+        self._rest = text[last + 1:]
+
+    def finish(self) -> GetReply | None:
+        """The reply parsed, or None when it must be parsed in full."""
+        text = self._rest
+        if self._head is None:  # no peer line: a few lines, parsed in full
+            self._fail()
+            return None
+        end = len(text) - len(_END) + 1  # just after the last peer line's newline
+        if self._failed or end < 0 or not text.endswith(_END) \
+                or text.find("\nerrno=") != end - 1:
+            self._fail()
+            return None
+        self._peers(text, end)
+        if self._failed:
+            return None
+        self._cache._peers = self._new
+        return self._head
+
+    def _fail(self) -> None:
+        self._failed = True
+        self._rest = ""
+        self._cache._peers = {}  # the full parse decides: nothing of the last read is kept
+
+    def _peers(self, text: str, end: int) -> None:
+        """Parse ``text[:end]``, whole peers in wireguard-go's layout, or fail."""
+        if self._failed:
+            return
+        assert self._head is not None
+        old, new, psks = self._cache._peers, self._new, self._psks
+        boringtun, when = self._head.boringtun, self._when
+        out = self._head.device.peers
+        covered = 0
+        for whole, pub, psk_hex, first, sec, nsec, tx, rx, rest in \
+                _WG_GO_PEER.findall(text, 0, end):
+            covered += len(whole)
+            key = (pub, first, rest)
+            st = old.get(key) or new.get(key) or _static(self._name, key)
+            if st is None:
+                self._fail()
+                return
+            new[key] = st
+            if psk_hex in psks:
+                psk = psks[psk_hex]
+            else:
+                try:
+                    psk = psks[psk_hex] = Key.from_hex(psk_hex, "preshared_key")
+                except InvalidKeyError:
+                    self._fail()
+                    return
+            out.append(Peer(
+                st.public_key, psk, st.endpoint, st.persistent_keepalive,
+                _handshake(int(sec), int(nsec), boringtun, when), int(rx), int(tx),
+                list(st.allowed_ips), st.protocol_version))
+        # Matches do not overlap: together as long as the peers' lines, they are all of them.
+        if covered != end:
+            self._fail()
+
+
+def _static(name: str, key: tuple[str, str, str]) -> _Static | None:
+    """A peer's unchanging lines parsed as the full parse would, or None on any error."""
+    pub, first, rest = key
+    try:
+        got = _parse_full(name, f"public_key={pub}\n{first}{rest}errno=0\n\n".encode())
+    except ProtocolError:
+        return None
+    p = got.device.peers[0]
+    return _Static(p.public_key, p.endpoint, p.persistent_keepalive, p.protocol_version,
+                   tuple(p.allowed_ips))
