@@ -116,7 +116,7 @@ def fed(reply: bytes, cache: protocol.ReadCache, cuts: list[int]) -> object:
     return got if got is not None else outcome(reply, None)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(replies(), st.lists(st.integers(0, 10_000), max_size=6)),
                 min_size=1, max_size=6))
 def test_reads_through_the_cache_are_the_full_parse(reads: list[tuple[bytes, list[int]]]) -> None:
