@@ -82,7 +82,13 @@ def _elements(nets: Iterable[IPNetwork], version: int) -> list[str]:
             align = (lo & -lo).bit_length() - 1 if lo else bits
             span = (hi - lo + 1).bit_length() - 1
             host = min(align, span)
-            out.append(f"{socket.inet_ntop(family, lo.to_bytes(size, 'big'))}/{bits - host}")
+            if version == 6 and lo >> 32 in (0, 0xFFFF):
+                # inet_ntop writes these with a dotted quad (::0.64.0.0, ::ffff:1.2.3.4);
+                # the canonical text is ipaddress's (::40:0), as everywhere else.
+                text = str(ipaddress.IPv6Address(lo))
+            else:
+                text = socket.inet_ntop(family, lo.to_bytes(size, "big"))
+            out.append(f"{text}/{bits - host}")
             lo += 1 << host
     return out
 
