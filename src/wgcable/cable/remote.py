@@ -102,6 +102,18 @@ def canonical_network(net: IPNetwork) -> IPNetwork:
     return ipaddress.ip_network((net.network_address.packed, net.prefixlen))
 
 
+Span = tuple[int, int, int]  # (IP version, first address, last address) as integers
+
+
+def span(net: IPNetwork) -> Span:
+    """``net`` as integers, for overlap and containment checks that validation runs many
+    times per endpoint: ipaddress's ``broadcast_address`` builds an object on first use,
+    its ``overlaps`` and ``in`` cost microseconds. ``net``'s host bits are zero (ipaddress
+    drops them), so its last address is its first plus its size, less one."""
+    first = int(net.network_address)
+    return net.version, first, first + (1 << (net.max_prefixlen - net.prefixlen)) - 1
+
+
 def parse_port(value: str | None, field: str, cluster_id: str, default: int) -> int:
     if value is None or value == "":
         return default
