@@ -1,4 +1,5 @@
-"""Validation's integer checks (``remote.span``) decide as ipaddress's own did.
+"""Validation's integer checks (``remote.span``) and the boundary's dotted-quad fast path
+decide as ipaddress's own did.
 
 ``validate_remote`` compares integer spans instead of calling ``overlaps``, ``in`` and
 ``broadcast_address`` (issue 19: 1000 endpoints). The reference below is the earlier
@@ -15,7 +16,15 @@ from collections.abc import Iterable, Sequence
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from wgcable.cable.remote import parse_address, parse_remote, shown, span
+from wgcable.cable.remote import (
+    canonical_address,
+    canonical_network,
+    parse_address,
+    parse_network,
+    parse_remote,
+    shown,
+    span,
+)
 from wgcable.cable.types import Endpoint, NATEndpointInfo
 from wgcable.cable.wireguard.desired import (
     NOT_REMOTE,
@@ -164,3 +173,51 @@ def test_span_is_the_network_s_first_and_broadcast_address(net: IPNetwork,
     assert (version, first, last) == (net.version, int(net.network_address),
                                       int(net.broadcast_address))
     assert (addr.version == version and first <= int(addr) <= last) == (addr in net)
+
+
+# --- the dotted-quad fast path of the boundary (remote.parse_address, parse_network) ---------
+
+
+def reference_network(text: str) -> IPNetwork:
+    """The earlier parse_network: ipaddress for every text."""
+    if "%" in text:
+        raise EndpointRejectedError("c", "subnets", text,
+                                    "a zone is not allowed on another cluster's network")
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise EndpointRejectedError("c", "subnets", text, "not a CIDR") from None
+    return canonical_network(net)
+
+
+def reference_address(text: str) -> IPAddress:
+    if "%" in text:
+        raise EndpointRejectedError("c", "private_ip", text,
+                                    "a zone is not allowed on another cluster's address")
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise EndpointRejectedError("c", "private_ip", text, "not an IP address") from None
+    return canonical_address(addr)
+
+
+def parsed(f: object, *args: object) -> object:
+    value = outcome(f, *args)
+    return value if isinstance(value, tuple) else (type(value), str(value))
+
+
+OCTETS = st.one_of(st.integers(0, 299).map(str), st.sampled_from(
+    ["00", "01", "007", "0x1", "1e2", "", " 1", "1 ", "٣", "²", "+1", "-1", "1_0"]))
+QUADS = st.builds(lambda parts, sep, plen: sep.join(parts) + plen,
+                  st.lists(OCTETS, min_size=3, max_size=5),
+                  st.sampled_from([".", ".", ".", ":", ".."]),
+                  st.one_of(st.just(""), st.integers(0, 40).map(lambda p: f"/{p}"),
+                            st.sampled_from(["/024", "/", "/255.255.255.0", "/0.0.0.255",
+                                             "/24\n", "%eth0", "/24%x", "/ 24"])))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(QUADS, st.text(alphabet="0123456789./%:abcdefx \n", max_size=24)))
+def test_dotted_quad_fast_path_parses_as_ipaddress(text: str) -> None:
+    assert parsed(parse_network, text, "subnets", "c") == parsed(reference_network, text)
+    assert parsed(parse_address, text, "private_ip", "c") == parsed(reference_address, text)
