@@ -67,15 +67,17 @@ class PeerIndex:
             return
         if self._keys.get(peer.public_key) == cluster_id:
             del self._keys[peer.public_key]
-        self._v6_endpoints -= peer.endpoint.ip.version == 6
-        ips = self._endpoint_ips[peer.endpoint.ip.version]
-        i = bisect.bisect_left(ips, (int(peer.endpoint.ip), cluster_id))
-        if i < len(ips) and ips[i] == (int(peer.endpoint.ip), cluster_id):
+        version = peer.endpoint.ip.version
+        self._v6_endpoints -= version == 6
+        ips, entry = self._endpoint_ips[version], (int(peer.endpoint.ip), cluster_id)
+        i = bisect.bisect_left(ips, entry)
+        if i < len(ips) and ips[i] == entry:
             del ips[i]
         for net in peer.subnets:
-            starts, ranges = self._starts[net.version], self._ranges[net.version]
-            i = bisect.bisect_left(starts, int(net.network_address))
-            while i < len(ranges) and ranges[i][0] == int(net.network_address):
+            version, start = net.version, int(net.network_address)
+            starts, ranges = self._starts[version], self._ranges[version]
+            i = bisect.bisect_left(starts, start)
+            while i < len(ranges) and ranges[i][0] == start:
                 if ranges[i][2] == cluster_id:
                     del starts[i], ranges[i]
                     break

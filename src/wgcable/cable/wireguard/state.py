@@ -201,7 +201,11 @@ def _next(current: dict[_K, _V], parent: Mapping[_K, _V] | None, touched: set[_K
     (A copy of a dict keeps its stored hashes: cheap.)"""
     if isinstance(parent, Tracked):
         # Dropped and put back equal (a new endpoint keeps the routes): not a change.
-        same = [k for k in touched if parent.get(k, _NONE) == current.get(k, _NONE)]
+        # Absent on one side is a change, without asking the value (an ipaddress network
+        # compared with anything else raises and catches an AttributeError).
+        same = [k for k in touched
+                if (a := parent.get(k, _NONE)) is (b := current.get(k, _NONE))
+                or (a is not _NONE and b is not _NONE and a == b)]
         # From the set itself when all changed: its stored hashes are reused.
         changed = frozenset(touched.difference(same) if same else touched)
         if not changed:
