@@ -210,5 +210,5 @@ def _next(current: dict[_K, _V], parent: Mapping[_K, _V] | None, touched: set[_K
         changed = frozenset(touched.difference(same) if same else touched)
         if not changed:
             return parent
-        return Tracked(current, parent, changed)
+        return Tracked(current, parent, changed, exact=True)
     return Tracked(current)
