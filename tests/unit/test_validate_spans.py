@@ -35,6 +35,7 @@ from wgcable.cable.wireguard.desired import (
 )
 from wgcable.cable.wireguard.host import Protected
 from wgcable.cable.wireguard.index import PeerIndex
+from wgcable.netlink import route as nlroute
 from wgcable.wgctrl import IPAddress, IPNetwork, Key, UDPAddr
 
 OWN = Key(bytes(range(1, 33))).public_key()
@@ -221,3 +222,20 @@ QUADS = st.builds(lambda parts, sep, plen: sep.join(parts) + plen,
 def test_dotted_quad_fast_path_parses_as_ipaddress(text: str) -> None:
     assert parsed(parse_network, text, "subnets", "c") == parsed(reference_network, text)
     assert parsed(parse_address, text, "private_ip", "c") == parsed(reference_address, text)
+
+
+# --- route requests: the IPv4 fast path of netlink/route.encode_route ------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["add", "replace", "del"]), st.integers(0, 2**32 - 1),
+       st.integers(0, 32), st.integers(1, 2**31), st.integers(0, 2**32 - 1),
+       st.integers(0, 255), st.one_of(st.none(), st.integers(0, 2**32 - 1)))
+def test_ipv4_route_request_is_the_attribute_by_attribute_encoding(
+        verb: str, addr: int, plen: int, oif: int, table: int, protocol: int,
+        src: int | None) -> None:
+    dst = ipaddress.IPv4Network((addr, plen), strict=False)
+    source = None if src is None else ipaddress.IPv4Address(src)
+    payload = nlroute.encode_route(verb, dst, oif, table, protocol, source)[2]
+    head = payload[:nlroute._RTMSG.size]
+    assert payload == head + nlroute._attributes(dst, oif, table, source, None)
