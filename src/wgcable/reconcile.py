@@ -63,16 +63,19 @@ class Resource(Protocol[K, V]):
 
 class Tracked(dict[K, V]):
     """A desired state's mapping that knows which keys changed since the mapping it was
-    derived from (``parent``). Never changed once made: a reconciler keeps a reference to
-    the one it wrote, and the difference to a newer one costs O(changed), not O(N)."""
+    derived from (``parent``): ``touched`` holds them, and maybe keys put back equal, unless
+    ``exact`` says it holds only keys whose values differ from the parent's. Never changed
+    once made: a reconciler keeps a reference to the one it wrote, and the difference to a
+    newer one costs O(changed), not O(N)."""
 
-    __slots__ = ("parent", "touched")
+    __slots__ = ("exact", "parent", "touched")
 
     def __init__(self, items: Mapping[K, V], parent: Tracked[K, V] | None = None,
-                 touched: frozenset[K] = frozenset()) -> None:
+                 touched: frozenset[K] = frozenset(), *, exact: bool = False) -> None:
         super().__init__(items)
         self.parent = parent
         self.touched = touched
+        self.exact = exact
 
 
 def changed_since(want: Mapping[K, V], written: Mapping[K, V], depth: int = 64
@@ -123,9 +126,14 @@ class Reconciler(Generic[K, V]):
         Returns the number of changes made."""
         written = self.written
         if synced and not verify and have is None and written is not None:
-            changed = changed_since(want, written)
-            if changed is not None:  # touched is not changed: a value may be put back equal
-                changed = {k for k in changed if want.get(k, _NONE) != written.get(k, _NONE)}
+            changed: Collection[K] | None
+            if isinstance(want, Tracked) and want.exact and want.parent is written:
+                changed = want.touched  # one exact step: no second look at each key
+            else:
+                changed = changed_since(want, written)
+                if changed is not None:  # over steps, a value may be changed and put back
+                    changed = {k for k in changed
+                               if want.get(k, _NONE) != written.get(k, _NONE)}
             if (changed is not None and not changed) or (changed is None and want == written):
                 self.written = self._keep(want)  # equal: it anchors the next diff's lineage
                 return 0

@@ -158,3 +158,23 @@ def test_reconcile_an_equal_state_anchors_the_lineage_of_the_next_diff() -> None
     assert rec.reconcile(fresh, synced=True) == 0
     rec.reconcile(Tracked({"x": 5, "y": 2}, fresh, frozenset({"x"})), synced=True)
     assert box.hints[-1] == {"x"}  # known from the lineage, not found by comparing all
+
+
+def test_reconcile_exact_step_is_written_as_its_touched_keys() -> None:
+    """An ``exact`` Tracked one step from what was written (what ``StateBuilder`` makes):
+    its touched keys are the change, not compared again; over more steps, or without
+    ``exact``, they are."""
+    box = Box()
+    rec = Reconciler(box)
+    a = Tracked({"x": 1, "y": 2})
+    rec.reconcile(a, synced=True)
+    b = Tracked({"x": 1, "y": 3, "z": 4}, a, frozenset({"y", "z"}), exact=True)
+    assert rec.reconcile(b, synced=True) == 2
+    assert box.hints[-1] == {"y", "z"}
+    c = Tracked({"x": 1, "y": 3}, b, frozenset({"z"}), exact=True)
+    d = Tracked({"x": 1, "y": 3, "z": 4}, c, frozenset({"z"}), exact=True)  # z back
+    writes = len(box.writes)
+    assert rec.reconcile(d, synced=True) == 0  # two steps: z compared, equal: no write
+    assert len(box.writes) == writes
+    assert box.held == {"x": 1, "y": 3, "z": 4}
+    assert box.reads == 1

@@ -64,11 +64,30 @@ class EndpointRejectedError(ValueError):
             f"endpoint of cluster {shown(cluster_id)!r}: {field}={self.value!r}: {reason}")
 
 
+# A dotted-quad IPv4 address, optionally with a prefix length, in the one spelling that
+# ipaddress accepts and prints alike (ASCII digits, no leading zeros, octets to 255, prefix
+# to 32): read here from integers, it is the same value, at a fifth of the cost. Any other
+# text goes through ipaddress (which refuses or accepts it as before).
+_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_V4 = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?:/(3[0-2]|[12]?[0-9]))?")
+
+
+def _v4(text: str) -> tuple[int, int] | None:
+    """(address, prefix length) of a plain dotted-quad text, else None; 32 without a prefix."""
+    m = _V4.fullmatch(text)
+    if m is None:
+        return None
+    a, b, c, d, plen = m.groups()
+    return (int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)), int(plen or 32)
+
+
 def parse_address(text: str, field: str, cluster_id: str) -> IPAddress:
     """An address of another cluster: a literal IP, without a zone."""
     if "%" in text:
         raise EndpointRejectedError(cluster_id, field, text,
                                     "a zone is not allowed on another cluster's address")
+    if "/" not in text and (quad := _v4(text)) is not None:
+        return ipaddress.IPv4Address(quad[0])
     try:
         addr = ipaddress.ip_address(text)
     except ValueError:
@@ -81,6 +100,8 @@ def parse_network(text: str, field: str, cluster_id: str) -> IPNetwork:
     if "%" in text:
         raise EndpointRejectedError(cluster_id, field, text,
                                     "a zone is not allowed on another cluster's network")
+    if (quad := _v4(text)) is not None:
+        return ipaddress.IPv4Network(quad, strict=False)  # host bits dropped, as below
     try:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError:
@@ -100,6 +121,18 @@ def canonical_network(net: IPNetwork) -> IPNetwork:
     if type(net) is ipaddress.IPv4Network:  # no zone, host bits already dropped
         return net
     return ipaddress.ip_network((net.network_address.packed, net.prefixlen))
+
+
+Span = tuple[int, int, int]  # (IP version, first address, last address) as integers
+
+
+def span(net: IPNetwork) -> Span:
+    """``net`` as integers, for overlap and containment checks that validation runs many
+    times per endpoint: ipaddress's ``broadcast_address`` builds an object on first use,
+    its ``overlaps`` and ``in`` cost microseconds. ``net``'s host bits are zero (ipaddress
+    drops them), so its last address is its first plus its size, less one."""
+    first = int(net.network_address)
+    return net.version, first, first + (1 << (net.max_prefixlen - net.prefixlen)) - 1
 
 
 def parse_port(value: str | None, field: str, cluster_id: str, default: int) -> int:

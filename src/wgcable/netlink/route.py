@@ -87,7 +87,26 @@ def encode_route(verb: str, dst: ipaddress.IPv4Network | ipaddress.IPv6Network, 
                       RTNH_F_ONLINK if via is not None else 0)
     else:
         raise ValueError(f"route verb {verb!r} is not add, replace or del")
-    out = [head, attrs.raw(RTA_DST, dst.network_address.packed), attrs.u32(RTA_TABLE, table),
+    if via is None and dst.version == 4 and (src is None or src.version == 4):
+        # The common route (thousands at once): its attributes in one pack, the same bytes
+        # as ``_attributes`` (each 8 long: no padding).
+        body = _V4_ROUTE.pack(8, RTA_DST, dst.network_address.packed, 8, RTA_TABLE, table,
+                              8, RTA_OIF, oif)
+        if src is not None:
+            body += _V4_ATTR.pack(8, RTA_PREFSRC, src.packed)
+        return msg_type, flags, head + body
+    return msg_type, flags, head + _attributes(dst, oif, table, src, via)
+
+
+_V4_ROUTE = struct.Struct("=HH4sHHIHHI")  # RTA_DST (4 bytes), RTA_TABLE, RTA_OIF (u32)
+_V4_ATTR = struct.Struct("=HH4s")
+
+
+def _attributes(dst: ipaddress.IPv4Network | ipaddress.IPv6Network, oif: int, table: int,
+                src: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+                via: ipaddress.IPv4Address | ipaddress.IPv6Address | None) -> bytes:
+    """A route's attributes, one by one (any family, a next hop)."""
+    out = [attrs.raw(RTA_DST, dst.network_address.packed), attrs.u32(RTA_TABLE, table),
            attrs.u32(RTA_OIF, oif)]
     if via is not None:
         if via.version == dst.version:
@@ -97,7 +116,7 @@ def encode_route(verb: str, dst: ipaddress.IPv4Network | ipaddress.IPv6Network, 
                                  + via.packed))
     if src is not None:
         out.append(attrs.raw(RTA_PREFSRC, src.packed))
-    return msg_type, flags, b"".join(out)
+    return b"".join(out)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,8 +50,10 @@ class Route:
 
     def __post_init__(self) -> None:
         # A zone is free text that str() renders into the ``ip -batch`` line: never ours.
-        if any(a is not None and _zoned(a) for a in (self.dst.network_address, self.src,
-                                                       self.via)):
+        # (Spelled out, not a generator over the three: thousands of routes are made.)
+        src, via = self.src, self.via
+        if _zoned(self.dst.network_address) or (src is not None and _zoned(src)) or \
+                (via is not None and _zoned(via)):
             raise ValueError("a route with a zoned address is refused")
         object.__setattr__(self, "_hash", hash((self.dst, self.dev, self.src, self.via)))
 
@@ -153,8 +155,9 @@ class RouteTable:
 
     def routable(self, routes: Iterable[Route]) -> set[Route]:
         """Without IPv6 (off on this host or namespace) IPv6 routes cannot exist."""
-        v6 = "-6" in self.families
-        return {r for r in routes if v6 or r.dst.version == 4}
+        if "-6" in self.families:
+            return set(routes)
+        return {r for r in routes if r.dst.version == 4}
 
     def ops(self, add: set[Route], remove: set[Route],
             keep_dst: set[IPNetwork] | None = None, replace: bool = True) -> list[RouteOp]:
@@ -162,11 +165,16 @@ class RouteTable:
         ``remove``, except deletions of a destination in ``keep_dst`` (default: ``add``'s),
         which a replace covers. Deletions name our device and protocol, so they never hit
         another owner's route."""
-        keep = {r.dst for r in add} if keep_dst is None else keep_dst
         verb = "replace" if replace else "add"
         t, p = self.table, self.protocol
         out = [r.op(verb, t, p) for r in sorted(add, key=order)]
-        out += [r.op("del", t, p) for r in sorted(remove, key=order) if r.dst not in keep]
+        if not remove:
+            return out
+        keep = {r.dst for r in add} if keep_dst is None else keep_dst
+        dels = sorted(remove, key=order)
+        # Hashing an ipaddress network costs a microsecond: none when nothing is kept.
+        out += [r.op("del", t, p) for r in dels if r.dst not in keep] if keep else \
+            [r.op("del", t, p) for r in dels]
         return out
 
     def commands(self, add: set[Route], remove: set[Route],
@@ -181,9 +189,13 @@ class RouteTable:
         owner's route; a route to delete that is not there fails too (RoutingError): the
         caller then falls back to :meth:`sync`."""
         add, remove = self.routable(add), self.routable(remove)
-        changed = {r.dst for r in remove} & {r.dst for r in add}
-        ops = self.ops({r for r in add if r.dst in changed}, remove)
-        ops += self.ops({r for r in add if r.dst not in changed}, set(), replace=False)
+        # Connecting or removing many clusters has only one side: no destination to look up.
+        changed = {r.dst for r in remove} & {r.dst for r in add} if add and remove else set()
+        if changed:
+            ops = self.ops({r for r in add if r.dst in changed}, remove)
+            ops += self.ops({r for r in add if r.dst not in changed}, set(), replace=False)
+        else:
+            ops = self.ops(set(), remove) + self.ops(add, set(), replace=False)
         self.ip.change_routes(ops)
 
     def _rules(self, family: str) -> list[int]:

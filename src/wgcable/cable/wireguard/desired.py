@@ -17,10 +17,10 @@ from wgcable.cable.remote import INTERFACE_NAME as INTERFACE_NAME
 from wgcable.cable.remote import PUBLIC_KEY as PUBLIC_KEY
 from wgcable.cable.remote import UDP_PORT as UDP_PORT
 from wgcable.cable.remote import EndpointRejectedError as EndpointRejectedError
-from wgcable.cable.remote import RemoteEndpoint, parse_address, parse_remote, shown
+from wgcable.cable.remote import RemoteEndpoint, Span, parse_address, parse_remote, shown, span
 from wgcable.cable.remote import parse_port as parse_port
 from wgcable.cable.types import Endpoint, NATEndpointInfo
-from wgcable.cable.wireguard.host import Protected, covered, overlaps
+from wgcable.cable.wireguard.host import Protected, meet
 from wgcable.cable.wireguard.index import PeerIndex
 from wgcable.routing.table import Route
 from wgcable.wgctrl import IPAddress, IPNetwork, Key, Peer, UDPAddr
@@ -46,26 +46,21 @@ NOT_REMOTE: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in (
 ))
 
 
+_NOT_REMOTE_SPANS: tuple[tuple[Span, IPNetwork], ...] = tuple((span(n), n) for n in NOT_REMOTE)
+
+
 def check_subnets(cid: str, nets: tuple[IPNetwork, ...]) -> tuple[IPNetwork, ...]:
     """Refuse what no remote cluster may route to us (``nets`` are canonical)."""
     for net in nets:
         if net.prefixlen == 0:
             raise EndpointRejectedError(cid, "subnets", str(net), "a default route is refused")
-        if special := next((n for n in NOT_REMOTE if overlaps(n, net)), None):
+        s = span(net)
+        if special := next((n for ns, n in _NOT_REMOTE_SPANS if meet(ns, s)), None):
             raise EndpointRejectedError(cid, "subnets", str(net),
                                         f"overlaps {special}, which no remote cluster owns")
     if not nets:
         raise EndpointRejectedError(cid, "subnets", [], "no subnets")
     return nets
-
-
-def _overlap(a: Iterable[IPNetwork], b: Iterable[IPNetwork]) -> tuple[IPNetwork, IPNetwork] | None:
-    bl = list(b)
-    for x in a:
-        for y in bl:
-            if overlaps(x, y):
-                return x, y
-    return None
 
 
 def validate_remote(
@@ -84,6 +79,10 @@ def validate_remote(
     remote gateway's own address), or the tunnel's own packets would be routed into it.
     ``protected`` are networks of this host no remote subnet may overlap (its neighbours,
     nameservers, the broker, configured CIDRs): rule 220 runs before the main table.
+
+    Every overlap and containment check compares integer spans (``remote.span``), each
+    network's computed once here: with a thousand endpoints, ipaddress's own checks cost
+    more than the rest of validation.
     """
     if not isinstance(others, PeerIndex):
         index = PeerIndex()
@@ -107,30 +106,37 @@ def validate_remote(
     if ip.is_unspecified or ip.is_multicast:
         raise EndpointRejectedError(cid, "using_ip", str(ip), "not a unicast address")
     subnets = check_subnets(cid, remote.subnets)
-    if hit := _overlap(subnets, local_subnets):
-        raise EndpointRejectedError(cid, "subnets", str(hit[0]),
-                                    f"overlaps the local cluster's {hit[1]}")
-    for net in subnets:
-        if what := covered(net, protected):
+    spans = [(net, span(net)) for net in subnets]
+    local_spans = [(span(n), n) for n in local_subnets]
+    for net, s in spans:
+        if hit := next((n for ls, n in local_spans if meet(ls, s)), None):
+            raise EndpointRejectedError(cid, "subnets", str(net),
+                                        f"overlaps the local cluster's {hit}")
+    fences = [(span(p), what) for p, what in protected]
+    own_ips = [(a.version, int(a), a) for a in local_ips]
+    gw = (ip.version, int(ip), int(ip))
+    for net, s in spans:
+        if what := next((w for ps, w in fences if meet(ps, s)), None):
             raise EndpointRejectedError(cid, "subnets", str(net), f"covers {what}")
-        for addr in local_ips:
-            if addr in net:
+        for version, a, addr in own_ips:
+            if version == s[0] and s[1] <= a <= s[2]:
                 raise EndpointRejectedError(cid, "subnets", str(net),
                                             f"covers this gateway's own address {addr}")
-        if ip in net:
+        if meet(gw, s):
             raise EndpointRejectedError(
                 cid, "subnets", str(net),
                 f"covers the remote gateway's own address {ip}: the tunnel would route into "
                 "itself")
-        if clash := others.overlap(net, exclude=cid):
+        if clash := others.overlap_span(s, exclude=cid):
             raise EndpointRejectedError(
                 cid, "subnets", str(net), f"overlaps {clash[0]} of cluster {clash[1]!r}")
-        if gw := others.endpoint_in(net, exclude=cid):
-            addr = (ipaddress.IPv4Address if net.version == 4 else ipaddress.IPv6Address)(gw[0])
+        if owned := others.endpoint_in_span(s, exclude=cid):
+            addr = (ipaddress.IPv4Address if net.version == 4 else ipaddress.IPv6Address)(
+                owned[0])
             raise EndpointRejectedError(
                 cid, "subnets", str(net), f"covers {addr}, the gateway address of cluster "
-                f"{gw[1]!r}: that cluster's tunnel would route into this one")
-    if clash := others.overlap(ipaddress.ip_network(ip), exclude=cid):
+                f"{owned[1]!r}: that cluster's tunnel would route into this one")
+    if clash := others.overlap_span(gw, exclude=cid):
         raise EndpointRejectedError(
             cid, "using_ip", str(ip),
             f"is inside {clash[0]} of cluster {clash[1]!r}: this tunnel would route into that "

@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 
 from wgcable.cable.remote import shown
@@ -47,6 +47,18 @@ log = logging.getLogger(__name__)
 
 DRIVER_NAME = "wireguard"
 SUPERVISOR_RETRY = 0.5  # seconds between attempts to bring a lost device back
+
+
+class _Joined:
+    """Items shown ``", "``-joined in a log line, rendered only if the line is emitted."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: Iterable[object]) -> None:
+        self.items = items
+
+    def __str__(self) -> str:
+        return ", ".join(map(str, self.items))
 
 
 class WireGuardDriver:
@@ -407,7 +419,7 @@ class WireGuardDriver:
             self._index.add(peer)
             self._changed(cid)
             log.info("connected cluster %s at %s (nat=%s, subnets %s)", cid, peer.endpoint,
-                     peer.using_nat, ", ".join(map(str, peer.subnets)))
+                     peer.using_nat, _Joined(peer.subnets))
             return peer.using_ip
 
     def disconnect_from_endpoint(self, endpoint: Endpoint) -> None:

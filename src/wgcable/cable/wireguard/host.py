@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+from wgcable.cable.remote import Span, span
 from wgcable.wgctrl import IPNetwork
 
 Protected = tuple[IPNetwork, str]  # a network, and what it is ("nameserver 10.96.0.10")
@@ -48,15 +49,20 @@ def nameservers(resolv_conf: str) -> list[Protected]:
 def overlaps(a: IPNetwork, b: IPNetwork) -> bool:
     """``a.overlaps(b)`` for networks of either family, compared as integers: ipaddress's
     own costs microseconds, and validation checks each subnet against many networks."""
-    return a.version == b.version and \
-        int(a.network_address) <= int(b.broadcast_address) and \
-        int(b.network_address) <= int(a.broadcast_address)
+    return meet(span(a), span(b))
+
+
+def meet(a: Span, b: Span) -> bool:
+    """Whether two spans (``remote.span``) share an address: same family, and each starts
+    before the other ends."""
+    return a[0] == b[0] and a[1] <= b[2] and b[1] <= a[2]
 
 
 def covered(net: IPNetwork, protected: Iterable[Protected]) -> str | None:
     """What of ``protected`` the remote subnet ``net`` overlaps (any overlap: a more
     specific route would take part of it), or None."""
+    s = span(net)
     for p, what in protected:
-        if overlaps(p, net):
+        if meet(span(p), s):
             return what
     return None

@@ -12,6 +12,7 @@ import bisect
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from wgcable.cable.remote import Span, span
 from wgcable.wgctrl import IPNetwork, Key
 
 if TYPE_CHECKING:  # desired.py imports this module
@@ -55,11 +56,10 @@ class PeerIndex:
         bisect.insort(self._endpoint_ips[peer.endpoint.ip.version],
                       (int(peer.endpoint.ip), peer.cluster_id))
         for net in peer.subnets:
-            start = int(net.network_address)
-            i = bisect.bisect_left(self._starts[net.version], start)
-            self._starts[net.version].insert(i, start)
-            self._ranges[net.version].insert(
-                i, (start, int(net.broadcast_address), peer.cluster_id, net))
+            version, start, end = span(net)
+            i = bisect.bisect_left(self._starts[version], start)
+            self._starts[version].insert(i, start)
+            self._ranges[version].insert(i, (start, end, peer.cluster_id, net))
 
     def remove(self, cluster_id: str) -> None:
         peer = self._peers.pop(cluster_id, None)
@@ -67,15 +67,17 @@ class PeerIndex:
             return
         if self._keys.get(peer.public_key) == cluster_id:
             del self._keys[peer.public_key]
-        self._v6_endpoints -= peer.endpoint.ip.version == 6
-        ips = self._endpoint_ips[peer.endpoint.ip.version]
-        i = bisect.bisect_left(ips, (int(peer.endpoint.ip), cluster_id))
-        if i < len(ips) and ips[i] == (int(peer.endpoint.ip), cluster_id):
+        version = peer.endpoint.ip.version
+        self._v6_endpoints -= version == 6
+        ips, entry = self._endpoint_ips[version], (int(peer.endpoint.ip), cluster_id)
+        i = bisect.bisect_left(ips, entry)
+        if i < len(ips) and ips[i] == entry:
             del ips[i]
         for net in peer.subnets:
-            starts, ranges = self._starts[net.version], self._ranges[net.version]
-            i = bisect.bisect_left(starts, int(net.network_address))
-            while i < len(ranges) and ranges[i][0] == int(net.network_address):
+            version, start = net.version, int(net.network_address)
+            starts, ranges = self._starts[version], self._ranges[version]
+            i = bisect.bisect_left(starts, start)
+            while i < len(ranges) and ranges[i][0] == start:
                 if ranges[i][2] == cluster_id:
                     del starts[i], ranges[i]
                     break
@@ -87,11 +89,15 @@ class PeerIndex:
 
     def overlap(self, net: IPNetwork, exclude: str = "") -> tuple[IPNetwork, str] | None:
         """An accepted range of another cluster that overlaps ``net``, with its owner."""
-        start, end = int(net.network_address), int(net.broadcast_address)
-        ranges = self._ranges[net.version]
+        return self.overlap_span(span(net), exclude)
+
+    def overlap_span(self, where: Span, exclude: str = "") -> tuple[IPNetwork, str] | None:
+        """``overlap`` of a span (``remote.span``; an address is a span of one)."""
+        version, start, end = where
+        ranges = self._ranges[version]
         # Ranges are disjoint and sorted, so their ends are sorted too: walk back from the
         # last range starting at or before ``end`` while ranges still reach ``start``.
-        i = bisect.bisect_right(self._starts[net.version], end) - 1
+        i = bisect.bisect_right(self._starts[version], end) - 1
         while i >= 0 and ranges[i][1] >= start:
             if ranges[i][2] != exclude:
                 return ranges[i][3], ranges[i][2]
@@ -101,8 +107,12 @@ class PeerIndex:
     def endpoint_in(self, net: IPNetwork, exclude: str = "") -> tuple[int, str] | None:
         """Another cluster's gateway address inside ``net`` (as an int), with its owner:
         a route for ``net`` would send that cluster's own tunnel packets into ours."""
-        ips = self._endpoint_ips[net.version]
-        start, end = int(net.network_address), int(net.broadcast_address)
+        return self.endpoint_in_span(span(net), exclude)
+
+    def endpoint_in_span(self, where: Span, exclude: str = "") -> tuple[int, str] | None:
+        """``endpoint_in`` of a span (``remote.span``)."""
+        version, start, end = where
+        ips = self._endpoint_ips[version]
         i = bisect.bisect_left(ips, (start, ""))
         while i < len(ips) and ips[i][0] <= end:
             if ips[i][1] != exclude:

@@ -177,17 +177,21 @@ class StateBuilder:
         # apart, but a stale entry must never take another cluster's with it.
         tp, tr, tn = self._touched
         self._v6 -= part.source.endpoint.ip.version == 6
-        if self._peers.get(part.source.public_key) is part.peer:
-            del self._peers[part.source.public_key]
-            tp.add(part.source.public_key)
+        _take(self._peers, part.source.public_key, part.peer, tp)
         for r in part.routes:
-            if self._routes.get(r) is r:
-                del self._routes[r]
-                tr.add(r)
+            _take(self._routes, r, r, tr)
         for n in part.source.subnets:
-            if self._nets.get(n) is n:
-                del self._nets[n]
-                tn.add(n)
+            _take(self._nets, n, n, tn)
+
+
+def _take(current: dict[_K, _V], key: _K, value: _V, touched: set[_K]) -> None:
+    """Remove ``key`` if it maps to ``value`` (this cluster's), noting it in ``touched``; an
+    entry of another cluster stays. One lookup: hashing a network costs a microsecond."""
+    held = current.pop(key, _NONE)
+    if held is value:
+        touched.add(key)
+    elif held is not _NONE:
+        current[key] = held  # type: ignore[assignment]  # not ours: put back
 
 
 def _next(current: dict[_K, _V], parent: Mapping[_K, _V] | None, touched: set[_K]
@@ -197,8 +201,14 @@ def _next(current: dict[_K, _V], parent: Mapping[_K, _V] | None, touched: set[_K
     (A copy of a dict keeps its stored hashes: cheap.)"""
     if isinstance(parent, Tracked):
         # Dropped and put back equal (a new endpoint keeps the routes): not a change.
-        changed = frozenset(k for k in touched if parent.get(k, _NONE) != current.get(k, _NONE))
+        # Absent on one side is a change, without asking the value (an ipaddress network
+        # compared with anything else raises and catches an AttributeError).
+        same = [k for k in touched
+                if (a := parent.get(k, _NONE)) is (b := current.get(k, _NONE))
+                or (a is not _NONE and b is not _NONE and a == b)]
+        # From the set itself when all changed: its stored hashes are reused.
+        changed = frozenset(touched.difference(same) if same else touched)
         if not changed:
             return parent
-        return Tracked(current, parent, changed)
+        return Tracked(current, parent, changed, exact=True)
     return Tracked(current)
