@@ -144,7 +144,7 @@ def outcome(f: object, *args: object) -> object:
         return (e.field, e.value, e.reason, str(e))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(clusters=st.lists(st.tuples(st.lists(networks(), max_size=3), addresses()),
                          min_size=1, max_size=8),
        local_subnets=st.lists(networks(), max_size=1),
@@ -217,7 +217,7 @@ QUADS = st.builds(lambda parts, sep, plen: sep.join(parts) + plen,
                                              "/24\n", "%eth0", "/24%x", "/ 24"])))
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.one_of(QUADS, st.text(alphabet="0123456789./%:abcdefx \n", max_size=24)))
 def test_dotted_quad_fast_path_parses_as_ipaddress(text: str) -> None:
     assert parsed(parse_network, text, "subnets", "c") == parsed(reference_network, text)
