@@ -68,7 +68,55 @@ class FakeDevice:
         pass
 
 
-class FakeIP:
+class NetlinkOverIpState:
+    """What RouteTable uses (IPRoute's netlink calls), over a fake's `ip`-shaped state: its
+    ``json``, ``run`` and ``batch``. Shared by the fakes here and in test_driver_delta."""
+
+    def json(self, *args: str, check: bool = True) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def run(self, *args: str, check: bool = True) -> str:
+        raise NotImplementedError
+
+    def batch(self, commands: Sequence[str], force: bool = False) -> None:
+        raise NotImplementedError
+
+    _PROTOS: ClassVar[dict[str, int]] = {"kernel": 2, "boot": 3, "static": 4}
+
+    def read_routes(self, family: str, table: int) -> list[tuple[str, str, str, str, str]]:
+        rows = []
+        for r in self.json(family, "route", "show", "table", str(table), check=False):
+            dst, dev = r.get("dst"), r.get("dev")
+            if not dst or not dev or r.get("type", "unicast") != "unicast" or dst == "default":
+                continue
+            rows.append((str(dst), str(dev), str(r.get("prefsrc") or ""),
+                         str(r.get("protocol", "")), str(r.get("gateway") or "")))
+        return rows
+
+    def routes_unchanged(self, table: int) -> bool:
+        return False  # no notifications here: every check reads
+
+    def change_routes(self, ops: Sequence[RouteOp], force: bool = False) -> None:
+        self.batch([op.text() for op in ops], force)
+
+    def read_rules(self, family: str) -> list[tuple[int, int, int]]:
+        return [(int(r["priority"]), int(r["table"]),
+                 self._PROTOS.get(str(r["protocol"])) or int(r["protocol"]))
+                for r in self.json(family, "rule", "show")]
+
+    def add_rule(self, family: str, priority: int, table: int, protocol: int) -> None:
+        self.run(family, "rule", "add", "priority", str(priority), "table", str(table),
+                 "protocol", str(protocol))
+
+    def del_rule(self, family: str, priority: int, table: int, protocol: int | None) -> None:
+        self.run(family, "rule", "del", "priority", str(priority), "table", str(table),
+                 *(("protocol", str(protocol)) if protocol is not None else ()))
+
+    def close(self) -> None:
+        pass
+
+
+class FakeIP(NetlinkOverIpState):
     """What RouteTable and the driver use of IPRoute: one namespace's routes and rules.
     Routes are keyed by (table, destination) as the kernel keys them: a replace takes over
     whoever's route holds the destination, an add fails on it, a delete matches the device
@@ -169,40 +217,6 @@ class FakeIP:
                 raise AssertionError(f"unexpected ip {line}")
 
 
-    # What RouteTable uses (IPRoute's netlink calls), over the `ip`-shaped state above.
-    _PROTOS: ClassVar[dict[str, int]] = {"kernel": 2, "boot": 3, "static": 4}
-
-    def read_routes(self, family: str, table: int) -> list[tuple[str, str, str, str, str]]:
-        rows = []
-        for r in self.json(family, "route", "show", "table", str(table), check=False):
-            dst, dev = r.get("dst"), r.get("dev")
-            if not dst or not dev or r.get("type", "unicast") != "unicast" or dst == "default":
-                continue
-            rows.append((str(dst), str(dev), str(r.get("prefsrc") or ""),
-                         str(r.get("protocol", "")), str(r.get("gateway") or "")))
-        return rows
-
-    def routes_unchanged(self, table: int) -> bool:
-        return False  # no notifications here: every check reads
-
-    def change_routes(self, ops: Sequence[RouteOp], force: bool = False) -> None:
-        self.batch([op.text() for op in ops], force)
-
-    def read_rules(self, family: str) -> list[tuple[int, int, int]]:
-        return [(int(r["priority"]), int(r["table"]),
-                 self._PROTOS.get(str(r["protocol"])) or int(r["protocol"]))
-                for r in self.json(family, "rule", "show")]
-
-    def add_rule(self, family: str, priority: int, table: int, protocol: int) -> None:
-        self.run(family, "rule", "add", "priority", str(priority), "table", str(table),
-                 "protocol", str(protocol))
-
-    def del_rule(self, family: str, priority: int, table: int, protocol: int | None) -> None:
-        self.run(family, "rule", "del", "priority", str(priority), "table", str(table),
-                 *(("protocol", str(protocol)) if protocol is not None else ()))
-
-    def close(self) -> None:
-        pass
 
 
 def nft_sets(body: str) -> dict[str, set[str]]:

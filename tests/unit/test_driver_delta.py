@@ -14,13 +14,13 @@ from __future__ import annotations
 import ipaddress
 import random
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
-from fake_kernel import nft_sets
+from fake_kernel import NetlinkOverIpState, nft_sets
 
 from wgcable.cable.types import Endpoint, NATEndpointInfo
 from wgcable.cable.wireguard.config import WireGuardConfig
@@ -28,7 +28,7 @@ from wgcable.cable.wireguard.desired import RemotePeer
 from wgcable.cable.wireguard.driver import WireGuardDriver
 from wgcable.cable.wireguard.index import PeerIndex
 from wgcable.routing import nftables
-from wgcable.routing.iproute import RouteOp, RoutingError
+from wgcable.routing.iproute import RoutingError
 from wgcable.routing.table import RouteTable
 from wgcable.wgctrl import BackendKind, Client, Config, Device, Key, PeerConfig, UDPAddr
 from wgcable.wgctrl.memory import MemoryBackend
@@ -37,7 +37,7 @@ DEV = "subwg0"
 TABLE = 220
 
 
-class FakeIP:
+class FakeIP(NetlinkOverIpState):
     """`ip` for one namespace: table 220's routes, the rules, two addresses; counts calls.
     Routes are keyed by destination, as the kernel keys them (a replace takes over another
     owner's route; an add fails on any)."""
@@ -107,40 +107,6 @@ class FakeIP:
         return {"ifname": name, "mtu": 1500}
 
 
-    # What RouteTable uses (IPRoute's netlink calls), over the `ip`-shaped state above.
-    _PROTOS: ClassVar[dict[str, int]] = {"kernel": 2, "boot": 3, "static": 4}
-
-    def read_routes(self, family: str, table: int) -> list[tuple[str, str, str, str, str]]:
-        rows = []
-        for r in self.json(family, "route", "show", "table", str(table), check=False):
-            dst, dev = r.get("dst"), r.get("dev")
-            if not dst or not dev or r.get("type", "unicast") != "unicast" or dst == "default":
-                continue
-            rows.append((str(dst), str(dev), str(r.get("prefsrc") or ""),
-                         str(r.get("protocol", "")), str(r.get("gateway") or "")))
-        return rows
-
-    def routes_unchanged(self, table: int) -> bool:
-        return False  # no notifications here: every check reads
-
-    def change_routes(self, ops: Sequence[RouteOp], force: bool = False) -> None:
-        self.batch([op.text() for op in ops], force)
-
-    def read_rules(self, family: str) -> list[tuple[int, int, int]]:
-        return [(int(r["priority"]), int(r["table"]),
-                 self._PROTOS.get(str(r["protocol"])) or int(r["protocol"]))
-                for r in self.json(family, "rule", "show")]
-
-    def add_rule(self, family: str, priority: int, table: int, protocol: int) -> None:
-        self.run(family, "rule", "add", "priority", str(priority), "table", str(table),
-                 "protocol", str(protocol))
-
-    def del_rule(self, family: str, priority: int, table: int, protocol: int | None) -> None:
-        self.run(family, "rule", "del", "priority", str(priority), "table", str(table),
-                 *(("protocol", str(protocol)) if protocol is not None else ()))
-
-    def close(self) -> None:
-        pass
 
 
 class FakeNft:
