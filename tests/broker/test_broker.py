@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from loneapi import lone_api_server, skip_without_kube
 
 from integration.labtools import (
     print_agent_logs,
@@ -25,7 +26,7 @@ from integration.labtools import (
     unreachable_pairs,
 )
 from wgcable.cable.types import ConnectionStatus
-from wgcable.lab.kubeapi import LocalAPIServer, unavailable_reason
+from wgcable.lab.kubeapi import LocalAPIServer
 from wgcable.lab.lab import Lab
 from wgcable.lab.netns import Namespace, list_namespaces
 from wgcable.store.crds import GATEWAY_RULES, LEASE_ROLE, LEASE_RULES, render
@@ -42,11 +43,7 @@ MakeLab = Callable[..., Lab]
 
 @pytest.fixture(scope="session")
 def kube_available() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    skip_without_kube()
 
 
 @pytest.fixture
@@ -74,17 +71,10 @@ def make_lab(tmp_path: Path, kube_available: None) -> Iterator[MakeLab]:
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory,
            kube_available: None) -> Iterator[LocalAPIServer]:
-    """An API server alone (no clusters), in a namespace of its own, on its loopback: for
-    the tests of the schema, the manifests and the store by itself."""
-    ns = Namespace(f"wglk{os.getpid() % 100000}-apionly").create()
-    server = LocalAPIServer(ns.name, tmp_path_factory.mktemp("broker"), "127.0.0.1")
-    try:
-        server.start()
+    """For the tests of the schema, the manifests and the store by itself."""
+    with lone_api_server(f"wglk{os.getpid() % 100000}-apionly",
+                         tmp_path_factory.mktemp("broker")) as server:
         yield server
-    finally:
-        server.stop()
-        ns.delete()
-        assert ns.name not in list_namespaces()
 
 
 def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:

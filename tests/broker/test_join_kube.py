@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 import yaml
+from loneapi import lone_api_server
 
 from wgcable.cable.types import Endpoint, GatewayStatus, cable_name_for, gateway_object_name
 from wgcable.cli.main import main
-from wgcable.lab.kubeapi import LocalAPIServer, unavailable_reason
-from wgcable.lab.netns import Namespace, list_namespaces
+from wgcable.lab.kubeapi import LocalAPIServer
 from wgcable.store.base import StoreUnavailableError
 from wgcable.store.kubernetes import KubernetesStore
 
@@ -34,20 +34,9 @@ MERGE = "application/merge-patch+json"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAPIServer]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    ns = Namespace(f"wglj{os.getpid() % 100000}-join").create()
-    api = LocalAPIServer(ns.name, tmp_path_factory.mktemp("join-broker"), "127.0.0.1")
-    try:
-        api.start()
+    with lone_api_server(f"wglj{os.getpid() % 100000}-join",
+                         tmp_path_factory.mktemp("join-broker")) as api:
         yield api
-    finally:
-        api.stop()
-        ns.delete()
-        assert ns.name not in list_namespaces()
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from loneapi import lone_api_server
 
 from wgcable.ha.elector import Elector, Role
 from wgcable.ha.kubelease import KubeLease
@@ -29,8 +30,7 @@ from wgcable.ha.lease import (
     LeaseTiming,
     LeaseUnavailableError,
 )
-from wgcable.lab.kubeapi import LocalAPIServer, unavailable_reason
-from wgcable.lab.netns import Namespace, list_namespaces
+from wgcable.lab.kubeapi import LocalAPIServer
 from wgcable.store.crds import LEASE_ROLE, LEASE_RULES
 from wgcable.store.kubernetes import load_api_client
 
@@ -44,22 +44,11 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAPIServer]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root (network namespaces)")
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    ns = Namespace(f"wglease{os.getpid() % 100000}").create()
-    api = LocalAPIServer(ns.name, tmp_path_factory.mktemp("leaseapi"), "127.0.0.1")
-    try:
-        api.start()
+    with lone_api_server(f"wglease{os.getpid() % 100000}",
+                         tmp_path_factory.mktemp("leaseapi")) as api:
         assert api.request("POST", "/api/v1/namespaces", {
             "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": LEASE_NS}})[0] == 201
         yield api
-    finally:
-        api.stop()
-        ns.delete()
-        assert ns.name not in list_namespaces()
 
 
 @pytest.fixture(scope="module")
