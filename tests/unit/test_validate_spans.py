@@ -155,10 +155,11 @@ def test_integer_validation_decides_as_ipaddress_did(
         local_ips: list[IPAddress], protected: list[IPNetwork]) -> None:
     fences: list[Protected] = [(p, f"protected {p}") for p in protected]
     index = PeerIndex()
+    # The same objects for every cluster, as the driver passes them: their spans are kept.
+    host = (tuple(local_subnets), tuple(local_ips), tuple(fences))
     for i, (subnets, gw) in enumerate(clusters):
         info = endpoint(f"c{i}", subnets, gw)
-        fast = outcome(validate_remote, info, LOCAL, tuple(local_subnets), OWN, index,
-                       tuple(local_ips), tuple(fences))
+        fast = outcome(validate_remote, info, LOCAL, host[0], OWN, index, host[1], host[2])
         slow = outcome(reference, info, local_subnets, index, local_ips, fences)
         assert fast == slow
         event(" ".join(str(fast[2]).split()[:2]) if isinstance(fast, tuple) else "accepted")

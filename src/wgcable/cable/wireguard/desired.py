@@ -7,6 +7,7 @@ the value, and only that endpoint's connection is affected.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -105,23 +106,17 @@ def validate_remote(
     ip = _using_ip(info, remote)
     if ip.is_unspecified or ip.is_multicast:
         raise EndpointRejectedError(cid, "using_ip", str(ip), "not a unicast address")
-    subnets = check_subnets(cid, remote.subnets)
-    spans = [(net, span(net)) for net in subnets]
-    local_spans = [(span(n), n) for n in local_subnets]
-    for net, s in spans:
-        if hit := next((n for ls, n in local_spans if meet(ls, s)), None):
-            raise EndpointRejectedError(cid, "subnets", str(net),
-                                        f"overlaps the local cluster's {hit}")
-    fences = [(span(p), what) for p, what in protected]
-    own_ips = [(a.version, int(a), a) for a in local_ips]
+    host = _host_spans(local_subnets, local_ips, protected)
     gw = (ip.version, int(ip), int(ip))
+    spans = [(net, span(net)) for net in remote.subnets]
+    # Nearly every endpoint meets nothing of this host's: then only the checks against the
+    # gateway and the other clusters run. Otherwise every check, in its order.
+    suspect = not spans or any(host.hit(s) for _, s in spans)
+    if suspect:
+        _check_subnets_local(cid, spans, host)
     for net, s in spans:
-        if what := next((w for ps, w in fences if meet(ps, s)), None):
-            raise EndpointRejectedError(cid, "subnets", str(net), f"covers {what}")
-        for version, a, addr in own_ips:
-            if version == s[0] and s[1] <= a <= s[2]:
-                raise EndpointRejectedError(cid, "subnets", str(net),
-                                            f"covers this gateway's own address {addr}")
+        if suspect:
+            _check_fences(cid, net, s, host)
         if meet(gw, s):
             raise EndpointRejectedError(
                 cid, "subnets", str(net),
@@ -141,7 +136,91 @@ def validate_remote(
             cid, "using_ip", str(ip),
             f"is inside {clash[0]} of cluster {clash[1]!r}: this tunnel would route into that "
             "one")
-    return RemotePeer(cid, key, UDPAddr(ip, remote.port), subnets, str(ip), info.use_nat)
+    return RemotePeer(cid, key, UDPAddr(ip, remote.port), remote.subnets, str(ip),
+                      info.use_nat)
+
+
+@dataclass(frozen=True, slots=True)
+class _HostSpans:
+    """What no remote subnet may meet, as spans, computed once per host state instead of
+    once per endpoint; and all of it merged into sorted disjoint intervals per IP version,
+    so that a subnet that meets none of it (nearly all) is known so by one bisection."""
+
+    local: tuple[tuple[Span, IPNetwork], ...]
+    fences: tuple[tuple[Span, str], ...]
+    own_ips: tuple[tuple[int, int, IPAddress], ...]
+    starts: Mapping[int, list[int]]
+    ends: Mapping[int, list[int]]
+
+    def hit(self, s: Span) -> bool:
+        """Whether ``s`` may meet any of it (exact for spans; the checks decide which)."""
+        starts = self.starts.get(s[0])
+        if not starts:
+            return False
+        i = bisect.bisect_right(starts, s[2]) - 1
+        return i >= 0 and self.ends[s[0]][i] >= s[1]
+
+
+def _make_host_spans(local_subnets: Iterable[IPNetwork], local_ips: Iterable[IPAddress],
+                     protected: Iterable[Protected]) -> _HostSpans:
+    local = tuple((span(n), n) for n in local_subnets)
+    fences = tuple((span(p), what) for p, what in protected)
+    own_ips = tuple((a.version, int(a), a) for a in local_ips)
+    every = [s for s, _ in _NOT_REMOTE_SPANS] + [s for s, _ in local] + [
+        s for s, _ in fences] + [(v, a, a) for v, a, _ in own_ips]
+    starts: dict[int, list[int]] = {}
+    ends: dict[int, list[int]] = {}
+    for version, first, last in sorted(every):
+        st, en = starts.setdefault(version, []), ends.setdefault(version, [])
+        if en and first <= en[-1] + 1:
+            en[-1] = max(en[-1], last)  # touching or overlapping: one interval
+        else:
+            st.append(first)
+            en.append(last)
+    return _HostSpans(local, fences, own_ips, starts, ends)
+
+
+# The driver passes the same immutable tuples and frozensets for every endpoint until its
+# host facts change: their spans are kept, keyed by the objects' identity (each entry holds
+# its objects, so no id is reused while it is kept). Anything else is computed per call.
+_HOST_CACHE: dict[tuple[int, int, int], tuple[object, object, object, _HostSpans]] = {}
+_HOST_CACHE_MAX = 8
+
+
+def _host_spans(local_subnets: Iterable[IPNetwork], local_ips: Iterable[IPAddress],
+                protected: Iterable[Protected]) -> _HostSpans:
+    immutable = (tuple, frozenset)
+    if not (type(local_subnets) in immutable and type(local_ips) in immutable
+            and type(protected) is tuple):
+        return _make_host_spans(local_subnets, local_ips, protected)
+    key = (id(local_subnets), id(local_ips), id(protected))
+    held = _HOST_CACHE.get(key)
+    if held is not None and held[0] is local_subnets and held[1] is local_ips \
+            and held[2] is protected:
+        return held[3]
+    spans = _make_host_spans(local_subnets, local_ips, protected)
+    if len(_HOST_CACHE) >= _HOST_CACHE_MAX:
+        _HOST_CACHE.clear()
+    _HOST_CACHE[key] = (local_subnets, local_ips, protected, spans)
+    return spans
+
+
+def _check_subnets_local(cid: str, spans: list[tuple[IPNetwork, Span]], host: _HostSpans
+                         ) -> None:
+    check_subnets(cid, tuple(net for net, _ in spans))
+    for net, s in spans:
+        if hit := next((n for ls, n in host.local if meet(ls, s)), None):
+            raise EndpointRejectedError(cid, "subnets", str(net),
+                                        f"overlaps the local cluster's {hit}")
+
+
+def _check_fences(cid: str, net: IPNetwork, s: Span, host: _HostSpans) -> None:
+    if what := next((w for ps, w in host.fences if meet(ps, s)), None):
+        raise EndpointRejectedError(cid, "subnets", str(net), f"covers {what}")
+    for version, a, addr in host.own_ips:
+        if version == s[0] and s[1] <= a <= s[2]:
+            raise EndpointRejectedError(cid, "subnets", str(net),
+                                        f"covers this gateway's own address {addr}")
 
 
 def _using_ip(info: NATEndpointInfo, remote: RemoteEndpoint) -> IPAddress:
