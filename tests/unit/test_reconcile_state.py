@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from wgcable.cable.wireguard.desired import RemotePeer
 from wgcable.cable.wireguard.facts import HostFacts
 from wgcable.cable.wireguard.state import LINK, Settings, StateBuilder, desired_state
+from wgcable.reconcile import Tracked
 from wgcable.routing.table import Route
 from wgcable.wgctrl import Key, UDPAddr
 
@@ -48,12 +49,27 @@ def test_reconcile_incremental_state_equals_the_state_from_scratch(
             accepted[i] = by_id[f"c{i}"] = peer(i, *change)
         peers = list(accepted.values())
         scratch = desired_state(peers, SETTINGS, facts)
-        assert scanning.build(peers, SETTINGS, facts) == scratch
+        built = scanning.build(peers, SETTINGS, facts)
+        assert built == scratch
+        for m in (built.peers, built.routes, built.nft_remote):
+            assert_exact(m)
         # Builds may be skipped (a batch): the hint then covers every step since the last.
         if n % 3 != 1:
             touched = {f"c{j}" for j, _ in sequence[:n + 1]}
-            assert hinted.build(peers, SETTINGS, facts, changed=touched,
-                                lookup=by_id.get) == scratch
+            built = hinted.build(peers, SETTINGS, facts, changed=touched, lookup=by_id.get)
+            assert built == scratch
+            for m in (built.peers, built.routes, built.nft_remote):
+                assert_exact(m)
+
+
+def assert_exact(m: object) -> None:
+    """An exact step names exactly the keys whose values differ from its parent's (the
+    reconcilers write only those)."""
+    if isinstance(m, Tracked) and m.exact and m.parent is not None:
+        parent = m.parent
+        differ = {k for k in {*m, *parent}
+                  if k not in m or k not in parent or m[k] != parent[k]}
+        assert set(m.touched) == differ
 
 
 def test_reconcile_state_holds_every_resource_of_the_accepted_clusters() -> None:
