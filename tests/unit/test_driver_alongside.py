@@ -6,6 +6,7 @@ and healed by the next pass."""
 from __future__ import annotations
 
 import base64
+import gc
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,3 +116,41 @@ def test_a_failed_peers_write_alongside_is_raised_and_the_next_pass_heals_it(
     driver.get_connections()  # the status read restores the missing peers
     assert on_device(driver) == {i.endpoint.backend_config["publicKey"] for i in infos}
     assert len(routes(driver)) == MANY
+
+
+def test_the_collector_waits_for_a_batch_and_a_status_read_and_comes_back(
+        driver: WireGuardDriver) -> None:
+    assert gc.isenabled()
+    seen: list[bool] = []
+    dev = driver.device
+    assert isinstance(dev, FakeDevice)
+    configure = dev.client.configure
+
+    def record(name: str, config: object) -> None:
+        seen.append(gc.isenabled())
+        configure(name, config)  # type: ignore[arg-type]
+
+    dev.client.configure = record  # type: ignore[method-assign]
+    with driver.batch():
+        driver.connect_to_endpoint(remote(0))
+        seen.append(gc.isenabled())
+    assert seen == [False, False]
+    assert gc.isenabled()
+    dev.client.configure = configure  # type: ignore[method-assign]
+    # Back on when the block fails too.
+    with pytest.raises(RuntimeError, match="boom"), driver.batch():
+        raise RuntimeError("boom")
+    assert gc.isenabled()
+    driver.get_connections()
+    assert gc.isenabled()
+
+
+def test_the_collector_turned_off_by_someone_else_stays_off(driver: WireGuardDriver) -> None:
+    gc.disable()
+    try:
+        with driver.batch():
+            driver.connect_to_endpoint(remote(0))
+        driver.get_connections()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
