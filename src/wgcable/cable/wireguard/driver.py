@@ -51,8 +51,9 @@ SUPERVISOR_RETRY = 0.5  # seconds between attempts to bring a lost device back
 # From this many peer changes in one pass, the peers' write runs on a thread of its own
 # while the nftables table, routes and rules are written: wireguard-go takes about 0.3 ms
 # a new peer (one Curve25519 multiplication each), which our route writes fill. Below,
-# a thread costs more than it saves.
-ALONGSIDE_PEERS = 64
+# the thread is not worth it: taking the GIL back after the reply may wait out the
+# interpreter's switch interval (5 ms), more than the route writes of 100 clusters.
+ALONGSIDE_PEERS = 256
 
 
 class _Joined:
