@@ -28,6 +28,7 @@ from wgcable.lab.lab import (
     LAB_ROOT,
     MAX_GATEWAYS,
     METRICS_PORT,
+    MTU_RANGE,
     NS_PREFIX,
     STORES,
     GatewayState,
@@ -81,6 +82,7 @@ def register(sub: Any) -> None:
                    help="endpoint store: a shared directory, or kubernetes: a real "
                    "kube-apiserver with etcd in a broker namespace, as Submariner's broker "
                    "(default: %(default)s)")
+    add_mtu_option(p)
     p.add_argument("--name", default=DEFAULT_NAME, help="the lab's name (default: %(default)s)")
     p.add_argument("--wait", type=float, default=60, metavar="SECONDS",
                    help="wait this long for all cables; 0: do not wait (default: %(default)s)")
@@ -162,6 +164,13 @@ def add_nodes_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=int, default=DEFAULT_NODES, metavar="M",
                    help=f"nodes per cluster, {MIN_NODES}-{MAX_NODES}: the gateway node and "
                    "M-1 workers, each with a pod; with workers, a route agent runs on every node "
+                   "(default: %(default)s)")
+
+
+def add_mtu_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mtu", type=int, default=1500, metavar="BYTES",
+                   help=f"every link's MTU (underlay, pods), {MTU_RANGE[0]}-{MTU_RANGE[1]}: "
+                   "e.g. a cloud's 1400; the tunnels' follows, 60 bytes less "
                    "(default: %(default)s)")
 
 
@@ -419,11 +428,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     hint = name_hint(args.name)
     kind = "".join(f", {k}" for k, on in (("IPv6", args.ipv6), ("NAT", args.nat),
                                           ("SNAT", args.snat),
-                                          ("Kubernetes broker", args.store == KUBERNETES)) if on)
+                                          ("Kubernetes broker", args.store == KUBERNETES),
+                                          (f"MTU {args.mtu}", args.mtu != 1500)) if on)
     print(f"building lab {args.name!r}: {args.clusters} clusters of {args.nodes} "
           f"node{'s' if args.nodes > 1 else ''}{kind}...", file=sys.stderr, flush=True)
     lab = Lab.up(args.name, args.clusters, ipv6=args.ipv6, nat=args.nat, snat=args.snat,
-                 root=args.root, store=args.store, nodes=args.nodes, gateways=args.gateways)
+                 root=args.root, store=args.store, nodes=args.nodes, gateways=args.gateways,
+                 mtu=args.mtu)
     ok = True
     if args.wait > 0:
         try:
