@@ -74,7 +74,7 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
 def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     try:
-        check_options(args.clusters, "--timeout", args.timeout, args.nodes)
+        check_options(args.clusters, "--timeout", args.timeout, args.nodes, args.mtu)
         if args.graph is not None:  # before anything is built: no `dot`, no lab
             if args.graph == "-":
                 raise GraphError("--graph needs a file: standard output shows the demo")

@@ -240,7 +240,8 @@ MIN_CLUSTERS, MAX_CLUSTERS = 2, 50
 MIN_NODES, DEFAULT_NODES = 1, 2
 
 
-def check_options(clusters: int, wait_flag: str, wait: float, nodes: int = 1) -> None:
+def check_options(clusters: int, wait_flag: str, wait: float, nodes: int = 1,
+                  mtu: int = 1500) -> None:
     """The numbers given to `lab up` and `demo`, checked before anything is printed or built.
     Both commands read a wait the same way: seconds to wait for every cable, 0 meaning do
     not wait; a negative (or NaN) wait is refused, naming the flag and its value."""
@@ -248,6 +249,8 @@ def check_options(clusters: int, wait_flag: str, wait: float, nodes: int = 1) ->
         raise LabError(f"--clusters {clusters}: must be {MIN_CLUSTERS}-{MAX_CLUSTERS}")
     if not MIN_NODES <= nodes <= MAX_NODES:
         raise LabError(f"--nodes {nodes}: must be {MIN_NODES}-{MAX_NODES}")
+    if not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]:
+        raise LabError(f"--mtu {mtu}: must be {MTU_RANGE[0]}-{MTU_RANGE[1]}")
     if not wait >= 0:  # also false for NaN
         raise LabError(f"{wait_flag} {wait:g}: must be 0 or more seconds (0: do not wait)")
 
@@ -423,7 +426,7 @@ def ping_matrix(lab: Lab, *, v6: bool = False, count: int = 3) -> tuple[str, boo
 
 @_guarded
 def cmd_up(args: argparse.Namespace) -> int:
-    check_options(args.clusters, "--wait", args.wait, args.nodes)
+    check_options(args.clusters, "--wait", args.wait, args.nodes, args.mtu)
     check_can_build(args.name, args.root)
     hint = name_hint(args.name)
     kind = "".join(f", {k}" for k, on in (("IPv6", args.ipv6), ("NAT", args.nat),
