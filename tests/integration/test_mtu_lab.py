@@ -229,9 +229,13 @@ def test_mtu_mss_clamp_covers_the_syn_ack_of_a_remote_that_does_not_clamp(
     lab = mtu1400.lab
     before, icmp_before = _frag_counters(lab), _icmp_too_big_sent(lab, 1)
     # Forget what the DF pings taught our pod about the path: the MSS must come from the SYN.
-    Namespace(mtu1400.pod(1).namespace).ip(f"{'-6 ' if v6 else ''}route flush cache")
-    mss, received = _tcp_transfer(mtu1400.pod(1), mtu1400.pod(2), 10 * 2**20, v6=v6)
-    assert received == 10 * 2**20
+    src, dst = mtu1400.pod(1), mtu1400.pod(2)
+    family = "-6 " if v6 else ""
+    Namespace(src.namespace).ip(f"{family}route flush cache")
+    route = Namespace(src.namespace).ip(f"{family}route get {dst.ip6 if v6 else dst.ip}")
+    assert " mtu " not in route
+    mss, received = _tcp_transfer(src, dst, 4 * 2**20, v6=v6)
+    assert received == 4 * 2**20
     # TCP_MAXSEG: the MSS less the 12 bytes of timestamps. The header is 40 or 60 bytes.
     assert mss + 12 <= mtu1400.tunnel_mtu - (60 if v6 else 40)
     assert _icmp_too_big_sent(lab, 1) == icmp_before
