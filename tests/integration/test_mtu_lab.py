@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import pytest
 
 from slowness import scaled
+from wgcable.cli.lab import status_json, status_text
 from wgcable.lab.lab import Lab, Pod
 from wgcable.lab.netns import Namespace
 
@@ -241,3 +242,10 @@ def test_mtu_mss_clamp_covers_the_syn_ack_of_a_remote_that_does_not_clamp(
     assert _icmp_too_big_sent(lab, 1) == icmp_before
     after = _frag_counters(lab)
     assert {k: after[k] - before[k] for k in FRAG_COUNTERS} == dict.fromkeys(FRAG_COUNTERS, 0)
+
+
+def test_mtu_lab_status_says_the_mtu(mtu1400: MtuLab, nat: MtuLab) -> None:
+    assert status_json(mtu1400.lab)["mtu"] == 1400
+    assert ", MTU 1400;" in status_text(mtu1400.lab).splitlines()[0]
+    assert status_json(nat.lab)["mtu"] == 1500
+    assert "MTU" not in status_text(nat.lab).splitlines()[0]

@@ -483,6 +483,7 @@ def status_json(lab: Lab) -> dict[str, Any]:
         "build": lab.build_state(), "clustersWanted": lab.state.clusters or len(clusters),
         "ipv6": lab.state.ipv6, "nat": lab.state.nat, "snat": lab.state.snat,
         "store": lab.state.store, "nodesPerCluster": lab.state.nodes_per_cluster,
+        "mtu": lab.state.mtu,
         "namespaces": {n: n in present for n in names},
         "allConnected": lab.all_connected(),
         "clusters": clusters,
@@ -533,7 +534,8 @@ def nodes_table(lab: Lab) -> str:
 def status_text(lab: Lab) -> str:
     s, now, present = lab.state, time.time(), set(list_namespaces())
     opts = [k for k, on in (("IPv6", s.ipv6), ("NAT", s.nat), ("SNAT", s.snat),
-                            ("Kubernetes broker", s.store == KUBERNETES)) if on]
+                            ("Kubernetes broker", s.store == KUBERNETES),
+                            (f"MTU {s.mtu}", s.mtu != 1500)) if on]
     age = format_duration(round(now - s.created))
     build = lab.build_state()
     nodes = f" of {s.nodes_per_cluster} nodes" if s.nodes_per_cluster > 1 else ""
