@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from wgcable.cable.types import Endpoint
-from wgcable.cable.wireguard.facts import read_facts
+from wgcable.cable.wireguard.facts import mtu_warnings, read_facts
 from wgcable.cable.wireguard.state import Settings, mtu
 from wgcable.wgctrl import Key
 
@@ -63,3 +63,21 @@ def test_mtu_published_ip_on_no_link_assumes_ethernet() -> None:
     facts = _facts("203.0.113.9")
     assert (facts.underlay_mtu, facts.underlay_v6) == (1500, False)
     assert mtu(SETTINGS, facts, False) == 1440
+
+
+def test_mtu_warns_when_the_published_ip_is_on_no_link() -> None:
+    facts = _facts("203.0.113.9")  # e.g. a 1:1 NAT's address published as the private IP
+    assert facts.underlay_link is None
+    assert facts.underlay_mtu == 1500
+    (said,) = mtu_warnings(facts, "203.0.113.9", "subwg0")
+    assert "203.0.113.9 is on no link" in said
+    assert "--mtu" in said
+    assert mtu_warnings(_facts("198.18.0.1"), "198.18.0.1", "subwg0") == []
+
+
+def test_mtu_warns_when_the_device_would_lose_ipv6() -> None:
+    small = FakeIP({"eth0": 1300}, [("eth0", "198.18.0.1", 16)])
+    (said,) = mtu_warnings(_facts("198.18.0.1", small), "198.18.0.1", "subwg0")
+    assert "underlay MTU 1300 leaves subwg0 an MTU of 1240, below IPv6's minimum" in said
+    fits = FakeIP({"eth0": 1340}, [("eth0", "198.18.0.1", 16)])  # 1280 on the device: fits
+    assert mtu_warnings(_facts("198.18.0.1", fits), "198.18.0.1", "subwg0") == []

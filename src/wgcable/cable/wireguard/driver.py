@@ -32,7 +32,7 @@ from wgcable.cable.wireguard.cables import Cable
 from wgcable.cable.wireguard.config import WireGuardConfig
 from wgcable.cable.wireguard.desired import EndpointRejectedError
 from wgcable.cable.wireguard.device import WireGuardDevice
-from wgcable.cable.wireguard.facts import HostFacts, read_facts
+from wgcable.cable.wireguard.facts import HostFacts, mtu_warnings, read_facts
 from wgcable.cable.wireguard.index import PeerIndex
 from wgcable.cable.wireguard.resources import DeviceReads, LinkResource, PeersResource
 from wgcable.cable.wireguard.state import DesiredState, Settings, StateBuilder
@@ -91,6 +91,7 @@ class WireGuardDriver:
             local_endpoint.cluster_id, desired.DEFAULT_PORT)
         self.port = self.cfg.port or port
         self._facts = HostFacts(protected=tuple(self.cfg.protected))
+        self._mtu_said: set[str] = set()  # warnings about the derived MTU, said once
         self._builder = StateBuilder()
         self._state: DesiredState | None = None  # None: recompute (the accepted set changed)
         self._touched: set[str] = set()  # clusters connected or disconnected since then
@@ -322,7 +323,15 @@ class WireGuardDriver:
                      else "off", self.cfg.device, "too" if facts.ipv6 else "left out")
         self.table.families = FAMILIES if facts.ipv6 else ("-4",)
         if facts != self._facts:
+            self._warn_mtu(facts)
             self._facts, self._state = facts, None
+
+    def _warn_mtu(self, facts: HostFacts) -> None:
+        said = set() if self.cfg.mtu else set(mtu_warnings(facts, self.local.private_ip,
+                                                            self.cfg.device))
+        for text in sorted(said - self._mtu_said):  # once, until the facts change again
+            log.warning("%s", text)
+        self._mtu_said = said
 
     def _apply(self, full: bool = False, verify: bool = False) -> None:
         """One pass: every resource to the desired state, in an order that never lets pod
