@@ -34,7 +34,7 @@ from wgcable.cable.driver import (
     Resyncable,
     SyncAware,
 )
-from wgcable.cable.remote import EndpointRejectedError, health_check_target, shown
+from wgcable.cable.remote import PUBLIC_KEY, EndpointRejectedError, health_check_target, shown
 from wgcable.cable.types import (
     Connection,
     ConnectionStatus,
@@ -502,6 +502,12 @@ class Engine:
     def _connect(self, clusters: list[str], infos: dict[str, NATEndpointInfo]) -> None:
         for cid in self._first_come(clusters, infos):
             info = infos[cid]
+            old = self._applied.get(cid)
+            if old is not None and old.endpoint.backend_config.get(PUBLIC_KEY) != \
+                    info.endpoint.backend_config.get(PUBLIC_KEY):
+                # A new key is a new peer: its health check starts afresh after its first
+                # handshake, so that its first reply is the new tunnel's.
+                self._handshaken.discard(cid)
             self._applied[cid] = info
             try:
                 self.driver.connect_to_endpoint(info)
@@ -581,6 +587,15 @@ class Engine:
             c = replace(c, status=ConnectionStatus.ERROR, status_message=(
                 f"no reply from health check IP {c.endpoint.health_check_ip} to "
                 f"{result.consecutive_losses} pings in a row"))
+        elif (c.status == ConnectionStatus.CONNECTED and result.last_reply_age is None
+              and result.available):
+            # A handshake proves neither direction of pod traffic (wireguard-go's crossed
+            # handshakes can leave one dead while both sides show one; the remote's routes
+            # may not be in): a first echo answered through the tunnel does (issue 16).
+            # Never answered, it becomes an error after the checker's allowed losses.
+            c = replace(c, status=ConnectionStatus.CONNECTING, status_message=(
+                f"waiting for: the first reply from health check IP "
+                f"{c.endpoint.health_check_ip}"))
         return c
 
     def _with_path(self, c: Connection) -> Connection:
