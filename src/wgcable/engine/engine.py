@@ -122,6 +122,8 @@ class Engine:
         self._last_snap: Snapshot | None = None  # the last store read applied
         self._wake = threading.Event()  # the loop has something to do before its timer
         self._status_now = threading.Event()  # the store's health changed: report it now
+        if health is not None and hasattr(health, "on_first_reply"):
+            health.on_first_reply = self._first_reply
         self._calls = StoreCalls()  # reads, publishing and withdrawals, in this order
         # The status write has a thread of its own: at 1000 connections the API server
         # takes up to a second over it, and a read queued behind it held a change back.
@@ -381,6 +383,12 @@ class Engine:
         if self._current_store_problem() != self._reported_store_problem:
             self._status_now.set()
             self._wake.set()
+
+    def _first_reply(self, cluster_id: str) -> None:
+        """A tunnel's first health check reply (the health checker's thread): its connection
+        is ``connected`` from now on, reported now rather than at the next interval."""
+        self._status_now.set()
+        self._wake.set()
 
     def _current_store_problem(self) -> str:
         """Why the store is unusable now, in one line; "" while it is fine. The first that

@@ -29,7 +29,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -356,6 +356,9 @@ class HealthChecker:
         self._stop = threading.Event()
         self._wake: tuple[socket.socket, socket.socket] | None = None
         self._ping_new = False  # targets were added: ping those never pinged, now
+        # Called (on the checker's thread) with the cluster ID when a target's first reply
+        # arrives: the engine reports the connection connected then, not a status later.
+        self.on_first_reply: Callable[[str], None] | None = None
 
     # --- targets and results --------------------------------------------------------------
 
@@ -569,10 +572,17 @@ class HealthChecker:
         seq: int,
         now_ns: int,
     ) -> None:
+        first = ""
         with self._lock:
             for tracker in self._candidates(family, source):
+                was = tracker.last_reply_ns
                 if tracker.received(seq, now_ns):
-                    return
+                    if was is None:
+                        first = next((c for c, t in self._targets.items() if t is tracker), "")
+                    break
+        callback = self.on_first_reply
+        if first and callback is not None:
+            callback(first)
 
     def _candidates(
         self,
