@@ -57,27 +57,7 @@ class PeerStatus:
     ) -> tuple[ConnectionStatus, str]:
         """The status from this check's device read; ``missing``: what of the tunnel is
         not in place (each piece named, e.g. "route 10.2.0.0/16 in table 220")."""
-        self._from_handshakes(now, wall, last_handshake, rx, tx)
-        if not missing:
-            self.missing_since = None
-            return self.status, self.message
-        if self.missing_since is None:
-            self.missing_since = now
-        waited = now - self.missing_since
-        pieces = ", ".join(missing)
-        if self.status is ConnectionStatus.ERROR:
-            self.message = f"{self.message}; missing: {pieces}"
-        elif waited > self.t.missing_limit:
-            self._set(ConnectionStatus.ERROR, f"missing for {waited:.0f} s: {pieces}")
-        elif last_handshake is None:
-            self._set(ConnectionStatus.CONNECTING, f"waiting for: {pieces}, {FIRST_HANDSHAKE}")
-        else:
-            self._set(ConnectionStatus.CONNECTING, f"waiting for: {pieces}")
-        return self.status, self.message
-
-    def _from_handshakes(
-        self, now: float, wall: datetime, last_handshake: datetime | None, rx: int, tx: int
-    ) -> None:
+        # One call per peer per status read, 1000s of peers: kept flat.
         if rx != self.rx:  # the first check counts as a change: a grace period to start with
             self.last_rx_change = now
             self.rx = rx
@@ -91,15 +71,34 @@ class PeerStatus:
                 self._set(ConnectionStatus.ERROR, f"no handshake after {waited:.0f} s")
             else:
                 self._set(ConnectionStatus.CONNECTING, f"waiting for: {FIRST_HANDSHAKE}")
-            return
-        age = (wall - last_handshake).total_seconds()
-        silent = now - self.last_rx_change
-        if age > self.t.handshake_timeout:
-            self._set(ConnectionStatus.ERROR, f"last handshake {age:.0f} s ago")
-        elif self.t.keepalive > 0 and silent > self.t.silence_limit:
-            self._set(ConnectionStatus.ERROR, f"nothing received for {silent:.0f} s")
         else:
-            self._set(ConnectionStatus.CONNECTED, f"handshake {max(age, 0):.0f} s ago")
+            age = (wall - last_handshake).total_seconds()
+            silent = now - self.last_rx_change
+            if age > self.t.handshake_timeout:
+                self._set(ConnectionStatus.ERROR, f"last handshake {age:.0f} s ago")
+            elif self.t.keepalive > 0 and silent > self.t.silence_limit:
+                self._set(ConnectionStatus.ERROR, f"nothing received for {silent:.0f} s")
+            else:
+                self._set(ConnectionStatus.CONNECTED, f"handshake {max(age, 0):.0f} s ago")
+        if missing:
+            self._missing(now, missing)
+        else:
+            self.missing_since = None
+        return self.status, self.message
+
+    def _missing(self, now: float, missing: Sequence[str]) -> None:
+        if self.missing_since is None:
+            self.missing_since = now
+        waited = now - self.missing_since
+        pieces = ", ".join(missing)
+        if self.status is ConnectionStatus.ERROR:
+            self.message = f"{self.message}; missing: {pieces}"
+        elif waited > self.t.missing_limit:
+            self._set(ConnectionStatus.ERROR, f"missing for {waited:.0f} s: {pieces}")
+        elif self.last_handshake is None:
+            self._set(ConnectionStatus.CONNECTING, f"waiting for: {pieces}, {FIRST_HANDSHAKE}")
+        else:
+            self._set(ConnectionStatus.CONNECTING, f"waiting for: {pieces}")
 
     def _set(self, status: ConnectionStatus, message: str) -> None:
         self.status, self.message = status, message
