@@ -9,7 +9,7 @@ waits for the first health check reply.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from test_driver_delta import DEV, TABLE, Rig
@@ -18,7 +18,7 @@ from test_engine import FakeHealth, FakeStore, make_engine, remote
 
 from wgcable.cable.types import ConnectionStatus
 from wgcable.cable.wireguard.status import PeerStatus, StatusThresholds
-from wgcable.engine.health import HealthResult
+from wgcable.engine.health import HealthChecker, HealthResult
 from wgcable.routing.iproute import RoutingError
 from wgcable.routing.nftables import NftError
 from wgcable.wgctrl import Config, PeerConfig
@@ -224,3 +224,14 @@ def test_engine_a_new_key_starts_the_health_check_afresh() -> None:
     engine.refresh_status()
     assert health.targets == {"c2": "10.2.0.1"}
 
+
+
+def test_engine_reports_a_first_health_reply_at_once() -> None:
+    """The checker's first reply wakes the engine's loop to write the status now: with the
+    default 5 s interval, "connected" would otherwise lag the tunnel by up to 5 s."""
+    checker = HealthChecker(interval=1.0)
+    engine, _ = make_engine(FakeStore({}), health=cast(FakeHealth, checker))
+    assert checker.on_first_reply is not None
+    checker.on_first_reply("c2")
+    assert engine._status_now.is_set()
+    assert engine._wake.is_set()
