@@ -235,3 +235,24 @@ def test_engine_reports_a_first_health_reply_at_once() -> None:
     checker.on_first_reply("c2")
     assert engine._status_now.is_set()
     assert engine._wake.is_set()
+
+
+def test_tracker_after_our_key_changed_waits_for_a_handshake_under_it() -> None:
+    t = PeerStatus(StatusThresholds(), now=0)
+    assert t.update(1, WALL, WALL, 1, 1)[0] is CONNECTED
+    t.rekeyed(WALL + timedelta(seconds=1))
+    later = WALL + timedelta(seconds=2)
+    assert t.update(2, later, WALL, 2, 2) == (CONNECTING,
+                                               "waiting for: a handshake under our new key")
+    assert t.update(3, later, later, 3, 3)[0] is CONNECTED
+
+
+def test_driver_a_key_rotation_keeps_connections_connecting_until_a_new_handshake(
+        synced: Rig) -> None:
+    synced.driver.rotate_key()
+    c = _conn(synced, 1)
+    assert c.status is CONNECTING
+    assert c.status_message == "waiting for: a handshake under our new key"
+    _handshake(synced, 1)
+    assert _conn(synced, 1).status is CONNECTED
+    assert _conn(synced, 2).status is CONNECTING

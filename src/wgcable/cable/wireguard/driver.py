@@ -207,6 +207,12 @@ class WireGuardDriver:
                     raise
                 identity.discard_next(state_dir, dev)
                 raise
+            # Every session is for receiving only now: no connection is ``connected``
+            # again before a handshake under the new key.
+            switched = datetime.now(UTC)
+            for c in self._conns.values():
+                if c.tracker is not None:
+                    c.tracker.rekeyed(switched)
             try:
                 self._peer_res.initiate_all()
             except Exception as e:  # the remotes' initiations still bring the tunnels back

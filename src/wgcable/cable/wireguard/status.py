@@ -20,6 +20,7 @@ from datetime import datetime
 from wgcable.cable.types import ConnectionStatus
 
 FIRST_HANDSHAKE = "the first handshake"
+NEW_KEY_HANDSHAKE = "a handshake under our new key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,13 @@ class PeerStatus:
         self.status = ConnectionStatus.CONNECTING
         self.message = f"waiting for: {FIRST_HANDSHAKE}"
         self.missing_since: float | None = None  # since when a piece is missing
+        self.rekeyed_at: datetime | None = None  # our key changed then: older handshakes
+        # do not count
+
+    def rekeyed(self, wall: datetime) -> None:
+        """Our own key changed (wall clock): every session ended for sending, and only a
+        handshake after ``wall`` makes the connection ``connected`` again."""
+        self.rekeyed_at = wall
 
     def update(
         self, now: float, wall: datetime, last_handshake: datetime | None, rx: int, tx: int,
@@ -78,7 +86,10 @@ class PeerStatus:
                 self._set(ConnectionStatus.ERROR, f"last handshake {age:.0f} s ago")
             elif self.t.keepalive > 0 and silent > self.t.silence_limit:
                 self._set(ConnectionStatus.ERROR, f"nothing received for {silent:.0f} s")
+            elif self.rekeyed_at is not None and last_handshake <= self.rekeyed_at:
+                self._set(ConnectionStatus.CONNECTING, f"waiting for: {NEW_KEY_HANDSHAKE}")
             else:
+                self.rekeyed_at = None
                 self._set(ConnectionStatus.CONNECTED, f"handshake {max(age, 0):.0f} s ago")
         if missing:
             self._missing(now, missing)
