@@ -70,9 +70,14 @@ def _own_key(lab: Lab, i: int) -> str:
 
 def _not_connected(lab: Lab) -> set[str]:
     out = set()
+    keys = {f"cluster{i}": _own_key(lab, i) for i in (1, 2, 3)}
     for i in (1, 2, 3):
         st = lab.status(i)
+        if st is None or st.pid != lab.gateway(i).agent_pid:
+            out.add(f"gw{i}: no status of its running agent")
         for c in st.gateway.connections if st is not None else ():
+            if c.endpoint.backend_config.get(PUBLIC_KEY) != keys.get(c.endpoint.cluster_id):
+                out.add(f"gw{i} -> {c.endpoint.cluster_id}: not yet the key it publishes")
             if c.status.value != "connected":
                 # Without the seconds: the same wait, sampled many times, is one line.
                 why = re.sub(r"\d+ (s|ms)\b", "N \\1", c.status_message)
