@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from wgcable.agent.statusfile import AgentStatus, read_status_file
+from wgcable.cable.remote import PUBLIC_KEY
 from wgcable.cable.types import ConnectionStatus
 from wgcable.cable.wireguard.userspace import (
     LOG_LEVEL_ENV,
@@ -830,8 +831,12 @@ table ip wgcable_lab_snat {{
 
     def all_connected(self) -> bool:
         """Every cluster's active gateway (the only one, with several candidates) reports
-        every remote cluster connected."""
-        want = len(self.state.gateways) - 1
+        every remote cluster connected, with the key that remote's gateway publishes now.
+
+        ``connected`` is the agent's honest word (README, "Connection status"): peer, routes,
+        rule, SNAT exemption, a handshake and the first health check reply. The keys make
+        a status from before a remote's new key (or another remote gateway) not count."""
+        statuses = []
         for gw in self.state.gateways:
             if self.state.standbys:
                 active = self.active(gw.index)
@@ -839,10 +844,19 @@ table ip wgcable_lab_snat {{
                     return False
                 gw = active
             st = self.status(gw)
-            if st is None or time.time() - st.updated > 5:
+            # A fresh status of the running agent (a restarted one's file may be its
+            # predecessor's for a moment).
+            if st is None or time.time() - st.updated > 5 or st.pid != gw.agent_pid:
                 return False
-            ok = [c for c in st.gateway.connections if c.status == ConnectionStatus.CONNECTED]
-            if len(ok) != want:
+            statuses.append(st)
+        keys = {st.gateway.local_endpoint.cluster_id:
+                st.gateway.local_endpoint.backend_config.get(PUBLIC_KEY) for st in statuses}
+        for st in statuses:
+            own = st.gateway.local_endpoint.cluster_id
+            ok = {c.endpoint.cluster_id for c in st.gateway.connections
+                  if c.status == ConnectionStatus.CONNECTED
+                  and c.endpoint.backend_config.get(PUBLIC_KEY) == keys.get(c.endpoint.cluster_id)}
+            if ok != set(keys) - {own}:
                 return False
         return True
 
