@@ -56,7 +56,10 @@ SECTIONS: list[Section] = [
     Section("convergence", "bench.agent_sections", "run_convergence", "plot_convergence",
             10, 2, "endpoint written -> first ping reply through the tunnel"),
     Section("dataplane", "bench.dataplane_bench", "run", "plot", 3, 1,
-            "iperf3 through the lab tunnel vs hand-built wireguard-go vs no WireGuard"),
+            "iperf3 through the lab tunnel vs hand-built wireguard-go (bare, and with a "
+            "kube-proxy-like nat table) vs no WireGuard"),
+    Section("dataplane-hypotheses", "bench.dataplane_hypotheses", "run", "", 5, 1,
+            "TCP through the lab tunnel with / without each suspect, one at a time"),
     Section("agent", "bench.agent_sections", "run_agent", "plot_agent", 1, 1,
             "agent and wireguard-go CPU and RSS at 10/100/1000 peers"),
     Section("recovery", "bench.recovery_bench", repeat=10, quick_repeat=2,
