@@ -84,7 +84,7 @@ def test_notrack_only_the_cables_own_udp() -> None:
     text = render(Rules("subwg0", LOCAL, REMOTE, notrack_port=5871))
     got = lines(text)
     assert [line for line in got if "notrack" in line and "chain" not in line] == [
-        "fib daddr type local udp dport 5871 notrack",
+        "udp dport 5871 fib daddr type local notrack",  # no route lookup for others
         "udp sport 5871 notrack",
     ]
     pre = got.index("chain notrack_prerouting {")

@@ -15,9 +15,10 @@ share one), and nothing anywhere else:
   connection tracking on for every packet, and the tunnel's encrypted UDP gains nothing
   from it (no NAT applies to it here, no policy looks into it). Chains at the ``raw``
   priority mark UDP to our listen port that is addressed to this host (``fib daddr type
-  local``: never forwarded traffic, which a CNI may need to masquerade) and UDP sent from
-  our listen port (only our socket holds it) ``notrack``. A host firewall that accepts the
-  port explicitly (as it must: the remote side initiates handshakes too) still does.
+  local``, looked up for that port only: never forwarded traffic, which a CNI may need to
+  masquerade) and UDP sent from our listen port (only our socket holds it) ``notrack``.
+  A host firewall that accepts the port explicitly (as it must: the remote side initiates
+  handshakes too) still does.
 - MSS clamping: TCP SYNs leaving or entering through the device get their MSS lowered to
   what the route's MTU allows, so large transfers never depend on PMTU discovery through
   the tunnel.
@@ -169,7 +170,9 @@ def render(rules: Rules) -> str | None:
         out += [
             "\tchain notrack_prerouting {",
             "\t\ttype filter hook prerouting priority raw; policy accept;",
-            f"\t\tfib daddr type local udp dport {port} notrack",
+            # The port first: the route lookup of ``fib`` then runs only for the cable's
+            # packets, not for every packet that crosses prerouting.
+            f"\t\tudp dport {port} fib daddr type local notrack",
             "\t}",
             "\tchain notrack_output {",
             "\t\ttype filter hook output priority raw; policy accept;",
