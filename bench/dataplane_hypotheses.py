@@ -8,6 +8,7 @@ the lab's tunnel *with* the variable (as the agents build it) and *without* it, 
 flipped every round, and the hand-built tunnel in the same round as a reference. The row
 is "without / with": above 1 means removing the variable made the tunnel faster.
 
+``WGCABLE_BENCH_SUSPECTS=nft-table,notrack`` measures only those (the keys in the table).
 The agents are SIGSTOPped (by PID) for every hypothesis but their own, so that they do not
 put back what a round took away; each hypothesis restores the lab before the next.
 """
@@ -32,6 +33,7 @@ from wgcable.lab.lab import Lab
 from wgcable.lab.topology import Topology
 
 DEV = "subwg0"
+ONLY_ENV = "WGCABLE_BENCH_SUSPECTS"
 TABLE = "wgcable_subwg0"
 
 
@@ -220,7 +222,10 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
                 topo, key, what, functools.partial(make, s.root))))
         plan = _lab_hypotheses(lab)
         stop, cont = plan[0].remove, plan[0].restore
+        only = _chosen()
         for h in plan:
+            if only and h.key not in only:
+                continue
             with_: list[float] = []
             without: list[float] = []
             ref: list[float] = []
@@ -255,6 +260,8 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
         # How the daemon is started: hand-built tunnels that differ in that alone, each
         # against the plain hand-built one, alternating.
         for key, what, path in variants:
+            if only and key not in only:
+                continue
             a: list[float] = []
             b: list[float] = []
             for r in range(repeat):
@@ -271,6 +278,11 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
             for topo in extra_topos:
                 topo.destroy()
     return {"rows": rows, "seconds": seconds, "hypotheses": results}
+
+
+def _chosen() -> set[str]:
+    """``WGCABLE_BENCH_SUSPECTS=nft-table,notrack``: only these suspects (default: all)."""
+    return {k.strip() for k in os.environ.get(ONLY_ENV, "").split(",") if k.strip()}
 
 
 def _row(rows: list[Row], key: str, what: str, with_: list[float], without: list[float],
