@@ -115,7 +115,8 @@ class WireGuardDriver:
         self._peer_res = PeersResource(self._reads, self.cfg.answer_first_wait)
         self._peers = Reconciler(self._peer_res)
         self._nft = Reconciler(NftResource(self.nft, self.cfg.device, self._local_subnets,
-                                           self.cfg.snat_exemption, self.cfg.mss_clamp))
+                                           self.cfg.snat_exemption, self.cfg.mss_clamp,
+                                           self.port))
         self._routes = Reconciler(RouteResource(self.table))
         self._rules = Reconciler(RuleResource(self.table))
 
