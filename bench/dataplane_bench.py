@@ -1,29 +1,33 @@
 """Data plane: iperf3 pod to pod through the tunnel wgcable built, against references.
 
-Five paths, all between namespaces of our own (nothing in the root namespace):
+The paths, all between namespaces of our own (nothing in the root namespace):
 
 - ``wgcable``: a 2-cluster lab (``wgcable.lab``) with a real agent per gateway, so the
   tunnel, its MTU (underlay 1500 - 60 = 1440), routes and nftables table (MSS clamp, SNAT
-  exemption) are exactly what the driver built. pod1 -> pod2 (10.1.0.2 -> 10.2.0.2).
-- ``wgcable, no nft table``: the same, with agents run ``--no-snat-exemption
-  --no-mss-clamp``: the driver writes no nftables table, so connection tracking stays off
-  in the gateway namespaces (as on the hand-built path).
-- ``hand-built wireguard-go``: the same topology (``wgcable.lab.topology``: pods on a
-  bridge behind each gateway, gateways on a hub bridge) without agents; wireguard-go started
-  by hand in each gateway namespace (the recipe of docs: private tmpfs on /run/wireguard)
-  and configured with ``wg set`` and ``ip`` only: the same MTU, routes to the remote
-  cluster's CIDRs through ``wg0``, no MSS clamp (PMTU discovery inside the namespaces
-  covers it). pod1 -> pod2.
-- ``no WireGuard``: the same topology again, the gateways routing the remote pod CIDR
-  straight over the underlay (``ip route add 10.2.0.0/16 via 198.18.0.2``). pod1 -> pod2.
-- ``bare veth``: in that last topology, gateway to gateway over the underlay (veth, hub
-  bridge, veth), no forwarding.
+  exemption, no tracking of the cable's own UDP) are exactly what the driver built.
+  pod1 -> pod2 (10.1.0.2 -> 10.2.0.2).
+- ``wgcable-kube``: the same tunnel with a kube-proxy-like NAT table (``KUBE_NAT``) loaded
+  in both gateways for these runs only, as on a real node: connection tracking is on for
+  every packet whatever our table does.
+- ``wgcable-nonft``: a second lab, agents run ``--no-snat-exemption --no-mss-clamp``: the
+  driver writes no nftables table.
+- ``handbuilt`` (baseline a): the same topology (``wgcable.lab.topology``) without agents;
+  wireguard-go started by hand in each gateway namespace (private tmpfs on /run/wireguard,
+  a session of its own as the agent gives it: see ``_hand_built``), configured with ``wg
+  set`` and ``ip`` only: the same MTU and listen port, routes to the remote cluster's CIDRs
+  through ``wg0``, no MSS clamp (PMTU discovery inside the namespaces covers it).
+- ``handbuilt-kube`` (baseline b): that tunnel with the kube-proxy-like table loaded.
+- ``plain``: the same topology again, the gateways routing the remote pod CIDR straight
+  over the underlay; ``veth``: gateway to gateway over the underlay, no forwarding.
 
-Each round runs iperf3 TCP (one stream, ``-O 1`` to skip slow start) on every path, then
-UDP at a fixed rate (1300-byte datagrams) on the WireGuard paths. During each TCP run the
-wireguard-go daemons' CPU (both ends, in % of one core) and the machine's busy share are
-read from /proc. wireguard-go is CPU bound here: with 2 cores, the two daemons, iperf3's
-two ends and the kernel's forwarding all share them.
+Each round runs iperf3 TCP (one stream, ``-O 1`` to skip slow start) on every path, the
+order reversed every other round, then UDP at each of ``UDP_RATES`` (1300-byte datagrams)
+on ``wgcable`` and ``handbuilt``. Ratios are given as the ratio of medians and as per-round
+ratios (both paths measured minutes apart at most, under the same load), with their
+spread. During each TCP run the wireguard-go daemons' CPU (both ends, in % of one core)
+and the machine's busy share are read from /proc. wireguard-go is CPU bound here: with 2
+cores, the two daemons, iperf3's two ends and the kernel's forwarding all share them.
+``dataplane_hypotheses`` takes the agents' tunnel apart one variable at a time.
 """
 
 from __future__ import annotations
@@ -51,9 +55,37 @@ from wgcable.lab.topology import Topology
 from wgcable.wgctrl import Key
 
 IPERF_PORT = 5301
-UDP_RATE = "300M"
+UDP_RATES = ("100M", "300M")  # below and at the 2-core machine's CPU bound (see docs)
 UDP_LEN = "1300"
-WG_PORT = 51820
+WG_PORT = 5871  # the agents' port: the hand-built tunnel differs in nothing it need not
+KUBE_TABLE = "wgcable_bench_kube"
+# What a Kubernetes node holds anyway (kube-proxy's nftables mode, a CNI): NAT chains on
+# every hook, so connection tracking is on for every packet. Service DNATs for ClusterIPs
+# nothing here sends to, kube-proxy's masquerade of marked packets, and a CNI's masquerade
+# of pod traffic leaving the cluster (not to 10.0.0.0/8: the other cluster's pods and
+# services are not masqueraded by the CNI on a node running Submariner either).
+KUBE_NAT = f"""table ip {KUBE_TABLE} {{
+    chain services {{
+        ip daddr 10.96.0.1 tcp dport 443 dnat to 198.18.250.1:6443
+        ip daddr 10.96.0.10 udp dport 53 dnat to 10.1.0.53:53
+        ip daddr 10.96.0.10 tcp dport 53 dnat to 10.1.0.53:53
+        ip daddr 10.96.23.7 tcp dport 80 dnat to 10.1.0.80:8080
+    }}
+    chain prerouting {{
+        type nat hook prerouting priority dstnat; policy accept;
+        jump services
+    }}
+    chain output {{
+        type nat hook output priority -100; policy accept;
+        jump services
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        meta mark & 0x4000 == 0x4000 masquerade
+        ip saddr 10.0.0.0/8 ip daddr != 10.0.0.0/8 oifname != "cni0" masquerade
+    }}
+}}
+"""
 NO_NFT = ["--no-snat-exemption", "--no-mss-clamp"]  # the driver then writes no nft table
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -69,6 +101,10 @@ class NetPath:
     target: str
     wg_pids: Callable[[], list[int]] = field(default=lambda: [])
     udp: bool = True
+    # Put the path's state in place before its runs and undo it after (a table loaded in
+    # the gateways): two paths can share one tunnel and differ only in that.
+    before: Callable[[], None] = field(default=lambda: None)
+    after: Callable[[], None] = field(default=lambda: None)
 
 
 # --- /proc sampling ------------------------------------------------------------------------
@@ -117,10 +153,17 @@ def iperf_server(ns: str) -> Iterator[None]:
                 p.wait(5)
 
 
-def iperf(path: NetPath, seconds: int, udp: bool) -> dict[str, Any]:
+def kube_nat(namespaces: list[str], load: bool) -> None:
+    """Load (or remove) the kube-proxy-like NAT table in each namespace (ours)."""
+    for ns in namespaces:
+        text = KUBE_NAT if load else f"table ip {KUBE_TABLE} {{}}\ndelete table ip {KUBE_TABLE}\n"
+        sh(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=text)
+
+
+def iperf(path: NetPath, seconds: int, udp: bool, rate: str = UDP_RATES[0]) -> dict[str, Any]:
     argv = ["ip", "netns", "exec", path.client_ns, "iperf3", "-c", path.target, "-p",
             str(IPERF_PORT), "-t", str(seconds), "-J"]
-    argv += ["-u", "-b", UDP_RATE, "-l", UDP_LEN] if udp else ["-O", "1"]
+    argv += ["-u", "-b", rate, "-l", UDP_LEN] if udp else ["-O", "1"]
     pids = path.wg_pids()
     wg0 = sum(_proc_ticks(p) for p in pids)
     busy0, total0 = _machine_ticks()
@@ -168,17 +211,24 @@ class Setups:
         self.labs: list[Lab] = []
         self.wg_topo = Topology(f"wgbw{tag}")
         self.plain_topo = Topology(f"wgbp{tag}")
-        self.daemons: list[Sandbox] = []
+        self.daemons: list[Any] = []  # Sandbox, or what a _hand_built daemon() returns
+        self.hand_gws: list[str] = []
         self.mtu = 0
 
     def start(self) -> list[NetPath]:
-        paths = [self._lab(0, "wgcable", "wgcable lab tunnel (agents)")]
-        paths.append(self._lab(1, "wgcable-nonft", "wgcable lab tunnel, no nft table"))
-        paths.append(self._hand_built())
+        agents = self._lab(0, "wgcable", "wgcable lab tunnel (agents)")
+        hand = self._hand_built(self.wg_topo)
+        lab = self.labs[0]
+        lab_gws = [lab.gateway(1).gateway_ns, lab.gateway(2).gateway_ns]
+        hand_gws = list(self.hand_gws)
+        paths = [agents, with_kube_nat(agents, lab_gws)]
+        paths.append(self._lab(1, "wgcable-nonft", "wgcable lab tunnel, no nft table",
+                               udp=False))
+        paths += [hand, with_kube_nat(hand, hand_gws)]
         paths += self._plain()
         return paths
 
-    def _lab(self, which: int, key: str, label: str) -> NetPath:
+    def _lab(self, which: int, key: str, label: str, udp: bool = True) -> NetPath:
         lab = self.lab_cms[which].__enter__()
         self.labs.append(lab)
         agent_bench.wait_for(lambda: agent_bench.connected_to(lab, 1, "cluster2")
@@ -193,19 +243,36 @@ class Setups:
         def lab_pids() -> list[int]:
             return [int((state[i] / "subwg0.wireguard-go.pid").read_text()) for i in (1, 2)]
 
-        return NetPath(key, label, gw2.pod_ns[0], gw1.pod_ns[0], gw2.pod_ips[0], lab_pids)
+        return NetPath(key, label, gw2.pod_ns[0], gw1.pod_ns[0], gw2.pod_ips[0], lab_pids,
+                       udp=udp)
 
-    def _hand_built(self) -> NetPath:
-        topo = self.wg_topo
+    def _hand_built(self, topo: Topology, key: str = "handbuilt",
+                    label: str = "hand-built wireguard-go (wg + ip)",
+                    daemon: Callable[[str, str], Any] | None = None) -> NetPath:
+        """wireguard-go by hand in ``topo``'s gateways: ``daemon(netns, dev)`` starts one
+        and returns an object with ``pid``, ``close()`` and ``wg(*args)`` (default: the
+        way docs/environment.md starts it, ``Sandbox``)."""
         topo.build_underlay()
         nets = [topo.add_cluster(1), topo.add_cluster(2)]
+        self.hand_gws = [c.gateway.name for c in nets]
         keys = [Key.generate() for _ in nets]
+        daemons: list[Any] = []
         for i, c in enumerate(nets):
             other = nets[1 - i]
-            sb = Sandbox(netns=c.gateway.name, dev="wg0")
-            self.daemons.append(sb)
-            sb.start()
-            keyfile = os.path.join(self.root, f"wg{c.index}.key")
+            if daemon is None:
+                # A session of its own, as the agent starts wireguard-go: with the kernel's
+                # autogroups (here every session is a scheduling group) a daemon that shares
+                # the bench's session shares iperf3's CPU share, which measured as a large
+                # difference on this loaded 2-core machine (dataplane_hypotheses,
+                # daemon-session). On a node each container is a cgroup of its own anyway.
+                sb = Sandbox(netns=c.gateway.name, dev="wg0", new_session=True)
+                self.daemons.append(sb)
+                sb.start()
+            else:
+                sb = daemon(c.gateway.name, "wg0")
+                self.daemons.append(sb)
+            daemons.append(sb)
+            keyfile = os.path.join(self.root, f"{topo.prefix}-wg{c.index}.key")
             write_secret(keyfile, keys[i].base64() + "\n")
             sh(sb.wg("set", "wg0", "listen-port", str(WG_PORT), "private-key", keyfile,
                       "peer", keys[1 - i].public_key().base64(),
@@ -215,10 +282,9 @@ class Setups:
             gw.run("ip", "link", "set", "wg0", "mtu", str(self.mtu), "up")
             for s in other.subnets:
                 gw.run("ip", "route", "add", s, "dev", "wg0")
-        daemons = list(self.daemons)
         ping_until(nets[0].pods[0].name, nets[1].pod_ip())
-        return NetPath("handbuilt", "hand-built wireguard-go (wg + ip)", nets[1].pods[0].name,
-                     nets[0].pods[0].name, nets[1].pod_ip(), lambda: [d.pid for d in daemons])
+        return NetPath(key, label, nets[1].pods[0].name, nets[0].pods[0].name,
+                       nets[1].pod_ip(), lambda: [d.pid for d in daemons])
 
     def _plain(self) -> list[NetPath]:
         topo = self.plain_topo
@@ -259,54 +325,102 @@ def ping_until(ns: str, target: str, timeout: float = 10) -> None:
 # --- the section ---------------------------------------------------------------------------
 
 
+def with_kube_nat(path: NetPath, gateways: list[str]) -> NetPath:
+    """The same tunnel measured with the kube-proxy-like NAT table in both gateways."""
+    return NetPath(f"{path.key}-kube", f"{path.label}, kube-proxy-like nat table",
+                   path.server_ns, path.client_ns, path.target, path.wg_pids, udp=False,
+                   before=lambda: kube_nat(gateways, True),
+                   after=lambda: kube_nat(gateways, False))
+
+
+def measure(p: NetPath, seconds: int, udp_rates: tuple[str, ...]) -> dict[str, Any]:
+    """One TCP run on ``p`` (and UDP at each rate), with its state put in place around it."""
+    p.before()
+    try:
+        with iperf_server(p.server_ns):
+            out: dict[str, Any] = {"tcp": iperf(p, seconds, udp=False)}
+            for rate in udp_rates if p.udp else ():
+                out[rate] = iperf(p, seconds, udp=True, rate=rate)
+    finally:
+        p.after()
+    return out
+
+
+def spread(values: list[float], fmt: str = ".0f") -> str:
+    return f"{min(values):{fmt}}-{max(values):{fmt}}"
+
+
+def paired(a: list[float], b: list[float]) -> list[float]:
+    """Per-round ratios a/b: the two were measured in the same round, minutes apart at
+    most, so the machine's load moves both."""
+    return [x / y for x, y in zip(a, b, strict=True) if y]
+
+
 def run(repeat: int, quick: bool = False) -> dict[str, Any]:
     seconds = 2 if quick else 8
+    udp_rates: tuple[str, ...] = () if quick else UDP_RATES
     s = Setups()
     tcp: dict[str, list[dict[str, Any]]] = {}
-    udp: dict[str, list[dict[str, Any]]] = {}
+    udp: dict[str, dict[str, list[dict[str, Any]]]] = {}
     labels: dict[str, str] = {}
     try:
         paths = s.start()
         for r in range(repeat):
-            for p in paths:
+            # Alternate the order: no path always runs right after the same neighbour.
+            for p in paths if r % 2 == 0 else paths[::-1]:
                 labels[p.key] = p.label
-                with iperf_server(p.server_ns):
-                    tcp.setdefault(p.key, []).append(iperf(p, seconds, udp=False))
-                    if p.udp and not quick:
-                        udp.setdefault(p.key, []).append(iperf(p, seconds, udp=True))
+                got = measure(p, seconds, udp_rates)
+                tcp.setdefault(p.key, []).append(got["tcp"])
+                for rate in udp_rates if p.udp else ():
+                    udp.setdefault(rate, {}).setdefault(p.key, []).append(got[rate])
                 print(f"  dataplane round {r + 1}/{repeat}: {p.label}: "
-                      f"{tcp[p.key][-1]['mbps']:.0f} Mbit/s TCP", file=sys.stderr, flush=True)
+                      f"{got['tcp']['mbps']:.0f} Mbit/s TCP", file=sys.stderr, flush=True)
     finally:
         s.close()
     rows: list[Row] = []
-    hand = summary([x["mbps"] for x in tcp["handbuilt"]])["median"]
+    mbps = {k: [x["mbps"] for x in v] for k, v in tcp.items()}
+    med = {k: summary(v)["median"] for k, v in mbps.items()}
+    # Each agents' path against its baseline: (a) bare, (b) a node with kube-proxy's NAT.
+    floors = {"wgcable": ("handbuilt", "hand-built wireguard-go (a: bare)"),
+              "wgcable-kube": ("handbuilt-kube", "hand-built, kube-like nat (b)"),
+              "wgcable-nonft": ("handbuilt", "hand-built wireguard-go (a: bare)")}
     for key, runs in tcp.items():
-        mb = summary([x["mbps"] for x in runs])
+        mb = summary(mbps[key])
         cpu = [x["wg_cpu_pct"] for x in runs if x["wg_cpu_pct"] is not None]
         busy = summary([x["machine_busy_pct"] for x in runs])["median"]
-        note = f"machine busy {busy:.0f}% during the runs"
+        note = f"rounds {spread(mbps[key])}; machine busy {busy:.0f}%"
         if cpu:
             note += f"; both wireguard-go {summary(cpu)['median']:.0f}% of one core"
+        floor_key, floor_impl = floors.get(key, ("", ""))
+        if floor_key:
+            ratios = paired(mbps[key], mbps[floor_key])
+            note += (f"; per-round ratio {summary(ratios)['median']:.2f} "
+                     f"({spread(ratios, '.2f')})")
+            if key == "wgcable-kube":
+                note += f"; vs bare (a) {med[key] / med['handbuilt']:.2f}"
         rows.append(row("iperf3 TCP, 1 stream", labels[key], None, mb["median"], "Mbit/s",
-                        p90=None,
-                        floor=hand if key == "wgcable" else None,
-                        floor_impl="hand-built wireguard-go" if key == "wgcable" else "",
+                        floor=med[floor_key] if floor_key else None, floor_impl=floor_impl,
                         note=note))
-    if udp:
-        hand_udp = summary([x["mbps"] for x in udp["handbuilt"]])["median"]
-        for key, runs in udp.items():
-            mb = summary([x["mbps"] for x in runs])
-            lost = summary([x["lost_pct"] for x in runs])["median"]
-            rows.append(row(f"iperf3 UDP at {UDP_RATE}bit/s, received", labels[key], None,
-                            mb["median"], "Mbit/s",
+    for rate, per in udp.items():
+        got = {k: [x["mbps"] for x in v] for k, v in per.items()}
+        hand_udp = summary(got["handbuilt"])["median"]
+        for key, runs in per.items():
+            lost = [x["lost_pct"] for x in runs]
+            note = f"lost {summary(lost)['median']:.1f}% ({spread(lost, '.1f')}); " \
+                   f"rounds {spread(got[key])} Mbit/s"
+            if key == "wgcable":
+                note += f"; per-round ratio {spread(paired(got[key], got['handbuilt']), '.2f')}"
+            rows.append(row(f"iperf3 UDP at {rate}bit/s, received", labels[key], None,
+                            summary(got[key])["median"], "Mbit/s",
                             floor=hand_udp if key == "wgcable" else None,
                             floor_impl="hand-built wireguard-go" if key == "wgcable" else "",
-                            note=f"{lost:.1f}% lost"))
+                            note=note))
     return {"rows": rows, "mtu": s.mtu, "seconds": seconds,
-            "tcp": {k: {"label": labels[k], "mbps": summary([x["mbps"] for x in v]),
-                        "runs": v} for k, v in tcp.items()},
-            "udp": {k: {"label": labels[k], "mbps": summary([x["mbps"] for x in v]),
-                        "runs": v} for k, v in udp.items()}}
+            "tcp": {k: {"label": labels[k], "mbps": summary(mbps[k]), "runs": v}
+                    for k, v in tcp.items()},
+            "udp": {rate: {k: {"label": labels[k],
+                               "mbps": summary([x["mbps"] for x in v]), "runs": v}
+                           for k, v in per.items()} for rate, per in udp.items()}}
 
 
 def plot(result: dict[str, Any], ax: Any) -> None:

@@ -46,6 +46,7 @@ class Section:
     repeat: int = 10  # full run
     quick_repeat: int = 2  # --quick
     what: str = ""
+    default: bool = True  # False: runs only when named in --only (a long diagnosis)
 
 
 SECTIONS: list[Section] = [
@@ -55,8 +56,12 @@ SECTIONS: list[Section] = [
             "get_connections() vs wg show dump"),
     Section("convergence", "bench.agent_sections", "run_convergence", "plot_convergence",
             10, 2, "endpoint written -> first ping reply through the tunnel"),
-    Section("dataplane", "bench.dataplane_bench", "run", "plot", 3, 1,
-            "iperf3 through the lab tunnel vs hand-built wireguard-go vs no WireGuard"),
+    Section("dataplane", "bench.dataplane_bench", "run", "plot", 5, 1,
+            "iperf3 through the lab tunnel vs hand-built wireguard-go (bare, and with a "
+            "kube-proxy-like nat table) vs no WireGuard"),
+    Section("dataplane-hypotheses", "bench.dataplane_hypotheses", "run", "", 5, 1,
+            "TCP through the lab tunnel with / without each suspect, one at a time "
+            "(~17 min at 5 rounds; only with --only)", default=False),
     Section("agent", "bench.agent_sections", "run_agent", "plot_agent", 1, 1,
             "agent and wireguard-go CPU and RSS at 10/100/1000 peers"),
     Section("recovery", "bench.recovery_bench", repeat=10, quick_repeat=2,
@@ -277,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.replot:
         write(json.loads((Path(args.out) / "results.json").read_text()), Path(args.out))
         return 0
-    chosen = [s.strip() for s in args.only.split(",")] if args.only else list(names)
+    chosen = [s.strip() for s in args.only.split(",")] if args.only else [
+        s.name for s in SECTIONS if s.default]
     skip = {s.strip() for s in args.skip.split(",")} if args.skip else set()
     unknown = [s for s in [*chosen, *skip] if s not in names]
     if unknown:

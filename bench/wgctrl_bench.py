@@ -113,7 +113,11 @@ class Sandbox:
     owns: it is neither created nor deleted here), for the device ``dev``.
     """
 
-    def __init__(self, netns: str | None = None, dev: str = DEV) -> None:
+    def __init__(self, netns: str | None = None, dev: str = DEV, new_session: bool = False,
+                 log_level: str | None = None) -> None:
+        # The two ways the agent's start differs (dataplane_hypotheses measures them).
+        self.new_session = new_session
+        self.log_level = log_level
         self.own_netns = netns is None
         self.netns = netns or f"{NETNS_PREFIX}{os.getpid()}"
         self.dev = dev
@@ -148,6 +152,9 @@ class Sandbox:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=self.new_session,
+                env=None if self.log_level is None else {**os.environ,
+                                                         "LOG_LEVEL": self.log_level},
             )
         sock = os.path.join(self.socket_dir, f"{self.dev}.sock")
         deadline = time.monotonic() + SOCKET_WAIT_S

@@ -1,9 +1,10 @@
 """pytest plugin: run the tests marked ``kernel`` inside one virtme-ng VM per pytest run.
 
-The host kernel may lack WireGuard (CI's does). Then, at the first ``kernel`` test, the host
-boots a Debian kernel (which ships ``wireguard.ko``) under QEMU with virtme-ng, once, with the
-host's filesystem visible read-only, and runs ``pytest -m kernel <the selected node ids>``
-inside it. The guest side of this plugin serializes every test report into a shared writable
+The host kernel may lack WireGuard (CI's does). Then the host boots a Debian kernel (which
+ships ``wireguard.ko``) under QEMU with virtme-ng, once, with the host's filesystem visible
+read-only, and runs ``pytest -m kernel <the selected node ids>`` inside it. The kernel tests
+are ordered last and the VM boots in the background when the unit tests start, so the two
+overlap. The guest side of this plugin serializes every test report into a shared writable
 directory; the host replays those reports for the same node ids, so the VM's passes, failures
 (with their tracebacks) and skips appear in the host's own run, summary and junit XML.
 
@@ -35,6 +36,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +79,15 @@ When = Literal["setup", "call", "teardown"]
 
 def _is_kernel(item: pytest.Item) -> bool:
     return item.get_closest_marker(MARKER) is not None
+
+
+def _run_order(item: pytest.Item) -> int:
+    """0: the tiers with real deadlines (netns, kubernetes); 1: unit; 2: kernel, last."""
+    if _is_kernel(item):
+        return 2
+    if any(item.get_closest_marker(m) is not None for m in ("netns", "kubernetes")):
+        return 0
+    return 1
 
 
 def _env_flag(name: str) -> bool:
@@ -200,28 +211,44 @@ class VmRun:
 
 
 class HostSide:
-    """Boots the VM once, at the first kernel test, and replays its reports."""
+    """Boots the VM once and replays its reports at the kernel tests.
+
+    The kernel tests run last, and the VM boots in the background when the unit tests
+    begin: the emulated VM and the unit tests (pure Python, no deadlines on the network)
+    share the two cores, and the whole run is shorter by most of the unit tier. The VM
+    does not overlap the netns and kubernetes tiers, whose tests have real deadlines.
+    """
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.native: bool | None = None  # decided at the first kernel test
+        self.native: bool | None = None  # decided when the VM would start
         self.skip_reason: str | None = None
         self.run: VmRun | None = None
         self.cached_fs = os.environ.get(ENV_VM_9P_CACHE, "1") != "0"
         self.host_workload_s = 0.0
+        self._nodeids: list[str] = []
+        self._thread: threading.Thread | None = None
+        self._cancel = threading.Event()  # the session ended before the kernel tests
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        # Stable: within a tier, the order (and so the module fixtures' reuse) is unchanged.
+        items.sort(key=_run_order)
+        self._nodeids = [i.nodeid for i in items if _is_kernel(i)]
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(
         self, item: pytest.Item, nextitem: pytest.Item | None
     ) -> bool | None:
-        if not _is_kernel(item):
-            return None
-        if self.native is None:
+        if self.native is None and self._nodeids and _run_order(item) > 0:
             self.native = host_has_wireguard() and not _env_flag(ENV_FORCE_VM)
             if not self.native:
-                self._start(item.session)
+                self._start_in_background()
+        if not _is_kernel(item):
+            return None
         if self.native:
             return None  # the host kernel can do it: run the test normally
+        self._wait_for_vm()
         self._replay(item)
         # Tear down what the next item does not need, as the normal protocol would: when a
         # module's last item is replayed, its module-scoped state (and the collector) must
@@ -248,21 +275,38 @@ class HostSide:
             return [], None, why
         return [vng], kernel, ""
 
-    def _start(self, session: pytest.Session) -> None:
+    def _start_in_background(self) -> None:
         vng, kernel, reason = self._unavailable()
         if kernel is None:
             self.skip_reason = reason
             return
-        nodeids = [i.nodeid for i in session.items if _is_kernel(i)]
+        nodeids = list(self._nodeids)
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(
-                f"\nkernel VM: booting {kernel.name} for {len(nodeids)} test(s) (slow: TCG)"
+                f"\nkernel VM: booting {kernel.name} for {len(nodeids)} test(s) in the "
+                "background (slow: TCG); their results come at the end"
             )
-        # The guest times the same workload and scales its deadlines by the ratio.
+        # Timed here, before the unit tests load the host: the guest times the same workload
+        # and scales its deadlines by the ratio, so contention only lengthens them.
         self.host_workload_s = slowness.workload_seconds()
-        self.run = self._boot_and_test(vng, kernel, nodeids)
-        self.skip_reason = self.run.skip_reason
+
+        def boot() -> None:
+            try:
+                self.run = self._boot_and_test(vng, kernel, nodeids)
+            except Exception as exc:  # reported as the kernel tests' skip reason, not lost
+                self.run = None
+                self.skip_reason = f"VM run failed: {type(exc).__name__}: {exc}"
+
+        self._thread = threading.Thread(target=boot, name="kernel-vm", daemon=True)
+        self._thread.start()
+
+    def _wait_for_vm(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            if self.run is not None:
+                self.skip_reason = self.run.skip_reason
 
     def _guest_script(self, shared: Path, nodeids: list[str]) -> str:
         rootdir = str(self.config.rootpath)
@@ -394,6 +438,8 @@ class HostSide:
                         if time.monotonic() - t0 > timeout:
                             timed_out = True
                             break
+                        if self._cancel.is_set():
+                            break  # the killpg below ends qemu
             finally:
                 if rc is None:
                     with contextlib.suppress(ProcessLookupError):
@@ -504,6 +550,16 @@ class HostSide:
             terminalreporter.write_line("slowness factor: not measured (deadlines unscaled)")
         if not clean or _env_flag(ENV_VM_KEEP):
             terminalreporter.write_line(f"VM logs and junit XML kept in {run.workdir}")
+
+    def pytest_sessionfinish(self) -> None:
+        # Interrupted, or -x stopped before the kernel tests: end the VM, leave nothing.
+        if self._thread is not None:
+            self._cancel.set()
+            self._thread.join()
+            self._thread = None
+            if self.run is not None:
+                shutil.rmtree(self.run.workdir, ignore_errors=True)
+                self.run = None
 
     def pytest_unconfigure(self) -> None:
         run = self.run

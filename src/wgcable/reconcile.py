@@ -160,11 +160,14 @@ class Reconciler(Generic[K, V]):
             return 0
         return self.reconcile(want, synced=synced, verify=True)
 
-    def heal(self, want: Mapping[K, V], *, synced: bool) -> None:
-        """``check``, logged, for a periodic drift check that must go on whatever fails."""
+    def heal(self, want: Mapping[K, V], *, synced: bool) -> bool:
+        """``check``, logged, for a periodic drift check that must go on whatever fails;
+        False when the check or the restore failed (the resource may not hold ``want``)."""
         try:
             if n := self.check(want, synced=synced):
                 log.warning("%s: restored %d change(s) someone else made", self.resource.name,
                             n)
         except Exception as e:  # the caller's next full pass reads everything anyway
             log.warning("checking the %s failed: %s", self.resource.name, e)
+            return False
+        return True

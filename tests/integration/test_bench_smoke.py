@@ -7,6 +7,7 @@ It checks the shape of what is written (keys, positive figures, a PNG), never a 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,39 @@ def test_quick_multinode_bench_rows(tmp_path: Path) -> None:
     assert "| multinode | iperf3 TCP pod to pod across clusters" in p.stdout
     # Everything it made is gone again.
     assert not [n for n in set(list_namespaces()) - before if n.startswith("wglmb")]
+
+
+_KUBE_NAT_CHECK = """
+import os, sys
+from bench.dataplane_bench import KUBE_TABLE, kube_nat, paired, spread
+from wgcable.lab.netns import Namespace
+
+assert paired([2.0, 3.0], [4.0, 3.0]) == [0.5, 1.0]
+assert spread([0.5, 1.0, 0.75], ".2f") == "0.50-1.00"
+ns = Namespace(sys.argv[1]).create()
+try:
+    kube_nat([ns.name], True)
+    assert f"table ip {KUBE_TABLE}" in ns.run("nft", "list", "tables")
+    chains = ns.run("nft", "list", "table", "ip", KUBE_TABLE)
+    for hook in ("prerouting", "output", "postrouting"):
+        assert f"type nat hook {hook}" in chains, chains
+    ns.run("ping", "-c", "1", "-W", "1", "127.0.0.1")
+    tracked = ns.run("cat", "/proc/net/nf_conntrack")
+    assert "src=127.0.0.1" in tracked, tracked
+    kube_nat([ns.name], False)
+    assert KUBE_TABLE not in ns.run("nft", "list", "tables")
+finally:
+    ns.delete()
+print("ok")
+"""
+
+
+def test_dataplane_kube_like_nat_table_loads_and_goes() -> None:
+    """Baseline (b) of the dataplane section: the kube-proxy-like NAT table loads in a
+    namespace (nft accepts it), turns connection tracking on (what it is there for), and
+    comes out again. Under a second, no lab (the bench is not importable from pytest's
+    path: a child process in the repository root)."""
+    p = subprocess.run([sys.executable, "-c", _KUBE_NAT_CHECK, f"wgbk{os.getpid()}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip() == "ok"

@@ -80,7 +80,7 @@ def test_config_carries_default_thresholds() -> None:
 def test_new_tracker_is_connecting() -> None:
     _, tracker = make()
     assert tracker.status is CONNECTING
-    assert tracker.message == "waiting for the first handshake"
+    assert tracker.message == "waiting for: the first handshake"
 
 
 def test_connecting_before_first_handshake_even_with_traffic() -> None:
@@ -89,7 +89,7 @@ def test_connecting_before_first_handshake_even_with_traffic() -> None:
     for t, tx in [(0, 148), (5, 296), (60, 444), (130, 592)]:
         status, message = check(clock, tracker, t, None, 0, tx)
         assert status is CONNECTING
-        assert message == "waiting for the first handshake"
+        assert message == "waiting for: the first handshake"
 
 
 def test_error_when_no_handshake_after_timeout() -> None:
@@ -259,7 +259,7 @@ def test_recreated_peer_is_connecting_again_not_error() -> None:
     # wait has only just begun.
     status, message = check(clock, tracker, 3601, None, 0, 148)
     assert status is CONNECTING
-    assert message == "waiting for the first handshake"
+    assert message == "waiting for: the first handshake"
     assert check(clock, tracker, 3731, None, 0, 296)[0] is CONNECTING
     status, message = check(clock, tracker, 3732, None, 0, 444)
     assert status is ERROR

@@ -477,3 +477,23 @@ def test_stop_is_prompt_and_restartable(monkeypatch: pytest.MonkeyPatch) -> None
     c.start()
     c.stop()
     c.stop()  # idempotent
+
+
+def test_connected_a_new_target_is_pinged_at_once_and_its_first_reply_reported(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16: a connection waits for its first health reply, so a new target is not left
+    waiting for the next tick (10 s here), and the first reply is reported as it comes."""
+    wires = _fake_sockets(monkeypatch, {"198.18.0.2": "answer", "198.18.0.3": "answer"})
+    firsts: list[str] = []
+    c = HealthChecker(interval=10.0)
+    c.on_first_reply = firsts.append
+    c.set_targets({"a": "198.18.0.2"})
+    with c:
+        _until(lambda: firsts == ["a"])  # the first tick is at the start
+        c.set_targets({"a": "198.18.0.2", "b": "198.18.0.3"})
+        _until(lambda: firsts == ["a", "b"])
+        assert firsts == ["a", "b"]  # b's echo went out long before the next tick
+        assert [ip for ip, _ in wires[AF_INET].sent] == ["198.18.0.2", "198.18.0.3"]
+        r = c.result("b")
+        assert r is not None
+        assert r.last_reply_age is not None

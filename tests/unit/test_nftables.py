@@ -77,6 +77,34 @@ def test_full_table() -> None:
     assert "drop" not in (text or "")
 
 
+def test_notrack_only_the_cables_own_udp() -> None:
+    """Issue 16: the tunnel's outer UDP (our listen port, to this host or from our socket)
+    is not tracked; nothing else is: the pods' flows keep their tracking (the null SNAT
+    binding and CNI policies need it), and so does forwarded UDP to the same port."""
+    text = render(Rules("subwg0", LOCAL, REMOTE, notrack_port=5871))
+    got = lines(text)
+    assert [line for line in got if "notrack" in line and "chain" not in line] == [
+        "udp dport 5871 fib daddr type local notrack",  # no route lookup for others
+        "udp sport 5871 notrack",
+    ]
+    pre = got.index("chain notrack_prerouting {")
+    assert got[pre + 1] == "type filter hook prerouting priority raw; policy accept;"
+    out = got.index("chain notrack_output {")
+    assert got[out + 1] == "type filter hook output priority raw; policy accept;"
+    # The rest of the table is what it is without the port.
+    rest = lines(render(Rules("subwg0", LOCAL, REMOTE)))
+    assert set(got) - set(rest) == {*got[pre:pre + 3], *got[out:out + 3]}
+
+
+def test_notrack_needs_the_table_and_a_real_port() -> None:
+    # No table at all stays no table at all: notrack alone never makes one.
+    assert render(Rules("subwg0", LOCAL, REMOTE, snat_exemption=False, mss_clamp=False,
+                        notrack_port=5871)) is None
+    for port in (0, 65536, -1):
+        with pytest.raises(ValueError, match="not a UDP port"):
+            render(Rules("subwg0", LOCAL, REMOTE, notrack_port=port))
+
+
 def test_nat_chain_runs_before_srcnat() -> None:
     assert NAT_PRIORITY == "srcnat - 10"
 

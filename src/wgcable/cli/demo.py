@@ -16,6 +16,7 @@ from typing import Any
 
 from wgcable.cli.graph import check_output, write_picture
 from wgcable.cli.lab import (
+    add_mtu_option,
     add_nodes_option,
     add_root_option,
     check_can_build,
@@ -51,6 +52,7 @@ def register(sub: Any) -> None:
                    help="endpoint store: a shared directory, or kubernetes: a real "
                    "kube-apiserver with etcd in a broker namespace, as Submariner's broker "
                    "(default: %(default)s)")
+    add_mtu_option(p)
     p.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
     p.add_argument("--timeout", type=float, default=60, metavar="SECONDS",
                    help="wait this long for all cables; 0: do not wait, show and ping "
@@ -72,7 +74,7 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
 def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     try:
-        check_options(args.clusters, "--timeout", args.timeout, args.nodes)
+        check_options(args.clusters, "--timeout", args.timeout, args.nodes, args.mtu)
         if args.graph is not None:  # before anything is built: no `dot`, no lab
             if args.graph == "-":
                 raise GraphError("--graph needs a file: standard output shows the demo")
@@ -146,12 +148,13 @@ def _wait_for_rtts(lab: Lab, timeout: float = 5.0) -> None:
 def _demo(args: argparse.Namespace) -> int:
     t = time.monotonic()
     kind = "".join(f", {k}" for k, on in (("IPv6", args.ipv6), ("NAT", args.nat),
-                                          ("a Kubernetes broker", args.store == KUBERNETES))
+                                          ("a Kubernetes broker", args.store == KUBERNETES),
+                                          (f"MTU {args.mtu}", args.mtu != 1500))
                    if on)
     print(f"bringing up {args.clusters} clusters of {args.nodes} "
           f"node{'s' if args.nodes > 1 else ''}{kind}...", file=sys.stderr, flush=True)
     lab = Lab.up(args.name, args.clusters, ipv6=args.ipv6, nat=args.nat, root=args.root,
-                 store=args.store, nodes=args.nodes)
+                 store=args.store, nodes=args.nodes, mtu=args.mtu)
     print(f"namespaces and agents up in {time.monotonic() - t:.1f} s", file=sys.stderr,
           flush=True)
     # --timeout 0, as `lab up --wait 0`: do not wait; the table and matrix show what is up.

@@ -28,6 +28,7 @@ from wgcable.lab.lab import (
     LAB_ROOT,
     MAX_GATEWAYS,
     METRICS_PORT,
+    MTU_RANGE,
     NS_PREFIX,
     STORES,
     GatewayState,
@@ -81,6 +82,7 @@ def register(sub: Any) -> None:
                    help="endpoint store: a shared directory, or kubernetes: a real "
                    "kube-apiserver with etcd in a broker namespace, as Submariner's broker "
                    "(default: %(default)s)")
+    add_mtu_option(p)
     p.add_argument("--name", default=DEFAULT_NAME, help="the lab's name (default: %(default)s)")
     p.add_argument("--wait", type=float, default=60, metavar="SECONDS",
                    help="wait this long for all cables; 0: do not wait (default: %(default)s)")
@@ -165,6 +167,13 @@ def add_nodes_option(p: argparse.ArgumentParser) -> None:
                    "(default: %(default)s)")
 
 
+def add_mtu_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mtu", type=int, default=1500, metavar="BYTES",
+                   help=f"every link's MTU (underlay, pods), {MTU_RANGE[0]}-{MTU_RANGE[1]}: "
+                   "e.g. a cloud's 1400; the tunnels' follows, 60 bytes less "
+                   "(default: %(default)s)")
+
+
 def _node_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node", type=int, metavar="J",
                    help="node J of the cluster (0: the gateway node)")
@@ -231,7 +240,8 @@ MIN_CLUSTERS, MAX_CLUSTERS = 2, 50
 MIN_NODES, DEFAULT_NODES = 1, 2
 
 
-def check_options(clusters: int, wait_flag: str, wait: float, nodes: int = 1) -> None:
+def check_options(clusters: int, wait_flag: str, wait: float, nodes: int = 1,
+                  mtu: int = 1500) -> None:
     """The numbers given to `lab up` and `demo`, checked before anything is printed or built.
     Both commands read a wait the same way: seconds to wait for every cable, 0 meaning do
     not wait; a negative (or NaN) wait is refused, naming the flag and its value."""
@@ -239,6 +249,8 @@ def check_options(clusters: int, wait_flag: str, wait: float, nodes: int = 1) ->
         raise LabError(f"--clusters {clusters}: must be {MIN_CLUSTERS}-{MAX_CLUSTERS}")
     if not MIN_NODES <= nodes <= MAX_NODES:
         raise LabError(f"--nodes {nodes}: must be {MIN_NODES}-{MAX_NODES}")
+    if not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]:
+        raise LabError(f"--mtu {mtu}: must be {MTU_RANGE[0]}-{MTU_RANGE[1]}")
     if not wait >= 0:  # also false for NaN
         raise LabError(f"{wait_flag} {wait:g}: must be 0 or more seconds (0: do not wait)")
 
@@ -414,16 +426,18 @@ def ping_matrix(lab: Lab, *, v6: bool = False, count: int = 3) -> tuple[str, boo
 
 @_guarded
 def cmd_up(args: argparse.Namespace) -> int:
-    check_options(args.clusters, "--wait", args.wait, args.nodes)
+    check_options(args.clusters, "--wait", args.wait, args.nodes, args.mtu)
     check_can_build(args.name, args.root)
     hint = name_hint(args.name)
     kind = "".join(f", {k}" for k, on in (("IPv6", args.ipv6), ("NAT", args.nat),
                                           ("SNAT", args.snat),
-                                          ("Kubernetes broker", args.store == KUBERNETES)) if on)
+                                          ("Kubernetes broker", args.store == KUBERNETES),
+                                          (f"MTU {args.mtu}", args.mtu != 1500)) if on)
     print(f"building lab {args.name!r}: {args.clusters} clusters of {args.nodes} "
           f"node{'s' if args.nodes > 1 else ''}{kind}...", file=sys.stderr, flush=True)
     lab = Lab.up(args.name, args.clusters, ipv6=args.ipv6, nat=args.nat, snat=args.snat,
-                 root=args.root, store=args.store, nodes=args.nodes, gateways=args.gateways)
+                 root=args.root, store=args.store, nodes=args.nodes, gateways=args.gateways,
+                 mtu=args.mtu)
     ok = True
     if args.wait > 0:
         try:
@@ -469,6 +483,7 @@ def status_json(lab: Lab) -> dict[str, Any]:
         "build": lab.build_state(), "clustersWanted": lab.state.clusters or len(clusters),
         "ipv6": lab.state.ipv6, "nat": lab.state.nat, "snat": lab.state.snat,
         "store": lab.state.store, "nodesPerCluster": lab.state.nodes_per_cluster,
+        "mtu": lab.state.mtu,
         "namespaces": {n: n in present for n in names},
         "allConnected": lab.all_connected(),
         "clusters": clusters,
@@ -519,7 +534,8 @@ def nodes_table(lab: Lab) -> str:
 def status_text(lab: Lab) -> str:
     s, now, present = lab.state, time.time(), set(list_namespaces())
     opts = [k for k, on in (("IPv6", s.ipv6), ("NAT", s.nat), ("SNAT", s.snat),
-                            ("Kubernetes broker", s.store == KUBERNETES)) if on]
+                            ("Kubernetes broker", s.store == KUBERNETES),
+                            (f"MTU {s.mtu}", s.mtu != 1500)) if on]
     age = format_duration(round(now - s.created))
     build = lab.build_state()
     nodes = f" of {s.nodes_per_cluster} nodes" if s.nodes_per_cluster > 1 else ""

@@ -34,7 +34,7 @@ from wgcable.cable.driver import (
     Resyncable,
     SyncAware,
 )
-from wgcable.cable.remote import EndpointRejectedError, health_check_target, shown
+from wgcable.cable.remote import PUBLIC_KEY, EndpointRejectedError, health_check_target, shown
 from wgcable.cable.types import (
     Connection,
     ConnectionStatus,
@@ -122,6 +122,8 @@ class Engine:
         self._last_snap: Snapshot | None = None  # the last store read applied
         self._wake = threading.Event()  # the loop has something to do before its timer
         self._status_now = threading.Event()  # the store's health changed: report it now
+        if health is not None and hasattr(health, "on_first_reply"):
+            health.on_first_reply = self._first_reply
         self._calls = StoreCalls()  # reads, publishing and withdrawals, in this order
         # The status write has a thread of its own: at 1000 connections the API server
         # takes up to a second over it, and a read queued behind it held a change back.
@@ -382,6 +384,12 @@ class Engine:
             self._status_now.set()
             self._wake.set()
 
+    def _first_reply(self, cluster_id: str) -> None:
+        """A tunnel's first health check reply (the health checker's thread): its connection
+        is ``connected`` from now on, reported now rather than at the next interval."""
+        self._status_now.set()
+        self._wake.set()
+
     def _current_store_problem(self) -> str:
         """Why the store is unusable now, in one line; "" while it is fine. The first that
         applies of: a failed read, the store's own word (a Kubernetes store knows when its
@@ -502,6 +510,12 @@ class Engine:
     def _connect(self, clusters: list[str], infos: dict[str, NATEndpointInfo]) -> None:
         for cid in self._first_come(clusters, infos):
             info = infos[cid]
+            old = self._applied.get(cid)
+            if old is not None and old.endpoint.backend_config.get(PUBLIC_KEY) != \
+                    info.endpoint.backend_config.get(PUBLIC_KEY):
+                # A new key is a new peer: its health check starts afresh after its first
+                # handshake, so that its first reply is the new tunnel's.
+                self._handshaken.discard(cid)
             self._applied[cid] = info
             try:
                 self.driver.connect_to_endpoint(info)
@@ -581,6 +595,15 @@ class Engine:
             c = replace(c, status=ConnectionStatus.ERROR, status_message=(
                 f"no reply from health check IP {c.endpoint.health_check_ip} to "
                 f"{result.consecutive_losses} pings in a row"))
+        elif (c.status == ConnectionStatus.CONNECTED and result.last_reply_age is None
+              and result.available):
+            # A handshake proves neither direction of pod traffic (wireguard-go's crossed
+            # handshakes can leave one dead while both sides show one; the remote's routes
+            # may not be in): a first echo answered through the tunnel does (issue 16).
+            # Never answered, it becomes an error after the checker's allowed losses.
+            c = replace(c, status=ConnectionStatus.CONNECTING, status_message=(
+                f"waiting for: the first reply from health check IP "
+                f"{c.endpoint.health_check_ip}"))
         return c
 
     def _with_path(self, c: Connection) -> Connection:

@@ -29,7 +29,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -193,6 +193,10 @@ class EchoTracker:
     def healthy(self) -> bool:
         return self.consecutive_losses <= self.max_losses
 
+    @property
+    def never_sent(self) -> bool:
+        return self._latest < 0
+
     def next_seq(self) -> int:
         seq = self._seq
         self._seq = (self._seq + 1) & 0xFFFF
@@ -351,6 +355,10 @@ class HealthChecker:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._wake: tuple[socket.socket, socket.socket] | None = None
+        self._ping_new = False  # targets were added: ping those never pinged, now
+        # Called (on the checker's thread) with the cluster ID when a target's first reply
+        # arrives: the engine reports the connection connected then, not a status later.
+        self.on_first_reply: Callable[[str], None] | None = None
 
     # --- targets and results --------------------------------------------------------------
 
@@ -359,6 +367,7 @@ class HealthChecker:
         statistics; a new IP for a cluster starts afresh. Empty or invalid IPs are skipped."""
         with self._lock:
             kept: dict[str, EchoTracker] = {}
+            fresh = False
             for cluster, ip in targets.items():
                 if not ip:
                     continue
@@ -373,12 +382,20 @@ class HealthChecker:
                         max_losses=self.max_losses,
                         reply_window_ns=2 * self._interval_ns,
                     )
+                    fresh = True
                 except ValueError:
                     if (cluster, ip) not in self._invalid:
                         self._invalid.add((cluster, ip))
                         log.warning("cluster %s: health check IP %r is not an IP address",
                                     cluster, ip)
             self._targets = kept
+            # A new target's first echo goes out now, not at the next tick: its connection
+            # is ``connecting`` until the first reply (Engine._with_health).
+            self._ping_new = self._ping_new or fresh
+        wake = self._wake
+        if fresh and wake is not None:
+            with contextlib.suppress(OSError):
+                wake[1].send(b"\x01")
 
     def targets(self) -> dict[str, str]:
         with self._lock:
@@ -468,6 +485,8 @@ class HealthChecker:
                     if sock is wake:
                         with contextlib.suppress(OSError):
                             wake.recv(64)
+                        if self._ping_new:
+                            self._tick(only_new=True)
                         continue
                     for icmp in self._socks.values():
                         if icmp.sock is sock:
@@ -479,9 +498,10 @@ class HealthChecker:
                 icmp.sock.close()
             self._socks.clear()
 
-    def _tick(self) -> None:
+    def _tick(self, only_new: bool = False) -> None:
         with self._lock:
-            trackers = list(self._targets.values())
+            self._ping_new = False
+            trackers = [t for t in self._targets.values() if not only_new or t.never_sent]
         self._ensure_sockets({t.family for t in trackers})
         for tracker in trackers:
             icmp = self._socks.get(tracker.family)
@@ -552,10 +572,17 @@ class HealthChecker:
         seq: int,
         now_ns: int,
     ) -> None:
+        first = ""
         with self._lock:
             for tracker in self._candidates(family, source):
+                was = tracker.last_reply_ns
                 if tracker.received(seq, now_ns):
-                    return
+                    if was is None:
+                        first = next((c for c, t in self._targets.items() if t is tracker), "")
+                    break
+        callback = self.on_first_reply
+        if first and callback is not None:
+            callback(first)
 
     def _candidates(
         self,

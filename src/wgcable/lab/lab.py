@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from wgcable.agent.statusfile import AgentStatus, read_status_file
+from wgcable.cable.remote import PUBLIC_KEY
 from wgcable.cable.types import ConnectionStatus
 from wgcable.cable.wireguard.userspace import (
     LOG_LEVEL_ENV,
@@ -57,6 +58,9 @@ METRICS_PORT = 9898
 # retry), stretched by the test VM's slowness: a failover in about 2 s.
 LAB_LEASE = (1.5, 1.0, 0.2)
 MAX_GATEWAYS = 3
+# The underlay MTUs a lab takes: its tunnels (60 bytes less over IPv4) must still carry
+# IPv6's minimum of 1280; 9000 is a jumbo frame.
+MTU_RANGE = (1340, 9000)
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +157,7 @@ class LabState:
     # Gateway candidates per cluster; the candidates on nodes 1.. (node 0's are `gateways`).
     gateways_per_cluster: int = 1
     standbys: list[GatewayState] = field(default_factory=list)
+    mtu: int = 1500  # every link's: underlay, NAT routers' insides, cni0s and pods
 
 
 def _check_name(name: str) -> None:
@@ -384,12 +389,14 @@ class Lab:
         nodes: int = 1,
         gateways: int = 1,
         cluster_args: Mapping[int, Sequence[str]] | None = None,
+        mtu: int = 1500,
     ) -> Lab:
         """Build the namespaces, start an agent per gateway, then a route agent per node
         (when this wgcable has one). ``nodes`` per cluster: 1 is the gateway node alone.
         ``gateways`` per cluster: gateway candidates on nodes 0 to ``gateways`` - 1 (there
         are at least as many nodes). ``cluster_args``: more agent flags for cluster i's
-        gateways (e.g. what they publish about NAT), after the lab's own.
+        gateways (e.g. what they publish about NAT), after the lab's own. ``mtu``: every
+        link's MTU (the underlay's, and the pods'), 1500 by default.
         On any failure, everything made so far is removed before the error is raised."""
         _check_name(name)
         if not 2 <= clusters <= 50:
@@ -400,6 +407,8 @@ class Lab:
             raise LabError(f"--store {store!r}: must be one of {', '.join(STORES)}")
         if not 1 <= gateways <= MAX_GATEWAYS:
             raise LabError(f"--gateways {gateways}: must be 1-{MAX_GATEWAYS}")
+        if not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]:
+            raise LabError(f"--mtu {mtu}: must be {MTU_RANGE[0]}-{MTU_RANGE[1]}")
         if gateways > 1 and nat:
             # The NAT router forwards the tunnel port to one node; a failover would need it
             # re-pointed. Not simulated yet.
@@ -410,7 +419,8 @@ class Lab:
         prefix = f"{NS_PREFIX}{name}"
         lab = cls(LabState(name, prefix, root, ipv6, nat, snat, time.time(), store=store,
                            clusters=clusters, builder_pid=os.getpid(), built=False,
-                           nodes_per_cluster=nodes, gateways_per_cluster=gateways))
+                           nodes_per_cluster=nodes, gateways_per_cluster=gateways,
+                           mtu=mtu))
         lab.save()  # recorded first, so that `lab down` can clean up a half-built lab
         try:
             lab._build(clusters, agent_args, cluster_args or {})
@@ -435,7 +445,8 @@ class Lab:
 
     def _build(self, clusters: int, agent_args: Sequence[str],
                cluster_args: Mapping[int, Sequence[str]]) -> None:
-        topo = Topology(self.state.prefix, ipv6=self.state.ipv6)
+        topo = Topology(self.state.prefix, ipv6=self.state.ipv6,
+                        mtu=None if self.state.mtu == 1500 else self.state.mtu)
         topo.build_underlay()
         if self.state.store == KUBERNETES:
             self._start_broker(topo)
@@ -820,8 +831,12 @@ table ip wgcable_lab_snat {{
 
     def all_connected(self) -> bool:
         """Every cluster's active gateway (the only one, with several candidates) reports
-        every remote cluster connected."""
-        want = len(self.state.gateways) - 1
+        every remote cluster connected, with the key that remote's gateway publishes now.
+
+        ``connected`` is the agent's honest word (README, "Connection status"): peer, routes,
+        rule, SNAT exemption, a handshake and the first health check reply. The keys make
+        a status from before a remote's new key (or another remote gateway) not count."""
+        statuses = []
         for gw in self.state.gateways:
             if self.state.standbys:
                 active = self.active(gw.index)
@@ -829,10 +844,19 @@ table ip wgcable_lab_snat {{
                     return False
                 gw = active
             st = self.status(gw)
-            if st is None or time.time() - st.updated > 5:
+            # A fresh status of the running agent (a restarted one's file may be its
+            # predecessor's for a moment).
+            if st is None or time.time() - st.updated > 5 or st.pid != gw.agent_pid:
                 return False
-            ok = [c for c in st.gateway.connections if c.status == ConnectionStatus.CONNECTED]
-            if len(ok) != want:
+            statuses.append(st)
+        keys = {st.gateway.local_endpoint.cluster_id:
+                st.gateway.local_endpoint.backend_config.get(PUBLIC_KEY) for st in statuses}
+        for st in statuses:
+            own = st.gateway.local_endpoint.cluster_id
+            ok = {c.endpoint.cluster_id for c in st.gateway.connections
+                  if c.status == ConnectionStatus.CONNECTED
+                  and c.endpoint.backend_config.get(PUBLIC_KEY) == keys.get(c.endpoint.cluster_id)}
+            if ok != set(keys) - {own}:
                 return False
         return True
 

@@ -84,11 +84,14 @@ class Namespace:
 
 
 def veth_pair(a: Namespace, a_if: str, b: Namespace, b_if: str,
-              a_then: Sequence[str] = (), b_then: Sequence[str] = ()) -> None:
+              a_then: Sequence[str] = (), b_then: Sequence[str] = (),
+              mtu: int | None = None) -> None:
     """A veth pair with one end in each namespace, both up. Made inside ``a``: never in root.
-    ``a_then`` and ``b_then``: more ``ip`` commands for each side, in the same process."""
-    a.ip(f"link add {a_if} type veth peer name {b_if} netns {b.name}", f"link set {a_if} up",
-         *a_then)
+    ``a_then`` and ``b_then``: more ``ip`` commands for each side, in the same process.
+    ``mtu``: both ends' MTU (None: the kernel's default, 1500)."""
+    m = f" mtu {mtu}" if mtu is not None else ""
+    a.ip(f"link add {a_if}{m} type veth peer name {b_if}{m} netns {b.name}",
+         f"link set {a_if} up", *a_then)
     b.ip(f"link set {b_if} up", *b_then)
 
 

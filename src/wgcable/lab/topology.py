@@ -19,6 +19,9 @@ IPv6 a cluster also owns fd00:<i>::/48 and fd00:<100+i>::/48, and node j fd00:<i
 on the fdce:18::/64 underlay, or fdce:19:<i>::2 and fdce:19:<i>::<10+j> behind NAT. Every
 node filters reverse paths strictly (rp_filter=1). Every namespace carries the lab's prefix,
 so a teardown (or a later `lab down`) finds them all.
+
+``mtu``: the MTU of every link of the lab (underlay, NAT routers' insides, cni0 and pods),
+as on a network whose MTU is below Ethernet's 1500 (a cloud's 1400, say); None: 1500.
 """
 
 from __future__ import annotations
@@ -131,9 +134,10 @@ class ClusterNet:
 class Topology:
     """Builds and removes the namespaces of a lab. ``prefix`` names every namespace."""
 
-    def __init__(self, prefix: str, ipv6: bool = False) -> None:
+    def __init__(self, prefix: str, ipv6: bool = False, mtu: int | None = None) -> None:
         self.prefix = prefix
         self.ipv6 = ipv6
+        self.mtu = mtu
         self.hub = Namespace(f"{prefix}-hub")
         self.clusters: list[ClusterNet] = []
         self.routers: list[Namespace] = []
@@ -149,7 +153,7 @@ class Topology:
 
     def build_underlay(self) -> None:
         self.hub.create()
-        self.hub.ip("link add br0 type bridge", "link set br0 up")
+        self.hub.ip(f"link add br0{self._mtu} type bridge", "link set br0 up")
 
     def add_broker(self) -> Namespace:
         """A namespace on the underlay for the broker's API server (``BROKER_IP``)."""
@@ -157,7 +161,7 @@ class Topology:
         self.broker = broker
         veth_pair(broker, "eth0", self.hub, "broker",
                   a_then=[f"addr add {BROKER_IP}/{UNDERLAY_PLEN} dev eth0"],
-                  b_then=["link set broker master br0"])
+                  b_then=["link set broker master br0"], mtu=self.mtu)
         return broker
 
     def add_cluster(self, index: int, pods: int = 1, nat: bool = False) -> ClusterNet:
@@ -191,7 +195,7 @@ class Topology:
         ns.run("sysctl", "-qw", *NODE_SYSCTLS)
         # Pods hang off a bridge, as on a node with a bridge CNI. (nodad: IPv6 addresses
         # usable at once, no duplicate detection to wait for in a private network.)
-        then = ["link add cni0 type bridge", f"addr add {c.cni_ip(j)}/24 dev cni0",
+        then = [f"link add cni0{self._mtu} type bridge", f"addr add {c.cni_ip(j)}/24 dev cni0",
                 "link set cni0 up"]
         if self.ipv6:
             then.append(f"addr add {c.cni_ip6(j)}/64 dev cni0 nodad")
@@ -203,11 +207,12 @@ class Topology:
         if c.nat:
             router = Namespace(f"{self.prefix}-nat{c.index}")
             veth_pair(router, f"in{j}", ns, "eth0", a_then=[f"link set in{j} master inside"],
-                      b_then=[*eth0, f"route add default via 198.19.{c.index}.1", *then])
+                      b_then=[*eth0, f"route add default via 198.19.{c.index}.1", *then],
+                      mtu=self.mtu)
         else:
             hub_if = f"gw{c.index}" if j == 0 else f"n{c.index}-{j}"
             veth_pair(ns, "eth0", self.hub, hub_if, a_then=[*eth0, *then],
-                      b_then=[f"link set {hub_if} master br0"])
+                      b_then=[f"link set {hub_if} master br0"], mtu=self.mtu)
         for n in range(pods):
             name = f"{self.prefix}-pod{c.index}-{n}" if j == 0 else \
                 f"{self.prefix}-pod{c.index}-{j}-{n}"
@@ -219,7 +224,7 @@ class Topology:
                 pod_then += [f"addr add {c.pod_ip6(n, j)}/64 dev eth0 nodad",
                              f"route add default via {c.cni_ip6(j)}"]
             veth_pair(ns, f"vpod{n}", pod, "eth0", a_then=[f"link set vpod{n} master cni0"],
-                      b_then=pod_then)
+                      b_then=pod_then, mtu=self.mtu)
 
     def route_nodes(self, c: ClusterNet) -> None:
         """Host-gw routing inside cluster ``c``: every node routes every other node's pod
@@ -244,11 +249,12 @@ class Topology:
         router = Namespace(f"{self.prefix}-nat{i}").create()
         self.routers.append(router)
         router.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
-        router.ip("link add inside type bridge", f"addr add 198.19.{i}.1/24 dev inside",
+        router.ip(f"link add inside{self._mtu} type bridge",
+                  f"addr add 198.19.{i}.1/24 dev inside",
                   "link set inside up")
         veth_pair(router, "eth0", self.hub, f"nat{i}",
                   a_then=[f"addr add {c.public_ip}/{UNDERLAY_PLEN} dev eth0"],
-                  b_then=[f"link set nat{i} master br0"])
+                  b_then=[f"link set nat{i} master br0"], mtu=self.mtu)
         rules = f"""
 table ip wgcable_lab_nat {{
     chain prerouting {{
@@ -262,6 +268,11 @@ table ip wgcable_lab_nat {{
 }}
 """
         router.run("nft", "-f", "-", input=rules)
+
+    @property
+    def _mtu(self) -> str:
+        """`` mtu N`` for an ``ip link add`` of a bridge, or nothing for the default."""
+        return f" mtu {self.mtu}" if self.mtu is not None else ""
 
     def destroy(self) -> None:
         """Delete every namespace with our prefix, including ones a crashed run left."""

@@ -9,10 +9,21 @@ share one), and nothing anywhere else:
   does not stop another table's masquerade; a NAT binding does. So our postrouting NAT chain
   runs before the usual ``srcnat`` priority and maps local-to-remote traffic's source to
   itself (``snat ip to ip saddr``, a null binding); later NAT chains then leave it alone.
-  ``notrack`` would bypass NAT too, but CNI network policies rely on connection tracking.
+  ``notrack`` of that traffic would bypass NAT too, but CNI network policies rely on
+  connection tracking of the pods' flows, so the inner traffic stays tracked.
+- No tracking of the cable's own outer packets: a NAT chain (ours, or kube-proxy's) turns
+  connection tracking on for every packet, and the tunnel's encrypted UDP gains nothing
+  from it (no NAT applies to it here, no policy looks into it). Chains at the ``raw``
+  priority mark UDP to our listen port that is addressed to this host (``fib daddr type
+  local``, looked up for that port only: never forwarded traffic, which a CNI may need to
+  masquerade) and UDP sent from our listen port (only our socket holds it) ``notrack``.
+  A host firewall that accepts the port explicitly (as it must: the remote side initiates
+  handshakes too) still does.
 - MSS clamping: TCP SYNs leaving or entering through the device get their MSS lowered to
   what the route's MTU allows, so large transfers never depend on PMTU discovery through
-  the tunnel.
+  the tunnel. ``rt mtu`` takes the smaller of the route to the destination and the route
+  back to the source: a SYN-ACK entering from a remote that does not clamp is lowered to
+  the tunnel's MTU too (tests/integration/test_mtu_lab.py).
 
 The table is written as one atomic transaction that (re)creates only our table: ``table
 inet X {}`` (so that the delete never fails), ``delete table inet X``, then the whole table.
@@ -109,6 +120,8 @@ class Rules:
     remote: tuple[IPNetwork, ...] = ()
     snat_exemption: bool = True
     mss_clamp: bool = True
+    # The device's UDP listen port: its outer packets are not tracked (None: no such chains).
+    notrack_port: int | None = None
 
     @property
     def enabled(self) -> bool:
@@ -150,6 +163,22 @@ def render(rules: Rules) -> str | None:
             "\tchain output {",
             "\t\ttype filter hook output priority mangle; policy accept;",
             f"\t\toifname {dev} {_CLAMP}",
+            "\t}",
+        ]
+    if rules.notrack_port is not None:
+        port = int(rules.notrack_port)
+        if not 0 < port < 65536:
+            raise ValueError(f"notrack port {port} is not a UDP port")
+        out += [
+            "\tchain notrack_prerouting {",
+            "\t\ttype filter hook prerouting priority raw; policy accept;",
+            # The port first: the route lookup of ``fib`` then runs only for the cable's
+            # packets, not for every packet that crosses prerouting.
+            f"\t\tudp dport {port} fib daddr type local notrack",
+            "\t}",
+            "\tchain notrack_output {",
+            "\t\ttype filter hook output priority raw; policy accept;",
+            f"\t\tudp sport {port} notrack",
             "\t}",
         ]
     out.append("}")

@@ -108,10 +108,12 @@ class NftResource:
     name = "nftables"
 
     def __init__(self, nft: nftables.NftTable, device: str, local: tuple[IPNetwork, ...],
-                 snat_exemption: bool, mss_clamp: bool) -> None:
+                 snat_exemption: bool, mss_clamp: bool,
+                 notrack_port: int | None = None) -> None:
         self.nft = nft
         self.rules = nftables.Rules(device=device, local=local,
-                                    snat_exemption=snat_exemption, mss_clamp=mss_clamp)
+                                    snat_exemption=snat_exemption, mss_clamp=mss_clamp,
+                                    notrack_port=notrack_port)
         self.written: str | None = None  # the table text last written
 
     def read(self) -> dict[IPNetwork, IPNetwork]:
@@ -126,7 +128,8 @@ class NftResource:
         remote = tuple(want)  # in any order: render sorts the elements as integers
         body = nftables.render(nftables.Rules(
             device=self.rules.device, local=self.rules.local, remote=remote,
-            snat_exemption=self.rules.snat_exemption, mss_clamp=self.rules.mss_clamp))
+            snat_exemption=self.rules.snat_exemption, mss_clamp=self.rules.mss_clamp,
+            notrack_port=self.rules.notrack_port))
         # After a read the table is written whatever it held: that heals a table someone
         # edited (a read of its sets does not show its rules).
         if trusted and body == self.written:

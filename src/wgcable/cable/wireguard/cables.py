@@ -7,7 +7,7 @@ peer), reported as an ``error`` connection with the reason.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -71,10 +71,15 @@ def device_lost(cables: Mapping[str, Cable], error: Exception) -> None:
 
 
 def track(cables: Mapping[str, Cable], on_device: Mapping[Key, Peer], now: float,
-          wall: datetime) -> bool:
-    """Update every cable's status from the device's peers; True when a peer is missing
-    or does not carry its cluster's subnets (then the peers must be put back)."""
+          wall: datetime, common: Sequence[str] = (), blocked: Collection[IPNetwork] = (),
+          where: tuple[str, int] = ("", 0)) -> bool:
+    """Update every cable's status from the device's peers and what else of its tunnel is
+    missing: ``common``, pieces every cable needs (the rule, ...), named; ``blocked``, the
+    destinations whose route another owner holds; ``where``, the device and the table, for
+    the names. True when a peer is missing or does not carry its cluster's subnets (then
+    the peers must be put back)."""
     restore = False
+    device, table = where
     for cid, c in cables.items():
         peer, tracker = c.peer, c.tracker
         if peer is None or tracker is None:
@@ -91,6 +96,7 @@ def track(cables: Mapping[str, Cable], on_device: Mapping[Key, Peer], now: float
             tracker.message = "peer missing from the device; re-adding it"
         else:
             ips = p.allowed_ips
+            missing: Sequence[str] = common
             # Equal to the last read's that matched (the same objects while the device's
             # peer is unchanged): it matches. Else in order first, then as sets: hashing
             # networks costs microseconds each, at every status read.
@@ -102,10 +108,16 @@ def track(cables: Mapping[str, Cable], on_device: Mapping[Key, Peer], now: float
                 log.warning("peer of %s has allowed IPs %s instead of %s; restoring", cid,
                             sorted(map(str, ips)), sorted(map(str, peer.subnets)))
                 restore = True
+                missing = [f"allowed IPs {', '.join(map(str, peer.subnets))} on {device}",
+                           *missing]
             else:
                 c.seen = (peer, p.public_key, list(ips))
+            if blocked:  # rare: only another owner's route for one of our destinations
+                missing = [*missing, *(f"route {n} in table {table} (another owner's route "
+                                       "has its destination)" for n in peer.subnets
+                                       if n in blocked)]
             c.rx, c.tx = p.rx_bytes, p.tx_bytes
-            tracker.update(now, wall, p.last_handshake, p.rx_bytes, p.tx_bytes)
+            tracker.update(now, wall, p.last_handshake, p.rx_bytes, p.tx_bytes, missing)
         if tracker.status != before:
             log.info("connection to %s: %s -> %s (%s)", cid, before.value,
                      tracker.status.value, tracker.message)

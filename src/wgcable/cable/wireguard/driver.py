@@ -23,8 +23,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from wgcable.cable.remote import shown
 from wgcable.cable.types import Connection, ConnectionStatus, Endpoint, NATEndpointInfo
@@ -33,7 +34,7 @@ from wgcable.cable.wireguard.cables import Cable
 from wgcable.cable.wireguard.config import WireGuardConfig
 from wgcable.cable.wireguard.desired import EndpointRejectedError
 from wgcable.cable.wireguard.device import WireGuardDevice
-from wgcable.cable.wireguard.facts import HostFacts, read_facts
+from wgcable.cable.wireguard.facts import HostFacts, mtu_warnings, read_facts
 from wgcable.cable.wireguard.index import PeerIndex
 from wgcable.cable.wireguard.resources import DeviceReads, LinkResource, PeersResource
 from wgcable.cable.wireguard.state import DesiredState, Settings, StateBuilder
@@ -148,9 +149,15 @@ class WireGuardDriver:
             local_endpoint.cluster_id, desired.DEFAULT_PORT)
         self.port = self.cfg.port or port
         self._facts = HostFacts(protected=tuple(self.cfg.protected))
+        self._mtu_said: set[str] = set()  # warnings about the derived MTU, said once
         self._builder = StateBuilder()
         self._state: DesiredState | None = None  # None: recompute (the accepted set changed)
         self._touched: set[str] = set()  # clusters connected or disconnected since then
+        # Per resource a connection needs (``_pieces``): the desired mapping its last
+        # successful write or check made it hold; None: not known to be in place.
+        self._held: dict[str, Mapping[Any, Any] | None] = {}
+        self._nft_piece = (f"SNAT exemption in nftables table inet {self.nft.name}"
+                           if self.cfg.snat_exemption else f"nftables table inet {self.nft.name}")
         self._wire()
         self._stop = threading.Event()
         self._stop_fds: tuple[int, int] | None = None  # a pipe: stopping wakes the supervisor
@@ -165,7 +172,8 @@ class WireGuardDriver:
         self._peer_res = PeersResource(self._reads, self.cfg.answer_first_wait)
         self._peers = Reconciler(self._peer_res)
         self._nft = Reconciler(NftResource(self.nft, self.cfg.device, self._local_subnets,
-                                           self.cfg.snat_exemption, self.cfg.mss_clamp))
+                                           self.cfg.snat_exemption, self.cfg.mss_clamp,
+                                           self.port))
         self._routes = Reconciler(RouteResource(self.table))
         self._rules = Reconciler(RuleResource(self.table))
 
@@ -258,6 +266,12 @@ class WireGuardDriver:
                     raise
                 identity.discard_next(state_dir, dev)
                 raise
+            # Every session is for receiving only now: no connection is ``connected``
+            # again before a handshake under the new key.
+            switched = datetime.now(UTC)
+            for c in self._conns.values():
+                if c.tracker is not None:
+                    c.tracker.rekeyed(switched)
             try:
                 self._peer_res.initiate_all()
             except Exception as e:  # the remotes' initiations still bring the tunnels back
@@ -379,7 +393,15 @@ class WireGuardDriver:
                      else "off", self.cfg.device, "too" if facts.ipv6 else "left out")
         self.table.families = FAMILIES if facts.ipv6 else ("-4",)
         if facts != self._facts:
+            self._warn_mtu(facts)
             self._facts, self._state = facts, None
+
+    def _warn_mtu(self, facts: HostFacts) -> None:
+        said = set() if self.cfg.mtu else set(mtu_warnings(facts, self.local.private_ip,
+                                                            self.cfg.device))
+        for text in sorted(said - self._mtu_said):  # once, until the facts change again
+            log.warning("%s", text)
+        self._mtu_said = said
 
     def _apply(self, full: bool = False, verify: bool = False) -> None:
         """One pass: every resource to the desired state, in an order that never lets pod
@@ -395,14 +417,16 @@ class WireGuardDriver:
         if full:
             self._read_facts()
         state, synced, verify = self._desired(), self._synced, full or verify
+        held = self._held
         try:
             self._link.reconcile(state.link, synced=synced, verify=verify)
             peers = _Alongside(self._peers.reconcile, state.peers, synced=synced,
                                verify=verify, apart=self._many_peer_changes(state, verify))
             try:
-                self._nft.reconcile(state.nft_remote, synced=synced, verify=verify)
-                self._routes.reconcile(state.routes, synced=synced, verify=verify)
-                self._rules.reconcile(state.rules, synced=synced, verify=verify)
+                for name, rec, want in self._pieces(state):
+                    held[name] = None  # unknown until the write succeeds
+                    rec.reconcile(want, synced=synced, verify=verify)
+                    held[name] = want
             finally:
                 peers.join()  # its failure is raised first: it was the first to start
         finally:
@@ -416,6 +440,38 @@ class WireGuardDriver:
         if isinstance(want, Tracked) and want.parent is written:
             return len(want.touched) >= ALONGSIDE_PEERS
         return abs(len(want) - len(written)) >= ALONGSIDE_PEERS
+
+    def _pieces(self, state: DesiredState) -> tuple[
+            tuple[str, Reconciler[Any, Any], Mapping[Any, Any]], ...]:
+        """The resources a connection needs besides its peer, each with its name in a
+        status message (what it waits for), its reconciler and its desired mapping; in the
+        order they are applied."""
+        return ((self._nft_piece, self._nft, state.nft_remote),
+                (f"routes in table {self.cfg.table}", self._routes, state.routes),
+                (f"rule for table {self.cfg.table}", self._rules, state.rules))
+
+    def _check_pieces(self, state: DesiredState, synced: bool) -> tuple[str, ...]:
+        """Heal each resource a connection needs and name those not in place now. A
+        resource is in place when its last write of the current desired state succeeded
+        (identity: nothing is compared) and the cheap drift check passes (or restores it);
+        one whose last write failed, or was of an older state, is written again here."""
+        missing = []
+        held = self._held
+        for name, rec, want in self._pieces(state):
+            if held.get(name) is want:
+                if rec.heal(want, synced=synced):
+                    continue
+            else:
+                try:
+                    rec.reconcile(want, synced=synced, verify=True)
+                except Exception as e:
+                    log.warning("writing the %s failed: %s", name, e)
+                else:
+                    held[name] = want
+                    continue
+            held[name] = None
+            missing.append(name)
+        return tuple(missing)
 
     def _schedule_release(self, delay: float | None = None) -> None:
         """Wake when the first new peer that waits for the remote's initiation is due
@@ -529,18 +585,18 @@ class WireGuardDriver:
             cables.device_lost(self._conns, e)
             return
         on_device = {p.public_key: p for p in dev.peers}
-        missing = cables.track(self._conns, on_device, self._clock(), datetime.now(UTC))
         state, synced = self._desired(), self._synced
+        # Put back what someone else removed: the link's up state, our nftables table,
+        # routes, rules. A few reads and no writes when all is well, so damage lasts one
+        # status interval, not until the next resync. First: what is still missing after
+        # it keeps each connection ``connecting`` (issue 16: "connected" is never wrong).
+        self._link.heal(state.link, synced=synced)
+        common = self._check_pieces(state, synced)
+        missing = cables.track(self._conns, on_device, self._clock(), datetime.now(UTC),
+                               common, self.table.blocked, (self.cfg.device, self.cfg.table))
         if missing or (synced and len(on_device) != len(state.peers)):
             # Restores missing peers, removes those nobody owns: from this read.
             self._peers.reconcile(state.peers, synced=synced, have=on_device)
-        # Put back what someone else removed: the link's up state, our nftables table,
-        # routes, rules. A few reads and no writes when all is well, so damage lasts one
-        # status interval, not until the next resync.
-        self._link.heal(state.link, synced=synced)
-        self._nft.heal(state.nft_remote, synced=synced)
-        self._routes.heal(state.routes, synced=synced)
-        self._rules.heal(state.rules, synced=synced)
         self._reads.clear()
         self._schedule_release()
 
