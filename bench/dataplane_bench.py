@@ -251,7 +251,7 @@ class Setups:
                     daemon: Callable[[str, str], Any] | None = None) -> NetPath:
         """wireguard-go by hand in ``topo``'s gateways: ``daemon(netns, dev)`` starts one
         and returns an object with ``pid``, ``close()`` and ``wg(*args)`` (default: the
-        way docs/environment.md starts it, ``Sandbox``)."""
+        recipe of the shared environment notes, ``Sandbox``)."""
         topo.build_underlay()
         nets = [topo.add_cluster(1), topo.add_cluster(2)]
         self.hand_gws = [c.gateway.name for c in nets]

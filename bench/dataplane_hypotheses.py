@@ -83,7 +83,7 @@ def _sandbox(new_session: bool, log_level: str | None) -> Callable[[str, str, st
 
 
 # The daemon's start, variable by variable: the agent's code as a whole, then its two
-# differences from docs/environment.md's recipe one at a time.
+# differences from the shared environment notes' recipe, one at a time.
 DAEMON_VARIANTS: list[tuple[str, str, Callable[[str, str, str], Any]]] = [
     ("daemon-start", "wireguard-go started by the agent's code (WireGuardGoProcess, the "
      "lab's verbose log)", AgentStarted),
@@ -211,7 +211,7 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
     try:
         lab_path = s._lab(0, "wgcable", "wgcable lab tunnel (agents)")
         lab = s.labs[0]
-        # The reference and the daemon variants' baseline: docs/environment.md's recipe
+        # The reference and the daemon variants' baseline: the environment notes' recipe
         # (the bench's own session), so that each variant differs from it in one thing.
         hand = s._hand_built(s.wg_topo, daemon=functools.partial(_sandbox(False, None), s.root))
         variants: list[tuple[str, str, dp.NetPath]] = []
