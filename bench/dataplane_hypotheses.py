@@ -168,6 +168,13 @@ def _lab_hypotheses(lab: Lab) -> list[Hypothesis]:
             nft(i, f"delete chain inet {TABLE} notrack_prerouting\n"
                    f"delete chain inet {TABLE} notrack_output\n")
 
+    def without_chains(*chains: str) -> Callable[[], None]:
+        def drop() -> None:
+            save_table()
+            for i in gws:
+                nft(i, "".join(f"delete chain inet {TABLE} {c}\n" for c in chains))
+        return drop
+
     def agents(sig: int) -> Callable[[], None]:
         def send() -> None:
             for i in gws:
@@ -190,6 +197,15 @@ def _lab_hypotheses(lab: Lab) -> list[Hypothesis]:
                    no_table, restore_table),
         Hypothesis("notrack", "the notrack chains of our table (with the kube-like table "
                    "loaded, as on a node)", no_notrack, restore_table,
+                   setup=lambda: dp.kube_nat(kube, True),
+                   teardown=lambda: dp.kube_nat(kube, False)),
+        # The table's parts beyond conntrack, on a node whose conntrack is on anyway.
+        Hypothesis("nat-chain", "our NAT chain, the SNAT exemption's null binding (with "
+                   "the kube-like table loaded)", without_chains("postrouting"),
+                   restore_table, setup=lambda: dp.kube_nat(kube, True),
+                   teardown=lambda: dp.kube_nat(kube, False)),
+        Hypothesis("clamp", "our MSS clamp chains (with the kube-like table loaded)",
+                   without_chains("forward", "output"), restore_table,
                    setup=lambda: dp.kube_nat(kube, True),
                    teardown=lambda: dp.kube_nat(kube, False)),
         Hypothesis("kube-nat", "a kube-proxy-like nat table loaded (context: a node)",
