@@ -122,7 +122,7 @@ class Engine:
         self._last_snap: Snapshot | None = None  # the last store read applied
         self._wake = threading.Event()  # the loop has something to do before its timer
         self._status_now = threading.Event()  # the store's health changed: report it now
-        if health is not None and hasattr(health, "on_first_reply"):
+        if health is not None:
             health.on_first_reply = self._first_reply
         self._calls = StoreCalls()  # reads, publishing and withdrawals, in this order
         # The status write has a thread of its own: at 1000 connections the API server
