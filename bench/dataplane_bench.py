@@ -49,6 +49,7 @@ from bench import agent_bench
 from bench.common import Row, plain_log_axes, row, signals_held, summary
 from bench.common import run as sh
 from bench.wgctrl_bench import Sandbox, write_secret
+from wgcable.cable.wireguard.userspace import LOG_LEVEL_ENV
 from wgcable.lab.lab import Lab
 from wgcable.lab.netns import Namespace
 from wgcable.lab.topology import Topology
@@ -87,6 +88,10 @@ KUBE_NAT = f"""table ip {KUBE_TABLE} {{
 }}
 """
 NO_NFT = ["--no-snat-exemption", "--no-mss-clamp"]  # the driver then writes no nft table
+# The agents run as deployed, not as the lab runs them for tests: status every 5 s (the
+# default; the lab reads every second so that tests see changes soon) and wireguard-go at
+# its default log level (the lab's "verbose" logs every handshake to a file).
+AS_DEPLOYED = ["--status-interval", "5"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -200,14 +205,28 @@ def iperf(path: NetPath, seconds: int, udp: bool, rate: str = UDP_RATES[0]) -> d
 # --- the set-ups ---------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    """``name=value`` in this process's environment for the block (children inherit it)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
+
+
 class Setups:
     """Everything the four paths need; :meth:`close` removes it all."""
 
     def __init__(self) -> None:
         tag = os.getpid() % 100000
         self.root = tempfile.mkdtemp(prefix="wgcable-bench-")
-        self.lab_cms = [agent_bench.running_lab(f"b{tag}d", self.root, []),
-                        agent_bench.running_lab(f"b{tag}e", self.root, NO_NFT)]
+        self.lab_cms = [agent_bench.running_lab(f"b{tag}d", self.root, AS_DEPLOYED),
+                        agent_bench.running_lab(f"b{tag}e", self.root, [*AS_DEPLOYED, *NO_NFT])]
         self.labs: list[Lab] = []
         self.wg_topo = Topology(f"wgbw{tag}")
         self.plain_topo = Topology(f"wgbp{tag}")
@@ -229,7 +248,8 @@ class Setups:
         return paths
 
     def _lab(self, which: int, key: str, label: str, udp: bool = True) -> NetPath:
-        lab = self.lab_cms[which].__enter__()
+        with _env(LOG_LEVEL_ENV, "error"):  # the agents' wireguard-go inherit it
+            lab = self.lab_cms[which].__enter__()
         self.labs.append(lab)
         agent_bench.wait_for(lambda: agent_bench.connected_to(lab, 1, "cluster2")
                              and agent_bench.connected_to(lab, 2, "cluster1"), 30,
