@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -141,3 +142,46 @@ def test_nat_chain_missing_under_a_masquerade_fails_diagnose(lab: Lab) -> None:
     print(f"the restarted agent loaded its NAT chain after {took:.2f} s")
     wait_for(lab.all_connected, 30, "all cables connected")
     assert _peer_seen_by(lab, 1, 2) == (gw1.pod_ips[0], "hi")
+
+
+def _icmp_reply_dst(gw: GatewayState, src: str, dst: str) -> list[str]:
+    """The reply tuple's destination of each ICMP entry ``src`` -> ``dst`` in the gateway's
+    connection tracking: ``src`` itself unless source NAT rewrote the flow."""
+    text = Namespace(gw.gateway_ns).run("cat", "/proc/net/nf_conntrack")
+    out = []
+    for ln in text.splitlines():
+        if " icmp " in ln and f"src={src} dst={dst} " in ln:
+            dsts = [w[4:] for w in ln.split() if w.startswith("dst=")]
+            out.append(dsts[1] if len(dsts) > 1 else "?")
+    return out
+
+
+def test_flows_masqueraded_before_the_chain_are_unbound(lab: Lab) -> None:
+    """The hazard of the milliseconds between a CNI's masquerade and our chain, made long:
+    gateway 1's agent is stopped while the masquerade appears and a pod pings across (one
+    ICMP identifier: one entry, kept alive by each echo, as the health check's). Once the
+    agent runs again its chain is loaded and that entry deleted: the next echo gets our
+    null binding, and the remote sees the pod's own address again."""
+    gw1 = lab.gateway(1)
+    pod1, pod2 = gw1.pod_ips[0], lab.gateway(2).pod_ips[0]
+    ping = subprocess.Popen(Namespace(gw1.pod_ns[0]).cmd("ping", "-i", "0.2", "-w", "30",
+                                                         pod2),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        os.kill(gw1.agent_pid, signal.SIGSTOP)  # our lab's agent, by its recorded PID
+        try:
+            _masquerade(lab, gw1, True)
+            # Connection tracking is on now, our chain is not there: the next echo's entry
+            # is bound by the masquerade.
+            wait_for(lambda: any(d != pod1 for d in _icmp_reply_dst(gw1, pod1, pod2)),
+                     BOUND, "the ping's entry, masqueraded")
+        finally:
+            os.kill(gw1.agent_pid, signal.SIGCONT)
+        took = wait_for(lambda: _icmp_reply_dst(gw1, pod1, pod2) == [pod1], BOUND,
+                        "the ping's entry, with the pod's own address")
+        print(f"the masqueraded entry was replaced {took * 1000:.0f} ms after the agent ran")
+        assert _has_chain(gw1)
+    finally:
+        ping.kill()
+        ping.wait()
+    wait_for(lab.all_connected, 10, "all cables connected")

@@ -27,6 +27,7 @@ from wgcable.cable.wireguard.natchain import NatChain
 from wgcable.diagnose import masquerade
 from wgcable.diagnose.result import Level
 from wgcable.netlink import attrs
+from wgcable.netlink import conntrack as ct
 from wgcable.netlink import message as nlmsg
 from wgcable.netlink.nfwatch import (
     NFNL_SUBSYS_NFTABLES,
@@ -356,3 +357,79 @@ def test_driver_chain_deleted_behind_our_back_is_restored(synced: Rig) -> None:
     synced.nft.body = (synced.nft.body or "").replace("chain postrouting {", "chain x {")
     assert _conn(synced, 1).status is CONNECTED  # healed by that read
     assert "chain postrouting {" in (synced.nft.body or "")
+
+
+# --- connection tracking entries bound before the chain --------------------------------------
+
+
+def ct_entry(src: str, dst: str, reply_dst: str, status: int, family: int = socket.AF_INET,
+             zone: int | None = None) -> nlmsg.Message:
+    v4 = family == socket.AF_INET
+    s_t, d_t = (ct.CTA_IP_V4_SRC, ct.CTA_IP_V4_DST) if v4 else (ct.CTA_IP_V6_SRC,
+                                                                 ct.CTA_IP_V6_DST)
+
+    def tup(kind: int, a: str, b: str) -> bytes:
+        ip = attrs.nested(ct.CTA_TUPLE_IP, [
+            attrs.raw(s_t, ipaddress.ip_address(a).packed),
+            attrs.raw(d_t, ipaddress.ip_address(b).packed)])
+        return attrs.nested(kind, [ip, attrs.nested(2, [attrs.u8(1, 1)])])  # proto: ICMP
+
+    body = bytes([family, 0, 0, 0]) + tup(ct.CTA_TUPLE_ORIG, src, dst) + \
+        tup(ct.CTA_TUPLE_REPLY, dst, reply_dst) + attrs.raw(ct.CTA_STATUS,
+                                                           status.to_bytes(4, "big"))
+    if zone is not None:
+        body += attrs.raw(ct.CTA_ZONE, zone.to_bytes(2, "big"))
+    return nlmsg.Message((ct.NFNL_SUBSYS_CTNETLINK << 8) | ct.IPCTNL_MSG_CT_NEW, 0, 1, 0,
+                         body)
+
+
+CT_LOCAL = [ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("fd00:1::/48")]
+CT_REMOTE = [ipaddress.ip_network("10.2.0.0/16"), ipaddress.ip_network("fd00:2::/48")]
+SNATTED = ct.IPS_SRC_NAT | (1 << 7)  # and IPS_SRC_NAT_DONE
+
+
+@pytest.mark.parametrize(("msg", "doomed"), [
+    (ct_entry("10.1.0.2", "10.2.0.2", "10.1.0.1", SNATTED), True),
+    (ct_entry("fd00:1::2", "fd00:2::2", "fd00:1::1", SNATTED, socket.AF_INET6), True),
+    (ct_entry("10.1.0.2", "10.2.0.2", "10.1.0.2", 1 << 7), False),  # our null binding
+    (ct_entry("10.1.0.2", "10.2.0.2", "10.1.0.2", SNATTED), False),  # not rewritten
+    (ct_entry("10.1.0.2", "10.2.0.2", "10.1.0.2", 0), False),  # never NATed
+    (ct_entry("10.1.0.2", "8.8.8.8", "198.18.0.1", SNATTED), False),  # off-cluster: the CNI's
+    (ct_entry("10.9.0.2", "10.2.0.2", "198.18.0.1", SNATTED), False),  # not a local source
+], ids=["v4", "v6", "null-binding", "same-address", "untouched", "internet", "foreign"])
+def test_only_masqueraded_local_to_remote_entries_are_doomed(msg: nlmsg.Message,
+                                                             doomed: bool) -> None:
+    entry = ct.parse_entry(msg)
+    assert entry is not None
+    assert ct.masqueraded(entry, CT_LOCAL, CT_REMOTE) is doomed
+
+
+def test_an_entry_is_deleted_by_its_own_tuple_and_zone() -> None:
+    entry = ct.parse_entry(ct_entry("10.1.0.2", "10.2.0.2", "10.1.0.1", SNATTED, zone=7))
+    assert entry is not None
+    [orig] = attrs.parse(entry.tuple_attr)
+    assert orig.type == ct.CTA_TUPLE_ORIG
+    assert orig.is_nested
+    assert ct.parse_entry(nlmsg.Message(0, 0, 0, 0, b"\x02\0\0\0")) is None  # no tuple
+    [zone] = attrs.parse(entry.zone_attr)
+    assert zone.payload == (7).to_bytes(2, "big")
+
+
+def test_driver_unbinds_once_after_the_chain_is_written(synced: Rig) -> None:
+    calls: list[tuple[list[Any], list[Any]]] = []
+
+    def unbind(local: list[Any], remote: list[Any]) -> int:
+        calls.append((local, remote))
+        return 1
+
+    synced.driver._unbind = unbind
+    synced.driver._host_nat_changed()  # no NAT: nothing to unbind
+    assert calls == []
+    synced.nft.others = [KUBE]
+    synced.driver._host_nat_changed()
+    assert len(calls) == 1
+    assert ipaddress.ip_network("10.10.1.0/24") in calls[0][1]
+    assert calls[0][0] == [ipaddress.ip_network("10.1.0.0/16")]
+    synced.driver.get_connections()
+    synced.driver.resync()
+    assert len(calls) == 1  # once per appearance of host NAT

@@ -40,11 +40,13 @@ from wgcable.cable.wireguard.natchain import NatChain
 from wgcable.cable.wireguard.resources import DeviceReads, LinkResource, PeersResource
 from wgcable.cable.wireguard.state import DesiredState, Settings, StateBuilder
 from wgcable.cable.wireguard.status import PeerStatus
+from wgcable.netlink import conntrack
+from wgcable.netlink.netns import call_in_netns
 from wgcable.reconcile import Reconciler, Tracked
 from wgcable.routing import IPRoute, RouteTable, nftables
 from wgcable.routing.resources import NftResource, RouteResource, RuleResource
 from wgcable.routing.table import FAMILIES
-from wgcable.wgctrl import Key, read_key_file
+from wgcable.wgctrl import IPNetwork, Key, read_key_file
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +162,7 @@ class WireGuardDriver:
         self._nft_piece = (f"SNAT exemption in nftables table inet {self.nft.name}"
                            if self.cfg.snat_exemption else f"nftables table inet {self.nft.name}")
         self._nat_chain = NatChain(self.nft, self.cfg.netns, watch=False)  # _wire's
+        self._unbind_pending = False  # masqueraded conntrack entries to delete (natchain)
         self._wire()
         self._stop = threading.Event()
         self._stop_fds: tuple[int, int] | None = None  # a pipe: stopping wakes the supervisor
@@ -177,9 +180,14 @@ class WireGuardDriver:
                                     self.cfg.snat_exemption, self.cfg.mss_clamp, self.port)
         self._nft = Reconciler(self._nft_res)
         self._nat_chain.close()  # not started yet (init() starts it): nothing to stop
-        # A fake table (unit tests) has no kernel whose notifications could be watched.
-        self._nat_chain = NatChain(self.nft, self.cfg.netns,
-                                   watch=isinstance(self.nft, nftables.NftTable))
+        # A fake table (unit tests) has no kernel whose notifications could be watched, nor
+        # connection tracking entries to delete.
+        real = isinstance(self.nft, nftables.NftTable)
+        self._nat_chain = NatChain(self.nft, self.cfg.netns, watch=real)
+        netns = self.cfg.netns
+        self._unbind: Callable[[list[IPNetwork], list[IPNetwork]], int] | None = (
+            (lambda local, remote: call_in_netns(
+                netns, lambda: conntrack.delete_masqueraded(local, remote))) if real else None)
         self._routes = Reconciler(RouteResource(self.table))
         self._rules = Reconciler(RuleResource(self.table))
 
@@ -427,11 +435,33 @@ class WireGuardDriver:
             return
         log.info("SNAT exemption: %s: NAT chain %s table inet %s", self._nat_chain.reason(),
                  "loaded in" if self._nat_chain.needed else "not loaded in", self.nft.name)
+        # Flows that sent before our chain was there may carry the masquerade's binding.
+        self._unbind_pending = self._nat_chain.needed
         if self._nft_res.nat_chain == self._nat_chain.needed:
             return  # the first look, and the table as it would be written anyway
         self._nft_res.nat_chain = self._nat_chain.needed
         self._held[self._nft_piece] = None
         self._nft.forget()
+
+    def _unbind_masqueraded(self) -> None:
+        """Once our NAT chain is written after host NAT appeared: delete the connection
+        tracking entries that a masquerade bound before it (``netlink/conntrack.py``), so
+        that their next packet gets our null binding. Tried once per appearance."""
+        if not self._unbind_pending or self._held.get(self._nft_piece) is None:
+            return
+        self._unbind_pending = False
+        remote = list(self._desired().nft_remote)
+        if not remote or self._unbind is None:
+            return
+        try:
+            n = self._unbind(list(self._local_subnets), remote)
+        except OSError as e:
+            log.warning("deleting connection tracking entries masqueraded before the SNAT "
+                        "exemption's chain was loaded failed: %s", e)
+            return
+        if n:
+            log.info("deleted %d connection tracking entr%s masqueraded before the SNAT "
+                     "exemption's chain was loaded", n, "y" if n == 1 else "ies")
 
     def _host_nat_changed(self) -> None:
         """The watcher's callback: another table's tables or chains changed. Our table is
@@ -450,6 +480,7 @@ class WireGuardDriver:
                 log.warning("writing the %s failed: %s", self._nft_piece, e)
             else:
                 self._held[self._nft_piece] = state.nft_remote
+            self._unbind_masqueraded()
 
     def _apply(self, full: bool = False, verify: bool = False) -> None:
         """One pass: every resource to the desired state, in an order that never lets pod
@@ -459,6 +490,7 @@ class WireGuardDriver:
         ``full`` and ``verify`` read every resource instead of trusting the last write."""
         with _gc_deferred():
             self._pass(full, verify)
+        self._unbind_masqueraded()
         self._schedule_release()
 
     def _pass(self, full: bool, verify: bool) -> None:
@@ -642,6 +674,7 @@ class WireGuardDriver:
         self._link.heal(state.link, synced=synced)
         self._follow_host_nat(full=False)  # legacy iptables: no notifications; one small read
         common = self._check_pieces(state, synced)
+        self._unbind_masqueraded()
         missing = cables.track(self._conns, on_device, self._clock(), datetime.now(UTC),
                                common, self.table.blocked, (self.cfg.device, self.cfg.table))
         if missing or (synced and len(on_device) != len(state.peers)):
