@@ -41,7 +41,10 @@ class NatChain:
         self._want_watch = watch
         self._legacy = hostnat.LegacyNat(netns)
         self._nft_why: str | None = None  # the nftables part, as last listed
-        self._listed = False  # whether it was listed at all
+        # The watcher's count of changes seen, and its value when the chains were last
+        # listed: a change during a listing is listed again at the next look.
+        self._changes = 0
+        self._listed_at = -1
         self.why: str | None = None  # why the host has NAT; None: it has none
         self.needed = True  # until known: an idle chain costs, a missing one breaks
         self._decided = False
@@ -56,12 +59,13 @@ class NatChain:
     def check(self, full: bool) -> bool:
         """Look again; True when ``needed`` changed (or was decided for the first time).
         Raises when the chains cannot be listed (the decision then stays as it was)."""
-        if full or not self._listed or not self.watching:
-            self._listed = False
+        changes = self._changes
+        if full or self._listed_at != changes or not self.watching:
+            self._listed_at = -1
             chains = [c for c in self.nft.chains() if not (
                 c.get("family") == "inet" and c.get("table") == self.nft.name)]
             self._nft_why = hostnat.found(chains, legacy=False)
-            self._listed = True
+            self._listed_at = changes
         if full:
             self._legacy.reopen()
         why = self._nft_why or hostnat.found((), legacy=self._legacy.present())
@@ -104,7 +108,7 @@ class NatChain:
             try:
                 if not watch.changed(ours):
                     continue
-                self._listed = False  # the next check lists again, whoever makes it
+                self._changes += 1  # the next check lists again, whoever makes it
                 on_change()
             except Exception:  # status reads take over: they list the chains
                 log.exception("watching nftables notifications failed; host NAT is looked "
