@@ -5,10 +5,12 @@ The paths, all between namespaces of our own (nothing in the root namespace):
 - ``wgcable``: a 2-cluster lab (``wgcable.lab``) with a real agent per gateway, so the
   tunnel, its MTU (underlay 1500 - 60 = 1440), routes and nftables table (MSS clamp, SNAT
   exemption, no tracking of the cable's own UDP) are exactly what the driver built.
-  pod1 -> pod2 (10.1.0.2 -> 10.2.0.2).
+  pod1 -> pod2 (10.1.0.2 -> 10.2.0.2). The gateways have no NAT of their own, so the SNAT
+  exemption's NAT chain is not loaded (``routing/hostnat.py``).
 - ``wgcable-kube``: the same tunnel with a kube-proxy-like NAT table (``KUBE_NAT``) loaded
   in both gateways for these runs only, as on a real node: connection tracking is on for
-  every packet whatever our table does.
+  every packet whatever our table does, and the agents load their NAT chain (the runs
+  wait for it).
 - ``wgcable-nonft``: a second lab, agents run ``--no-snat-exemption --no-mss-clamp``: the
   driver writes no nftables table.
 - ``handbuilt`` (baseline a): the same topology (``wgcable.lab.topology``) without agents;
@@ -19,6 +21,9 @@ The paths, all between namespaces of our own (nothing in the root namespace):
 - ``handbuilt-kube`` (baseline b): that tunnel with the kube-proxy-like table loaded.
 - ``plain``: the same topology again, the gateways routing the remote pod CIDR straight
   over the underlay; ``veth``: gateway to gateway over the underlay, no forwarding.
+
+Each agents' row says whether our NAT chain was loaded (``nat chain: loaded/absent``, our
+table listed once per path, its first round).
 
 Each round runs iperf3 TCP (one stream, ``-O 1`` to skip slow start) on every path, the
 order reversed every other round, then UDP at each of ``UDP_RATES`` (1300-byte datagrams)
@@ -92,6 +97,7 @@ NO_NFT = ["--no-snat-exemption", "--no-mss-clamp"]  # the driver then writes no 
 # default; the lab reads every second so that tests see changes soon) and wireguard-go at
 # its default log level (the lab's "verbose" logs every handshake to a file).
 AS_DEPLOYED = ["--status-interval", "5"]
+OUR_TABLE = "wgcable_subwg0"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -110,6 +116,9 @@ class NetPath:
     # the gateways): two paths can share one tunnel and differ only in that.
     before: Callable[[], None] = field(default=lambda: None)
     after: Callable[[], None] = field(default=lambda: None)
+    # The agents' paths: whether our NAT chain is loaded ("loaded", "absent"); None: no
+    # agents on this path.
+    nat_chain: Callable[[], str] | None = None
 
 
 # --- /proc sampling ------------------------------------------------------------------------
@@ -156,6 +165,29 @@ def iperf_server(ns: str) -> Iterator[None]:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
+
+
+def nat_chain_state(namespaces: list[str]) -> str:
+    """Whether our table holds the SNAT exemption's NAT chain in each gateway: ``loaded``,
+    ``absent`` (or both, named per gateway, when they differ)."""
+    states = []
+    for ns in namespaces:
+        p = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", "inet",
+                            OUR_TABLE], capture_output=True, text=True, timeout=30,
+                           check=False)
+        states.append("loaded" if "type nat hook postrouting" in p.stdout else "absent")
+    if len(set(states)) == 1:
+        return states[0]
+    return ", ".join(f"{ns}: {st}" for ns, st in zip(namespaces, states, strict=True))
+
+
+def wait_nat_chain(namespaces: list[str], want: str, timeout: float = 5) -> str:
+    """Until our NAT chain is ``want`` in every gateway (the agents follow the host's NAT
+    within milliseconds); the state found at the end, whatever it is."""
+    deadline = time.monotonic() + timeout
+    while (state := nat_chain_state(namespaces)) != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return state
 
 
 def kube_nat(namespaces: list[str], load: bool) -> None:
@@ -263,8 +295,9 @@ class Setups:
         def lab_pids() -> list[int]:
             return [int((state[i] / "subwg0.wireguard-go.pid").read_text()) for i in (1, 2)]
 
+        gws = [gw1.gateway_ns, gw2.gateway_ns]
         return NetPath(key, label, gw2.pod_ns[0], gw1.pod_ns[0], gw2.pod_ips[0], lab_pids,
-                       udp=udp)
+                       udp=udp, nat_chain=lambda: nat_chain_state(gws))
 
     def _hand_built(self, topo: Topology, key: str = "handbuilt",
                     label: str = "hand-built wireguard-go (wg + ip)",
@@ -346,19 +379,34 @@ def ping_until(ns: str, target: str, timeout: float = 10) -> None:
 
 
 def with_kube_nat(path: NetPath, gateways: list[str]) -> NetPath:
-    """The same tunnel measured with the kube-proxy-like NAT table in both gateways."""
+    """The same tunnel measured with the kube-proxy-like NAT table in both gateways (the
+    agents' runs start once their NAT chain has followed it in)."""
+    def before() -> None:
+        kube_nat(gateways, True)
+        if path.nat_chain is not None:
+            wait_nat_chain(gateways, "loaded")
+
+    def after() -> None:
+        kube_nat(gateways, False)
+        if path.nat_chain is not None:
+            wait_nat_chain(gateways, "absent")
+
     return NetPath(f"{path.key}-kube", f"{path.label}, kube-proxy-like nat table",
                    path.server_ns, path.client_ns, path.target, path.wg_pids, udp=False,
-                   before=lambda: kube_nat(gateways, True),
-                   after=lambda: kube_nat(gateways, False))
+                   before=before, after=after, nat_chain=path.nat_chain)
 
 
-def measure(p: NetPath, seconds: int, udp_rates: tuple[str, ...]) -> dict[str, Any]:
-    """One TCP run on ``p`` (and UDP at each rate), with its state put in place around it."""
+def measure(p: NetPath, seconds: int, udp_rates: tuple[str, ...],
+            look: bool = False) -> dict[str, Any]:
+    """One TCP run on ``p`` (and UDP at each rate), with its state put in place around it;
+    ``look``: with our NAT chain's state (``nat_chain``) as the run found it."""
     p.before()
     try:
+        out: dict[str, Any] = {}
+        if look and p.nat_chain is not None:
+            out["nat_chain"] = p.nat_chain()
         with iperf_server(p.server_ns):
-            out: dict[str, Any] = {"tcp": iperf(p, seconds, udp=False)}
+            out["tcp"] = iperf(p, seconds, udp=False)
             for rate in udp_rates if p.udp else ():
                 out[rate] = iperf(p, seconds, udp=True, rate=rate)
     finally:
@@ -383,18 +431,23 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
     tcp: dict[str, list[dict[str, Any]]] = {}
     udp: dict[str, dict[str, list[dict[str, Any]]]] = {}
     labels: dict[str, str] = {}
+    chains: dict[str, str] = {}  # agents' path -> our NAT chain, as its first round found it
     try:
         paths = s.start()
         for r in range(repeat):
             # Alternate the order: no path always runs right after the same neighbour.
             for p in paths if r % 2 == 0 else paths[::-1]:
                 labels[p.key] = p.label
-                got = measure(p, seconds, udp_rates)
+                got = measure(p, seconds, udp_rates, look=p.key not in chains)
+                if "nat_chain" in got:
+                    chains[p.key] = got["nat_chain"]
                 tcp.setdefault(p.key, []).append(got["tcp"])
                 for rate in udp_rates if p.udp else ():
                     udp.setdefault(rate, {}).setdefault(p.key, []).append(got[rate])
+                chain = f" (nat chain: {got['nat_chain']})" if "nat_chain" in got else ""
                 print(f"  dataplane round {r + 1}/{repeat}: {p.label}: "
-                      f"{got['tcp']['mbps']:.0f} Mbit/s TCP", file=sys.stderr, flush=True)
+                      f"{got['tcp']['mbps']:.0f} Mbit/s TCP{chain}", file=sys.stderr,
+                      flush=True)
     finally:
         s.close()
     rows: list[Row] = []
@@ -411,6 +464,8 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
         note = f"rounds {spread(mbps[key])}; machine busy {busy:.0f}%"
         if cpu:
             note += f"; both wireguard-go {summary(cpu)['median']:.0f}% of one core"
+        if key in chains:
+            note += f"; nat chain: {chains[key]}"
         floor_key, floor_impl = floors.get(key, ("", ""))
         if floor_key:
             ratios = paired(mbps[key], mbps[floor_key])
@@ -430,12 +485,14 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
                    f"rounds {spread(got[key])} Mbit/s"
             if key == "wgcable":
                 note += f"; per-round ratio {spread(paired(got[key], got['handbuilt']), '.2f')}"
+            if key in chains:
+                note += f"; nat chain: {chains[key]}"
             rows.append(row(f"iperf3 UDP at {rate}bit/s, received", labels[key], None,
                             summary(got[key])["median"], "Mbit/s",
                             floor=hand_udp if key == "wgcable" else None,
                             floor_impl="hand-built wireguard-go" if key == "wgcable" else "",
                             note=note))
-    return {"rows": rows, "mtu": s.mtu, "seconds": seconds,
+    return {"rows": rows, "mtu": s.mtu, "seconds": seconds, "nat_chain": chains,
             "tcp": {k: {"label": labels[k], "mbps": summary(mbps[k]), "runs": v}
                     for k, v in tcp.items()},
             "udp": {rate: {k: {"label": labels[k],

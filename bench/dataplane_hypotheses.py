@@ -215,6 +215,11 @@ def _lab_hypotheses(lab: Lab) -> list[Hypothesis]:
     ]
 
 
+def _kube_loaded(namespaces: list[str]) -> bool:
+    return all(dp.KUBE_TABLE in sh(["ip", "netns", "exec", ns, "nft", "list", "tables"])
+               for ns in namespaces)
+
+
 def run(repeat: int, quick: bool = False) -> dict[str, Any]:
     seconds = 2 if quick else 6
     s = dp.Setups()
@@ -245,9 +250,15 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
             with_: list[float] = []
             without: list[float] = []
             ref: list[float] = []
+            # The set-up first (the kube-like table), then the agents stopped: they load
+            # their NAT chain only while the host has NAT, and must have seen it.
+            h.setup()
+            gws = [lab.gateway(i).gateway_ns for i in (1, 2)]
+            # With the kube-like table loaded the agents load their NAT chain, without it
+            # they remove it: either way within milliseconds, before they are stopped.
+            dp.wait_nat_chain(gws, "loaded" if _kube_loaded(gws) else "absent")
             if h.agents_stopped:
                 stop()
-            h.setup()
             state = [True]  # the variable is there, as the agents built it
 
             def put(present: bool, h: Hypothesis = h, state: list[bool] = state) -> None:

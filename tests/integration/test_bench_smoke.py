@@ -83,7 +83,7 @@ def test_quick_multinode_bench_rows(tmp_path: Path) -> None:
 
 _KUBE_NAT_CHECK = """
 import os, sys
-from bench.dataplane_bench import KUBE_TABLE, kube_nat, paired, spread
+from bench.dataplane_bench import KUBE_TABLE, kube_nat, nat_chain_state, paired, spread
 from wgcable.lab.netns import Namespace
 
 assert paired([2.0, 3.0], [4.0, 3.0]) == [0.5, 1.0]
@@ -100,6 +100,7 @@ try:
     assert "src=127.0.0.1" in tracked, tracked
     kube_nat([ns.name], False)
     assert KUBE_TABLE not in ns.run("nft", "list", "tables")
+    assert nat_chain_state([ns.name]) == "absent"  # no agent, no table of ours
 finally:
     ns.delete()
 print("ok")

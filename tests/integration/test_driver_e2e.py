@@ -31,6 +31,8 @@ from wgcable.lab.topology import ClusterNet, Topology
 from wgcable.routing.nftables import NftTable
 from wgcable.wgctrl import Key, read_key_file, write_key_file
 
+from .labtools import wait_for
+
 pytestmark = pytest.mark.netns
 
 
@@ -611,6 +613,16 @@ table inet othertool {
 """
 
 
+CNI_NAT = """\
+table ip cni_nat {
+\tchain postrouting {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tip saddr 10.1.0.0/16 ip daddr != 10.1.0.0/16 masquerade
+\t}
+}
+"""
+
+
 def _covers(elements: set[str], address: str) -> bool:
     ip = ipaddress.ip_address(address)
     return any(ip in ipaddress.ip_network(e, strict=False) for e in elements)
@@ -640,9 +652,21 @@ def test_snat_table_follows_connections_and_leaves_other_tables(clusters: Cluste
         assert _covers(sets["remote4"], remote), remote
     assert not _covers(sets["remote4"], "10.1.0.2")
     text = gw.run("nft", "list", "table", "inet", "wgcable_subwg0")
-    assert "snat ip to ip saddr" in text
-    assert "priority srcnat - 10" in text
+    # No NAT on this host (othertool's chain filters): no NAT chain, nothing to exempt from.
+    assert "snat" not in text
+    assert "type nat" not in text
     assert 'oifname "subwg0" tcp flags syn / syn,rst tcp option maxseg size set rt mtu' in text
+    # A CNI's masquerade appears: the null binding comes first, before srcnat.
+    gw.run("nft", "-f", "-", input=CNI_NAT)
+    wait_for(lambda: "snat ip to ip saddr" in gw.run("nft", "list", "table", "inet",
+                                                       "wgcable_subwg0"),
+             5, "our NAT chain after the CNI's masquerade")
+    text = gw.run("nft", "list", "table", "inet", "wgcable_subwg0")
+    assert "priority srcnat - 10" in text
+    assert ours.sets() == sets  # the sets as they were: only the chain came
+    gw.run("nft", "delete", "table", "ip", "cni_nat")
+    wait_for(lambda: "snat" not in gw.run("nft", "list", "table", "inet", "wgcable_subwg0"),
+             5, "our NAT chain to go with the masquerade")
 
     # A disconnect shrinks the remote set.
     a.driver.disconnect_from_endpoint(b.endpoint)

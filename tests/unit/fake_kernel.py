@@ -253,6 +253,12 @@ class FakeNft:
     def sets(self) -> dict[str, set[str]] | None:
         return None if self.body is None else nft_sets(self.body)
 
+    def chains(self, family: str | None = None) -> list[dict[str, Any]]:
+        return []  # no other table: no NAT on this host
+
+    def has_chain(self, name: str) -> bool:
+        return self.body is not None and f"chain {name} {{" in self.body
+
 
 def fake_driver(local: Endpoint, state_dir: Path,
                 addresses: Sequence[tuple[str, str, int]], *, device: str = DEVICE,

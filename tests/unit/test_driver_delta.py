@@ -114,6 +114,7 @@ class FakeNft:
         self.name = nftables.table_name(DEV)
         self.body: str | None = None
         self.writes = 0
+        self.others: list[dict[str, Any]] = []  # other tables' chains (host NAT, if any)
 
     def apply(self, body: str) -> None:
         self.body = body
@@ -131,6 +132,12 @@ class FakeNft:
 
     def sets(self) -> dict[str, set[str]] | None:
         return None if self.body is None else nft_sets(self.body)
+
+    def chains(self, family: str | None = None) -> list[dict[str, Any]]:
+        return list(self.others)
+
+    def has_chain(self, name: str) -> bool:
+        return self.body is not None and f"chain {name} {{" in self.body
 
 
 class CountingBackend(MemoryBackend):

@@ -17,6 +17,7 @@ from wgcable.diagnose import checks, host, masquerade, probes
 from wgcable.diagnose.checks import AgentFacts, Remote, StoreFacts
 from wgcable.diagnose.result import Result, fail, passed, warn
 from wgcable.routeagent.vtep import DEFAULT_DEVICE as VXLAN_DEVICE
+from wgcable.routing import hostnat
 from wgcable.routing.iproute import IPRoute
 from wgcable.routing.nftables import NftTable, networks, table_name
 from wgcable.store.base import StoreUnavailableError
@@ -91,11 +92,13 @@ def _nftables(cfg: AgentConfig, a: AgentFacts, remotes: list[Remote]) -> list[Re
     clamps = any(isinstance(r := i.get("rule"), dict) and r.get("table") == name
                  and "maxseg" in str(r.get("expr")) for i in items)
     hits = masquerade.nat_hits(items, list(cfg.cluster_cidrs), remote_nets, name)
+    host_nat = hostnat.found((i["chain"] for i in items if isinstance(i.get("chain"), dict)),
+                             host.legacy_nat())
     return [
         checks.nft_table(enabled, present, name, missing, a),
         checks.mss_clamp(cfg.mss_clamp, present, clamps, a),
         masquerade.check(hits, cfg.snat_exemption, masquerade.our_priority(items, name)
-                         if present else None, exempt, a.repairs),
+                         if present else None, exempt, a.repairs, host_nat),
     ]
 
 

@@ -18,6 +18,7 @@ from wgcable.cable.wireguard.desired import PUBLIC_KEY
 from wgcable.cable.wireguard.userspace import process_running
 from wgcable.diagnose.checks import AgentFacts, DeviceFacts, KeyFileFacts, Remote
 from wgcable.natdiscovery.types import BACKEND_CONFIG_KEY as NATT_PORT_KEY
+from wgcable.routing import hostnat
 from wgcable.wgctrl import Client
 from wgcable.wgctrl.errors import DeviceNotFoundError, WgError
 from wgcable.wgctrl.types import Device
@@ -162,6 +163,15 @@ def ruleset() -> tuple[list[Any] | None, str]:
     if not isinstance(items, list):
         return None, "nft -j list ruleset: no ruleset in its output"
     return [i for i in items if isinstance(i, dict)], ""
+
+
+def legacy_nat() -> bool:
+    """Whether legacy iptables has a ``nat`` table in this namespace."""
+    texts = []
+    for name in hostnat.LEGACY_FILES:
+        with contextlib.suppress(OSError):
+            texts.append((Path("/proc/net") / name).read_text())
+    return hostnat.legacy_nat(texts)
 
 
 def _sysctl(path: str) -> int | None:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from wgcable.diagnose.result import Result, fail, passed
+from wgcable.diagnose.result import Result, fail, passed, warn
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _NAT_STATEMENTS = ("masquerade", "snat")
@@ -163,9 +163,11 @@ def our_priority(ruleset: Iterable[Any], ours: str) -> int | None:
 
 
 def check(hits: Sequence[Hit], exemption_on: bool, our_prio: int | None,
-          exempt: Sequence[Network], repairs: str) -> Result:
+          exempt: Sequence[Network], repairs: str, host_nat: str | None = "") -> Result:
     """``exempt``: the remote networks in our table's set; ``repairs``: the fix for what
-    the agent restores (our table, its set)."""
+    the agent restores (our table, its set). ``host_nat``: why the host has NAT (as
+    ``routing.hostnat.found`` says), None when it has none: the agent then loads no NAT
+    chain (there is nothing to exempt from); "" when not known."""
     uncovered: list[str] = []
     fixes: list[str] = []
     for h in hits:
@@ -194,4 +196,11 @@ def check(hits: Sequence[Hit], exemption_on: bool, our_prio: int | None,
         tables = ", ".join(dict.fromkeys(f"{h.table} chain {h.chain}" for h in hits))
         return passed("masquerade", f"NAT in {tables} would hit traffic to remote clusters; "
                       f"our exemption (priority {our_prio}) comes first and covers it")
+    if exemption_on and host_nat is None and our_prio is None:
+        return passed("masquerade", "no NAT on this host: the SNAT exemption is idle (its "
+                      "NAT chain is loaded only when the host has NAT to exempt from)")
+    if exemption_on and host_nat and our_prio is None:
+        return warn("masquerade", f"{host_nat} (no rule of it hits traffic to remote "
+                    "clusters), but our NAT chain is missing: the agent loads it while the "
+                    "host has NAT", repairs)
     return passed("masquerade", "no NAT rule hits traffic to remote clusters")

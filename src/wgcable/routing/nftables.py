@@ -11,6 +11,12 @@ share one), and nothing anywhere else:
   itself (``snat ip to ip saddr``, a null binding); later NAT chains then leave it alone.
   ``notrack`` of that traffic would bypass NAT too, but CNI network policies rely on
   connection tracking of the pods' flows, so the inner traffic stays tracked.
+  The chain is there only while the host has NAT of its own (another table's postrouting
+  NAT chain, or legacy iptables' ``nat`` table: ``hostnat.py``): without any, it exempts
+  from nothing and only turns connection tracking on for every packet (issue 16: TCP
+  through the tunnel 0.89x of a hand-built one with it, 1.01x without). The driver
+  follows the host's NAT through nftables notifications (``Rules.nat_chain``); the sets
+  stay either way, so that the chain can come back with a write of the same table.
 - No tracking of the cable's own outer packets: a NAT chain (ours, or kube-proxy's) turns
   connection tracking on for every packet, and the tunnel's encrypted UDP gains nothing
   from it (no NAT applies to it here, no policy looks into it). Chains at the ``raw``
@@ -51,6 +57,7 @@ from wgcable.wgctrl.types import IPNetwork
 TABLE_PREFIX = "wgcable_"
 # Earlier than the CNIs' masquerade chains (srcnat = 100): our null binding comes first.
 NAT_PRIORITY = "srcnat - 10"
+NAT_CHAIN = "postrouting"  # the SNAT exemption's chain in our table
 SETS = ("local4", "remote4", "local6", "remote6")
 _CLAMP = "tcp flags syn / syn,rst tcp option maxseg size set rt mtu"
 
@@ -122,6 +129,10 @@ class Rules:
     mss_clamp: bool = True
     # The device's UDP listen port: its outer packets are not tracked (None: no such chains).
     notrack_port: int | None = None
+    # The SNAT exemption's NAT chain: only while the host has NAT of its own (``hostnat``);
+    # without NAT there is nothing to exempt from, and the chain would only turn connection
+    # tracking on. The sets stay either way.
+    nat_chain: bool = True
 
     @property
     def enabled(self) -> bool:
@@ -145,9 +156,9 @@ def render(rules: Rules) -> str | None:
         ("remote6", "ipv6_addr", rules.remote, 6),
     ):
         out += _set(name, kind, _elements(nets, version))
-    if rules.snat_exemption:
+    if rules.snat_exemption and rules.nat_chain:
         out += [
-            "\tchain postrouting {",
+            f"\tchain {NAT_CHAIN} {{",
             f"\t\ttype nat hook postrouting priority {NAT_PRIORITY}; policy accept;",
             "\t\tip saddr @local4 ip daddr @remote4 snat ip to ip saddr",
             "\t\tip6 saddr @local6 ip6 daddr @remote6 snat ip6 to ip6 saddr",
@@ -272,6 +283,24 @@ class NftTable:
         return any(isinstance(i, dict) and isinstance(i.get("table"), dict)
                    and i["table"].get("name") == self.name
                    and i["table"].get("family") == "inet" for i in items)
+
+    def chains(self, family: str | None = None) -> list[dict[str, Any]]:
+        """Every chain of every table (of ``family``) as ``nft -j`` chain objects: names,
+        types and hooks, no rules or set elements (small whatever the tables hold)."""
+        what = f"list chains {family}" if family else "list chains"
+        rc, out, err = self._nft(what, json=True)
+        if rc != 0:
+            raise NftError(f"nft {what}: {err.strip()}")
+        doc = json.loads(out or "{}")
+        items = doc.get("nftables", []) if isinstance(doc, dict) else []
+        return [i["chain"] for i in items if isinstance(i, dict)
+                and isinstance(i.get("chain"), dict)]
+
+    def has_chain(self, name: str) -> bool:
+        """Whether our table is there with chain ``name`` (the list of inet chains: no
+        rules, no set elements)."""
+        return any(c.get("table") == self.name and c.get("name") == name
+                   and c.get("family") == "inet" for c in self.chains("inet"))
 
     def sets(self) -> dict[str, set[str]] | None:
         """Each of our sets' elements as text (``10.2.0.0/16``), or None without a table."""

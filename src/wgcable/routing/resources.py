@@ -7,6 +7,7 @@ rule, our own nftables table (``nftables.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Collection, Mapping
 
@@ -103,18 +104,22 @@ class RuleResource:
 
 class NftResource:
     """The remote CIDRs of our nftables table, ``{net: net}``; the rest of the table (local
-    CIDRs, the features) is fixed for the agent's life and rendered with them."""
+    CIDRs, the features) is fixed for the agent's life and rendered with them, but for
+    ``nat_chain``: whether the SNAT exemption's NAT chain is loaded (the host has NAT of its
+    own, ``routing/hostnat.py``). Its owner changes it and then writes the table again."""
 
     name = "nftables"
 
     def __init__(self, nft: nftables.NftTable, device: str, local: tuple[IPNetwork, ...],
                  snat_exemption: bool, mss_clamp: bool,
-                 notrack_port: int | None = None) -> None:
+                 notrack_port: int | None = None, nat_chain: bool = True) -> None:
         self.nft = nft
         self.rules = nftables.Rules(device=device, local=local,
                                     snat_exemption=snat_exemption, mss_clamp=mss_clamp,
                                     notrack_port=notrack_port)
+        self.nat_chain = nat_chain
         self.written: str | None = None  # the table text last written
+        self._chain_written = False  # whether that text has the NAT chain
 
     def read(self) -> dict[IPNetwork, IPNetwork]:
         sets = self.nft.sets() if self.rules.snat_exemption else None
@@ -126,10 +131,8 @@ class NftResource:
     def write(self, have: Mapping[IPNetwork, IPNetwork], want: Mapping[IPNetwork, IPNetwork],
               *, trusted: bool, changed: Collection[IPNetwork] | None = None) -> int:
         remote = tuple(want)  # in any order: render sorts the elements as integers
-        body = nftables.render(nftables.Rules(
-            device=self.rules.device, local=self.rules.local, remote=remote,
-            snat_exemption=self.rules.snat_exemption, mss_clamp=self.rules.mss_clamp,
-            notrack_port=self.rules.notrack_port))
+        rules = dataclasses.replace(self.rules, remote=remote, nat_chain=self.nat_chain)
+        body = nftables.render(rules)
         # After a read the table is written whatever it held: that heals a table someone
         # edited (a read of its sets does not show its rules).
         if trusted and body == self.written:
@@ -141,9 +144,15 @@ class NftResource:
             self.nft.apply(body)
             log.debug("nftables table inet %s written", self.nft.name)
         self.written = body
+        self._chain_written = rules.snat_exemption and rules.nat_chain
         return 1
 
     def holds(self, want: Mapping[IPNetwork, IPNetwork], *, exactly: bool) -> bool:
         """Whether our table is there (the list of table names, not its contents, which
-        grow with the number of remote clusters)."""
-        return self.written is None or self.nft.exists()
+        grow with the number of remote clusters), with its NAT chain when it has one (the
+        list of inet chains: as small)."""
+        if self.written is None:
+            return True
+        if self._chain_written:
+            return self.nft.has_chain(nftables.NAT_CHAIN)
+        return self.nft.exists()

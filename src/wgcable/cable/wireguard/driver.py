@@ -36,14 +36,17 @@ from wgcable.cable.wireguard.desired import EndpointRejectedError
 from wgcable.cable.wireguard.device import WireGuardDevice
 from wgcable.cable.wireguard.facts import HostFacts, mtu_warnings, read_facts
 from wgcable.cable.wireguard.index import PeerIndex
+from wgcable.cable.wireguard.natchain import NatChain
 from wgcable.cable.wireguard.resources import DeviceReads, LinkResource, PeersResource
 from wgcable.cable.wireguard.state import DesiredState, Settings, StateBuilder
 from wgcable.cable.wireguard.status import PeerStatus
+from wgcable.netlink import conntrack
+from wgcable.netlink.netns import call_in_netns
 from wgcable.reconcile import Reconciler, Tracked
 from wgcable.routing import IPRoute, RouteTable, nftables
 from wgcable.routing.resources import NftResource, RouteResource, RuleResource
 from wgcable.routing.table import FAMILIES
-from wgcable.wgctrl import Key, read_key_file
+from wgcable.wgctrl import IPNetwork, Key, read_key_file
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +161,8 @@ class WireGuardDriver:
         self._held: dict[str, Mapping[Any, Any] | None] = {}
         self._nft_piece = (f"SNAT exemption in nftables table inet {self.nft.name}"
                            if self.cfg.snat_exemption else f"nftables table inet {self.nft.name}")
+        self._nat_chain = NatChain(self.nft, self.cfg.netns, watch=False)  # _wire's
+        self._unbind_pending = False  # masqueraded conntrack entries to delete (natchain)
         self._wire()
         self._stop = threading.Event()
         self._stop_fds: tuple[int, int] | None = None  # a pipe: stopping wakes the supervisor
@@ -171,9 +176,18 @@ class WireGuardDriver:
         self._link = Reconciler(LinkResource(self._reads))
         self._peer_res = PeersResource(self._reads, self.cfg.answer_first_wait)
         self._peers = Reconciler(self._peer_res)
-        self._nft = Reconciler(NftResource(self.nft, self.cfg.device, self._local_subnets,
-                                           self.cfg.snat_exemption, self.cfg.mss_clamp,
-                                           self.port))
+        self._nft_res = NftResource(self.nft, self.cfg.device, self._local_subnets,
+                                    self.cfg.snat_exemption, self.cfg.mss_clamp, self.port)
+        self._nft = Reconciler(self._nft_res)
+        self._nat_chain.close()  # not started yet (init() starts it): nothing to stop
+        # A fake table (unit tests) has no kernel whose notifications could be watched, nor
+        # connection tracking entries to delete.
+        real = isinstance(self.nft, nftables.NftTable)
+        self._nat_chain = NatChain(self.nft, self.cfg.netns, watch=real)
+        netns = self.cfg.netns
+        self._unbind: Callable[[list[IPNetwork], list[IPNetwork]], int] | None = (
+            (lambda local, remote: call_in_netns(
+                netns, lambda: conntrack.delete_masqueraded(local, remote))) if real else None)
         self._routes = Reconciler(RouteResource(self.table))
         self._rules = Reconciler(RuleResource(self.table))
 
@@ -203,6 +217,9 @@ class WireGuardDriver:
             log.info("device %s %s (%s), port %d, public key %s", self.cfg.device,
                      "created" if created else "adopted", self.device.kind, self.port,
                      self.public_key.base64())
+            if self.cfg.snat_exemption:
+                # Before the first look: a NAT table loaded in between is still seen.
+                self._nat_chain.start(self._host_nat_changed)
             try:
                 self._apply(full=True)
             except Exception:
@@ -403,6 +420,68 @@ class WireGuardDriver:
             log.warning("%s", text)
         self._mtu_said = said
 
+    def _follow_host_nat(self, full: bool) -> None:
+        """Look whether the host has NAT (``natchain.py``); when the NAT chain's need
+        changed, our table is to be written again (the next pass or status check does it,
+        and until then the SNAT exemption is not counted in place)."""
+        if not self.cfg.snat_exemption:
+            return
+        try:
+            changed = self._nat_chain.check(full)
+        except Exception as e:  # the decision stays; the next look tries again
+            log.warning("looking for NAT on this host failed: %s", e)
+            return
+        if not changed:
+            return
+        log.info("SNAT exemption: %s: NAT chain %s table inet %s", self._nat_chain.reason(),
+                 "loaded in" if self._nat_chain.needed else "not loaded in", self.nft.name)
+        # Flows that sent before our chain was there may carry the masquerade's binding.
+        self._unbind_pending = self._nat_chain.needed
+        if self._nft_res.nat_chain == self._nat_chain.needed:
+            return  # the first look, and the table as it would be written anyway
+        self._nft_res.nat_chain = self._nat_chain.needed
+        self._held[self._nft_piece] = None
+        self._nft.forget()
+
+    def _unbind_masqueraded(self) -> None:
+        """Once our NAT chain is written after host NAT appeared: delete the connection
+        tracking entries that a masquerade bound before it (``netlink/conntrack.py``), so
+        that their next packet gets our null binding. Tried once per appearance."""
+        if not self._unbind_pending or self._held.get(self._nft_piece) is None:
+            return
+        self._unbind_pending = False
+        remote = list(self._desired().nft_remote)
+        if not remote or self._unbind is None:
+            return
+        try:
+            n = self._unbind(list(self._local_subnets), remote)
+        except Exception as e:  # a status read or pass must not fail for a clean-up
+            log.warning("deleting connection tracking entries masqueraded before the SNAT "
+                        "exemption's chain was loaded failed: %s", e)
+            return
+        if n:
+            log.info("deleted %d connection tracking entr%s masqueraded before the SNAT "
+                     "exemption's chain was loaded", n, "y" if n == 1 else "ies")
+
+    def _host_nat_changed(self) -> None:
+        """The watcher's callback: another table's tables or chains changed. Our table is
+        written again at once when the NAT chain's need changed; nothing is written when
+        it did not (our own writes, a CNI's rule changes)."""
+        with self._lock:
+            if self._stop.is_set() or self._key is None:
+                return
+            self._follow_host_nat(full=False)  # the watcher had the chains listed again
+            if self._held.get(self._nft_piece) is not None:
+                return
+            state = self._desired()
+            try:
+                self._nft.reconcile(state.nft_remote, synced=self._synced, verify=True)
+            except Exception as e:  # the next status read writes it again
+                log.warning("writing the %s failed: %s", self._nft_piece, e)
+            else:
+                self._held[self._nft_piece] = state.nft_remote
+            self._unbind_masqueraded()
+
     def _apply(self, full: bool = False, verify: bool = False) -> None:
         """One pass: every resource to the desired state, in an order that never lets pod
         traffic reach a new cluster before its SNAT exemption (nftables before routes).
@@ -411,11 +490,13 @@ class WireGuardDriver:
         ``full`` and ``verify`` read every resource instead of trusting the last write."""
         with _gc_deferred():
             self._pass(full, verify)
+        self._unbind_masqueraded()
         self._schedule_release()
 
     def _pass(self, full: bool, verify: bool) -> None:
         if full:
             self._read_facts()
+            self._follow_host_nat(full=True)
         state, synced, verify = self._desired(), self._synced, full or verify
         held = self._held
         try:
@@ -591,7 +672,9 @@ class WireGuardDriver:
         # status interval, not until the next resync. First: what is still missing after
         # it keeps each connection ``connecting`` (issue 16: "connected" is never wrong).
         self._link.heal(state.link, synced=synced)
+        self._follow_host_nat(full=False)  # legacy iptables: no notifications; one small read
         common = self._check_pieces(state, synced)
+        self._unbind_masqueraded()
         missing = cables.track(self._conns, on_device, self._clock(), datetime.now(UTC),
                                common, self.table.blocked, (self.cfg.device, self.cfg.table))
         if missing or (synced and len(on_device) != len(state.peers)):
@@ -629,6 +712,7 @@ class WireGuardDriver:
     def close(self) -> None:
         """Stop supervising but leave the tunnels up: a restart must not drop traffic."""
         self._stop.set()
+        self._nat_chain.close()  # outside the lock: its callback may be waiting for it
         if self._stop_fds is not None:
             with contextlib.suppress(OSError):
                 os.write(self._stop_fds[1], b"x")  # ends the supervisor's wait on the daemon
@@ -675,6 +759,7 @@ class WireGuardDriver:
         """Remove everything the driver created: routes, rules, device, daemon, PID file,
         our nftables table; and the key file when asked."""
         self._stop.set()
+        self._nat_chain.close()
         if self._stop_fds is not None:
             with contextlib.suppress(OSError):
                 os.write(self._stop_fds[1], b"x")

@@ -1,0 +1,123 @@
+"""Whether another nftables table or chain changed: the kernel's nftables notifications
+(NETLINK_NETFILTER, multicast group NFNLGRP_NFTABLES) on a socket of their own.
+
+A CNI or kube-proxy that loads its NAT table does so with tables and chains; the driver
+then looks again whether the host has NAT (``routing/hostnat.py``) within milliseconds,
+without listing anything on every status read. Rules and set elements do not matter (a
+NAT chain counts whatever its rules), nor does our own table, which our writes replace
+whole. A lost notification (ENOBUFS) or one that cannot be parsed counts as a change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import struct
+from dataclasses import dataclass
+
+from wgcable.netlink import attrs
+from wgcable.netlink import message as nlmsg
+from wgcable.netlink.socket import RCVBUF, SOL_NETLINK
+
+NETLINK_NETFILTER = 12
+NFNLGRP_NFTABLES = 7
+NETLINK_ADD_MEMBERSHIP = 1
+NFNL_SUBSYS_NFTABLES = 10
+_SO_RCVBUFFORCE = 33
+
+# include/uapi/linux/netfilter/nf_tables.h: enum nf_tables_msg_types
+NFT_MSG_NEWTABLE = 0
+NFT_MSG_DELTABLE = 2
+NFT_MSG_NEWCHAIN = 3
+NFT_MSG_DELCHAIN = 5
+NFT_MSG_NEWRULE = 6
+NFT_MSG_NEWGEN = 15
+NFT_MSG_DESTROYTABLE = 26
+NFT_MSG_DESTROYCHAIN = 27
+TABLE_MSGS = frozenset({NFT_MSG_NEWTABLE, NFT_MSG_DELTABLE, NFT_MSG_DESTROYTABLE})
+CHAIN_MSGS = frozenset({NFT_MSG_NEWCHAIN, NFT_MSG_DELCHAIN, NFT_MSG_DESTROYCHAIN})
+NFTA_TABLE_NAME = 1  # a table message's name
+NFTA_CHAIN_TABLE = 1  # a chain message's table
+NFPROTO_INET = 1
+_NFGENMSG = struct.Struct("=BBH")  # family, version, res_id (big-endian, unused)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A table or chain added or removed, in table ``family``/``table``."""
+
+    msg: int  # NFT_MSG_*
+    family: int  # NFPROTO_*
+    table: str
+
+
+def msg_type(subsys: int, msg: int) -> int:
+    return (subsys << 8) | msg
+
+
+def changes_in(data: bytes) -> list[Change] | None:
+    """The table and chain changes of a datagram of notifications (rules, sets and the
+    generation messages are left out); None when part of it cannot be read."""
+    out: list[Change] = []
+    try:
+        for m in nlmsg.parse(data):
+            if m.type >> 8 != NFNL_SUBSYS_NFTABLES:
+                continue
+            kind = m.type & 0xFF
+            if kind not in TABLE_MSGS and kind not in CHAIN_MSGS:
+                continue
+            if len(m.payload) < _NFGENMSG.size:
+                return None
+            family = m.payload[0]
+            a = attrs.first(attrs.iter_attrs(m.payload[_NFGENMSG.size:]),
+                            NFTA_TABLE_NAME if kind in TABLE_MSGS else NFTA_CHAIN_TABLE)
+            if a is None:
+                return None
+            out.append(Change(kind, family, a.string()))
+    except ValueError:  # MessageDecodeError, AttrDecodeError, UnicodeDecodeError
+        return None
+    return out
+
+
+class NftWatch:
+    """nftables notifications of the namespace the socket was made in (see ``netns``)."""
+
+    def __init__(self, sock: socket.socket | None = None) -> None:
+        if sock is None:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                 NETLINK_NETFILTER)
+            try:
+                with contextlib.suppress(OSError):  # root: past rmem_max
+                    sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RCVBUF)
+                sock.bind((0, 0))
+                sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
+            except BaseException:
+                sock.close()
+                raise
+        sock.setblocking(False)
+        self._sock = sock
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def changed(self, ours: tuple[int, str]) -> bool:
+        """Whether any table or chain but those of our table (``(family, name)``) was
+        added or removed since the last call, from every notification waiting; True when
+        some were lost or unreadable."""
+        seen = False
+        while True:
+            try:
+                data = self._sock.recv(1 << 16)
+            except BlockingIOError:
+                return seen
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:  # notifications were lost: anything may have
+                    seen = True
+                    continue
+                raise
+            found = changes_in(data)
+            seen |= found is None or any((c.family, c.table) != ours for c in found)
+
+    def close(self) -> None:
+        self._sock.close()
