@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +21,11 @@ import pytest
 
 from wgcable.lab.lab import GatewayState, Lab
 from wgcable.lab.netns import Namespace, list_namespaces
-from wgcable.routing.nftables import NAT_CHAIN, NftTable
+from wgcable.routeagent.state import Settings as RouteAgentSettings
+from wgcable.routing.nftables import NAT_CHAIN, NftTable, table_name
 
-from .labtools import print_agent_logs, wait_for
-from .test_lab import _peer_seen_by
+from .labtools import MakeLab, print_agent_logs, unreachable_pod_pairs, wait_for
+from .test_lab import _CLIENT, _LISTENER, _peer_seen_by
 
 pytestmark = pytest.mark.netns
 
@@ -185,3 +187,69 @@ def test_flows_masqueraded_before_the_chain_are_unbound(lab: Lab) -> None:
         ping.kill()
         ping.wait()
     wait_for(lab.all_connected, 10, "all cables connected")
+
+
+# --- the route agent's table: the same rule on every node ----------------------------------
+
+
+def _ra_table(namespace: str) -> str:
+    return Namespace(namespace).run("nft", "list", "table", "inet",
+                                    table_name(RouteAgentSettings().device))
+
+
+def _seen_from(src_ns: str, dst_ns: str, dst_ip: str, timeout: float = 6) -> tuple[str, str]:
+    """(the peer address a listener in pod ``dst_ns`` saw, what the client in ``src_ns``
+    got) for one TCP connection."""
+    server = subprocess.Popen(
+        Namespace(dst_ns).cmd(sys.executable, "-c", _LISTENER, str(timeout)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "ready"
+        client = subprocess.run(Namespace(src_ns).cmd(sys.executable, "-c", _CLIENT, dst_ip),
+                                capture_output=True, text=True, timeout=30, check=False)
+        out, _ = server.communicate(timeout=timeout + 10)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    return out.strip(), client.stdout.strip()
+
+
+def test_route_agent_nat_chain_follows_the_nodes_nat(make_userspace_lab: MakeLab) -> None:
+    """The route agent's table (null bindings for worker pods' traffic to remote clusters)
+    has a NAT chain only on a node with NAT of its own that routes to the gateway: never on
+    the gateway node (the driver's table exempts there), on a worker only while a CNI-like
+    masquerade is loaded. So a gateway node of a multi-node cluster without NAT tracks no
+    pod flow either."""
+    lab = make_userspace_lab(2, nodes=2)
+    assert unreachable_pod_pairs(lab, settle=30) == []
+    gw_node, worker = lab.nodes(1)
+    remote = lab.nodes(2)[1]
+    gw1 = lab.gateway(1)
+    assert "nat hook postrouting" not in _ra_table(gw_node.namespace)
+    assert "nat hook postrouting" not in _ra_table(worker.namespace)
+    assert "nat hook postrouting" not in _our_table(gw1)
+    src, dst = worker.pod_ips[0], remote.pod_ips[0]
+    assert _seen_from(worker.pod_ns[0], remote.pod_ns[0], dst) == (src, "hi")
+    assert _tracked(gw1, src, dst) == []  # forwarded by the gateway node, untracked
+
+    # A CNI masquerades on every node of cluster 1 (as --snat does).
+    t0 = time.monotonic()
+    lab._snat(gw1, worker.namespace)
+    lab._snat(gw1, gw_node.namespace)
+    wait_for(lambda: "nat hook postrouting" in _ra_table(worker.namespace), BOUND,
+             "the worker's route agent to load its NAT chain")
+    print(f"worker's NAT chain loaded within {(time.monotonic() - t0) * 1000:.0f} ms")
+    wait_for(lambda: _has_chain(gw1), BOUND, "the driver's NAT chain")
+    assert "snat ip to ip saddr" in _ra_table(worker.namespace)
+    assert "nat hook postrouting" not in _ra_table(gw_node.namespace)
+    assert _seen_from(worker.pod_ns[0], remote.pod_ns[0], dst) == (src, "hi")
+    assert _seen_from(gw_node.pod_ns[0], remote.pod_ns[0], dst) == (gw_node.pod_ips[0], "hi")
+
+    # The masquerade goes from the worker: its chain goes too.
+    Namespace(worker.namespace).run("nft", "delete", "table", "ip", "wgcable_lab_snat")
+    wait_for(lambda: "nat hook postrouting" not in _ra_table(worker.namespace), BOUND,
+             "the worker's NAT chain to go")
+    assert _seen_from(worker.pod_ns[0], remote.pod_ns[0], dst) == (src, "hi")
+    assert unreachable_pod_pairs(lab, settle=10) == []

@@ -29,7 +29,9 @@ from typing import Any
 from wgcable.cable.remote import EndpointRejectedError, parse_remote, shown
 from wgcable.cable.wireguard import desired, host
 from wgcable.cable.wireguard.index import PeerIndex
+from wgcable.cable.wireguard.natchain import NatChain
 from wgcable.engine.plan import plan, preferred
+from wgcable.netlink import conntrack
 from wgcable.reconcile import Reconciler
 from wgcable.routeagent.resources import (
     FdbResource,
@@ -90,6 +92,14 @@ class RouteAgent:
         self._neigh = Reconciler(NeighResource(self.ip, dev))
         self._routes = Reconciler(RouteResource(self.table))
         self._nft: Reconciler[IPNetwork, IPNetwork] | None = None  # once the CIDRs are known
+        self._nft_res: NftResource | None = None
+        # The exemption's NAT chain only while this node has NAT of its own and routes to
+        # remote clusters (not on the gateway node: the driver's table exempts there), as
+        # the driver's: a NAT chain turns connection tracking on for every packet.
+        self._nat_chain = NatChain(self.nft_table, None,
+                                   watch=isinstance(self.nft_table, nftables.NftTable))
+        self._unbind_pending = False  # masqueraded conntrack entries to delete
+        self._local_subnets: tuple[IPNetwork, ...] = ()
         self.synced = False
         self._state: NodeState | None = None  # as last applied
         self.status = Status()
@@ -170,8 +180,11 @@ class RouteAgent:
         state = node_state(self.cfg.settings, self._facts(addresses, local_subnets), gw_ip,
                            nets)
         if self._nft is None:
-            self._nft = Reconciler(NftResource(self.nft_table, self.cfg.settings.device,
-                                               local_subnets, True, True))
+            self._nft_res = NftResource(self.nft_table, self.cfg.settings.device,
+                                        local_subnets, True, True,
+                                        nat_chain=self._nat_chain.needed)
+            self._nft = Reconciler(self._nft_res)
+        self._local_subnets = local_subnets
         status.routes = len(state.routes)
         self.status = status
         return state
@@ -187,7 +200,9 @@ class RouteAgent:
             self._vxlan.reconcile(state.link, synced=True, verify=verify)
             self._rp.reconcile(state.rp_filter, synced=True, verify=verify)
             assert self._nft is not None
+            self._follow_host_nat(state, full=verify or not synced)
             self._nft.reconcile(state.nft_remote, synced=synced, verify=verify)
+            self._unbind_masqueraded(state)
             # The new gateway's entries before the routes move to it, the old one's after:
             # no packet meets a route to a VTEP the device cannot reach.
             self._fdb.reconcile(state.fdb, synced=False)
@@ -234,12 +249,88 @@ class RouteAgent:
                 return
             self._vxlan.heal(state.link, synced=True)
             self._rp.heal(state.rp_filter, synced=True)
-            self._nft.heal(state.nft_remote, synced=True)
+            if self._follow_host_nat(state, full=False):
+                try:
+                    self._nft.reconcile(state.nft_remote, synced=True, verify=True)
+                except Exception as e:  # forgotten: the next check or pass reads it
+                    log.warning("writing the nftables table failed: %s", e)
+            else:
+                self._nft.heal(state.nft_remote, synced=True)
+            self._unbind_masqueraded(state)
             self._fdb.heal(state.fdb, synced=True)
             self._neigh.heal(state.neigh, synced=True)
             self._routes.heal(state.routes, synced=True)
 
+    # --- the SNAT exemption's NAT chain (as the driver's: cable/wireguard/natchain.py) ------
+
+    def _follow_host_nat(self, state: NodeState, full: bool) -> bool:
+        """Whether our table is to hold the NAT chain: this node has NAT of its own and
+        routes remote clusters' traffic to the gateway. True when that changed: the caller
+        writes the table again (its record is forgotten)."""
+        if self._nft is None or self._nft_res is None:
+            return False
+        try:
+            changed = self._nat_chain.check(full)
+        except Exception as e:  # the decision stays; the next look tries again
+            log.warning("looking for NAT on this node failed: %s", e)
+            return False
+        want = self._nat_chain.needed and bool(state.nft_remote)
+        if changed or want != self._nft_res.nat_chain:
+            log.info("SNAT exemption: %s%s: NAT chain %s table inet %s",
+                     self._nat_chain.reason(),
+                     "" if state.nft_remote else " (this node routes no remote cluster)",
+                     "loaded in" if want else "not loaded in", self.nft_table.name)
+        if want == self._nft_res.nat_chain:
+            return False
+        self._unbind_pending = want
+        self._nft_res.nat_chain = want
+        self._nft.forget()
+        return True
+
+    def _unbind_masqueraded(self, state: NodeState) -> None:
+        """Once the chain is written after NAT appeared: delete the tracking entries a
+        masquerade bound before it (``netlink/conntrack.py``), tried once per appearance."""
+        if not self._unbind_pending or self._nft_res is None or not self._nft_res.written:
+            return
+        self._unbind_pending = False
+        if not isinstance(self.nft_table, nftables.NftTable):
+            return  # a fake table (unit tests): no kernel entries
+        try:
+            n = conntrack.delete_masqueraded(list(self._local_subnets), list(state.nft_remote))
+        except Exception as e:  # a pass must not fail for a clean-up
+            log.warning("deleting connection tracking entries masqueraded before the SNAT "
+                        "exemption's chain was loaded failed: %s", e)
+            return
+        if n:
+            log.info("deleted %d connection tracking entr%s masqueraded before the SNAT "
+                     "exemption's chain was loaded", n, "y" if n == 1 else "ies")
+
+    def _host_nat_changed(self) -> None:
+        """The watcher's callback: another table's tables or chains changed. Our table is
+        written at once when the chain's need changed; nothing is written when not."""
+        with self._lock:
+            state = self._state
+            if state is None or self._nft is None:
+                return
+            if not self._follow_host_nat(state, full=False):
+                return
+            try:
+                self._nft.reconcile(state.nft_remote, synced=True, verify=True)
+            except Exception as e:  # the next pass or check reads everything
+                log.warning("writing the nftables table after a host NAT change failed: %s",
+                            e)
+                self._nft.forget()
+                return
+            self._unbind_masqueraded(state)
+
     def run(self, stop: threading.Event) -> None:
+        self._nat_chain.start(self._host_nat_changed)
+        try:
+            self._run(stop)
+        finally:
+            self._nat_chain.close()
+
+    def _run(self, stop: threading.Event) -> None:
         watcher = threading.Thread(target=self._watch, args=(stop,), name="store-watch",
                                    daemon=True)
         watcher.start()
