@@ -173,6 +173,42 @@ def test_resource_holds_checks_the_chain_only_when_it_wrote_one() -> None:
     assert res.holds(want, exactly=True)  # the table is there; no chain is expected
 
 
+def test_resource_holds_lists_nothing_while_no_change_of_our_table_was_notified() -> None:
+    """With a count of our table's notified changes, the drift check lists the table only
+    when the count moved since the check last found it in place, and after our writes."""
+    class Counting(_Nft):
+        listed = 0
+
+        def exists(self) -> bool:
+            self.listed += 1
+            return super().exists()
+
+        def has_chain(self, name: str) -> bool:
+            self.listed += 1
+            return super().has_chain(name)
+
+    nft = Counting([])
+    res = NftResource(nft, "subwg0", LOCAL, True, True, 5871)  # type: ignore[arg-type]
+    want = {REMOTE[0]: REMOTE[0]}
+    res.write({}, want, trusted=False)
+    assert (res.holds(want, exactly=True), nft.listed) == (True, 1)  # not watched: listed each time
+    assert (res.holds(want, exactly=True), nft.listed) == (True, 2)
+    count: list[int | None] = [7]
+    res.changes = lambda: count[0]
+    assert (res.holds(want, exactly=True), nft.listed) == (True, 3)  # the first check lists
+    assert (res.holds(want, exactly=True), nft.listed) == (True, 3)  # nothing notified: no listing
+    assert (res.holds(want, exactly=True), nft.listed) == (True, 3)
+    nft.body = None  # someone deletes our table; the kernel says so
+    count[0] = 8
+    assert (res.holds(want, exactly=True), nft.listed) == (False, 4)
+    assert (res.holds(want, exactly=True), nft.listed) == (False, 5)  # not in place: listed again
+    res.write({}, want, trusted=False)  # the heal
+    assert (res.holds(want, exactly=True), nft.listed) == (True, 6)  # after a write: listed once
+    assert (res.holds(want, exactly=True), nft.listed) == (True, 6)
+    count[0] = None  # the watcher died: every check lists again
+    assert (res.holds(want, exactly=True), nft.listed) == (True, 7)
+
+
 # --- the decision ------------------------------------------------------------------------
 
 
@@ -238,17 +274,21 @@ def test_watch_ignores_our_table_and_sees_others() -> None:
     watch = NftWatch(sock=ours_end)
     try:
         assert not watch.changed(ours)  # nothing waiting
+        assert watch.own == 0
         kernel.send(nfmsg(NFT_MSG_DELTABLE, NFPROTO_INET, OURS)
                     + nfmsg(NFT_MSG_NEWTABLE, NFPROTO_INET, OURS))
         kernel.send(nfmsg(NFT_MSG_NEWCHAIN, NFPROTO_INET, OURS))
         kernel.send(nfmsg(NFT_MSG_NEWRULE, NFPROTO_IPV4, "kube"))
         assert not watch.changed(ours)  # our own writes, another table's rule
+        assert watch.own == 2  # but our table's changes are counted (two datagrams)
         kernel.send(nfmsg(NFT_MSG_NEWCHAIN, NFPROTO_IPV4, "kube"))
         assert watch.changed(ours)
         kernel.send(nfmsg(NFT_MSG_NEWTABLE, NFPROTO_IPV4, OURS))  # same name, not inet
         assert watch.changed(ours)
+        assert watch.own == 2
         kernel.send(b"\x40\0\0\0garbage")
         assert watch.changed(ours)  # unreadable: may be anything
+        assert watch.own == 3  # ours too
         assert not watch.changed(ours)
     finally:
         watch.close()
@@ -271,6 +311,7 @@ def test_watch_counts_lost_notifications_as_a_change() -> None:
 
     watch = NftWatch(sock=Lossy())  # type: ignore[arg-type]
     assert watch.changed((NFPROTO_INET, OURS))
+    assert watch.own == 1  # our table may have changed as well
 
 
 # --- diagnose -----------------------------------------------------------------------------------

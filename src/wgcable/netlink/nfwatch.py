@@ -97,6 +97,10 @@ class NftWatch:
                 raise
         sock.setblocking(False)
         self._sock = sock
+        # Changes of our own table (its tables and chains: our writes, anyone's delete),
+        # lost and unreadable notifications included: while this count stands still, a
+        # drift check of our table needs no listing (``NftResource.holds``).
+        self.own = 0
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -104,7 +108,7 @@ class NftWatch:
     def changed(self, ours: tuple[int, str]) -> bool:
         """Whether any table or chain but those of our table (``(family, name)``) was
         added or removed since the last call, from every notification waiting; True when
-        some were lost or unreadable."""
+        some were lost or unreadable. Changes of our table move ``own``."""
         seen = False
         while True:
             try:
@@ -114,10 +118,17 @@ class NftWatch:
             except OSError as e:
                 if e.errno == errno.ENOBUFS:  # notifications were lost: anything may have
                     seen = True
+                    self.own += 1
                     continue
                 raise
             found = changes_in(data)
-            seen |= found is None or any((c.family, c.table) != ours for c in found)
+            if found is None:
+                seen = True
+                self.own += 1
+                continue
+            seen |= any((c.family, c.table) != ours for c in found)
+            if any((c.family, c.table) == ours for c in found):
+                self.own += 1
 
     def close(self) -> None:
         self._sock.close()

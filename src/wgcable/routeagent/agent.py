@@ -183,6 +183,7 @@ class RouteAgent:
             self._nft_res = NftResource(self.nft_table, self.cfg.settings.device,
                                         local_subnets, True, True,
                                         nat_chain=self._nat_chain.needed)
+            self._nft_res.changes = self._nat_chain.own_changes
             self._nft = Reconciler(self._nft_res)
         self._local_subnets = local_subnets
         status.routes = len(state.routes)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from wgcable.routing import nftables
 from wgcable.routing.table import Route, RouteTable, network
@@ -120,6 +120,11 @@ class NftResource:
         self.nat_chain = nat_chain
         self.written: str | None = None  # the table text last written
         self._chain_written = False  # whether that text has the NAT chain
+        # A count of our table's changes the kernel notified (``NatChain.own_changes``; None:
+        # not watched), and its value when the drift check last found the table in place:
+        # while it stands still, the check lists nothing.
+        self.changes: Callable[[], int | None] = lambda: None
+        self._verified: int | None = None
 
     def read(self) -> dict[IPNetwork, IPNetwork]:
         sets = self.nft.sets() if self.rules.snat_exemption else None
@@ -138,6 +143,7 @@ class NftResource:
         if trusted and body == self.written:
             return 0
         self.written = None  # unknown until the write succeeds
+        self._verified = None  # listed again at the next check, whatever was notified
         if body is None:
             self.nft.remove()  # turned off: a table left by an earlier run goes
         else:
@@ -150,9 +156,15 @@ class NftResource:
     def holds(self, want: Mapping[IPNetwork, IPNetwork], *, exactly: bool) -> bool:
         """Whether our table is there (the list of table names, not its contents, which
         grow with the number of remote clusters), with its NAT chain when it has one (the
-        list of inet chains: as small)."""
+        list of inet chains: as small). No listing at all while the kernel notified no
+        change of our table since the last check found it in place."""
         if self.written is None:
             return True
-        if self._chain_written:
-            return self.nft.has_chain(nftables.NAT_CHAIN)
-        return self.nft.exists()
+        mark = self.changes()
+        if mark is not None and mark == self._verified:
+            return True
+        held = (self.nft.has_chain(nftables.NAT_CHAIN) if self._chain_written
+                else self.nft.exists())
+        # The count read before the listing: a change during it is listed again next time.
+        self._verified = mark if held else None
+        return held

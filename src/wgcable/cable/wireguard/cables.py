@@ -34,26 +34,24 @@ class Cable:
     seen: tuple[RemotePeer, Key, list[IPNetwork]] | None = None
 
     def connection(self) -> Connection:
-        if self.tracker is None or self.peer is None:
-            status, message = ConnectionStatus.ERROR, self.error or "refused"
-        else:
-            status, message = self.tracker.status, self.tracker.message
-            if self.error:
-                message = f"{message}; latest update refused: {self.error}"
-        # A refused endpoint is reported as published, within bounds; its IP only when it
-        # is one (canonical): the rest of the text is the remote's.
+        tracker, peer = self.tracker, self.peer
+        if tracker is None or peer is None:
+            # A refused endpoint is reported as published, within bounds; its IP only when
+            # it is one (canonical): the rest of the text is the remote's.
+            return Connection(
+                status=ConnectionStatus.ERROR, status_message=self.error or "refused",
+                endpoint=bounded(self.info.endpoint),
+                using_ip=_address_or_empty(self.info.use_ip), using_nat=self.info.use_nat,
+                rx_bytes=self.rx, tx_bytes=self.tx, last_handshake=None)
+        # One per cable per status read, 1000s of cables: each attribute read once.
+        message = tracker.message
+        if self.error:
+            message = f"{message}; latest update refused: {self.error}"
+        info = self.info
         return Connection(
-            status=status,
-            status_message=message,
-            endpoint=self.info.endpoint if self.peer is not None else bounded(self.info.endpoint),
-            using_ip=self.peer.using_ip if self.peer is not None
-            else _address_or_empty(self.info.use_ip),
-            using_nat=self.info.use_nat,
-            rx_bytes=self.rx,
-            tx_bytes=self.tx,
-            last_handshake=None if self.tracker is None or self.tracker.last_handshake is None
-            else self.tracker.last_handshake.timestamp(),
-        )
+            status=tracker.status, status_message=message, endpoint=info.endpoint,
+            using_ip=peer.using_ip, using_nat=info.use_nat, rx_bytes=self.rx,
+            tx_bytes=self.tx, last_handshake=tracker.handshake_epoch)
 
 
 def _address_or_empty(text: str) -> str:

@@ -184,6 +184,7 @@ class WireGuardDriver:
         # connection tracking entries to delete.
         real = isinstance(self.nft, nftables.NftTable)
         self._nat_chain = NatChain(self.nft, self.cfg.netns, watch=real)
+        self._nft_res.changes = self._nat_chain.own_changes
         netns = self.cfg.netns
         self._unbind: Callable[[list[IPNetwork], list[IPNetwork]], int] | None = (
             (lambda local, remote: call_in_netns(

@@ -56,6 +56,12 @@ class NatChain:
     def watching(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def own_changes(self) -> int | None:
+        """How many changes of our own table's tables and chains the watcher has seen (a
+        count that moves on any, lost notifications included); None without a watcher."""
+        watch = self._watch
+        return watch.own if watch is not None and self.watching else None
+
     def check(self, full: bool) -> bool:
         """Look again; True when ``needed`` changed (or was decided for the first time).
         Raises when the chains cannot be listed (the decision then stays as it was)."""

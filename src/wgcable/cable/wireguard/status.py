@@ -48,6 +48,7 @@ class PeerStatus:
         self.tx = -1
         self.last_rx_change = now
         self.last_handshake: datetime | None = None
+        self.handshake_epoch: float | None = None  # the same in epoch seconds (metrics)
         self.status = ConnectionStatus.CONNECTING
         self.message = f"waiting for: {FIRST_HANDSHAKE}"
         self.missing_since: float | None = None  # since when a piece is missing
@@ -72,6 +73,8 @@ class PeerStatus:
         self.tx = tx
         if last_handshake is None and self.last_handshake is not None:
             self.since = now  # a handshake time never goes back to none: the peer was re-created
+        if last_handshake != self.last_handshake:  # converted once, not at every read
+            self.handshake_epoch = None if last_handshake is None else last_handshake.timestamp()
         self.last_handshake = last_handshake
         if last_handshake is None:
             waited = now - self.since
