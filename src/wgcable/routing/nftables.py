@@ -24,7 +24,11 @@ share one), and nothing anywhere else:
   local``, looked up for that port only: never forwarded traffic, which a CNI may need to
   masquerade) and UDP sent from our listen port (only our socket holds it) ``notrack``.
   A host firewall that accepts the port explicitly (as it must: the remote side initiates
-  handshakes too) still does.
+  handshakes too) still does. These chains too are there only while the host has NAT
+  (``Rules.nat_chain``): without it nothing of ours turns tracking on, and each base chain
+  is one more netfilter hook on every packet's path (a firewall of the host's own that
+  tracks connections then tracks the tunnel's packets as well, and accepts them as
+  established).
 - MSS clamping: TCP SYNs leaving or entering through the device get their MSS lowered to
   what the route's MTU allows, so large transfers never depend on PMTU discovery through
   the tunnel. ``rt mtu`` takes the smaller of the route to the destination and the route
@@ -129,9 +133,10 @@ class Rules:
     mss_clamp: bool = True
     # The device's UDP listen port: its outer packets are not tracked (None: no such chains).
     notrack_port: int | None = None
-    # The SNAT exemption's NAT chain: only while the host has NAT of its own (``hostnat``);
-    # without NAT there is nothing to exempt from, and the chain would only turn connection
-    # tracking on. The sets stay either way.
+    # Whether the host has NAT of its own (``hostnat``; True where nobody looks): the SNAT
+    # exemption's NAT chain and the notrack chains are there only then. Without NAT there
+    # is nothing to exempt from, the chain would only turn connection tracking on, and
+    # with tracking off there is nothing for notrack to do. The sets stay either way.
     nat_chain: bool = True
 
     @property
@@ -180,6 +185,10 @@ def render(rules: Rules) -> str | None:
         port = int(rules.notrack_port)
         if not 0 < port < 65536:
             raise ValueError(f"notrack port {port} is not a UDP port")
+    # Only where connection tracking is on because of NAT: without it there is nothing to
+    # take the outer packets out of, and each base chain is one more netfilter hook that
+    # every packet of its path runs through.
+    if rules.notrack_port is not None and rules.nat_chain:
         out += [
             "\tchain notrack_prerouting {",
             "\t\ttype filter hook prerouting priority raw; policy accept;",
