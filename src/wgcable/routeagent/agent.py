@@ -29,7 +29,7 @@ from typing import Any
 from wgcable.cable.remote import EndpointRejectedError, parse_remote, shown
 from wgcable.cable.wireguard import desired, host
 from wgcable.cable.wireguard.index import PeerIndex
-from wgcable.cable.wireguard.natchain import NatChain
+from wgcable.cable.wireguard.natchain import NatChain, unbind_logged
 from wgcable.engine.plan import plan, preferred
 from wgcable.netlink import conntrack
 from wgcable.reconcile import Reconciler
@@ -296,15 +296,8 @@ class RouteAgent:
         self._unbind_pending = False
         if not isinstance(self.nft_table, nftables.NftTable):
             return  # a fake table (unit tests): no kernel entries
-        try:
-            n = conntrack.delete_masqueraded(list(self._local_subnets), list(state.nft_remote))
-        except Exception as e:  # a pass must not fail for a clean-up
-            log.warning("deleting connection tracking entries masqueraded before the SNAT "
-                        "exemption's chain was loaded failed: %s", e)
-            return
-        if n:
-            log.info("deleted %d connection tracking entr%s masqueraded before the SNAT "
-                     "exemption's chain was loaded", n, "y" if n == 1 else "ies")
+        local, remote = list(self._local_subnets), list(state.nft_remote)
+        unbind_logged(lambda: conntrack.delete_masqueraded(local, remote))
 
     def _host_nat_changed(self) -> None:
         """The watcher's callback: another table's tables or chains changed. Our table is

@@ -36,7 +36,7 @@ from wgcable.cable.wireguard.desired import EndpointRejectedError
 from wgcable.cable.wireguard.device import WireGuardDevice
 from wgcable.cable.wireguard.facts import HostFacts, mtu_warnings, read_facts
 from wgcable.cable.wireguard.index import PeerIndex
-from wgcable.cable.wireguard.natchain import NatChain
+from wgcable.cable.wireguard.natchain import NatChain, unbind_logged
 from wgcable.cable.wireguard.resources import DeviceReads, LinkResource, PeersResource
 from wgcable.cable.wireguard.state import DesiredState, Settings, StateBuilder
 from wgcable.cable.wireguard.status import PeerStatus
@@ -454,15 +454,8 @@ class WireGuardDriver:
         remote = list(self._desired().nft_remote)
         if not remote or self._unbind is None:
             return
-        try:
-            n = self._unbind(list(self._local_subnets), remote)
-        except Exception as e:  # a status read or pass must not fail for a clean-up
-            log.warning("deleting connection tracking entries masqueraded before the SNAT "
-                        "exemption's chain was loaded failed: %s", e)
-            return
-        if n:
-            log.info("deleted %d connection tracking entr%s masqueraded before the SNAT "
-                     "exemption's chain was loaded", n, "y" if n == 1 else "ies")
+        unbind, local = self._unbind, list(self._local_subnets)
+        unbind_logged(lambda: unbind(local, remote))
 
     def _host_nat_changed(self) -> None:
         """The watcher's callback: another table's tables or chains changed. Our table is

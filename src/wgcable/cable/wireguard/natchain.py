@@ -26,6 +26,21 @@ from wgcable.routing import hostnat
 log = logging.getLogger(__name__)
 
 
+def unbind_logged(delete: Callable[[], int]) -> None:
+    """Run ``delete`` (``conntrack.delete_masqueraded`` for a table's networks, in its
+    namespace) and log what it did. A failure is logged, never raised: a pass or a status
+    read must not fail for a clean-up."""
+    try:
+        n = delete()
+    except Exception as e:
+        log.warning("deleting connection tracking entries masqueraded before the SNAT "
+                    "exemption's chain was loaded failed: %s", e)
+        return
+    if n:
+        log.info("deleted %d connection tracking entr%s masqueraded before the SNAT "
+                 "exemption's chain was loaded", n, "y" if n == 1 else "ies")
+
+
 class Chains(Protocol):
     name: str
 
