@@ -452,25 +452,29 @@ except OSError as e:
 """
 
 
-def _peer_seen_by(lab: Lab, src: int, dst: int, timeout: float = 6) -> tuple[str, str]:
-    """(what the listener in ``dst``'s pod saw as the peer, what the client in ``src``'s pod
-    got) for one TCP connection from ``src``'s pod to ``dst``'s."""
-    s, d = lab.gateway(src), lab.gateway(dst)
+def _seen_from(src_ns: str, dst_ns: str, dst_ip: str, timeout: float = 6) -> tuple[str, str]:
+    """(the peer address a listener in pod ``dst_ns`` saw, what the client in ``src_ns``
+    got) for one TCP connection to ``dst_ip``."""
     server = subprocess.Popen(
-        Namespace(d.pod_ns[0]).cmd(sys.executable, "-c", _LISTENER, str(timeout)),
+        Namespace(dst_ns).cmd(sys.executable, "-c", _LISTENER, str(timeout)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
         assert server.stdout.readline().strip() == "ready"
-        client = subprocess.run(
-            Namespace(s.pod_ns[0]).cmd(sys.executable, "-c", _CLIENT, d.pod_ips[0]),
-            capture_output=True, text=True, timeout=30, check=False)
+        client = subprocess.run(Namespace(src_ns).cmd(sys.executable, "-c", _CLIENT, dst_ip),
+                                capture_output=True, text=True, timeout=30, check=False)
         out, _ = server.communicate(timeout=timeout + 10)
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
     return out.strip(), client.stdout.strip()
+
+
+def _peer_seen_by(lab: Lab, src: int, dst: int, timeout: float = 6) -> tuple[str, str]:
+    """``_seen_from`` the first pod of gateway ``src``'s cluster to gateway ``dst``'s."""
+    s, d = lab.gateway(src), lab.gateway(dst)
+    return _seen_from(s.pod_ns[0], d.pod_ns[0], d.pod_ips[0], timeout)
 
 
 def _our_table(lab: Lab, which: int) -> str:

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from wgcable.routeagent.state import Settings as RouteAgentSettings
 from wgcable.routing.nftables import NAT_CHAIN, NftTable, table_name
 
 from .labtools import MakeLab, print_agent_logs, unreachable_pod_pairs, wait_for
-from .test_lab import _CLIENT, _LISTENER, _peer_seen_by
+from .test_lab import _peer_seen_by, _seen_from
 
 pytestmark = pytest.mark.netns
 
@@ -195,25 +194,6 @@ def test_flows_masqueraded_before_the_chain_are_unbound(lab: Lab) -> None:
 def _ra_table(namespace: str) -> str:
     return Namespace(namespace).run("nft", "list", "table", "inet",
                                     table_name(RouteAgentSettings().device))
-
-
-def _seen_from(src_ns: str, dst_ns: str, dst_ip: str, timeout: float = 6) -> tuple[str, str]:
-    """(the peer address a listener in pod ``dst_ns`` saw, what the client in ``src_ns``
-    got) for one TCP connection."""
-    server = subprocess.Popen(
-        Namespace(dst_ns).cmd(sys.executable, "-c", _LISTENER, str(timeout)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None
-        assert server.stdout.readline().strip() == "ready"
-        client = subprocess.run(Namespace(src_ns).cmd(sys.executable, "-c", _CLIENT, dst_ip),
-                                capture_output=True, text=True, timeout=30, check=False)
-        out, _ = server.communicate(timeout=timeout + 10)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-    return out.strip(), client.stdout.strip()
 
 
 def test_route_agent_nat_chain_follows_the_nodes_nat(make_userspace_lab: MakeLab) -> None:

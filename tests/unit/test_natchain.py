@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_connected_status import CONNECTED, CONNECTING, _conn, _handshake
+from test_connected_status import CONNECTED, CONNECTING, _conn
+from test_connected_status import synced as synced  # the fixture
 from test_driver_delta import Rig
 from test_driver_delta import rig as rig  # the fixture
 
@@ -29,6 +30,7 @@ from wgcable.diagnose.result import Level
 from wgcable.netlink import attrs
 from wgcable.netlink import conntrack as ct
 from wgcable.netlink import message as nlmsg
+from wgcable.netlink.nfnetlink import msg_type
 from wgcable.netlink.nfwatch import (
     NFNL_SUBSYS_NFTABLES,
     NFPROTO_INET,
@@ -41,7 +43,6 @@ from wgcable.netlink.nfwatch import (
     Change,
     NftWatch,
     changes_in,
-    msg_type,
 )
 from wgcable.routing import hostnat
 from wgcable.routing.nftables import NftError, Rules, render
@@ -333,16 +334,6 @@ def test_diagnose_idle_exemption_passes_and_missing_chain_under_nat_does_not() -
 
 
 # --- the driver on fakes --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def synced(rig: Rig) -> Rig:
-    rig.driver.mark_synced()
-    for i in (1, 2):
-        rig.driver.connect_to_endpoint(rig.endpoint(i))
-        _handshake(rig, i)
-    assert _conn(rig, 1).status is CONNECTED
-    return rig
 
 
 def test_driver_without_host_nat_writes_no_chain_and_is_connected(synced: Rig) -> None:

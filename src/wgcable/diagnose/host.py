@@ -166,12 +166,14 @@ def ruleset() -> tuple[list[Any] | None, str]:
 
 
 def legacy_nat() -> bool:
-    """Whether legacy iptables has a ``nat`` table in this namespace."""
-    texts = []
-    for name in hostnat.LEGACY_FILES:
-        with contextlib.suppress(OSError):
-            texts.append((Path("/proc/net") / name).read_text())
-    return hostnat.legacy_nat(texts)
+    """Whether legacy iptables has a ``nat`` table in this namespace (as the agent reads
+    it)."""
+    legacy = hostnat.LegacyNat(None)
+    try:
+        legacy.reopen()
+        return legacy.present()
+    finally:
+        legacy.close()
 
 
 def _sysctl(path: str) -> int | None:

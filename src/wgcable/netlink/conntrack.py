@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from wgcable.netlink import attrs
 from wgcable.netlink import message as nlmsg
 from wgcable.netlink.message import NetlinkError
-from wgcable.netlink.socket import NetlinkSocket
+from wgcable.netlink.nfnetlink import NFGENMSG, msg_type
+from wgcable.netlink.socket import NETLINK_NETFILTER, NetlinkSocket
 
-NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW = 0
 IPCTNL_MSG_CT_GET = 1
@@ -37,7 +37,6 @@ CTA_ZONE = 18
 CTA_TUPLE_IP = 1
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 IPS_SRC_NAT = 1 << 4
-_NFGENMSG = struct.Struct("=BBH")
 _BE32 = struct.Struct("!I")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -76,10 +75,10 @@ def _raw(a: attrs.Attr) -> bytes:
 
 def parse_entry(msg: nlmsg.Message) -> Entry | None:
     """One IPCTNL_MSG_CT_NEW message of a dump; None when it lacks what is needed."""
-    if len(msg.payload) < _NFGENMSG.size:
+    if len(msg.payload) < NFGENMSG.size:
         return None
     family = msg.payload[0]
-    found = attrs.by_type(attrs.iter_attrs(msg.payload[_NFGENMSG.size:]))
+    found = attrs.by_type(attrs.iter_attrs(msg.payload[NFGENMSG.size:]))
     orig, reply, status = found.get(CTA_TUPLE_ORIG), found.get(CTA_TUPLE_REPLY), \
         found.get(CTA_STATUS)
     if orig is None or status is None or len(status.payload) != 4:
@@ -102,7 +101,7 @@ def masqueraded(entry: Entry, local: Sequence[Network], remote: Sequence[Network
 
 
 def _type(msg: int) -> int:
-    return (NFNL_SUBSYS_CTNETLINK << 8) | msg
+    return msg_type(NFNL_SUBSYS_CTNETLINK, msg)
 
 
 def delete_masqueraded(local: Sequence[Network], remote: Sequence[Network],
@@ -113,7 +112,7 @@ def delete_masqueraded(local: Sequence[Network], remote: Sequence[Network],
     s = sock or NetlinkSocket(NETLINK_NETFILTER)
     try:
         try:
-            dump = s.request(_type(IPCTNL_MSG_CT_GET), _NFGENMSG.pack(socket.AF_UNSPEC, 0, 0),
+            dump = s.request(_type(IPCTNL_MSG_CT_GET), NFGENMSG.pack(socket.AF_UNSPEC, 0, 0),
                              dump=True)
         except NetlinkError as e:
             if e.errno in (errno.ENOENT, errno.EOPNOTSUPP, errno.EPROTONOSUPPORT):
@@ -124,7 +123,7 @@ def delete_masqueraded(local: Sequence[Network], remote: Sequence[Network],
         if not doomed:
             return 0
         errors = s.batch([(_type(IPCTNL_MSG_CT_DELETE), 0,
-                           _NFGENMSG.pack(ent.family, 0, 0) + ent.tuple_attr
+                           NFGENMSG.pack(ent.family, 0, 0) + ent.tuple_attr
                            + ent.zone_attr) for ent in doomed])
         # Gone meanwhile (ENOENT) is as good as deleted.
         return sum(1 for err in errors if err is None or err.errno == errno.ENOENT)

@@ -10,21 +10,16 @@ whole. A lost notification (ENOBUFS) or one that cannot be parsed counts as a ch
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import socket
-import struct
 from dataclasses import dataclass
 
 from wgcable.netlink import attrs
 from wgcable.netlink import message as nlmsg
-from wgcable.netlink.socket import RCVBUF, SOL_NETLINK
+from wgcable.netlink.nfnetlink import NFGENMSG
+from wgcable.netlink.socket import NETLINK_NETFILTER, notification_socket, pending
 
-NETLINK_NETFILTER = 12
 NFNLGRP_NFTABLES = 7
-NETLINK_ADD_MEMBERSHIP = 1
 NFNL_SUBSYS_NFTABLES = 10
-_SO_RCVBUFFORCE = 33
 
 # include/uapi/linux/netfilter/nf_tables.h: enum nf_tables_msg_types
 NFT_MSG_NEWTABLE = 0
@@ -40,7 +35,6 @@ CHAIN_MSGS = frozenset({NFT_MSG_NEWCHAIN, NFT_MSG_DELCHAIN, NFT_MSG_DESTROYCHAIN
 NFTA_TABLE_NAME = 1  # a table message's name
 NFTA_CHAIN_TABLE = 1  # a chain message's table
 NFPROTO_INET = 1
-_NFGENMSG = struct.Struct("=BBH")  # family, version, res_id (big-endian, unused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +44,6 @@ class Change:
     msg: int  # NFT_MSG_*
     family: int  # NFPROTO_*
     table: str
-
-
-def msg_type(subsys: int, msg: int) -> int:
-    return (subsys << 8) | msg
 
 
 def changes_in(data: bytes) -> list[Change] | None:
@@ -67,10 +57,10 @@ def changes_in(data: bytes) -> list[Change] | None:
             kind = m.type & 0xFF
             if kind not in TABLE_MSGS and kind not in CHAIN_MSGS:
                 continue
-            if len(m.payload) < _NFGENMSG.size:
+            if len(m.payload) < NFGENMSG.size:
                 return None
             family = m.payload[0]
-            a = attrs.first(attrs.iter_attrs(m.payload[_NFGENMSG.size:]),
+            a = attrs.first(attrs.iter_attrs(m.payload[NFGENMSG.size:]),
                             NFTA_TABLE_NAME if kind in TABLE_MSGS else NFTA_CHAIN_TABLE)
             if a is None:
                 return None
@@ -85,16 +75,7 @@ class NftWatch:
 
     def __init__(self, sock: socket.socket | None = None) -> None:
         if sock is None:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                 NETLINK_NETFILTER)
-            try:
-                with contextlib.suppress(OSError):  # root: past rmem_max
-                    sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RCVBUF)
-                sock.bind((0, 0))
-                sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
-            except BaseException:
-                sock.close()
-                raise
+            sock = notification_socket(NETLINK_NETFILTER, group=NFNLGRP_NFTABLES)
         sock.setblocking(False)
         self._sock = sock
         # Changes of our own table (its tables and chains: our writes, anyone's delete),
@@ -110,25 +91,16 @@ class NftWatch:
         added or removed since the last call, from every notification waiting; True when
         some were lost or unreadable. Changes of our table move ``own``."""
         seen = False
-        while True:
-            try:
-                data = self._sock.recv(1 << 16)
-            except BlockingIOError:
-                return seen
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:  # notifications were lost: anything may have
-                    seen = True
-                    self.own += 1
-                    continue
-                raise
-            found = changes_in(data)
-            if found is None:
+        for data in pending(self._sock):
+            found = None if data is None else changes_in(data)
+            if found is None:  # lost or unreadable: anything may have changed
                 seen = True
                 self.own += 1
                 continue
             seen |= any((c.family, c.table) != ours for c in found)
             if any((c.family, c.table) == ours for c in found):
                 self.own += 1
+        return seen
 
     def close(self) -> None:
         self._sock.close()

@@ -10,19 +10,16 @@ counts as a change, so the caller reads.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import socket
 
 from wgcable.netlink import attrs
 from wgcable.netlink import message as nlmsg
 from wgcable.netlink.route import RTA_TABLE, RTM_DELROUTE, RTM_NEWROUTE
-from wgcable.netlink.socket import NETLINK_ROUTE, RCVBUF
+from wgcable.netlink.socket import NETLINK_ROUTE, notification_socket, pending
 
 RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_ROUTE = 0x400
 _RTMSG_SIZE = 12
-_SO_RCVBUFFORCE = 33
 
 
 def tables_in(data: bytes) -> set[int] | None:
@@ -48,15 +45,7 @@ class RouteWatch:
 
     def __init__(self, sock: socket.socket | None = None) -> None:
         if sock is None:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                 NETLINK_ROUTE)
-            try:
-                with contextlib.suppress(OSError):  # root: past rmem_max
-                    sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, RCVBUF)
-                sock.bind((0, RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))
-            except BaseException:
-                sock.close()
-                raise
+            sock = notification_socket(NETLINK_ROUTE, RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
         sock.setblocking(False)
         self._sock = sock
 
@@ -64,20 +53,10 @@ class RouteWatch:
         """The tables changed since the last call (or since the watch began), from every
         notification waiting; None when some were lost or unreadable: any may have."""
         tables: set[int] | None = set()
-        while True:
-            try:
-                # Each notification is one small message; one cut short would not parse,
-                # and so counts as a change.
-                data = self._sock.recv(1 << 16)
-            except BlockingIOError:
-                return tables
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:  # notifications were lost: anything may have
-                    tables = None
-                    continue
-                raise
-            found = tables_in(data)
+        for data in pending(self._sock):
+            found = None if data is None else tables_in(data)
             tables = None if found is None or tables is None else tables | found
+        return tables
 
     def close(self) -> None:
         self._sock.close()

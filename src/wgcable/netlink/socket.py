@@ -6,19 +6,21 @@ import contextlib
 import errno as _errno
 import itertools
 import socket as _socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 
 from wgcable.netlink import message as nlmsg
 from wgcable.netlink.message import DumpInterruptedError, Message, NetlinkError
 
 NETLINK_ROUTE = 0
+NETLINK_NETFILTER = 12
 NETLINK_GENERIC = 16
 
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
 NETLINK_GET_STRICT_CHK = 12
+NETLINK_ADD_MEMBERSHIP = 1
 _SO_RCVBUFFORCE = 33
 
 RCVBUF = 1 << 20  # dumps of many peers arrive faster than we read them
@@ -26,6 +28,43 @@ RCVBUF = 1 << 20  # dumps of many peers arrive faster than we read them
 # buffer each, as the kernel counts it) must fit in RCVBUF before we read them.
 BATCH_CHUNK = 256
 _PEEK_FLAGS = _socket.MSG_PEEK | _socket.MSG_TRUNC
+
+
+def notification_socket(protocol: int, groups: int = 0,
+                        group: int | None = None) -> _socket.socket:
+    """A socket for the kernel's notifications of ``protocol``: the legacy ``groups`` bitmask
+    bound to, or ``group`` joined by number; its buffer past rmem_max where allowed (root),
+    so that a burst is not lost while nobody reads."""
+    sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC,
+                          protocol)
+    try:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(_socket.SOL_SOCKET, _SO_RCVBUFFORCE, RCVBUF)
+        sock.bind((0, groups))
+        if group is not None:
+            sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def pending(sock: _socket.socket) -> Iterator[bytes | None]:
+    """Every datagram waiting on a non-blocking notification socket, without waiting; None
+    each time some were lost (ENOBUFS: the buffer ran over, anything may have changed).
+    Each notification is one small message: one cut short would not parse, and the caller
+    counts that as a change too."""
+    while True:
+        try:
+            data = sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            if e.errno == _errno.ENOBUFS:
+                yield None
+                continue
+            raise
+        yield data
 
 
 class NetlinkSocket:
