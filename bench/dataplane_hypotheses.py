@@ -162,17 +162,24 @@ def _lab_hypotheses(lab: Lab) -> list[Hypothesis]:
         for i in gws:
             nft(i, f"delete table inet {TABLE}\n")
 
-    def no_notrack() -> None:
-        save_table()
-        for i in gws:
-            nft(i, f"delete chain inet {TABLE} notrack_prerouting\n"
-                   f"delete chain inet {TABLE} notrack_output\n")
-
-    def without_chains(*chains: str) -> Callable[[], None]:
+    def edited(chains: tuple[str, ...], rules: tuple[str, ...]) -> Callable[[], None]:
+        """Our table as saved, less the named chains and the rules holding any of
+        ``rules`` (the output chain holds both the notrack rule and the clamp's jump)."""
         def drop() -> None:
             save_table()
             for i in gws:
-                nft(i, "".join(f"delete chain inet {TABLE} {c}\n" for c in chains))
+                kept: list[str] = []
+                skipping = False
+                for line in saved[f"nft{i}"].splitlines():
+                    word = line.strip()
+                    if any(word == f"chain {c} {{" for c in chains):
+                        skipping = True
+                    elif skipping:
+                        skipping = word != "}"
+                    elif not any(r in word for r in rules):
+                        kept.append(line)
+                nft(i, f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"
+                    + "\n".join(kept) + "\n")
         return drop
 
     def agents(sig: int) -> Callable[[], None]:
@@ -196,16 +203,17 @@ def _lab_hypotheses(lab: Lab) -> list[Hypothesis]:
         Hypothesis("nft-table", "our nft table (SNAT exemption, MSS clamp, notrack)",
                    no_table, restore_table),
         Hypothesis("notrack", "the notrack chains of our table (with the kube-like table "
-                   "loaded, as on a node)", no_notrack, restore_table,
+                   "loaded, as on a node)", edited(("notrack_prerouting",), ("notrack",)),
+                   restore_table,
                    setup=lambda: dp.kube_nat(kube, True),
                    teardown=lambda: dp.kube_nat(kube, False)),
         # The table's parts beyond conntrack, on a node whose conntrack is on anyway.
         Hypothesis("nat-chain", "our NAT chain, the SNAT exemption's null binding (with "
-                   "the kube-like table loaded)", without_chains("postrouting"),
+                   "the kube-like table loaded)", edited(("postrouting",), ()),
                    restore_table, setup=lambda: dp.kube_nat(kube, True),
                    teardown=lambda: dp.kube_nat(kube, False)),
         Hypothesis("clamp", "our MSS clamp chains (with the kube-like table loaded)",
-                   without_chains("forward", "output"), restore_table,
+                   edited(("forward", "clamp"), ("jump clamp",)), restore_table,
                    setup=lambda: dp.kube_nat(kube, True),
                    teardown=lambda: dp.kube_nat(kube, False)),
         Hypothesis("kube-nat", "a kube-proxy-like nat table loaded (context: a node)",

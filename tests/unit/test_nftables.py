@@ -33,6 +33,12 @@ def lines(text: str | None) -> list[str]:
     return [line.strip() for line in text.splitlines()]
 
 
+def chain(got: list[str], name: str) -> list[str]:
+    """The lines of chain ``name`` (between its opening line and its closing brace)."""
+    start = got.index(f"chain {name} {{") + 1
+    return got[start:got.index("}", start)]
+
+
 def set_elements(text: str | None, name: str) -> str | None:
     """The ``elements = ...`` line of set ``name``, or None if it has none."""
     got = lines(text)
@@ -66,12 +72,17 @@ def test_full_table() -> None:
     assert f"type nat hook postrouting priority {NAT_PRIORITY}; policy accept;" in got
     assert "ip saddr @local4 ip daddr @remote4 snat ip to ip saddr" in got
     assert "ip6 saddr @local6 ip6 daddr @remote6 snat ip6 to ip6 saddr" in got
-    clamp = "tcp flags syn / syn,rst tcp option maxseg size set rt mtu"
-    assert f'oifname "subwg0" {clamp}' in got
-    assert f'iifname "subwg0" {clamp}' in got
-    assert got.count(f'oifname "subwg0" {clamp}') == 2  # forward and output
-    assert "type filter hook forward priority mangle; policy accept;" in got
-    assert "type filter hook output priority mangle; policy accept;" in got
+    # SYNs (and SYN-ACKs) only, in a regular chain that the forward and output chains
+    # jump to: every other packet leaves our chain after one test.
+    clamp = "tcp option maxseg size set rt mtu"
+    assert chain(got, "clamp") == [f'oifname "subwg0" {clamp}', f'iifname "subwg0" {clamp}']
+    assert chain(got, "forward") == [
+        "type filter hook forward priority mangle; policy accept;",
+        "tcp flags syn / syn,rst jump clamp"]
+    # Without the notrack rule (no port here) the output chain stays at mangle.
+    assert chain(got, "output") == [
+        "type filter hook output priority mangle; policy accept;",
+        "tcp flags syn / syn,rst jump clamp"]
     # Never anything that would stop other tables' rules or bypass conntrack.
     assert "notrack" not in (text or "")
     assert "drop" not in (text or "")
@@ -87,13 +98,29 @@ def test_notrack_only_the_cables_own_udp() -> None:
         "udp dport 5871 fib daddr type local notrack",  # no route lookup for others
         "udp sport 5871 notrack",
     ]
-    pre = got.index("chain notrack_prerouting {")
-    assert got[pre + 1] == "type filter hook prerouting priority raw; policy accept;"
-    out = got.index("chain notrack_output {")
-    assert got[out + 1] == "type filter hook output priority raw; policy accept;"
-    # The rest of the table is what it is without the port.
+    assert chain(got, "notrack_prerouting") == [
+        "type filter hook prerouting priority raw; policy accept;",
+        "udp dport 5871 fib daddr type local notrack"]
+    # One output chain, not two (one hook fewer on every packet sent): at raw, before
+    # connection tracking, the notrack rule first and the clamp's jump after it.
+    assert chain(got, "output") == [
+        "type filter hook output priority raw; policy accept;",
+        "udp sport 5871 notrack",
+        "tcp flags syn / syn,rst jump clamp"]
+    # The rest of the table is what it is without the port, output's priority aside.
     rest = lines(render(Rules("subwg0", LOCAL, REMOTE)))
-    assert set(got) - set(rest) == {*got[pre:pre + 3], *got[out:out + 3]}
+    assert set(got) - set(rest) == {
+        "chain notrack_prerouting {", "type filter hook prerouting priority raw; policy accept;",
+        "udp dport 5871 fib daddr type local notrack", "udp sport 5871 notrack",
+        "type filter hook output priority raw; policy accept;"}
+
+
+def test_notrack_alone_writes_the_output_chain() -> None:
+    got = lines(render(Rules("subwg0", LOCAL, REMOTE, mss_clamp=False, notrack_port=5871)))
+    assert chain(got, "output") == [
+        "type filter hook output priority raw; policy accept;", "udp sport 5871 notrack"]
+    assert "chain forward {" not in got
+    assert "chain clamp {" not in got
 
 
 def test_notrack_needs_the_table_and_a_real_port() -> None:

@@ -63,7 +63,9 @@ TABLE_PREFIX = "wgcable_"
 NAT_PRIORITY = "srcnat - 10"
 NAT_CHAIN = "postrouting"  # the SNAT exemption's chain in our table
 SETS = ("local4", "remote4", "local6", "remote6")
-_CLAMP = "tcp flags syn / syn,rst tcp option maxseg size set rt mtu"
+_SYN = "tcp flags syn / syn,rst"
+_CLAMP = "tcp option maxseg size set rt mtu"
+_CLAMP_CHAIN = "clamp"  # a regular chain: the MSS rules, jumped to for SYNs only
 
 
 class NftError(RoutingError):
@@ -169,18 +171,6 @@ def render(rules: Rules) -> str | None:
             "\t\tip6 saddr @local6 ip6 daddr @remote6 snat ip6 to ip6 saddr",
             "\t}",
         ]
-    if rules.mss_clamp:
-        out += [
-            "\tchain forward {",
-            "\t\ttype filter hook forward priority mangle; policy accept;",
-            f"\t\toifname {dev} {_CLAMP}",
-            f"\t\tiifname {dev} {_CLAMP}",
-            "\t}",
-            "\tchain output {",
-            "\t\ttype filter hook output priority mangle; policy accept;",
-            f"\t\toifname {dev} {_CLAMP}",
-            "\t}",
-        ]
     if rules.notrack_port is not None:
         port = int(rules.notrack_port)
         if not 0 < port < 65536:
@@ -188,7 +178,20 @@ def render(rules: Rules) -> str | None:
     # Only where connection tracking is on because of NAT: without it there is nothing to
     # take the outer packets out of, and each base chain is one more netfilter hook that
     # every packet of its path runs through.
-    if rules.notrack_port is not None and rules.nat_chain:
+    notrack = rules.notrack_port is not None and rules.nat_chain
+    if rules.mss_clamp:
+        # Only SYNs are clamped: every other packet leaves the chain after one test.
+        out += [
+            "\tchain forward {",
+            "\t\ttype filter hook forward priority mangle; policy accept;",
+            f"\t\t{_SYN} jump {_CLAMP_CHAIN}",
+            "\t}",
+            f"\tchain {_CLAMP_CHAIN} {{",
+            f"\t\toifname {dev} {_CLAMP}",
+            f"\t\tiifname {dev} {_CLAMP}",
+            "\t}",
+        ]
+    if notrack:
         out += [
             "\tchain notrack_prerouting {",
             "\t\ttype filter hook prerouting priority raw; policy accept;",
@@ -196,11 +199,22 @@ def render(rules: Rules) -> str | None:
             # packets, not for every packet that crosses prerouting.
             f"\t\tudp dport {port} fib daddr type local notrack",
             "\t}",
-            "\tchain notrack_output {",
-            "\t\ttype filter hook output priority raw; policy accept;",
-            f"\t\tudp sport {port} notrack",
-            "\t}",
         ]
+    if rules.mss_clamp or notrack:
+        # One output chain for both: one netfilter hook on every packet this host sends,
+        # not two. ``raw`` when it holds the notrack rule (before connection tracking);
+        # ``rt mtu`` works at any priority of the output hook, the route being chosen
+        # before the hook runs.
+        out += [
+            "\tchain output {",
+            f"\t\ttype filter hook output priority {'raw' if notrack else 'mangle'}; "
+            "policy accept;",
+        ]
+        if notrack:
+            out.append(f"\t\tudp sport {port} notrack")
+        if rules.mss_clamp:
+            out.append(f"\t\t{_SYN} jump {_CLAMP_CHAIN}")
+        out.append("\t}")
     out.append("}")
     return "\n".join(out) + "\n"
 
