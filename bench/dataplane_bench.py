@@ -25,14 +25,25 @@ The paths, all between namespaces of our own (nothing in the root namespace):
 Each agents' row says whether our NAT chain was loaded (``nat chain: loaded/absent``, our
 table listed once per path, its first round).
 
-Each round runs iperf3 TCP (one stream, ``-O 1`` to skip slow start) on every path, the
-order reversed every other round, then UDP at each of ``UDP_RATES`` (1300-byte datagrams)
+Each round runs iperf3 TCP (one stream, ``-O 1`` to skip slow start) on every path, each
+agents' path next to its baseline and the order reversed every other round (so each pair
+runs A B, then B A), then UDP at each of ``UDP_RATES`` (1300-byte datagrams)
 on ``wgcable`` and ``handbuilt``. Ratios are given as the ratio of medians and as per-round
 ratios (both paths measured minutes apart at most, under the same load), with their
 spread. During each TCP run the wireguard-go daemons' CPU (both ends, in % of one core)
 and the machine's busy share are read from /proc. wireguard-go is CPU bound here: with 2
 cores, the two daemons, iperf3's two ends and the kernel's forwarding all share them.
 ``dataplane_hypotheses`` takes the agents' tunnel apart one variable at a time.
+
+**Pinned** (the default; ``WGCABLE_BENCH_PIN=0`` leaves placement to the scheduler): the
+sending side (iperf3's client, gateway 1's wireguard-go, every thread of it) runs on one
+CPU, the receiving side (gateway 2's wireguard-go, iperf3's server) on the other, the same
+for every path. The kernel's forwarding runs in the softirq of the CPU that sent each
+packet, so the tunnel becomes a two-stage pipeline. Left to the scheduler, six busy
+threads move between two cores and a run's rate depends on where they land: measured on
+a quiet machine, a hand-built tunnel's rounds varied by 5.5% (coefficient of variation)
+free and by 1.0% pinned, and reached 660 against 1014 Mbit/s (docs/benchmarks.md). The
+agents' Python processes are not pinned.
 """
 
 from __future__ import annotations
@@ -99,6 +110,28 @@ NO_NFT = ["--no-snat-exemption", "--no-mss-clamp"]  # the driver then writes no 
 AS_DEPLOYED = ["--status-interval", "5"]
 OUR_TABLE = "wgcable_subwg0"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PIN_ENV = "WGCABLE_BENCH_PIN"
+
+
+def pinned_cpus() -> tuple[int, int] | None:
+    """The sending and the receiving side's CPU, or None: not pinned (``PIN_ENV=0``, or
+    fewer than two CPUs to pin to)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if os.environ.get(PIN_ENV, "1") == "0" or len(cpus) < 2:
+        return None
+    return cpus[0], cpus[1]
+
+
+def pin_process(pid: int, cpu: int) -> None:
+    """Every thread of ``pid`` (one of our daemons) to ``cpu``; threads it starts later
+    inherit it."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
+            os.sched_setaffinity(int(tid), {cpu})
+
+
+def taskset(cpu: int | None) -> list[str]:
+    return [] if cpu is None else ["taskset", "-c", str(cpu)]
 
 
 @dataclass
@@ -140,9 +173,10 @@ def _machine_ticks() -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def iperf_server(ns: str) -> Iterator[None]:
-    """``iperf3 -s`` in ``ns``, ours by PID, stopped on the way out."""
-    p = subprocess.Popen(["ip", "netns", "exec", ns, "iperf3", "-s", "-p", str(IPERF_PORT)],
+def iperf_server(ns: str, cpu: int | None = None) -> Iterator[None]:
+    """``iperf3 -s`` in ``ns`` (on ``cpu``), ours by PID, stopped on the way out."""
+    p = subprocess.Popen(["ip", "netns", "exec", ns, *taskset(cpu), "iperf3", "-s", "-p",
+                          str(IPERF_PORT)],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     try:
@@ -159,7 +193,7 @@ def iperf_server(ns: str) -> Iterator[None]:
         yield
     finally:
         if p.poll() is None:
-            p.terminate()  # our own child, by PID (ip netns exec execs iperf3 in place)
+            p.terminate()  # our own child, by PID (ip netns exec and taskset exec in place)
             try:
                 p.wait(5)
             except subprocess.TimeoutExpired:
@@ -197,9 +231,10 @@ def kube_nat(namespaces: list[str], load: bool) -> None:
         sh(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=text)
 
 
-def iperf(path: NetPath, seconds: int, udp: bool, rate: str = UDP_RATES[0]) -> dict[str, Any]:
-    argv = ["ip", "netns", "exec", path.client_ns, "iperf3", "-c", path.target, "-p",
-            str(IPERF_PORT), "-t", str(seconds), "-J"]
+def iperf(path: NetPath, seconds: int, udp: bool, rate: str = UDP_RATES[0],
+          cpu: int | None = None) -> dict[str, Any]:
+    argv = ["ip", "netns", "exec", path.client_ns, *taskset(cpu), "iperf3", "-c",
+            path.target, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"]
     argv += ["-u", "-b", rate, "-l", UDP_LEN] if udp else ["-O", "1"]
     pids = path.wg_pids()
     wg0 = sum(_proc_ticks(p) for p in pids)
@@ -272,12 +307,11 @@ class Setups:
         lab = self.labs[0]
         lab_gws = [lab.gateway(1).gateway_ns, lab.gateway(2).gateway_ns]
         hand_gws = list(self.hand_gws)
-        paths = [agents, with_kube_nat(agents, lab_gws)]
-        paths.append(self._lab(1, "wgcable-nonft", "wgcable lab tunnel, no nft table",
-                               udp=False))
-        paths += [hand, with_kube_nat(hand, hand_gws)]
-        paths += self._plain()
-        return paths
+        nonft = self._lab(1, "wgcable-nonft", "wgcable lab tunnel, no nft table", udp=False)
+        # Each agents' path next to its baseline: in the rounds run backwards the pair runs
+        # the other way round (A B, then B A), so that neither always follows the other.
+        return [agents, hand, with_kube_nat(hand, hand_gws), with_kube_nat(agents, lab_gws),
+                nonft, *self._plain()]
 
     def _lab(self, which: int, key: str, label: str, udp: bool = True) -> NetPath:
         with _env(LOG_LEVEL_ENV, "error"):  # the agents' wireguard-go inherit it
@@ -396,19 +430,25 @@ def with_kube_nat(path: NetPath, gateways: list[str]) -> NetPath:
                    before=before, after=after, nat_chain=path.nat_chain)
 
 
-def measure(p: NetPath, seconds: int, udp_rates: tuple[str, ...],
-            look: bool = False) -> dict[str, Any]:
+def measure(p: NetPath, seconds: int, udp_rates: tuple[str, ...], look: bool = False,
+            cpus: tuple[int, int] | None = None) -> dict[str, Any]:
     """One TCP run on ``p`` (and UDP at each rate), with its state put in place around it;
-    ``look``: with our NAT chain's state (``nat_chain``) as the run found it."""
+    ``look``: with our NAT chain's state (``nat_chain``) as the run found it; ``cpus``:
+    the sending and the receiving side pinned (``pinned_cpus``)."""
     p.before()
     try:
         out: dict[str, Any] = {}
         if look and p.nat_chain is not None:
             out["nat_chain"] = p.nat_chain()
-        with iperf_server(p.server_ns):
-            out["tcp"] = iperf(p, seconds, udp=False)
+        send, receive = cpus if cpus else (None, None)
+        if cpus:
+            # Before every run: an agent may have restarted its daemon since the last.
+            for pid, cpu in zip(p.wg_pids(), cpus, strict=False):  # gateway 1's first
+                pin_process(pid, cpu)
+        with iperf_server(p.server_ns, receive):
+            out["tcp"] = iperf(p, seconds, udp=False, cpu=send)
             for rate in udp_rates if p.udp else ():
-                out[rate] = iperf(p, seconds, udp=True, rate=rate)
+                out[rate] = iperf(p, seconds, udp=True, rate=rate, cpu=send)
     finally:
         p.after()
     return out
@@ -432,13 +472,14 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
     udp: dict[str, dict[str, list[dict[str, Any]]]] = {}
     labels: dict[str, str] = {}
     chains: dict[str, str] = {}  # agents' path -> our NAT chain, as its first round found it
+    cpus = pinned_cpus()
     try:
         paths = s.start()
         for r in range(repeat):
             # Alternate the order: no path always runs right after the same neighbour.
             for p in paths if r % 2 == 0 else paths[::-1]:
                 labels[p.key] = p.label
-                got = measure(p, seconds, udp_rates, look=p.key not in chains)
+                got = measure(p, seconds, udp_rates, look=p.key not in chains, cpus=cpus)
                 if "nat_chain" in got:
                     chains[p.key] = got["nat_chain"]
                 tcp.setdefault(p.key, []).append(got["tcp"])
@@ -461,7 +502,8 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
         mb = summary(mbps[key])
         cpu = [x["wg_cpu_pct"] for x in runs if x["wg_cpu_pct"] is not None]
         busy = summary([x["machine_busy_pct"] for x in runs])["median"]
-        note = f"rounds {spread(mbps[key])}; machine busy {busy:.0f}%"
+        note = f"rounds {spread(mbps[key])}; machine busy {busy:.0f}%; " + (
+            f"pinned: sender CPU {cpus[0]}, receiver CPU {cpus[1]}" if cpus else "not pinned")
         if cpu:
             note += f"; both wireguard-go {summary(cpu)['median']:.0f}% of one core"
         if key in chains:
@@ -493,6 +535,7 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
                             floor_impl="hand-built wireguard-go" if key == "wgcable" else "",
                             note=note))
     return {"rows": rows, "mtu": s.mtu, "seconds": seconds, "nat_chain": chains,
+            "pinned": list(cpus) if cpus else None,
             "tcp": {k: {"label": labels[k], "mbps": summary(mbps[k]), "runs": v}
                     for k, v in tcp.items()},
             "udp": {rate: {k: {"label": labels[k],
