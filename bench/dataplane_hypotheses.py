@@ -162,9 +162,9 @@ def _lab_hypotheses(lab: Lab) -> list[Hypothesis]:
         for i in gws:
             nft(i, f"delete table inet {TABLE}\n")
 
-    def edited(chains: tuple[str, ...], rules: tuple[str, ...]) -> Callable[[], None]:
-        """Our table as saved, less the named chains and the rules holding any of
-        ``rules`` (the output chain holds both the notrack rule and the clamp's jump)."""
+    def edited(*chains: str) -> Callable[[], None]:
+        """Our table as saved, less the named chains (rewritten whole: a jump to a chain
+        that is gone would not load)."""
         def drop() -> None:
             save_table()
             for i in gws:
@@ -176,7 +176,7 @@ def _lab_hypotheses(lab: Lab) -> list[Hypothesis]:
                         skipping = True
                     elif skipping:
                         skipping = word != "}"
-                    elif not any(r in word for r in rules):
+                    else:
                         kept.append(line)
                 nft(i, f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"
                     + "\n".join(kept) + "\n")
@@ -203,17 +203,17 @@ def _lab_hypotheses(lab: Lab) -> list[Hypothesis]:
         Hypothesis("nft-table", "our nft table (SNAT exemption, MSS clamp, notrack)",
                    no_table, restore_table),
         Hypothesis("notrack", "the notrack chains of our table (with the kube-like table "
-                   "loaded, as on a node)", edited(("notrack_prerouting",), ("notrack",)),
+                   "loaded, as on a node)", edited("notrack_prerouting", "notrack_output"),
                    restore_table,
                    setup=lambda: dp.kube_nat(kube, True),
                    teardown=lambda: dp.kube_nat(kube, False)),
         # The table's parts beyond conntrack, on a node whose conntrack is on anyway.
         Hypothesis("nat-chain", "our NAT chain, the SNAT exemption's null binding (with "
-                   "the kube-like table loaded)", edited(("postrouting",), ()),
+                   "the kube-like table loaded)", edited("postrouting"),
                    restore_table, setup=lambda: dp.kube_nat(kube, True),
                    teardown=lambda: dp.kube_nat(kube, False)),
         Hypothesis("clamp", "our MSS clamp chains (with the kube-like table loaded)",
-                   edited(("forward", "clamp"), ("jump clamp",)), restore_table,
+                   edited("forward", "clamp"), restore_table,
                    setup=lambda: dp.kube_nat(kube, True),
                    teardown=lambda: dp.kube_nat(kube, False)),
         Hypothesis("kube-nat", "a kube-proxy-like nat table loaded (context: a node)",
@@ -237,6 +237,7 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
     extra_topos: list[Topology] = []
     results: dict[str, Any] = {}
     rows: list[Row] = []
+    cpus = dp.pinned_cpus()  # as the dataplane section: each side on a CPU of its own
     try:
         lab_path = s._lab(0, "wgcable", "wgcable lab tunnel (agents)")
         lab = s.labs[0]
@@ -279,10 +280,10 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
                     order = [True, False] if r % 2 == 0 else [False, True]
                     for present in order:
                         put(present)
-                        got = dp.measure(lab_path, seconds, ())["tcp"]["mbps"]
+                        got = dp.measure(lab_path, seconds, (), cpus=cpus)["tcp"]["mbps"]
                         (with_ if present else without).append(got)
                     put(True)
-                    ref.append(dp.measure(hand, seconds, ())["tcp"]["mbps"])
+                    ref.append(dp.measure(hand, seconds, (), cpus=cpus)["tcp"]["mbps"])
                     print(f"  hypotheses {h.key} round {r + 1}/{repeat}: with {with_[-1]:.0f}, "
                           f"without {without[-1]:.0f}, hand-built {ref[-1]:.0f} Mbit/s",
                           file=sys.stderr, flush=True)
@@ -302,7 +303,7 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
             for r in range(repeat):
                 for first in ([True, False] if r % 2 == 0 else [False, True]):
                     (b if first else a).append(
-                        dp.measure(path if first else hand, seconds, ())["tcp"]["mbps"])
+                        dp.measure(path if first else hand, seconds, (), cpus=cpus)["tcp"]["mbps"])
                 print(f"  hypotheses {key} round {r + 1}/{repeat}: with {b[-1]:.0f}, "
                       f"by hand {a[-1]:.0f} Mbit/s", file=sys.stderr, flush=True)
             results[key] = _row(rows, key, what + " (hand-built tunnels both)", b, a, a)
@@ -312,7 +313,8 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
         finally:
             for topo in extra_topos:
                 topo.destroy()
-    return {"rows": rows, "seconds": seconds, "hypotheses": results}
+    return {"rows": rows, "seconds": seconds, "hypotheses": results,
+            "pinned": list(cpus) if cpus else None}
 
 
 def _chosen() -> set[str]:

@@ -72,17 +72,15 @@ def test_full_table() -> None:
     assert f"type nat hook postrouting priority {NAT_PRIORITY}; policy accept;" in got
     assert "ip saddr @local4 ip daddr @remote4 snat ip to ip saddr" in got
     assert "ip6 saddr @local6 ip6 daddr @remote6 snat ip6 to ip6 saddr" in got
-    # SYNs (and SYN-ACKs) only, in a regular chain that the forward and output chains
-    # jump to: every other packet leaves our chain after one test.
+    # Forwarded SYNs (and SYN-ACKs) only, in a regular chain that the forward chain jumps
+    # to: every other packet leaves our chain after one test. No output chain: this host's
+    # own SYNs advertise the route's MTU already.
     clamp = "tcp option maxseg size set rt mtu"
     assert chain(got, "clamp") == [f'oifname "subwg0" {clamp}', f'iifname "subwg0" {clamp}']
     assert chain(got, "forward") == [
         "type filter hook forward priority mangle; policy accept;",
         "tcp flags syn / syn,rst jump clamp"]
-    # Without the notrack rule (no port here) the output chain stays at mangle.
-    assert chain(got, "output") == [
-        "type filter hook output priority mangle; policy accept;",
-        "tcp flags syn / syn,rst jump clamp"]
+    assert not [line for line in got if "hook output" in line]
     # Never anything that would stop other tables' rules or bypass conntrack.
     assert "notrack" not in (text or "")
     assert "drop" not in (text or "")
@@ -101,26 +99,15 @@ def test_notrack_only_the_cables_own_udp() -> None:
     assert chain(got, "notrack_prerouting") == [
         "type filter hook prerouting priority raw; policy accept;",
         "udp dport 5871 fib daddr type local notrack"]
-    # One output chain, not two (one hook fewer on every packet sent): at raw, before
-    # connection tracking, the notrack rule first and the clamp's jump after it.
-    assert chain(got, "output") == [
+    assert chain(got, "notrack_output") == [
         "type filter hook output priority raw; policy accept;",
-        "udp sport 5871 notrack",
-        "tcp flags syn / syn,rst jump clamp"]
-    # The rest of the table is what it is without the port, output's priority aside.
+        "udp sport 5871 notrack"]
+    # The rest of the table is what it is without the port.
     rest = lines(render(Rules("subwg0", LOCAL, REMOTE)))
     assert set(got) - set(rest) == {
         "chain notrack_prerouting {", "type filter hook prerouting priority raw; policy accept;",
-        "udp dport 5871 fib daddr type local notrack", "udp sport 5871 notrack",
-        "type filter hook output priority raw; policy accept;"}
-
-
-def test_notrack_alone_writes_the_output_chain() -> None:
-    got = lines(render(Rules("subwg0", LOCAL, REMOTE, mss_clamp=False, notrack_port=5871)))
-    assert chain(got, "output") == [
-        "type filter hook output priority raw; policy accept;", "udp sport 5871 notrack"]
-    assert "chain forward {" not in got
-    assert "chain clamp {" not in got
+        "udp dport 5871 fib daddr type local notrack", "chain notrack_output {",
+        "type filter hook output priority raw; policy accept;", "udp sport 5871 notrack"}
 
 
 def test_notrack_needs_the_table_and_a_real_port() -> None:
@@ -155,14 +142,14 @@ def test_only_snat_exemption() -> None:
     got = lines(render(Rules("subwg0", LOCAL, REMOTE, mss_clamp=False)))
     assert "chain postrouting {" in got
     assert "chain forward {" not in got
-    assert "chain output {" not in got
+    assert "chain clamp {" not in got
 
 
 def test_only_mss_clamp() -> None:
     got = lines(render(Rules("subwg0", LOCAL, REMOTE, snat_exemption=False)))
     assert "chain postrouting {" not in got
     assert "chain forward {" in got
-    assert "chain output {" in got
+    assert "chain clamp {" in got
     assert not [line for line in got if "snat" in line]
 
 

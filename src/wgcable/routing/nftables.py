@@ -29,9 +29,10 @@ share one), and nothing anywhere else:
   is one more netfilter hook on every packet's path (a firewall of the host's own that
   tracks connections then tracks the tunnel's packets as well, and accepts them as
   established).
-- MSS clamping: TCP SYNs leaving or entering through the device get their MSS lowered to
-  what the route's MTU allows, so large transfers never depend on PMTU discovery through
-  the tunnel. ``rt mtu`` takes the smaller of the route to the destination and the route
+- MSS clamping: forwarded TCP SYNs leaving or entering through the device get their MSS
+  lowered to what the route's MTU allows (this host's own SYNs advertise that already:
+  the kernel takes it from the same route), so large transfers never depend on PMTU
+  discovery through the tunnel. ``rt mtu`` takes the smaller of the route to the destination and the route
   back to the source: a SYN-ACK entering from a remote that does not clamp is lowered to
   the tunnel's MTU too (tests/integration/test_mtu_lab.py).
 
@@ -180,7 +181,10 @@ def render(rules: Rules) -> str | None:
     # every packet of its path runs through.
     notrack = rules.notrack_port is not None and rules.nat_chain
     if rules.mss_clamp:
-        # Only SYNs are clamped: every other packet leaves the chain after one test.
+        # Forwarded SYNs only: every other packet leaves the chain after one test. This
+        # host's own connections need no clamp: the kernel derives the MSS they advertise
+        # from the route's MTU, which is what ``rt mtu`` would set (an output chain for it
+        # was one more hook on every packet sent, the tunnel's own included).
         out += [
             "\tchain forward {",
             "\t\ttype filter hook forward priority mangle; policy accept;",
@@ -199,22 +203,11 @@ def render(rules: Rules) -> str | None:
             # packets, not for every packet that crosses prerouting.
             f"\t\tudp dport {port} fib daddr type local notrack",
             "\t}",
+            "\tchain notrack_output {",
+            "\t\ttype filter hook output priority raw; policy accept;",
+            f"\t\tudp sport {port} notrack",
+            "\t}",
         ]
-    if rules.mss_clamp or notrack:
-        # One output chain for both: one netfilter hook on every packet this host sends,
-        # not two. ``raw`` when it holds the notrack rule (before connection tracking);
-        # ``rt mtu`` works at any priority of the output hook, the route being chosen
-        # before the hook runs.
-        out += [
-            "\tchain output {",
-            f"\t\ttype filter hook output priority {'raw' if notrack else 'mangle'}; "
-            "policy accept;",
-        ]
-        if notrack:
-            out.append(f"\t\tudp sport {port} notrack")
-        if rules.mss_clamp:
-            out.append(f"\t\t{_SYN} jump {_CLAMP_CHAIN}")
-        out.append("\t}")
     out.append("}")
     return "\n".join(out) + "\n"
 
