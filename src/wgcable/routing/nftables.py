@@ -32,9 +32,9 @@ share one), and nothing anywhere else:
 - MSS clamping: forwarded TCP SYNs leaving or entering through the device get their MSS
   lowered to what the route's MTU allows (this host's own SYNs advertise that already:
   the kernel takes it from the same route), so large transfers never depend on PMTU
-  discovery through the tunnel. ``rt mtu`` takes the smaller of the route to the destination and the route
-  back to the source: a SYN-ACK entering from a remote that does not clamp is lowered to
-  the tunnel's MTU too (tests/integration/test_mtu_lab.py).
+  discovery through the tunnel. ``rt mtu`` takes the smaller of the route to the
+  destination and the route back to the source: a SYN-ACK entering from a remote that does
+  not clamp is lowered to the tunnel's MTU too (tests/integration/test_mtu_lab.py).
 
 The table is written as one atomic transaction that (re)creates only our table: ``table
 inet X {}`` (so that the delete never fails), ``delete table inet X``, then the whole table.
