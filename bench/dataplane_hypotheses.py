@@ -50,13 +50,14 @@ class Hypothesis:
 
 class AgentStarted:
     """A hand-built tunnel's daemon started by the agent's own code (its environment,
-    its ``ip netns exec sh -c`` start, its log file, the lab's ``verbose`` log level)."""
+    its ``ip netns exec sh -c`` start, its log file, at ``level``: the lab's ``verbose``
+    by default)."""
 
-    def __init__(self, root: str, netns: str, dev: str) -> None:
+    def __init__(self, root: str, netns: str, dev: str, level: str = "verbose") -> None:
         self.proc = WireGuardGoProcess(dev, netns=netns,
                                        log_path=os.path.join(root, f"{netns}.log"))
         old = os.environ.get(LOG_LEVEL_ENV)
-        os.environ[LOG_LEVEL_ENV] = "verbose"  # as Lab.start_agent sets it
+        os.environ[LOG_LEVEL_ENV] = level  # as Lab.start_agent sets it
         try:
             self.proc.start()
         finally:
@@ -87,6 +88,8 @@ def _sandbox(new_session: bool, log_level: str | None) -> Callable[[str, str, st
 DAEMON_VARIANTS: list[tuple[str, str, Callable[[str, str, str], Any]]] = [
     ("daemon-start", "wireguard-go started by the agent's code (WireGuardGoProcess, the "
      "lab's verbose log)", AgentStarted),
+    ("daemon-start-deployed", "wireguard-go started by the agent's code at the deployed log "
+     "level (error)", functools.partial(AgentStarted, level="error")),
     ("daemon-session", "wireguard-go in a session of its own (start_new_session)",
      _sandbox(True, None)),
     ("daemon-verbose", "wireguard-go with LOG_LEVEL=verbose", _sandbox(False, "verbose")),
