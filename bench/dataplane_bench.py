@@ -52,6 +52,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -111,6 +112,12 @@ AS_DEPLOYED = ["--status-interval", "5"]
 OUR_TABLE = "wgcable_subwg0"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PIN_ENV = "WGCABLE_BENCH_PIN"
+# New wireguard-go daemons for every tunnel before each round but the first (the default;
+# "0": one instance per tunnel for the whole run). A tunnel's speed relative to another
+# held for a whole run but not across runs (two instances of one setup differed by up to
+# 6%, in either direction): with new daemons each round, the median over rounds is also a
+# median over instances.
+RENEW_ENV = "WGCABLE_BENCH_RENEW"
 
 
 def pinned_cpus() -> tuple[int, int] | None:
@@ -300,6 +307,13 @@ class Setups:
         self.daemons: list[Any] = []  # Sandbox, or what a _hand_built daemon() returns
         self.hand_gws: list[str] = []
         self.mtu = 0
+        # Each tunnel's "new daemons" (same configuration): between rounds, so that each
+        # round measures other instances (see RENEW_ENV).
+        self.renewals: list[Callable[[], None]] = []
+
+    def renew(self) -> None:
+        for restart in self.renewals:
+            restart()
 
     def start(self) -> list[NetPath]:
         agents = self._lab(0, "wgcable", "wgcable lab tunnel (agents)")
@@ -329,6 +343,21 @@ class Setups:
         def lab_pids() -> list[int]:
             return [int((state[i] / "subwg0.wireguard-go.pid").read_text()) for i in (1, 2)]
 
+        def restart() -> None:
+            """New daemons: the agents' own stopped (by the PIDs they recorded), and the
+            agents left to start new ones, as they do for a daemon that dies."""
+            old = lab_pids()
+            for pid in old:
+                os.kill(pid, signal.SIGTERM)
+
+            def new_ones() -> bool:
+                try:
+                    return not set(lab_pids()) & set(old) and lab.ping(1, 2, timeout=1) is not None
+                except (OSError, ValueError):  # a PID file being rewritten
+                    return False
+            agent_bench.wait_for(new_ones, 60, f"new wireguard-go daemons in {key}", step=0.2)
+
+        self.renewals.append(restart)
         gws = [gw1.gateway_ns, gw2.gateway_ns]
         return NetPath(key, label, gw2.pod_ns[0], gw1.pod_ns[0], gw2.pod_ips[0], lab_pids,
                        udp=udp, nat_chain=lambda: nat_chain_state(gws))
@@ -344,32 +373,44 @@ class Setups:
         self.hand_gws = [c.gateway.name for c in nets]
         keys = [Key.generate() for _ in nets]
         daemons: list[Any] = []
-        for i, c in enumerate(nets):
-            other = nets[1 - i]
-            if daemon is None:
-                # A session of its own, as the agent starts wireguard-go: with the kernel's
-                # autogroups (here every session is a scheduling group) a daemon that shares
-                # the bench's session shares iperf3's CPU share, which measured as a large
-                # difference on this loaded 2-core machine (dataplane_hypotheses,
-                # daemon-session). On a node each container is a cgroup of its own anyway.
-                sb = Sandbox(netns=c.gateway.name, dev="wg0", new_session=True)
-                self.daemons.append(sb)
-                sb.start()
-            else:
-                sb = daemon(c.gateway.name, "wg0")
-                self.daemons.append(sb)
-            daemons.append(sb)
-            keyfile = os.path.join(self.root, f"{topo.prefix}-wg{c.index}.key")
-            write_secret(keyfile, keys[i].base64() + "\n")
-            sh(sb.wg("set", "wg0", "listen-port", str(WG_PORT), "private-key", keyfile,
-                      "peer", keys[1 - i].public_key().base64(),
-                      "endpoint", f"{other.underlay_ip}:{WG_PORT}",
-                      "allowed-ips", ",".join(other.subnets)))
-            gw = c.gateway
-            gw.run("ip", "link", "set", "wg0", "mtu", str(self.mtu), "up")
-            for s in other.subnets:
-                gw.run("ip", "route", "add", s, "dev", "wg0")
-        ping_until(nets[0].pods[0].name, nets[1].pod_ip())
+
+        def start() -> None:
+            """Both daemons (again: the old ones stopped first, by PID), configured."""
+            for d in daemons:
+                d.close()
+                self.daemons.remove(d)
+            daemons.clear()
+            for i, c in enumerate(nets):
+                other = nets[1 - i]
+                if daemon is None:
+                    # A session of its own, as the agent starts wireguard-go: with the
+                    # kernel's autogroups (here every session is a scheduling group) a
+                    # daemon that shares the bench's session shares iperf3's CPU share,
+                    # which measured as a large difference on this loaded 2-core machine
+                    # (dataplane_hypotheses, daemon-session). On a node each container is a
+                    # cgroup of its own anyway.
+                    sb = Sandbox(netns=c.gateway.name, dev="wg0", new_session=True)
+                    self.daemons.append(sb)
+                    sb.start()
+                else:
+                    sb = daemon(c.gateway.name, "wg0")
+                    self.daemons.append(sb)
+                daemons.append(sb)
+                keyfile = os.path.join(self.root, f"{topo.prefix}-wg{c.index}.key")
+                if not os.path.exists(keyfile):  # written once, 0600, read at each start
+                    write_secret(keyfile, keys[i].base64() + "\n")
+                sh(sb.wg("set", "wg0", "listen-port", str(WG_PORT), "private-key", keyfile,
+                          "peer", keys[1 - i].public_key().base64(),
+                          "endpoint", f"{other.underlay_ip}:{WG_PORT}",
+                          "allowed-ips", ",".join(other.subnets)))
+                gw = c.gateway
+                gw.run("ip", "link", "set", "wg0", "mtu", str(self.mtu), "up")
+                for s in other.subnets:
+                    gw.run("ip", "route", "replace", s, "dev", "wg0")
+            ping_until(nets[0].pods[0].name, nets[1].pod_ip())
+
+        start()
+        self.renewals.append(start)
         return NetPath(key, label, nets[1].pods[0].name, nets[0].pods[0].name,
                        nets[1].pod_ip(), lambda: [d.pid for d in daemons])
 
@@ -475,7 +516,10 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
     cpus = pinned_cpus()
     try:
         paths = s.start()
+        renew = os.environ.get(RENEW_ENV, "1") != "0"
         for r in range(repeat):
+            if r and renew:
+                s.renew()
             # Alternate the order: no path always runs right after the same neighbour.
             for p in paths if r % 2 == 0 else paths[::-1]:
                 labels[p.key] = p.label
@@ -536,6 +580,7 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
                             note=note))
     return {"rows": rows, "mtu": s.mtu, "seconds": seconds, "nat_chain": chains,
             "pinned": list(cpus) if cpus else None,
+            "renewed": os.environ.get(RENEW_ENV, "1") != "0",
             "tcp": {k: {"label": labels[k], "mbps": summary(mbps[k]), "runs": v}
                     for k, v in tcp.items()},
             "udp": {rate: {k: {"label": labels[k],
