@@ -116,3 +116,43 @@ def test_dataplane_kube_like_nat_table_loads_and_goes() -> None:
                        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.strip() == "ok"
+
+
+_RENEW_CHECK = """
+import sys
+from bench import dataplane_bench as dp
+s = dp.Setups()
+s.lab_cms = s.lab_cms[:1]  # the agents' lab, defaults as deployed
+try:
+    paths = [s._lab(0, "wgcable", "agents"), s._hand_built(s.wg_topo)]
+    cpus = dp.pinned_cpus()
+    for _ in range(2):
+        before = [p.wg_pids() for p in paths]
+        s.renew()
+        after = [p.wg_pids() for p in paths]
+        for b, a in zip(before, after):
+            assert len(a) == 2 and not set(a) & set(b), (b, a)
+        for p in paths:  # the new daemons carry traffic, pinned
+            got = dp.measure(p, 1, (), cpus=cpus)["tcp"]["mbps"]
+            assert got > 1, (p.key, got)
+            if cpus:
+                import os
+                tids = os.listdir(f"/proc/{p.wg_pids()[0]}/task")
+                assert all(os.sched_getaffinity(int(t)) == {cpus[0]} for t in tids)
+finally:
+    s.close()
+print("ok")
+"""
+
+
+def test_dataplane_renews_every_tunnels_daemons() -> None:
+    """The dataplane section's new daemons between rounds: the agents' lab (its
+    wireguard-go stopped by PID, the agents start new ones) and the hand-built tunnel
+    (restarted) get other PIDs, carry TCP again, and the sender's daemon is pinned. No
+    namespace or daemon is left behind."""
+    before = set(list_namespaces())
+    p = subprocess.run([sys.executable, "-c", _RENEW_CHECK], cwd=ROOT, capture_output=True,
+                       text=True, timeout=240, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip().endswith("ok")
+    assert set(list_namespaces()) == before
