@@ -193,6 +193,26 @@ def _lab_hypotheses(lab: Lab) -> list[Hypothesis]:
                     os.kill(pid, sig)  # our lab's agent, by its recorded PID
         return send
 
+    def everything_off() -> None:
+        """The agents' tunnel as a hand-built one is (the agents are stopped around every
+        suspect): no keepalive, the routes in main without ``src``, no rule, no table."""
+        keepalive("0")
+        for i in gws:
+            saved[f"routes{i}"] = routes(i)
+            for r in saved[f"routes{i}"]:
+                sh(["ip", "-n", ns[i], "route", "add", *route_args(r, "main", False)])
+            sh(["ip", "-n", ns[i], "rule", "del", "priority", "220"])
+        no_table()
+
+    def everything_on() -> None:
+        restore_table()
+        for i in gws:
+            sh(["ip", "-n", ns[i], "rule", "add", "priority", "220", "table", "220",
+                "proto", "87"])
+            for r in saved[f"routes{i}"]:
+                sh(["ip", "-n", ns[i], "route", "del", *route_args(r, "main", False)])
+        keepalive("10")
+
     kube = list(ns.values())
     return [
         Hypothesis("agents", "the agents running (status, health checks, reconciles)",
@@ -219,6 +239,9 @@ def _lab_hypotheses(lab: Lab) -> list[Hypothesis]:
                    edited("forward", "clamp"), restore_table,
                    setup=lambda: dp.kube_nat(kube, True),
                    teardown=lambda: dp.kube_nat(kube, False)),
+        Hypothesis("all", "all of the above at once but the agents (stopped in both): "
+                   "keepalive, rule 220 and its table, route src, our nft table",
+                   everything_off, everything_on),
         Hypothesis("kube-nat", "a kube-proxy-like nat table loaded (context: a node)",
                    lambda: dp.kube_nat(kube, False), lambda: dp.kube_nat(kube, True),
                    setup=lambda: dp.kube_nat(kube, True),
