@@ -514,9 +514,9 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
     labels: dict[str, str] = {}
     chains: dict[str, str] = {}  # agents' path -> our NAT chain, as its first round found it
     cpus = pinned_cpus()
+    renew = os.environ.get(RENEW_ENV, "1") != "0"
     try:
         paths = s.start()
-        renew = os.environ.get(RENEW_ENV, "1") != "0"
         for r in range(repeat):
             if r and renew:
                 s.renew()
@@ -580,7 +580,7 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
                             note=note))
     return {"rows": rows, "mtu": s.mtu, "seconds": seconds, "nat_chain": chains,
             "pinned": list(cpus) if cpus else None,
-            "renewed": os.environ.get(RENEW_ENV, "1") != "0",
+            "renewed": renew,
             "tcp": {k: {"label": labels[k], "mbps": summary(mbps[k]), "runs": v}
                     for k, v in tcp.items()},
             "udp": {rate: {k: {"label": labels[k],

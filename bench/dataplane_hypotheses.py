@@ -134,19 +134,19 @@ def _lab_hypotheses(lab: Lab) -> list[Hypothesis]:
             for r in saved[f"routes{i}"]:
                 sh(["ip", "-n", ns[i], "route", "replace", *route_args(r, "220", True)])
 
-    def main_table() -> None:
+    def main_table(src: bool = True) -> None:
         for i in gws:
             saved[f"routes{i}"] = routes(i)
             for r in saved[f"routes{i}"]:
-                sh(["ip", "-n", ns[i], "route", "add", *route_args(r, "main", True)])
+                sh(["ip", "-n", ns[i], "route", "add", *route_args(r, "main", src)])
             sh(["ip", "-n", ns[i], "rule", "del", "priority", "220"])
 
-    def table_220() -> None:
+    def table_220(src: bool = True) -> None:
         for i in gws:
             sh(["ip", "-n", ns[i], "rule", "add", "priority", "220", "table", "220",
                 "proto", "87"])
             for r in saved[f"routes{i}"]:
-                sh(["ip", "-n", ns[i], "route", "del", *route_args(r, "main", True)])
+                sh(["ip", "-n", ns[i], "route", "del", *route_args(r, "main", src)])
 
     def nft(i: int, text: str) -> None:
         sh(["ip", "netns", "exec", ns[i], "nft", "-f", "-"], input=text)
@@ -165,24 +165,13 @@ def _lab_hypotheses(lab: Lab) -> list[Hypothesis]:
         for i in gws:
             nft(i, f"delete table inet {TABLE}\n")
 
-    def edited(*chains: str) -> Callable[[], None]:
-        """Our table as saved, less the named chains (rewritten whole: a jump to a chain
-        that is gone would not load)."""
+    def without_chains(*chains: str) -> Callable[[], None]:
+        """Our table less the named chains, deleted in this order in one batch (a chain
+        that jumps to another goes first)."""
         def drop() -> None:
             save_table()
             for i in gws:
-                kept: list[str] = []
-                skipping = False
-                for line in saved[f"nft{i}"].splitlines():
-                    word = line.strip()
-                    if any(word == f"chain {c} {{" for c in chains):
-                        skipping = True
-                    elif skipping:
-                        skipping = word != "}"
-                    else:
-                        kept.append(line)
-                nft(i, f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"
-                    + "\n".join(kept) + "\n")
+                nft(i, "".join(f"delete chain inet {TABLE} {c}\n" for c in chains))
         return drop
 
     def agents(sig: int) -> Callable[[], None]:
@@ -197,20 +186,12 @@ def _lab_hypotheses(lab: Lab) -> list[Hypothesis]:
         """The agents' tunnel as a hand-built one is (the agents are stopped around every
         suspect): no keepalive, the routes in main without ``src``, no rule, no table."""
         keepalive("0")
-        for i in gws:
-            saved[f"routes{i}"] = routes(i)
-            for r in saved[f"routes{i}"]:
-                sh(["ip", "-n", ns[i], "route", "add", *route_args(r, "main", False)])
-            sh(["ip", "-n", ns[i], "rule", "del", "priority", "220"])
+        main_table(src=False)
         no_table()
 
     def everything_on() -> None:
         restore_table()
-        for i in gws:
-            sh(["ip", "-n", ns[i], "rule", "add", "priority", "220", "table", "220",
-                "proto", "87"])
-            for r in saved[f"routes{i}"]:
-                sh(["ip", "-n", ns[i], "route", "del", *route_args(r, "main", False)])
+        table_220(src=False)
         keepalive("10")
 
     kube = list(ns.values())
@@ -226,17 +207,17 @@ def _lab_hypotheses(lab: Lab) -> list[Hypothesis]:
         Hypothesis("nft-table", "our nft table (SNAT exemption, MSS clamp, notrack)",
                    no_table, restore_table),
         Hypothesis("notrack", "the notrack chains of our table (with the kube-like table "
-                   "loaded, as on a node)", edited("notrack_prerouting", "notrack_output"),
+                   "loaded, as on a node)", without_chains("notrack_prerouting", "notrack_output"),
                    restore_table,
                    setup=lambda: dp.kube_nat(kube, True),
                    teardown=lambda: dp.kube_nat(kube, False)),
         # The table's parts beyond conntrack, on a node whose conntrack is on anyway.
         Hypothesis("nat-chain", "our NAT chain, the SNAT exemption's null binding (with "
-                   "the kube-like table loaded)", edited("postrouting"),
+                   "the kube-like table loaded)", without_chains("postrouting"),
                    restore_table, setup=lambda: dp.kube_nat(kube, True),
                    teardown=lambda: dp.kube_nat(kube, False)),
         Hypothesis("clamp", "our MSS clamp chains (with the kube-like table loaded)",
-                   edited("forward", "clamp"), restore_table,
+                   without_chains("forward", "clamp"), restore_table,
                    setup=lambda: dp.kube_nat(kube, True),
                    teardown=lambda: dp.kube_nat(kube, False)),
         Hypothesis("all", "all of the above at once but the agents (stopped in both): "

@@ -337,7 +337,7 @@ def test_api_ipv6(labenv: LabEnv) -> None:
             # One ping, not retried, but given 5 s: the remote gateway's first neighbour
             # solicitation for its pod's IPv6 address goes unanswered in these namespaces,
             # so the first IPv6 packet to a pod waits ~1 s for the next (RTTs of 1001-1034
-            # ms measured), and a 2 s wait failed 1 run in 8-16 on this and the earlier code.
+            # ms measured); a 2 s wait failed 4 runs of 16 on the earlier code, 1 of 12 on this.
             assert lab.ping(src, dst, v6=True, timeout=5) is not None
         st = lab.status(1)
         assert st is not None
