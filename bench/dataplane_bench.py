@@ -19,6 +19,11 @@ The paths, all between namespaces of our own (nothing in the root namespace):
   set`` and ``ip`` only: the same MTU and listen port, routes to the remote cluster's CIDRs
   through ``wg0``, no MSS clamp (PMTU discovery inside the namespaces covers it).
 - ``handbuilt-kube`` (baseline b): that tunnel with the kube-proxy-like table loaded.
+- ``handbuilt-rule-kube`` (c): a third hand-built tunnel whose gateways also have a policy
+  rule of another's (``policy_rule``), with the kube-like table: a node where Submariner's
+  route agent, Calico or Cilium has added a rule. Not a target: it separates what the
+  agents' rule 220 costs by being a rule (every packet's route then looked up through the
+  rule list) from the rest of the gap to (b).
 - ``plain``: the same topology again, the gateways routing the remote pod CIDR straight
   over the underlay; ``veth``: gateway to gateway over the underlay, no forwarding.
 
@@ -118,6 +123,7 @@ PIN_ENV = "WGCABLE_BENCH_PIN"
 # 6%, in either direction): with new daemons each round, the median over rounds is also a
 # median over instances.
 RENEW_ENV = "WGCABLE_BENCH_RENEW"
+POLICY_TABLE = "150"  # baseline (c)'s rule and table: Submariner's route agent's number
 
 
 def pinned_cpus() -> tuple[int, int] | None:
@@ -304,6 +310,7 @@ class Setups:
         self.labs: list[Lab] = []
         self.wg_topo = Topology(f"wgbw{tag}")
         self.plain_topo = Topology(f"wgbp{tag}")
+        self.rule_topo = Topology(f"wgbr{tag}")  # baseline (c): a policy rule of a CNI's
         self.daemons: list[Any] = []  # Sandbox, or what a _hand_built daemon() returns
         self.hand_gws: list[str] = []
         self.mtu = 0
@@ -321,11 +328,16 @@ class Setups:
         lab = self.labs[0]
         lab_gws = [lab.gateway(1).gateway_ns, lab.gateway(2).gateway_ns]
         hand_gws = list(self.hand_gws)
+        ruled = self._hand_built(self.rule_topo, "handbuilt-rule",
+                                 "hand-built wireguard-go, a policy rule of another's")
+        ruled_gws = list(self.hand_gws)
+        policy_rule(ruled_gws)
         nonft = self._lab(1, "wgcable-nonft", "wgcable lab tunnel, no nft table", udp=False)
         # Each agents' path next to its baseline: in the rounds run backwards the pair runs
         # the other way round (A B, then B A), so that neither always follows the other.
+        # The agents' kube path sits between its two baselines, (b) and (c).
         return [agents, hand, with_kube_nat(hand, hand_gws), with_kube_nat(agents, lab_gws),
-                nonft, *self._plain()]
+                with_kube_nat(ruled, ruled_gws), nonft, *self._plain()]
 
     def _lab(self, which: int, key: str, label: str, udp: bool = True) -> NetPath:
         with _env(LOG_LEVEL_ENV, "error"):  # the agents' wireguard-go inherit it
@@ -434,13 +446,27 @@ class Setups:
         with signals_held():
             for d in self.daemons:
                 d.close()
-            for topo in (self.wg_topo, self.plain_topo):
+            for topo in (self.wg_topo, self.plain_topo, self.rule_topo):
                 topo.destroy()
             try:
                 for cm, _lab in zip(self.lab_cms, self.labs, strict=False):
                     cm.__exit__(None, None, None)
             finally:
                 shutil.rmtree(self.root, ignore_errors=True)
+
+
+def policy_rule(namespaces: list[str]) -> None:
+    """A policy rule of someone else's in each namespace, as a node running Submariner has
+    (its route agent: rule and table 150; Calico's and Cilium's WireGuard modes have rules of
+    their own): rule 150 to table 150, which routes only TEST-NET-1 (a blackhole; nothing
+    here sends there). Once a namespace has had any rule of its own the kernel looks up
+    every packet's route through the rule list (``fib_has_custom_rules``, not reset when the
+    rule goes), where a namespace with the default rules alone makes one lookup of its
+    local and main tables merged. The lab's gateways have that from the agents' rule 220."""
+    for ns in namespaces:
+        gw = Namespace(ns)
+        gw.run("ip", "route", "add", "blackhole", "192.0.2.0/24", "table", POLICY_TABLE)
+        gw.run("ip", "rule", "add", "priority", POLICY_TABLE, "table", POLICY_TABLE)
 
 
 def ping_until(ns: str, target: str, timeout: float = 10) -> None:
@@ -559,6 +585,11 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
                      f"({spread(ratios, '.2f')})")
             if key == "wgcable-kube":
                 note += f"; vs bare (a) {med[key] / med['handbuilt']:.2f}"
+                if "handbuilt-rule-kube" in med:
+                    c = paired(mbps[key], mbps["handbuilt-rule-kube"])
+                    note += (f"; vs (c), a policy rule too, "
+                             f"{med[key] / med['handbuilt-rule-kube']:.2f} (per round "
+                             f"{summary(c)['median']:.2f}, {spread(c, '.2f')})")
         rows.append(row("iperf3 TCP, 1 stream", labels[key], None, mb["median"], "Mbit/s",
                         floor=med[floor_key] if floor_key else None, floor_impl=floor_impl,
                         note=note))

@@ -9,6 +9,8 @@ flipped every round, and the hand-built tunnel in the same round as a reference.
 is "without / with": above 1 means removing the variable made the tunnel faster.
 
 ``WGCABLE_BENCH_SUSPECTS=nft-table,notrack`` measures only those (the keys in the table).
+What cannot be taken away from the lab is measured added to a hand-built tunnel instead:
+how the daemon is started (``DAEMON_VARIANTS``) and a policy rule (``policy-rule``).
 The agents are SIGSTOPped (by PID) for every hypothesis but their own, so that they do not
 put back what a round took away; each hypothesis restores the lab before the next.
 """
@@ -200,7 +202,10 @@ def _lab_hypotheses(lab: Lab) -> list[Hypothesis]:
                    agents(signal.SIGSTOP), agents(signal.SIGCONT), agents_stopped=False),
         Hypothesis("keepalive", "persistent keepalive 10 s", lambda: keepalive("0"),
                    lambda: keepalive("10")),
-        Hypothesis("rule-220", "rule 220 + table 220 (vs the same routes in main)",
+        # The namespace keeps looking up through the rule list after the rule goes: this
+        # is the rule's own lookup only; "policy-rule" measures the rest.
+        Hypothesis("rule-220", "rule 220 + table 220 (vs the same routes in main, the "
+                   "namespace having had a rule)",
                    main_table, table_220),
         Hypothesis("route-src", "route src (the gateway's pod-side address)", no_src,
                    with_src),
@@ -257,6 +262,16 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
             extra_topos.append(topo)
             variants.append((key, what, s._hand_built(
                 topo, key, what, functools.partial(make, s.root))))
+        # A rule cannot be taken away from the lab: once a namespace has had one, every
+        # route is looked up through the rule list (see ``dp.policy_rule``). So the rule's
+        # cost is measured the other way round, added to a hand-built tunnel.
+        topo = Topology(f"wgbr{tag}")
+        extra_topos.append(topo)
+        what = "a policy rule of another's (rule and table 150, as a node has)"
+        ruled = s._hand_built(topo, "policy-rule", what,
+                              functools.partial(_sandbox(False, None), s.root))
+        dp.policy_rule(list(s.hand_gws))
+        variants.append(("policy-rule", what, ruled))
         plan = _lab_hypotheses(lab)
         stop, cont = plan[0].remove, plan[0].restore
         only = _chosen()
