@@ -62,6 +62,10 @@ SECTIONS: list[Section] = [
     Section("dataplane-hypotheses", "bench.dataplane_hypotheses", "run", "", 5, 1,
             "TCP through the lab tunnel with / without each suspect, one at a time "
             "(~17 min at 5 rounds; only with --only)", default=False),
+    Section("dataplane-profile", "bench.dataplane_profile", "run", "", 5, 1,
+            "perf samples per Gbit, agents' tunnel vs hand-built (kube-like nat table): "
+            "where the receiving CPU's time goes (~4 min at 5 rounds; only with --only)",
+            default=False),
     Section("agent", "bench.agent_sections", "run_agent", "plot_agent", 1, 1,
             "agent and wireguard-go CPU and RSS at 10/100/1000 peers"),
     Section("recovery", "bench.recovery_bench", repeat=10, quick_repeat=2,

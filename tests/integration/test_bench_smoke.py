@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +126,9 @@ s = dp.Setups()
 s.lab_cms = s.lab_cms[:1]  # the agents' lab, defaults as deployed
 try:
     paths = [s._lab(0, "wgcable", "agents"), s._hand_built(s.wg_topo)]
+    paths.append(s._hand_built(s.rule_topo, "handbuilt-rule", "baseline (c)"))
+    ruled = list(s.hand_gws)
+    dp.policy_rule(ruled)
     cpus = dp.pinned_cpus()
     for _ in range(2):
         before = [p.wg_pids() for p in paths]
@@ -139,6 +143,11 @@ try:
                 import os
                 tids = os.listdir(f"/proc/{p.wg_pids()[0]}/task")
                 assert all(os.sched_getaffinity(int(t)) == {cpus[0]} for t in tids)
+        for ns in ruled:  # (c)'s rule outlives its daemons
+            import subprocess
+            rules = subprocess.run(["ip", "-n", ns, "rule"], capture_output=True, text=True,
+                                   check=True).stdout
+            assert "150:\tfrom all lookup 150" in rules, rules
 finally:
     s.close()
 print("ok")
@@ -147,12 +156,56 @@ print("ok")
 
 def test_dataplane_renews_every_tunnels_daemons() -> None:
     """The dataplane section's new daemons between rounds: the agents' lab (its
-    wireguard-go stopped by PID, the agents start new ones) and the hand-built tunnel
-    (restarted) get other PIDs, carry TCP again, and the sender's daemon is pinned. No
-    namespace or daemon is left behind."""
+    wireguard-go stopped by PID, the agents start new ones) and the hand-built tunnels
+    (restarted; baseline (c)'s keeping its policy rule) get other PIDs, carry TCP again,
+    and the sender's daemon is pinned. No namespace or daemon is left behind."""
     before = set(list_namespaces())
     p = subprocess.run([sys.executable, "-c", _RENEW_CHECK], cwd=ROOT, capture_output=True,
                        text=True, timeout=240, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip().endswith("ok")
+    assert set(list_namespaces()) == before
+
+
+_PROFILE_CHECK = """
+import os, sys, tempfile
+from bench import dataplane_bench as dp
+from bench import dataplane_profile as prof
+s = dp.Setups()
+s.lab_cms = []
+s.mtu = 1440
+tmp = tempfile.mkdtemp()
+try:
+    hand = s._hand_built(s.wg_topo)
+    cpus = dp.pinned_cpus()
+    data = os.path.join(tmp, "hand.data")
+    mbps = prof.record(hand, cpus, data)
+    got = prof.report(data)
+    recv = got[str(cpus[1]).zfill(3)]
+    send = got[str(cpus[0]).zfill(3)]
+    busy = {g: n for g, n in recv.items() if g != "idle"}
+    # 6 s at one sample per 0.25 ms: about 24000 samples on each CPU, idle included.
+    assert 12000 < sum(recv.values()) < 36000, recv
+    assert 12000 < sum(send.values()) < 36000, send
+    assert busy.get(prof.USER, 0) > 1000, recv  # the receiving daemon decrypts
+    assert mbps > 10, mbps
+    print(round(mbps), dict(recv))
+finally:
+    s.close()
+    import shutil
+    shutil.rmtree(tmp)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(shutil.which("perf") is None, reason="perf is not installed (linux-perf)")
+def test_dataplane_profile_records_and_groups_a_real_run() -> None:
+    """The dataplane-profile section's perf command lines on a real tunnel: a pinned TCP
+    run recorded on both CPUs, read back into groups, the receiving daemon's own code
+    among them; nothing left behind."""
+    before = set(list_namespaces())
+    p = subprocess.run([sys.executable, "-c", _PROFILE_CHECK], cwd=ROOT, capture_output=True,
+                       text=True, timeout=180, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.strip().endswith("ok")
     assert set(list_namespaces()) == before
