@@ -119,6 +119,17 @@ def test_dataplane_kube_like_nat_table_loads_and_goes() -> None:
     assert p.stdout.strip() == "ok"
 
 
+def _run_check(script: str, timeout: float) -> None:
+    """``script`` in a Python of its own (a bench set-up's signal handling and teardown,
+    as when run by ``python -m bench``): it must print "ok" last and leave no namespace."""
+    before = set(list_namespaces())
+    p = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                       text=True, timeout=timeout, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip().endswith("ok")
+    assert set(list_namespaces()) == before
+
+
 _RENEW_CHECK = """
 import sys
 from bench import dataplane_bench as dp
@@ -159,12 +170,7 @@ def test_dataplane_renews_every_tunnels_daemons() -> None:
     wireguard-go stopped by PID, the agents start new ones) and the hand-built tunnels
     (restarted; baseline (c)'s keeping its policy rule) get other PIDs, carry TCP again,
     and the sender's daemon is pinned. No namespace or daemon is left behind."""
-    before = set(list_namespaces())
-    p = subprocess.run([sys.executable, "-c", _RENEW_CHECK], cwd=ROOT, capture_output=True,
-                       text=True, timeout=240, check=False)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert p.stdout.strip().endswith("ok")
-    assert set(list_namespaces()) == before
+    _run_check(_RENEW_CHECK, timeout=240)
 
 
 _PROFILE_CHECK = """
@@ -203,9 +209,4 @@ def test_dataplane_profile_records_and_groups_a_real_run() -> None:
     """The dataplane-profile section's perf command lines on a real tunnel: a pinned TCP
     run recorded on both CPUs, read back into groups, the receiving daemon's own code
     among them; nothing left behind."""
-    before = set(list_namespaces())
-    p = subprocess.run([sys.executable, "-c", _PROFILE_CHECK], cwd=ROOT, capture_output=True,
-                       text=True, timeout=180, check=False)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert p.stdout.strip().endswith("ok")
-    assert set(list_namespaces()) == before
+    _run_check(_PROFILE_CHECK, timeout=180)
