@@ -265,10 +265,8 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
         # A rule cannot be taken away from the lab: once a namespace has had one, every
         # route is looked up through the rule list (see ``dp.policy_rule``). So the rule's
         # cost is measured the other way round, added to a hand-built tunnel.
-        topo = Topology(f"wgbr{tag}")
-        extra_topos.append(topo)
         what = "a policy rule of another's (rule and table 150, as a node has)"
-        ruled = s._hand_built(topo, "policy-rule", what,
+        ruled = s._hand_built(s.rule_topo, "policy-rule", what,
                               functools.partial(_sandbox(False, None), s.root))
         dp.policy_rule(list(s.hand_gws))
         variants.append(("policy-rule", what, ruled))

@@ -64,7 +64,7 @@ SECTIONS: list[Section] = [
             "(~17 min at 5 rounds; only with --only)", default=False),
     Section("dataplane-profile", "bench.dataplane_profile", "run", "", 5, 1,
             "perf samples per Gbit, agents' tunnel vs hand-built (kube-like nat table): "
-            "where the receiving CPU's time goes (~4 min at 5 rounds; only with --only)",
+            "where the receiving CPU's time goes (~2 min at 5 rounds; only with --only)",
             default=False),
     Section("agent", "bench.agent_sections", "run_agent", "plot_agent", 1, 1,
             "agent and wireguard-go CPU and RSS at 10/100/1000 peers"),
