@@ -498,10 +498,13 @@ def with_kube_nat(path: NetPath, gateways: list[str]) -> NetPath:
 
 
 def measure(p: NetPath, seconds: int, udp_rates: tuple[str, ...], look: bool = False,
-            cpus: tuple[int, int] | None = None) -> dict[str, Any]:
+            cpus: tuple[int, int] | None = None,
+            during: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
+            ) -> dict[str, Any]:
     """One TCP run on ``p`` (and UDP at each rate), with its state put in place around it;
     ``look``: with our NAT chain's state (``nat_chain``) as the run found it; ``cpus``:
-    the sending and the receiving side pinned (``pinned_cpus``)."""
+    the sending and the receiving side pinned (``pinned_cpus``); ``during``: a context
+    entered around the TCP run only (``dataplane_profile``'s recording)."""
     p.before()
     try:
         out: dict[str, Any] = {}
@@ -513,7 +516,8 @@ def measure(p: NetPath, seconds: int, udp_rates: tuple[str, ...], look: bool = F
             for pid, cpu in zip(p.wg_pids(), cpus, strict=False):  # gateway 1's first
                 pin_process(pid, cpu)
         with iperf_server(p.server_ns, receive):
-            out["tcp"] = iperf(p, seconds, udp=False, cpu=send)
+            with during() if during else contextlib.nullcontext():
+                out["tcp"] = iperf(p, seconds, udp=False, cpu=send)
             for rate in udp_rates if p.udp else ():
                 out[rate] = iperf(p, seconds, udp=True, rate=rate, cpu=send)
     finally:

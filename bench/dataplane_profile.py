@@ -21,6 +21,7 @@ are not the dataplane section's.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -28,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from bench import dataplane_bench as dp
@@ -97,27 +98,32 @@ def per_gbit(samples: dict[str, Counter[str]], mbps: float) -> dict[str, dict[st
             for cpu, groups in samples.items()}
 
 
-def record(p: dp.NetPath, cpus: tuple[int, int], data: str) -> float:
-    """One pinned TCP run on ``p`` with ``perf record`` on both CPUs; its Mbit/s."""
-    p.before()
+def cpu_key(cpu: int) -> str:
+    """How ``perf report --sort cpu`` names a CPU (``parse_report``'s keys)."""
+    return f"{cpu:03d}"
+
+
+@contextlib.contextmanager
+def recording(data: str) -> Iterator[None]:
+    """``perf record`` on every CPU into ``data``, for RECORD_S seconds from one second in:
+    started with the run it records, it leaves out the run's first second (slow start)."""
+    perf = subprocess.Popen(
+        ["sh", "-c", 'sleep 1 && exec perf record -q -e cpu-clock -c "$0" -a '
+         '-o "$1" -- sleep "$2"', str(PERIOD_NS), data, str(RECORD_S)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        for pid, cpu in zip(p.wg_pids(), cpus, strict=False):
-            dp.pin_process(pid, cpu)
-        with dp.iperf_server(p.server_ns, cpus[1]):
-            # Started first, waits one second inside the run: the slow start is over.
-            perf = subprocess.Popen(
-                ["sh", "-c", 'sleep 1 && exec perf record -q -e cpu-clock -c "$0" -a '
-                 '-o "$1" -- sleep "$2"', str(PERIOD_NS), data, str(RECORD_S)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            try:
-                got = dp.iperf(p, RUN_S, udp=False, cpu=cpus[0])
-            finally:
-                _, err = perf.communicate(timeout=RUN_S + 30)
-            if perf.returncode != 0:
-                raise RuntimeError(f"perf record failed: {err.decode(errors='replace')}")
+        yield
     finally:
-        p.after()
-    return float(got["mbps"])
+        _, err = perf.communicate(timeout=RUN_S + 30)
+    if perf.returncode != 0:
+        raise RuntimeError(f"perf record failed: {err.decode(errors='replace')}")
+
+
+def record(p: dp.NetPath, cpus: tuple[int, int], data: str) -> float:
+    """One pinned TCP run on ``p`` (``dataplane``'s ``measure``) with ``perf record`` on
+    both CPUs; its Mbit/s."""
+    got = dp.measure(p, RUN_S, (), cpus=cpus, during=lambda: recording(data))
+    return float(got["tcp"]["mbps"])
 
 
 def report(data: str) -> dict[str, Counter[str]]:
@@ -175,13 +181,13 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     rows: list[Row] = []
-    result: dict[str, Any] = {"cpus": list(cpus), "period_ns": PERIOD_NS, "paths": {}}
-    receiver, sender = str(cpus[1]).zfill(3), str(cpus[0]).zfill(3)
+    result: dict[str, Any] = {"cpus": list(cpus), "period_ns": PERIOD_NS}
+    means = {key: mean_costs(runs) for key, runs in costs.items()}
+    result["paths"] = {key: {"mbps": summary(mbps[key]), "cpu_ms_per_gbit": means[key]}
+                       for key in costs}
+    receiver, sender = cpu_key(cpus[1]), cpu_key(cpus[0])
     for base, ours, theirs in pairs:
-        mine, ref = mean_costs(costs[ours.key]), mean_costs(costs[theirs.key])
-        for key in (ours.key, theirs.key):
-            result["paths"][key] = {"mbps": summary(mbps[key]),
-                                    "cpu_ms_per_gbit": mean_costs(costs[key])}
+        mine, ref = means[ours.key], means[theirs.key]
         for cpu, side in ((receiver, "receiving"), (sender, "sending")):
             a, b = mine.get(cpu, {}), ref.get(cpu, {})
             busy_a = sum(v for g, v in a.items() if g != "idle")

@@ -187,8 +187,8 @@ try:
     data = os.path.join(tmp, "hand.data")
     mbps = prof.record(hand, cpus, data)
     got = prof.report(data)
-    recv = got[str(cpus[1]).zfill(3)]
-    send = got[str(cpus[0]).zfill(3)]
+    recv = got[prof.cpu_key(cpus[1])]
+    send = got[prof.cpu_key(cpus[0])]
     busy = {g: n for g, n in recv.items() if g != "idle"}
     # 6 s at one sample per 0.25 ms: about 24000 samples on each CPU, idle included.
     assert 12000 < sum(recv.values()) < 36000, recv

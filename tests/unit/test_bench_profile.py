@@ -42,6 +42,7 @@ def prof(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 def test_report_is_read_into_groups_per_cpu(prof: ModuleType) -> None:
     got = prof.parse_report(REPORT)
     assert set(got) == {"000", "001"}
+    assert (prof.cpu_key(0), prof.cpu_key(1)) == ("000", "001")  # as the run looks them up
     assert got["000"] == {"scheduling and wake-ups": 3644, "idle": 896}
     one = got["001"]
     assert one["policy routing (rules)"] == 360
