@@ -36,7 +36,7 @@ from bench.common import Row, row, signals_held, summary
 from bench.multinode_bench import _Pinger, _wait_for
 from wgcable.ha.filelease import FileLease
 from wgcable.ha.lease import LeaseBackend, LeaseRecord
-from wgcable.lab.lab import LAB_LEASE, Lab
+from wgcable.lab.lab import LAB_LEASE, GatewayState, Lab
 from wgcable.lab.netns import Namespace
 
 DEFAULTS = ("--lease-duration", "6", "--lease-renew-deadline", "4", "--lease-retry", "1")
@@ -70,13 +70,14 @@ def node_death(lab: Lab, rounds: int, extra: tuple[str, ...]) -> list[dict[str, 
         src = lab.node(2, 2).pod_ns[0]
         pingers = {n.index: _Pinger(src, n.pod_ips[0]) for n in survivors}
         try:
-            _wait_for(lambda ps=pingers: all(p.replies for p in ps.values()), 30,
-                      "replies before")
+            def replying(ps: dict[int, _Pinger] = pingers) -> bool:
+                return all(p.replies for p in ps.values())
+            _wait_for(replying, 30, "replies before")
             t0 = time.time()
             lab.kill_node(1, victim.node)
-            _wait_for(lambda ps=pingers, t0=t0: all(p.first_after(t0 + 0.05)
-                                                    for p in ps.values()),
-                      60, "replies through the new gateway")
+            def through_new(ps: dict[int, _Pinger] = pingers, t0: float = t0) -> bool:
+                return all(p.first_after(t0 + 0.05) for p in ps.values())
+            _wait_for(through_new, 60, "replies through the new gateway")
             took = {f"node{j}": (p.first_after(t0 + 0.05) or t0) - t0
                     for j, p in pingers.items()}
         finally:
@@ -86,8 +87,10 @@ def node_death(lab: Lab, rounds: int, extra: tuple[str, ...]) -> list[dict[str, 
         out.append(took)
         lab.revive_node(1, victim.node, ["--backend", "userspace", "--log-level", "info",
                                          *extra])
-        _wait_for(lambda v=victim: (s := lab.status(v)) is not None and s.pid == v.agent_pid,
-                  30, "the revived agent's status")
+        def revived(v: GatewayState = victim) -> bool:
+            s = lab.status(v)
+            return s is not None and s.pid == v.agent_pid
+        _wait_for(revived, 30, "the revived agent's status")
     return out
 
 
@@ -103,7 +106,9 @@ def handovers(lab: Lab, rounds: int) -> list[dict[str, float]]:
             time.sleep(1.0)  # ten echoes before
             t0 = time.monotonic()
             lab.handover(1)
-            _wait_for(lambda o=old: lab.active(1) not in (None, o), 30, "the standby active")
+            def standby_active(o: GatewayState | None = old) -> bool:
+                return lab.active(1) not in (None, o)
+            _wait_for(standby_active, 30, "the standby active")
             took = time.monotonic() - t0
             time.sleep(1.5)  # fifteen after
         finally:

@@ -99,12 +99,14 @@ def rotations(lab: Lab, rounds: int) -> dict[str, Any]:
             old = _key(lab, gw1)
             t0, wall = time.monotonic(), time.time()
             lab.rotate_key(gw1)
-            _wait_for(lambda old=old: _key(lab, gw1) not in ("", old), 10, "the new key",
-                      step=0.005)
+            def rotated(old: str = old) -> bool:
+                return _key(lab, gw1) not in ("", old)
+            _wait_for(rotated, 10, "the new key", step=0.005)
             reported.append(time.monotonic() - t0)
             new = _key(lab, gw1)
-            _wait_for(lambda new=new: new in _handshaken(lab, gw2), 10,
-                      "a handshake with the new key", step=0.005)
+            def handshaken(new: str = new) -> bool:
+                return new in _handshaken(lab, gw2)
+            _wait_for(handshaken, 10, "a handshake with the new key", step=0.005)
             done.append(time.monotonic() - t0)
             windows.append((wall, wall + done[-1] + 0.2))
             time.sleep(0.5)
