@@ -24,6 +24,12 @@ The paths, all between namespaces of our own (nothing in the root namespace):
   route agent, Calico or Cilium has added a rule. Not a target: it separates what the
   agents' rule 220 costs by being a rule (every packet's route then looked up through the
   rule list) from the rest of the gap to (b).
+- ``handbuilt-submariner-kube`` (d): a fourth hand-built tunnel with what a Submariner
+  gateway adds to the bare tunnel (``submariner_like``): persistent keepalive 10 s, the
+  routes in table 150 with ``src`` behind rule 150, an MSS clamp chain of type filter
+  at mangle priority and a NAT chain that accepts cross-cluster traffic ahead of the
+  masquerade; and the kube-like table. Not a target either: the reference's own feature
+  set on the same daemon, to say whether the gap to (b) is more than those features.
 - ``plain``: the same topology again, the gateways routing the remote pod CIDR straight
   over the underlay; ``veth``: gateway to gateway over the underlay, no forwarding.
 
@@ -74,7 +80,7 @@ from bench.wgctrl_bench import Sandbox, write_secret
 from wgcable.cable.wireguard.userspace import LOG_LEVEL_ENV
 from wgcable.lab.lab import Lab
 from wgcable.lab.netns import Namespace
-from wgcable.lab.topology import Topology
+from wgcable.lab.topology import ClusterNet, Topology
 from wgcable.wgctrl import Key
 
 IPERF_PORT = 5301
@@ -124,6 +130,8 @@ PIN_ENV = "WGCABLE_BENCH_PIN"
 # median over instances.
 RENEW_ENV = "WGCABLE_BENCH_RENEW"
 POLICY_TABLE = "150"  # baseline (c)'s rule and table: Submariner's route agent's number
+SUBMARINER_TABLE = "wgbench_submariner"  # baseline (d)'s nft table (``submariner_like``)
+SUBMARINER_KEEPALIVE = 10  # Submariner's WireGuard driver's persistent keepalive, seconds
 
 
 def pinned_cpus() -> tuple[int, int] | None:
@@ -311,8 +319,10 @@ class Setups:
         self.wg_topo = Topology(f"wgbw{tag}")
         self.plain_topo = Topology(f"wgbp{tag}")
         self.rule_topo = Topology(f"wgbr{tag}")  # baseline (c): a policy rule of a CNI's
+        self.sub_topo = Topology(f"wgbs{tag}")  # baseline (d): Submariner's features
         self.daemons: list[Any] = []  # Sandbox, or what a _hand_built daemon() returns
         self.hand_gws: list[str] = []
+        self.hand_nets: list[ClusterNet] = []  # the clusters of the last _hand_built
         self.mtu = 0
         # Each tunnel's "new daemons" (same configuration): between rounds, so that each
         # round measures other instances (see RENEW_ENV).
@@ -332,12 +342,19 @@ class Setups:
                                  "hand-built wireguard-go, a policy rule of another's")
         ruled_gws = list(self.hand_gws)
         policy_rule(ruled_gws)
+        sub = self._hand_built(self.sub_topo, "handbuilt-submariner",
+                               "hand-built, Submariner's features (d)",
+                               keepalive=SUBMARINER_KEEPALIVE, table=POLICY_TABLE)
+        sub_gws = list(self.hand_gws)
+        submariner_like(sub_gws, list(self.hand_nets))
         nonft = self._lab(1, "wgcable-nonft", "wgcable lab tunnel, no nft table", udp=False)
         # Each agents' path next to its baseline: in the rounds run backwards the pair runs
         # the other way round (A B, then B A), so that neither always follows the other.
-        # The agents' kube path sits between its two baselines, (b) and (c).
+        # The agents' kube path sits between the target (b) and Submariner's features (d);
+        # (c) follows (d).
         return [agents, hand, with_kube_nat(hand, hand_gws), with_kube_nat(agents, lab_gws),
-                with_kube_nat(ruled, ruled_gws), nonft, *self._plain()]
+                with_kube_nat(sub, sub_gws), with_kube_nat(ruled, ruled_gws), nonft,
+                *self._plain()]
 
     def _lab(self, which: int, key: str, label: str, udp: bool = True) -> NetPath:
         with _env(LOG_LEVEL_ENV, "error"):  # the agents' wireguard-go inherit it
@@ -376,13 +393,18 @@ class Setups:
 
     def _hand_built(self, topo: Topology, key: str = "handbuilt",
                     label: str = "hand-built wireguard-go (wg + ip)",
-                    daemon: Callable[[str, str], Any] | None = None) -> NetPath:
+                    daemon: Callable[[str, str], Any] | None = None, keepalive: int = 0,
+                    table: str | None = None) -> NetPath:
         """wireguard-go by hand in ``topo``'s gateways: ``daemon(netns, dev)`` starts one
         and returns an object with ``pid``, ``close()`` and ``wg(*args)`` (default: the
-        recipe of the shared environment notes, ``Sandbox``)."""
+        recipe of the shared environment notes, ``Sandbox``). ``keepalive``: the peer's
+        persistent keepalive (0: none); ``table``: the routes in that table, with the
+        gateway's pod-side address as ``src``, behind a rule of the same number (None:
+        in main, no ``src``, no rule)."""
         topo.build_underlay()
         nets = [topo.add_cluster(1), topo.add_cluster(2)]
         self.hand_gws = [c.gateway.name for c in nets]
+        self.hand_nets = nets
         keys = [Key.generate() for _ in nets]
         daemons: list[Any] = []
 
@@ -414,13 +436,18 @@ class Setups:
                 sh(sb.wg("set", "wg0", "listen-port", str(WG_PORT), "private-key", keyfile,
                           "peer", keys[1 - i].public_key().base64(),
                           "endpoint", f"{other.underlay_ip}:{WG_PORT}",
+                          *(["persistent-keepalive", str(keepalive)] if keepalive else []),
                           "allowed-ips", ",".join(other.subnets)))
                 gw = c.gateway
                 gw.run("ip", "link", "set", "wg0", "mtu", str(self.mtu), "up")
+                where = ["table", table, "src", c.gateway_pod_ip] if table else []
                 for s in other.subnets:
-                    gw.run("ip", "route", "replace", s, "dev", "wg0")
+                    gw.run("ip", "route", "replace", s, "dev", "wg0", *where)
             ping_until(nets[0].pods[0].name, nets[1].pod_ip())
 
+        if table:
+            for c in nets:
+                c.gateway.run("ip", "rule", "add", "priority", table, "table", table)
         start()
         self.renewals.append(start)
         return NetPath(key, label, nets[1].pods[0].name, nets[0].pods[0].name,
@@ -446,7 +473,7 @@ class Setups:
         with signals_held():
             for d in self.daemons:
                 d.close()
-            for topo in (self.wg_topo, self.plain_topo, self.rule_topo):
+            for topo in (self.wg_topo, self.plain_topo, self.rule_topo, self.sub_topo):
                 topo.destroy()
             try:
                 for cm, _lab in zip(self.lab_cms, self.labs, strict=False):
@@ -477,6 +504,33 @@ def ping_until(ns: str, target: str, timeout: float = 10) -> None:
 
 
 # --- the section ---------------------------------------------------------------------------
+
+
+def submariner_like(namespaces: list[str], nets: list[ClusterNet]) -> None:
+    """Baseline (d)'s nftables part, in each gateway of the two clusters ``nets``: what a
+    Submariner gateway adds, written natively (Submariner writes it through iptables, whose
+    nft back end makes chains of the same kind). An MSS clamp on forwarded SYNs between
+    the clusters (a filter chain at mangle priority; Submariner's route agent clamps to the
+    path MTU) and, ahead of the masquerade, a NAT chain that accepts cross-cluster traffic
+    (Submariner's SNAT exemption: a NAT chain runs for a flow's first packet only). No
+    notrack: Submariner has none."""
+    for ns, net in zip(namespaces, nets, strict=True):
+        other = next(n for n in nets if n is not net)
+        local, remote = ", ".join(net.subnets), ", ".join(other.subnets)
+        text = f"""table ip {SUBMARINER_TABLE} {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat - 1; policy accept;
+        ip saddr {{ {local} }} ip daddr {{ {remote} }} accept
+    }}
+    chain forward {{
+        type filter hook forward priority mangle; policy accept;
+        tcp flags syn / syn,rst ip daddr {{ {remote} }} tcp option maxseg size set rt mtu
+        tcp flags syn / syn,rst ip saddr {{ {remote} }} tcp option maxseg size set rt mtu
+    }}
+}}
+"""
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=text, text=True,
+                       check=True, capture_output=True, timeout=30)
 
 
 def with_kube_nat(path: NetPath, gateways: list[str]) -> NetPath:
@@ -589,11 +643,13 @@ def run(repeat: int, quick: bool = False) -> dict[str, Any]:
                      f"({spread(ratios, '.2f')})")
             if key == "wgcable-kube":
                 note += f"; vs bare (a) {med[key] / med['handbuilt']:.2f}"
-                if "handbuilt-rule-kube" in med:
-                    c = paired(mbps[key], mbps["handbuilt-rule-kube"])
-                    note += (f"; vs (c), a policy rule too, "
-                             f"{med[key] / med['handbuilt-rule-kube']:.2f} (per round "
-                             f"{summary(c)['median']:.2f}, {spread(c, '.2f')})")
+                for other, what in (("handbuilt-rule-kube", "(c), a policy rule too"),
+                                    ("handbuilt-submariner-kube", "(d), Submariner's "
+                                     "features")):
+                    if other in med:
+                        c = paired(mbps[key], mbps[other])
+                        note += (f"; vs {what}, {med[key] / med[other]:.2f} (per round "
+                                 f"{summary(c)['median']:.2f}, {spread(c, '.2f')})")
         rows.append(row("iperf3 TCP, 1 stream", labels[key], None, mb["median"], "Mbit/s",
                         floor=med[floor_key] if floor_key else None, floor_impl=floor_impl,
                         note=note))

@@ -140,6 +140,10 @@ try:
     paths.append(s._hand_built(s.rule_topo, "handbuilt-rule", "baseline (c)"))
     ruled = list(s.hand_gws)
     dp.policy_rule(ruled)
+    paths.append(s._hand_built(s.sub_topo, "handbuilt-submariner", "baseline (d)",
+                               keepalive=dp.SUBMARINER_KEEPALIVE, table=dp.POLICY_TABLE))
+    sub, sub_nets = list(s.hand_gws), list(s.hand_nets)
+    dp.submariner_like(sub, sub_nets)
     cpus = dp.pinned_cpus()
     for _ in range(2):
         before = [p.wg_pids() for p in paths]
@@ -159,6 +163,20 @@ try:
             rules = subprocess.run(["ip", "-n", ns, "rule"], capture_output=True, text=True,
                                    check=True).stdout
             assert "150:\tfrom all lookup 150" in rules, rules
+        assert len(s.daemons) >= 2 and len(sub) == 2
+        for d, ns, net, other in zip(s.daemons[-2:], sub, sub_nets, sub_nets[::-1]):
+            # (d)'s features, on the new daemons too: keepalive, routes with src in table
+            # 150 behind its rule, the clamp and the NAT chain.
+            run = lambda *a: subprocess.run(a, capture_output=True, text=True,
+                                            check=True).stdout
+            assert run(*d.wg("show", "wg0", "persistent-keepalive")).split()[1] == "10"
+            routes = run("ip", "-n", ns, "route", "show", "table", "150")
+            assert f"{other.subnets[0]} dev wg0 scope link src {net.gateway_pod_ip}" in routes
+            assert "150:\tfrom all lookup 150" in run("ip", "-n", ns, "rule")
+            table = run("ip", "netns", "exec", ns, "nft", "list", "table", "ip",
+                        dp.SUBMARINER_TABLE)
+            assert table.count("tcp option maxseg size set rt mtu") == 2, table
+            assert "type nat hook postrouting priority srcnat - 1" in table, table
 finally:
     s.close()
 print("ok")
@@ -168,8 +186,9 @@ print("ok")
 def test_dataplane_renews_every_tunnels_daemons() -> None:
     """The dataplane section's new daemons between rounds: the agents' lab (its
     wireguard-go stopped by PID, the agents start new ones) and the hand-built tunnels
-    (restarted; baseline (c)'s keeping its policy rule) get other PIDs, carry TCP again,
-    and the sender's daemon is pinned. No namespace or daemon is left behind."""
+    (restarted; baseline (c)'s keeping its policy rule, (d)'s its keepalive, routes, rule
+    and chains) get other PIDs, carry TCP again, and the sender's daemon is pinned. No
+    namespace or daemon is left behind."""
     _run_check(_RENEW_CHECK, timeout=240)
 
 
