@@ -321,12 +321,16 @@ class Setups:
         self.rule_topo = Topology(f"wgbr{tag}")  # baseline (c): a policy rule of a CNI's
         self.sub_topo = Topology(f"wgbs{tag}")  # baseline (d): Submariner's features
         self.daemons: list[Any] = []  # Sandbox, or what a _hand_built daemon() returns
-        self.hand_gws: list[str] = []
         self.hand_nets: list[ClusterNet] = []  # the clusters of the last _hand_built
         self.mtu = 0
         # Each tunnel's "new daemons" (same configuration): between rounds, so that each
         # round measures other instances (see RENEW_ENV).
         self.renewals: list[Callable[[], None]] = []
+
+    @property
+    def hand_gws(self) -> list[str]:
+        """The gateway namespaces of the last ``_hand_built`` tunnel."""
+        return [c.gateway.name for c in self.hand_nets]
 
     def renew(self) -> None:
         for restart in self.renewals:
@@ -346,7 +350,7 @@ class Setups:
                                "hand-built, Submariner's features (d)",
                                keepalive=SUBMARINER_KEEPALIVE, table=POLICY_TABLE)
         sub_gws = list(self.hand_gws)
-        submariner_like(sub_gws, list(self.hand_nets))
+        submariner_like(list(self.hand_nets))
         nonft = self._lab(1, "wgcable-nonft", "wgcable lab tunnel, no nft table", udp=False)
         # Each agents' path next to its baseline: in the rounds run backwards the pair runs
         # the other way round (A B, then B A), so that neither always follows the other.
@@ -403,7 +407,6 @@ class Setups:
         in main, no ``src``, no rule)."""
         topo.build_underlay()
         nets = [topo.add_cluster(1), topo.add_cluster(2)]
-        self.hand_gws = [c.gateway.name for c in nets]
         self.hand_nets = nets
         keys = [Key.generate() for _ in nets]
         daemons: list[Any] = []
@@ -506,15 +509,15 @@ def ping_until(ns: str, target: str, timeout: float = 10) -> None:
 # --- the section ---------------------------------------------------------------------------
 
 
-def submariner_like(namespaces: list[str], nets: list[ClusterNet]) -> None:
-    """Baseline (d)'s nftables part, in each gateway of the two clusters ``nets``: what a
+def submariner_like(nets: list[ClusterNet]) -> None:
+    """Baseline (d)'s nftables part, in the gateway of each of the two clusters: what a
     Submariner gateway adds, written natively (Submariner writes it through iptables, whose
     nft back end makes chains of the same kind). An MSS clamp on forwarded SYNs between
     the clusters (a filter chain at mangle priority; Submariner's route agent clamps to the
     path MTU) and, ahead of the masquerade, a NAT chain that accepts cross-cluster traffic
     (Submariner's SNAT exemption: a NAT chain runs for a flow's first packet only). No
     notrack: Submariner has none."""
-    for ns, net in zip(namespaces, nets, strict=True):
+    for net in nets:
         other = next(n for n in nets if n is not net)
         local, remote = ", ".join(net.subnets), ", ".join(other.subnets)
         text = f"""table ip {SUBMARINER_TABLE} {{
@@ -529,8 +532,7 @@ def submariner_like(namespaces: list[str], nets: list[ClusterNet]) -> None:
     }}
 }}
 """
-        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=text, text=True,
-                       check=True, capture_output=True, timeout=30)
+        net.gateway.run("nft", "-f", "-", input=text)
 
 
 def with_kube_nat(path: NetPath, gateways: list[str]) -> NetPath:

@@ -143,7 +143,7 @@ try:
     paths.append(s._hand_built(s.sub_topo, "handbuilt-submariner", "baseline (d)",
                                keepalive=dp.SUBMARINER_KEEPALIVE, table=dp.POLICY_TABLE))
     sub, sub_nets = list(s.hand_gws), list(s.hand_nets)
-    dp.submariner_like(sub, sub_nets)
+    dp.submariner_like(sub_nets)
     cpus = dp.pinned_cpus()
     for _ in range(2):
         before = [p.wg_pids() for p in paths]
@@ -164,11 +164,11 @@ try:
                                    check=True).stdout
             assert "150:\tfrom all lookup 150" in rules, rules
         assert len(s.daemons) >= 2 and len(sub) == 2
+        run = lambda *a: subprocess.run(a, capture_output=True, text=True,
+                                        check=True).stdout
         for d, ns, net, other in zip(s.daemons[-2:], sub, sub_nets, sub_nets[::-1]):
             # (d)'s features, on the new daemons too: keepalive, routes with src in table
             # 150 behind its rule, the clamp and the NAT chain.
-            run = lambda *a: subprocess.run(a, capture_output=True, text=True,
-                                            check=True).stdout
             assert run(*d.wg("show", "wg0", "persistent-keepalive")).split()[1] == "10"
             routes = run("ip", "-n", ns, "route", "show", "table", "150")
             assert f"{other.subnets[0]} dev wg0 scope link src {net.gateway_pod_ip}" in routes
